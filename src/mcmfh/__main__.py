@@ -1,0 +1,5 @@
+import sys
+
+from mcmfh.cli import main
+
+sys.exit(main())

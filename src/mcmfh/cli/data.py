@@ -1,0 +1,1 @@
+"""Commands that turn a dataset into cached features: ``prepare`` and ``encode``."""

@@ -1,0 +1,1 @@
+"""Hamming search: one FAISS-style index interface over several implementations."""

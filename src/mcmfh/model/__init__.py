@@ -1,0 +1,1 @@
+"""The MCMFH model: DV-MLP, MoE fusion transformer, hashing heads."""
