@@ -1,0 +1,243 @@
+"""The HTTP API and the web page over a ``SearchEngine``.
+
+Handlers are plain ``def`` so FastAPI runs them in its thread pool: decoding and model inference are CPU-bound
+and must not block the event loop that keeps answering other requests.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware import Middleware
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from mcmfh import __version__
+from mcmfh.errors import MCMFHError
+from mcmfh.service.engine import Hit, Item, SearchEngine
+from mcmfh.service.imaging import ImageRejected, decode_image, sniff, to_png
+from mcmfh.service.middleware import AccessLogMiddleware, AuthMiddleware, BodyLimitMiddleware, error_logger
+from mcmfh.service.settings import Settings
+
+STATIC_DIR = Path(__file__).parent / "static"
+_RAW_MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+
+
+class TextQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str = Field(description="Free text, e.g. 'axial CT, ring-enhancing lesion in the right frontal lobe'.")
+    k: int | None = Field(default=None, description="How many results (1..max_k; default from the settings).")
+
+
+class HitOut(BaseModel):
+    id: str
+    distance: int = Field(description="Hamming distance between the query code and the item code.")
+    text: str
+    labels: list[str]
+    image_url: str | None
+
+
+class SearchOut(BaseModel):
+    results: list[HitOut]
+    took_ms: float
+
+
+class ItemOut(BaseModel):
+    id: str
+    text: str
+    labels: list[str]
+    image_url: str | None
+
+
+class HealthOut(BaseModel):
+    status: str
+    model: str
+    bits: int
+    encoder: str
+    items: int
+    name: str
+
+
+class ErrorOut(BaseModel):
+    error: str
+
+
+def _image_url(item_id: str, has_image: bool) -> str | None:
+    return f"/items/{item_id}/image" if has_image else None
+
+
+def _hit_out(hit: Hit) -> HitOut:
+    return HitOut(
+        id=hit.id, distance=hit.distance, text=hit.text, labels=list(hit.labels),
+        image_url=_image_url(hit.id, hit.has_image),
+    )  # fmt: skip
+
+
+def _item_out(item: Item) -> ItemOut:
+    return ItemOut(id=item.id, text=item.text, labels=list(item.labels), image_url=_image_url(item.id, item.has_image))
+
+
+def _fail(status: int, message: str) -> HTTPException:
+    return HTTPException(status_code=status, detail=message)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = list(err.get("loc", ()))
+        if loc and loc[0] in ("body", "query", "path", "form", "header"):  # where, not which field
+            loc = loc[1:]
+        loc = ".".join(str(p) for p in loc)
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg", "invalid")))
+    return "; ".join(parts) or "invalid request"
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HTTPException)
+    def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": _validation_message(exc)}, status_code=422)
+
+    @app.exception_handler(ImageRejected)
+    def _image(_: Request, exc: ImageRejected) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(MCMFHError)
+    def _expected(_: Request, exc: MCMFHError) -> JSONResponse:
+        # The engine's expected failures (e.g. a query it cannot encode) are the client's to fix.
+        return JSONResponse({"error": str(exc)}, status_code=422)
+
+
+def _mount_docs(app: FastAPI) -> None:
+    """Swagger UI from locally installed assets (package fastapi-offline); without them, /docs is off (the
+    schema stays at /openapi.json), never a page that silently loads scripts from a CDN."""
+    spec = importlib.util.find_spec("fastapi_offline")
+    if spec is None or spec.origin is None:
+        return
+    assets = Path(spec.origin).parent / "static"
+    app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json", title="mcmfh search - API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js", swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon.png",
+        )  # fmt: skip
+
+
+def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAPI:
+    """The service app; ``engine`` answers searches, ``settings`` bounds every input."""
+    settings = settings or Settings()
+    app = FastAPI(
+        title="mcmfh search",
+        version=__version__,
+        description="Cross-modal (text or image) retrieval of medical images and reports by Hamming search.",
+        docs_url=None,
+        redoc_url=None,
+        middleware=[  # outermost first: log everything, then auth, then body size
+            Middleware(AccessLogMiddleware, settings=settings),
+            Middleware(AuthMiddleware, settings=settings),
+            Middleware(BodyLimitMiddleware, settings=settings),
+        ],
+        responses={"4XX": {"model": ErrorOut, "description": "Bad request: {'error': message}"}},
+    )
+    _error_handlers(app)
+    _mount_docs(app)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    def bounded_k(k: int | None) -> int:
+        k = settings.default_k if k is None else k
+        if not 1 <= k <= settings.max_k:
+            raise _fail(422, f"k must be between 1 and {settings.max_k}, got {k}")
+        return k
+
+    def checked_id(item_id: str) -> str:
+        if not settings.id_is_valid(item_id):
+            raise _fail(400, "item id has characters or a length that ids never have")
+        return item_id
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    @app.get("/health", response_model=HealthOut)
+    def health() -> HealthOut:
+        info = engine.info()
+        return HealthOut(
+            status="ok", model=info.method, bits=info.bits, encoder=info.encoder, items=info.items, name=info.name
+        )
+
+    @app.post("/search/text", response_model=SearchOut)
+    def search_text(body: TextQuery) -> SearchOut:
+        k, query = bounded_k(body.k), body.query.strip()
+        if not query:
+            raise _fail(422, "query is empty")
+        if len(query) > settings.max_query_chars:
+            raise _fail(422, f"query is {len(query)} characters, over the limit of {settings.max_query_chars}")
+        start = time.perf_counter()
+        hits = engine.search_text(query, k)
+        return SearchOut(results=[_hit_out(h) for h in hits], took_ms=(time.perf_counter() - start) * 1000)
+
+    @app.post("/search/image", response_model=SearchOut)
+    def search_image(
+        file: UploadFile = File(description="PNG, JPEG or DICOM; the type is read from the bytes."),
+        k: int | None = Form(default=None),
+    ) -> SearchOut:
+        k = bounded_k(k)
+        start = time.perf_counter()
+        data = file.file.read()  # already bounded by BodyLimitMiddleware
+        if not data:
+            raise _fail(422, "file is empty")
+        image = decode_image(data, settings.max_pixels)
+        hits = engine.search_image(image, k)
+        return SearchOut(results=[_hit_out(h) for h in hits], took_ms=(time.perf_counter() - start) * 1000)
+
+    @app.get("/items/{item_id}", response_model=ItemOut)
+    def get_item(item_id: str) -> ItemOut:
+        item = engine.get_item(checked_id(item_id))
+        if item is None:
+            raise _fail(404, f"no item with id {item_id}")
+        return _item_out(item)
+
+    @app.get("/items/{item_id}/image", responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}})
+    def get_image(
+        item_id: str,
+        max_side: int | None = Query(default=None, ge=16, le=settings.max_thumbnail_side, description="Thumbnail"),
+    ) -> Response:
+        path = _image_file(engine, settings, checked_id(item_id))
+        data = path.read_bytes()
+        kind = sniff(data)
+        headers = {"Cache-Control": "private, max-age=300"}
+        if kind in _RAW_MEDIA_TYPES and max_side is None:
+            return Response(content=data, media_type=_RAW_MEDIA_TYPES[kind], headers=headers)
+        image = decode_image(data, settings.max_pixels)  # DICOM (rendered) or a thumbnail
+        return Response(content=to_png(image, max_side), media_type="image/png", headers=headers)
+
+    return app
+
+
+def _image_file(engine: SearchEngine, settings: Settings, item_id: str) -> Path:
+    """The item's image file, re-checked here to lie inside the configured root whatever the engine says."""
+    if engine.get_item(item_id) is None:
+        raise _fail(404, f"no item with id {item_id}")
+    path = engine.image_path(item_id)
+    if path is None or settings.image_root is None:
+        raise _fail(404, f"item {item_id} has no image")
+    resolved, root = Path(path).resolve(), settings.image_root.resolve()
+    if not resolved.is_relative_to(root):
+        error_logger.warning("engine gave an image path outside the image root; refused")
+        raise _fail(403, "the item's image is outside the served image folder")
+    if not resolved.is_file():
+        raise _fail(404, f"image file of item {item_id} is missing")
+    return resolved

@@ -1,0 +1,95 @@
+"""The contract between the HTTP service and whatever answers searches.
+
+The service only talks to a ``SearchEngine``: it never loads encoders, runs or indexes itself, so it can be tested
+with a small double and the real engine (run + encoder + Hamming index) can change without touching the routes.
+URLs are the service's business: an engine says whether an item has an image, the service builds its URL.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from PIL import Image
+
+from mcmfh.errors import MCMFHError
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What ``GET /health`` reports: which model answers and over how many items."""
+
+    method: str
+    bits: int
+    encoder: str
+    items: int
+    name: str = ""  # e.g. the index folder's name or dataset; free text for people
+
+
+@dataclass(frozen=True)
+class Item:
+    """One database entry as shown to users."""
+
+    id: str
+    text: str
+    labels: tuple[str, ...]
+    has_image: bool
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: an item and its Hamming distance to the query code (smaller is closer)."""
+
+    id: str
+    distance: int
+    text: str
+    labels: tuple[str, ...]
+    has_image: bool
+
+
+@runtime_checkable
+class SearchEngine(Protocol):
+    """What the service needs. Methods may be called from several threads at once: an engine that is not
+    thread-safe must serialise itself (e.g. a lock around model inference)."""
+
+    def info(self) -> EngineInfo: ...
+
+    def search_text(self, query: str, k: int) -> list[Hit]:
+        """The ``k`` nearest items to a text query, closest first (ties in a stable order)."""
+        ...
+
+    def search_image(self, image: Image.Image, k: int) -> list[Hit]:
+        """The ``k`` nearest items to an RGB image query, closest first."""
+        ...
+
+    def get_item(self, item_id: str) -> Item | None: ...
+
+    def image_path(self, item_id: str) -> Path | None:
+        """The item's image file, resolved and verified to lie inside the index's data; None when it has none."""
+        ...
+
+
+SEARCH_ENGINE_MODULE = "mcmfh.service.search_engine"
+
+
+def open_engine(index_dir: str | Path) -> SearchEngine:
+    """Build the real engine for an index folder (the run's encoder and model are loaded here, once).
+
+    The implementation lives in ``mcmfh.service.search_engine`` (function ``open_engine``), imported lazily so the
+    service and its tests do not pull in torch or the encoders.
+    """
+    try:
+        module = importlib.import_module(SEARCH_ENGINE_MODULE)
+    except ModuleNotFoundError as e:
+        if e.name != SEARCH_ENGINE_MODULE:
+            raise
+        raise MCMFHError(
+            f"the search engine over a trained run and index ({SEARCH_ENGINE_MODULE}) is not available yet; "
+            f"cannot open {index_dir}"
+        ) from None
+    engine = module.open_engine(Path(index_dir))
+    if not isinstance(engine, SearchEngine):
+        raise MCMFHError(f"{SEARCH_ENGINE_MODULE}.open_engine returned {type(engine).__name__}, not a SearchEngine")
+    return engine

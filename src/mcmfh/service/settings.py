@@ -1,0 +1,48 @@
+"""Service limits and policies, one typed place (the CLI fills it from its options)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from mcmfh.errors import MCMFHError
+
+AccessLogPolicy = Literal["off", "route", "full"]
+MIN_TOKEN_CHARS = 16  # a bearer token shorter than this is guessable; refuse it rather than pretend it protects
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the service accepts. Defaults suit one radiology archive on one machine."""
+
+    token: str | None = None  # bearer token; None = no auth (only allowed on loopback, see security.check_bind)
+    max_upload_bytes: int = 20 * 1024 * 1024  # whole multipart body of an image search
+    max_body_bytes: int = 64 * 1024  # any other request body (the JSON of a text search)
+    max_pixels: int = 40_000_000  # decoded pixels per image (a 4000x5000 mammogram is 20 M)
+    max_k: int = 100
+    default_k: int = 10
+    max_query_chars: int = 1000
+    max_thumbnail_side: int = 2048  # upper bound of ``?max_side=`` on item images
+    # "route": method, route template (e.g. /items/{item_id}), status, duration; "full" adds the raw path (ids);
+    # query text and bodies are never logged.
+    access_log: AccessLogPolicy = "route"
+    image_root: Path | None = None  # item images must resolve inside it; None = no image is served
+    id_pattern: str = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+    debug: bool = False  # log tracebacks of server errors (may contain request data)
+
+    def __post_init__(self) -> None:
+        for name in ("max_upload_bytes", "max_body_bytes", "max_pixels", "max_k", "max_query_chars"):
+            if getattr(self, name) < 1:
+                raise MCMFHError(f"service setting {name} must be at least 1, got {getattr(self, name)}")
+        if not 1 <= self.default_k <= self.max_k:
+            raise MCMFHError(f"service setting default_k must be in 1..max_k={self.max_k}, got {self.default_k}")
+        if self.token is not None and len(self.token) < MIN_TOKEN_CHARS:
+            raise MCMFHError(f"the bearer token must be at least {MIN_TOKEN_CHARS} characters long")
+        if self.access_log not in ("off", "route", "full"):
+            raise MCMFHError(f"access_log must be off, route or full, got {self.access_log!r}")
+        re.compile(self.id_pattern)
+
+    def id_is_valid(self, item_id: str) -> bool:
+        return re.fullmatch(self.id_pattern, item_id) is not None

@@ -1,0 +1,186 @@
+// mcmfh search page: plain JS, no build step, no external resources. All item text goes through textContent.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const THUMB_SIDE = 256;
+const VIEW_SIDE = 1024;
+let objectUrls = [];
+let lastCard = null;
+
+function token() { return sessionStorage.getItem("mcmfh-token"); }
+
+async function api(path, options = {}) {
+  const headers = new Headers(options.headers || {});
+  if (token()) headers.set("Authorization", "Bearer " + token());
+  const response = await fetch(path, { ...options, headers });
+  if (response.status === 401) {
+    $("token-form").hidden = false;
+    $("token").focus();
+    throw new Error("This server needs an access token.");
+  }
+  if (!response.ok) {
+    let message = response.status + " " + response.statusText;
+    try { message = (await response.json()).error || message; } catch (_) { /* not JSON */ }
+    throw new Error(message);
+  }
+  return response;
+}
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+async function loadImage(img, url) {
+  // Images go through fetch so the bearer token is sent; <img src> could not carry it.
+  try {
+    const blob = await (await api(url)).blob();
+    const objectUrl = URL.createObjectURL(blob);
+    objectUrls.push(objectUrl);
+    img.src = objectUrl;
+  } catch (_) {
+    img.alt = "image unavailable";
+  }
+}
+
+function labelList(labels) {
+  const ul = document.createElement("ul");
+  ul.className = "labels";
+  ul.setAttribute("aria-label", "Labels");
+  for (const label of labels) {
+    const li = document.createElement("li");
+    li.textContent = label;
+    ul.appendChild(li);
+  }
+  return ul;
+}
+
+function card(hit, rank) {
+  const li = document.createElement("li");
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "card";
+  button.dataset.id = hit.id;
+  button.setAttribute("aria-label", `Result ${rank}: ${hit.id}, Hamming distance ${hit.distance}. Open item.`);
+  if (hit.image_url) {
+    const img = document.createElement("img");
+    img.alt = `Image of ${hit.id}`;
+    loadImage(img, `${hit.image_url}?max_side=${THUMB_SIDE}`);
+    button.appendChild(img);
+  } else {
+    const none = document.createElement("div");
+    none.className = "noimg";
+    none.textContent = "no image";
+    button.appendChild(none);
+  }
+  const distance = document.createElement("span");
+  distance.className = "distance";
+  distance.textContent = `#${rank} · distance ${hit.distance} · ${hit.id}`;
+  const caption = document.createElement("span");
+  caption.className = "caption";
+  caption.textContent = hit.text;
+  button.append(distance, caption, labelList(hit.labels));
+  button.addEventListener("click", () => openItem(hit.id, button));
+  li.appendChild(button);
+  return li;
+}
+
+function render(payload, what) {
+  for (const url of objectUrls) URL.revokeObjectURL(url);
+  objectUrls = [];
+  const list = $("results");
+  list.replaceChildren(...payload.results.map((hit, i) => card(hit, i + 1)));
+  setStatus(`${payload.results.length} results for ${what} in ${payload.took_ms.toFixed(1)} ms`);
+}
+
+function k() { return Number.parseInt($("k").value, 10) || 12; }
+
+async function searchText(event) {
+  event.preventDefault();
+  const query = $("query").value.trim();
+  if (!query) { setStatus("Type a query first.", true); return; }
+  setStatus("Searching…");
+  try {
+    const response = await api("/search/text", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ query, k: k() }),
+    });
+    render(await response.json(), "the text query");
+  } catch (error) {
+    setStatus(error.message, true);
+  }
+}
+
+async function searchImage(file) {
+  if (!file) return;
+  setStatus(`Searching with ${file.name}…`);
+  const form = new FormData();
+  form.append("file", file);
+  form.append("k", String(k()));
+  try {
+    const response = await api("/search/image", { method: "POST", body: form });
+    render(await response.json(), file.name);
+  } catch (error) {
+    setStatus(error.message, true);
+  }
+}
+
+async function openItem(id, from) {
+  lastCard = from;
+  try {
+    const item = await (await api(`/items/${encodeURIComponent(id)}`)).json();
+    $("item-title").textContent = item.id;
+    $("item-text").textContent = item.text;
+    $("item-labels").replaceChildren(...labelList(item.labels).childNodes);
+    const img = $("item-image");
+    img.removeAttribute("src");
+    img.alt = item.image_url ? `Image of ${item.id}` : "";
+    img.hidden = !item.image_url;
+    if (item.image_url) loadImage(img, `${item.image_url}?max_side=${VIEW_SIDE}`);
+    $("item-view").showModal();
+    $("item-close").focus();
+  } catch (error) {
+    setStatus(error.message, true);
+  }
+}
+
+async function loadHealth() {
+  try {
+    const h = await (await api("/health")).json();
+    $("model").textContent = `${h.model}, ${h.bits}-bit codes, ${h.items} items` + (h.name ? ` (${h.name})` : "");
+  } catch (error) {
+    $("model").textContent = error.message;
+  }
+}
+
+function setupDrop() {
+  const drop = $("drop");
+  const file = $("file");
+  drop.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") { event.preventDefault(); file.click(); }
+  });
+  drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    searchImage(event.dataTransfer.files[0]);
+  });
+  file.addEventListener("change", () => { searchImage(file.files[0]); file.value = ""; });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("text-form").addEventListener("submit", searchText);
+  $("token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem("mcmfh-token", $("token").value);
+    $("token-form").hidden = true;
+    setStatus("Token set.");
+    loadHealth();
+  });
+  $("item-view").addEventListener("close", () => { if (lastCard) lastCard.focus(); });
+  setupDrop();
+  loadHealth();
+  $("query").focus();
+});

@@ -1,0 +1,164 @@
+"""A small, real test double of ``mcmfh.service.engine.SearchEngine`` for the service tests (never used in src).
+
+It does what the real engine does, only with trivial encoders: SimHash of the words of a text, SimHash of an 8x8
+grey thumbnail of an image, then exact Hamming ranking with the project's packed codes. Searching an item's own
+text or image therefore finds that item at distance 0, which the tests check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mcmfh.index.codes import hamming_matrix, pack_codes
+from mcmfh.service.engine import EngineInfo, Hit, Item
+
+BITS = 16
+THUMB = 8
+
+
+def _word_vector(word: str) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")
+    return np.random.default_rng(seed).normal(size=BITS)
+
+
+def text_code(text: str) -> np.ndarray:
+    words = text.lower().split()
+    total = sum((_word_vector(w) for w in words), np.zeros(BITS))
+    return pack_codes((total > 0)[None])[0]
+
+
+_IMAGE_PLANES = np.random.default_rng(7).normal(size=(THUMB * THUMB, BITS))
+
+
+def image_code(image: Image.Image) -> np.ndarray:
+    grey = np.asarray(image.convert("L").resize((THUMB, THUMB), Image.Resampling.BILINEAR), dtype=np.float64)
+    centred = grey.ravel() - grey.mean()
+    return pack_codes(((centred @ _IMAGE_PLANES) > 0)[None])[0]
+
+
+def pattern_image(seed: int, size: tuple[int, int] = (64, 48)) -> Image.Image:
+    """A distinct picture per seed (random blocks), so image codes differ between items."""
+    blocks = np.random.default_rng(seed).integers(0, 256, size=(6, 8), dtype=np.uint8)
+    return Image.fromarray(blocks, mode="L").resize(size, Image.Resampling.NEAREST).convert("RGB")
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def dicom_bytes(
+    pixels: np.ndarray,
+    photometric: str = "MONOCHROME2",
+    window: tuple[float, float] | None = None,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+) -> bytes:
+    """An uncompressed single-frame DICOM file (with the 128-byte preamble and DICM) holding ``pixels`` (uint16)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CT"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.RescaleSlope, ds.RescaleIntercept = str(slope), str(intercept)
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = str(window[0]), str(window[1])
+    ds.PixelData = pixels.astype("<u2").tobytes()
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+TEXTS = [
+    "axial CT of the brain showing an acute hemorrhage",
+    "ring enhancing lesion in the right frontal lobe on MR",
+    "chest radiograph with a left lower lobe pneumonia",
+    "sagittal MR of the lumbar spine with disc herniation",
+    "abdominal CT showing a liver abscess",
+    "coronal CT of the sinuses with mucosal thickening",
+]
+
+
+class FakeEngine:
+    """Items 0..len(TEXTS)-1; item 1 is a JPEG, item 2 a DICOM, the last one has no image. Thread-safe: read-only
+    arrays, and a lock only around the call counter the tests read."""
+
+    def __init__(self, root: Path, escape_path: Path | None = None) -> None:
+        self.root = root
+        images = root / "images"
+        images.mkdir(parents=True, exist_ok=True)
+        self.items: dict[str, Item] = {}
+        self.paths: dict[str, Path] = {}
+        text_codes, image_codes = [], []
+        for i, text in enumerate(TEXTS):
+            item_id = f"MPX{i:04d}_synpic{i}"
+            has_image = i < len(TEXTS) - 1
+            labels = (f"loc:region{i % 3}", f"cat:kind{i % 2}")
+            self.items[item_id] = Item(id=item_id, text=text, labels=labels, has_image=has_image)
+            text_codes.append(text_code(text))
+            image = pattern_image(i)
+            image_codes.append(image_code(image))
+            if not has_image:
+                continue
+            if i == 1:
+                path = images / f"{item_id}.jpg"
+                image.save(path, format="JPEG", quality=95)
+            elif i == 2:
+                path = images / f"{item_id}.dcm"
+                path.write_bytes(dicom_bytes(np.asarray(image.convert("L"), dtype=np.uint16)))
+            else:
+                path = images / f"{item_id}.png"
+                path.write_bytes(png_bytes(image))
+            self.paths[item_id] = path
+        if escape_path is not None:  # an engine bug the service must catch: a path outside the image root
+            self.items["escape"] = Item(id="escape", text="outside", labels=(), has_image=True)
+            self.paths["escape"] = escape_path
+            text_codes.append(text_code("outside"))
+            image_codes.append(image_code(pattern_image(99)))
+        self.ids = list(self.items)
+        self.text_codes, self.image_codes = np.stack(text_codes), np.stack(image_codes)
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def info(self) -> EngineInfo:
+        return EngineInfo(method="fake-simhash", bits=BITS, encoder="words+8x8", items=len(self.ids), name="fake")
+
+    def _rank(self, code: np.ndarray, database: np.ndarray, k: int) -> list[Hit]:
+        with self._lock:
+            self.calls += 1
+        distances = hamming_matrix(code[None], database)[0]
+        order = np.argsort(distances, kind="stable")[:k]
+        items = [self.items[self.ids[j]] for j in order]
+        return [
+            Hit(id=it.id, distance=int(distances[j]), text=it.text, labels=it.labels, has_image=it.has_image)
+            for it, j in zip(items, order, strict=True)
+        ]
+
+    def search_text(self, query: str, k: int) -> list[Hit]:
+        return self._rank(text_code(query), self.text_codes, k)
+
+    def search_image(self, image: Image.Image, k: int) -> list[Hit]:
+        assert image.mode == "RGB", "the service must hand engines RGB images"
+        return self._rank(image_code(image), self.image_codes, k)
+
+    def get_item(self, item_id: str) -> Item | None:
+        return self.items.get(item_id)
+
+    def image_path(self, item_id: str) -> Path | None:
+        return self.paths.get(item_id)
