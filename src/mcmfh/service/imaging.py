@@ -73,7 +73,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
             image = Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[kind]])
             _check_pixels(image.width, image.height, 1, max_pixels)
             image.load()  # first frame only: an animated PNG is searched by its first frame
-            return image.convert("RGB")
+            return _to_rgb(image)
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -106,6 +106,14 @@ def _window(values: np.ndarray, ds) -> np.ndarray:
         return _min_max(values)
     low, high = center - width / 2, center + width / 2
     return np.clip((values - low) / (high - low), 0.0, 1.0) * 255.0
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with 16-bit and float greys (common in medical PNGs) stretched to 8 bits instead of clipped."""
+    if image.mode.startswith(("I", "F")):
+        values = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(np.round(_min_max(values)).astype(np.uint8), mode="L").convert("RGB")
+    return image.convert("RGB")
 
 
 def _decode_dicom(data: bytes, max_pixels: int) -> Image.Image:

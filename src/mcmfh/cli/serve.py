@@ -1,0 +1,54 @@
+"""``mcmfh serve``: the search service and its web page over an index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from mcmfh.cli import app
+from mcmfh.errors import MCMFHError
+
+MIB = 1024 * 1024
+
+
+@app.command()
+def serve(
+    index: Path = typer.Argument(..., help="Index folder (made by `mcmfh index`) to search."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; anything but loopback needs --token."),
+    port: int = typer.Option(8000, min=1, max=65535, help="TCP port."),
+    token: str | None = typer.Option(
+        None,
+        envvar="MCMFH_TOKEN",
+        help="Bearer token clients must send (16+ characters; env MCMFH_TOKEN keeps it out of the process list).",
+        show_default=False,
+    ),  # fmt: skip
+    max_upload_mb: float = typer.Option(20.0, min=0.01, help="Largest image upload, in MiB."),
+    max_k: int = typer.Option(100, min=1, help="Most results one search may ask for."),
+    image_root: Path | None = typer.Option(
+        None, help="Folder item images must lie in (default: the index folder); paths outside it are refused."
+    ),
+    access_log: str = typer.Option("route", help="off | route (method, route, status, time) | full (adds paths)."),
+) -> None:
+    """Serve text and image search over INDEX at http://HOST:PORT/ (API docs at /docs)."""
+    from mcmfh.service.security import check_bind
+    from mcmfh.service.settings import Settings
+
+    check_bind(host, token)  # before anything slow is loaded
+    if not index.is_dir():
+        raise MCMFHError(f"index folder {index} does not exist")
+    settings = Settings(
+        token=token, max_upload_bytes=int(max_upload_mb * MIB), max_k=max_k, access_log=access_log,  # type: ignore[arg-type]
+        image_root=(image_root or index).resolve(),
+    )  # fmt: skip
+    try:
+        from mcmfh.service.app import create_app
+        from mcmfh.service.server import make_server
+    except ImportError as e:
+        raise MCMFHError(f"the service needs its extra: pip install 'mcmfh[service]' ({e.name} is missing)") from None
+    from mcmfh.service.engine import open_engine
+
+    engine = open_engine(index)
+    info = engine.info()
+    typer.echo(f"serving {info.items} items ({info.method}, {info.bits} bits, {info.encoder}) at http://{host}:{port}/")
+    make_server(create_app(engine, settings), host, port).run()
