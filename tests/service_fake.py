@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import socket
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +166,32 @@ class FakeEngine:
 
     def image_path(self, item_id: str) -> Path | None:
         return self.paths.get(item_id)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(app, start_timeout_s: float = 10.0) -> Iterator[str]:
+    """A real uvicorn server for ``app`` in a thread on a free loopback port; yields its base URL, stops (bounded)."""
+    from mcmfh.service.server import make_server
+
+    port = free_port()
+    server = make_server(app, "127.0.0.1", port)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"uvicorn did not start within {start_timeout_s} s")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=start_timeout_s)
+        if thread.is_alive():
+            raise RuntimeError("uvicorn did not stop")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -17,7 +14,7 @@ from mcmfh.service import server as server_module
 from mcmfh.service.app import create_app
 from mcmfh.service.security import bearer_matches, check_bind, is_loopback_host
 from mcmfh.service.settings import Settings
-from service_fake import TEXTS, FakeEngine, pattern_image, png_bytes
+from service_fake import TEXTS, FakeEngine, pattern_image, png_bytes, running_server
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 
@@ -106,30 +103,12 @@ def test_open_engine_without_the_engine_module(tmp_path: Path) -> None:
         pytest.skip("the real engine exists; its own tests cover open_engine")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def live_server(tmp_path: Path):
-    """A real uvicorn server in a thread on a free loopback port; stopped (bounded) at teardown."""
     engine = FakeEngine(tmp_path / "idx")
     app = create_app(engine, Settings(image_root=engine.root, max_upload_bytes=50_000))
-    port = free_port()
-    server = server_module.make_server(app, "127.0.0.1", port)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            pytest.fail("uvicorn did not start within 10 s")
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    assert not thread.is_alive(), "uvicorn did not stop"
+    with running_server(app) as url:
+        yield url
 
 
 def test_real_server_answers_and_survives_bad_requests(live_server: str) -> None:

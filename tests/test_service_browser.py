@@ -1,0 +1,140 @@
+"""Real-browser test of the web page: Playwright drives Debian's chromium against a real uvicorn server.
+
+Needs `pip install playwright` (the `dev` extra) and `apt-get install chromium`; Playwright's own browser download
+is never used (it is not reachable here), so the system binary is passed as executable_path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mcmfh.service.app import create_app
+from mcmfh.service.settings import Settings
+from service_fake import TEXTS, FakeEngine, pattern_image, png_bytes, running_server
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH (apt-get install chromium)"),
+]
+TIMEOUT_MS = 15_000
+
+
+@pytest.fixture
+def page(tmp_path: Path):
+    engine = FakeEngine(tmp_path / "idx")
+    app = create_app(engine, Settings(image_root=engine.root))
+    with running_server(app) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.set_default_timeout(TIMEOUT_MS)
+            external = []
+            page.on(
+                "request",
+                lambda r: None if r.url.startswith(url) or r.url.startswith("blob:") else external.append(r.url),
+            )
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "/")
+            yield page
+            assert external == [], f"the page fetched from other hosts: {external}"
+            assert errors == [], f"JavaScript errors: {errors}"
+        finally:
+            browser.close()
+
+
+def active_id(page) -> str:
+    return page.evaluate("document.activeElement.id || document.activeElement.dataset.id || ''")
+
+
+def test_text_search_image_upload_and_item_view(page, tmp_path: Path) -> None:
+    expect = sync_api.expect
+    expect(page.locator("#model")).to_contain_text("fake-simhash, 16-bit codes, 6 items")
+
+    # Keyboard only: the query box has focus, Tab order is query -> k -> Search -> drop zone.
+    assert active_id(page) == "query"
+    page.keyboard.press("Tab")
+    assert active_id(page) == "k"
+    page.keyboard.press("Tab")
+    assert active_id(page) == "search-button"
+    page.keyboard.press("Tab")
+    assert active_id(page) == "drop"
+
+    page.fill("#k", "3")
+    page.locator("#query").focus()
+    page.keyboard.type(TEXTS[3])
+    page.keyboard.press("Enter")
+    cards = page.locator("#results li button.card")
+    expect(cards).to_have_count(3)
+    first = cards.first
+    expect(first).to_contain_text("distance 0")
+    expect(first).to_contain_text(TEXTS[3])
+    expect(first.locator(".labels li")).to_have_text(["loc:region0", "cat:kind1"])
+    page.wait_for_function(
+        "document.querySelector('#results img') && document.querySelector('#results img').naturalWidth > 0"
+    )
+    expect(page.locator("#status")).to_contain_text("3 results")
+
+    query_png = tmp_path / "query.png"
+    query_png.write_bytes(png_bytes(pattern_image(4)))
+    page.set_input_files("#file", str(query_png))
+    expect(page.locator("#status")).to_contain_text("for query.png")
+    expect(cards.first).to_contain_text("MPX0004_synpic4")
+    expect(cards.first).to_contain_text("distance 0")
+
+    # Item view opens from the keyboard and hands focus back when closed.
+    cards.first.focus()
+    page.keyboard.press("Enter")
+    dialog = page.locator("#item-view")
+    expect(dialog).to_be_visible()
+    expect(page.locator("#item-title")).to_have_text("MPX0004_synpic4")
+    expect(page.locator("#item-text")).to_have_text(TEXTS[4])
+    page.wait_for_function("document.querySelector('#item-image').naturalWidth > 0")
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    assert active_id(page) == "MPX0004_synpic4"
+
+    shot = Path(os.environ.get("MCMFH_SCREENSHOT_DIR", tmp_path)) / "service-page.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 1000
+
+
+def test_bad_upload_shows_the_error(page, tmp_path: Path) -> None:
+    fake = tmp_path / "report.png"
+    fake.write_bytes(b"not an image at all, only text" * 20)
+    page.set_input_files("#file", str(fake))
+    status = page.locator("#status")
+    sync_api.expect(status).to_contain_text("not a PNG, JPEG or DICOM")
+    sync_api.expect(status).to_have_class("error")
+
+
+def test_token_protected_server(tmp_path: Path) -> None:
+    """With --token the page asks for it, then sends it on every call (images too, through fetch)."""
+    token = "browser-test-token-0123456789"
+    engine = FakeEngine(tmp_path / "idx")
+    app = create_app(engine, Settings(image_root=engine.root, token=token))
+    expect = sync_api.expect
+    with running_server(app) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url + "/")
+            expect(page.locator("#token-form")).to_be_visible()
+            expect(page.locator("#model")).to_contain_text("needs an access token")
+            page.fill("#token", token)
+            page.keyboard.press("Enter")
+            expect(page.locator("#model")).to_contain_text("6 items")
+            page.fill("#query", TEXTS[0])
+            page.keyboard.press("Enter")
+            expect(page.locator("#results li").first).to_contain_text("MPX0000_synpic0")
+            page.wait_for_function("(img => img && img.naturalWidth > 0)(document.querySelector('#results img'))")
+        finally:
+            browser.close()
