@@ -1,15 +1,21 @@
 """The HTTP API and the web page over a ``SearchEngine``.
 
-Handlers are plain ``def`` so FastAPI runs them in its thread pool: decoding and model inference are CPU-bound
-and must not block the event loop that keeps answering other requests.
+Decoding and model inference are CPU-bound: they run in worker threads (never on the event loop, which keeps
+answering other requests), at most ``Settings.search_threads`` at once. More threads than cores only fight over
+the GIL and the cores, which under load turns into long tail latencies; waiting requests queue on the loop instead.
+The light handlers (items, images, health) are plain ``def`` and use FastAPI's own thread pool.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+import anyio
+import anyio.to_thread
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware import Middleware
@@ -28,6 +34,7 @@ from mcmfh.service.settings import Settings
 
 STATIC_DIR = Path(__file__).parent / "static"
 _RAW_MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+T = TypeVar("T")
 
 
 class TextQuery(BaseModel):
@@ -67,6 +74,20 @@ class HealthOut(BaseModel):
 
 class ErrorOut(BaseModel):
     error: str
+
+
+class _WorkerPool:
+    """Runs blocking calls in threads, at most ``size`` at a time (the limiter is made on first use, inside the
+    event loop, as anyio requires)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.size)
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
 
 def _image_url(item_id: str, has_image: bool) -> str | None:
@@ -178,29 +199,30 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
             status="ok", model=info.method, bits=info.bits, encoder=info.encoder, items=info.items, name=info.name
         )
 
+    workers = _WorkerPool(settings.search_threads)
+
     @app.post("/search/text", response_model=SearchOut)
-    def search_text(body: TextQuery) -> SearchOut:
+    async def search_text(body: TextQuery) -> SearchOut:
         k, query = bounded_k(body.k), body.query.strip()
         if not query:
             raise _fail(422, "query is empty")
         if len(query) > settings.max_query_chars:
             raise _fail(422, f"query is {len(query)} characters, over the limit of {settings.max_query_chars}")
         start = time.perf_counter()
-        hits = engine.search_text(query, k)
+        hits = await workers.run(engine.search_text, query, k)
         return SearchOut(results=[_hit_out(h) for h in hits], took_ms=(time.perf_counter() - start) * 1000)
 
     @app.post("/search/image", response_model=SearchOut)
-    def search_image(
+    async def search_image(
         file: UploadFile = File(description="PNG, JPEG or DICOM; the type is read from the bytes."),
         k: int | None = Form(default=None),
     ) -> SearchOut:
         k = bounded_k(k)
         start = time.perf_counter()
-        data = file.file.read()  # already bounded by BodyLimitMiddleware
+        data = await file.read()  # already bounded by BodyLimitMiddleware
         if not data:
             raise _fail(422, "file is empty")
-        image = decode_image(data, settings.max_pixels)
-        hits = engine.search_image(image, k)
+        hits = await workers.run(lambda: engine.search_image(decode_image(data, settings.max_pixels), k))
         return SearchOut(results=[_hit_out(h) for h in hits], took_ms=(time.perf_counter() - start) * 1000)
 
     @app.get("/items/{item_id}", response_model=ItemOut)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +25,7 @@ class Settings:
     max_k: int = 100
     default_k: int = 10
     max_query_chars: int = 1000
+    search_threads: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))  # concurrent searches
     max_thumbnail_side: int = 2048  # upper bound of ``?max_side=`` on item images
     # "route": method, route template (e.g. /items/{item_id}), status, duration; "full" adds the raw path (ids);
     # query text and bodies are never logged.
@@ -33,7 +35,7 @@ class Settings:
     debug: bool = False  # log tracebacks of server errors (may contain request data)
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_body_bytes", "max_pixels", "max_k", "max_query_chars"):
+        for name in ("max_upload_bytes", "max_body_bytes", "max_pixels", "max_k", "max_query_chars", "search_threads"):
             if getattr(self, name) < 1:
                 raise MCMFHError(f"service setting {name} must be at least 1, got {getattr(self, name)}")
         if not 1 <= self.default_k <= self.max_k:

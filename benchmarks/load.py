@@ -1,0 +1,297 @@
+"""Load benchmark of the search service: concurrent clients against a real uvicorn server on 127.0.0.1.
+
+    python benchmarks/load.py                # 32 clients, 60 s, synthetic engine
+    python benchmarks/load.py --quick        # 10 s
+    python benchmarks/load.py --index IDX    # a real index (mcmfh.service.engine.open_engine)
+
+The server runs in its own process (as in production), the clients in this one, mixing text and image queries.
+Everything is bounded: the clients stop at the deadline, each request has a timeout, the server is terminated at
+the end. Prints a table (q/s, p50/p99 latency, errors) and writes JSON. The output always says which engine
+answered: the synthetic engine measures the service and Hamming search, not a trained model's encoders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import platform
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+QUERY_WORDS = (
+    "axial", "sagittal", "coronal", "CT", "MR", "T1", "T2", "FLAIR", "contrast", "brain", "liver", "lung", "spine",
+    "kidney", "hemorrhage", "lesion", "mass", "ring-enhancing", "frontal", "temporal", "lobe", "fracture", "abscess",
+    "edema", "infarct", "tumour", "cyst", "nodule", "effusion", "pneumonia",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Config:
+    clients: int
+    duration_s: float
+    warmup_s: float
+    image_fraction: float
+    k: int
+    request_timeout_s: float
+    items: int
+    bits: int
+    seed: int
+    index: str | None
+    images: str | None
+    access_log: str
+
+
+# --- synthetic engine (server side) -------------------------------------------------------------------------------
+
+
+class SyntheticEngine:
+    """Random packed codes for ``items`` entries; queries are hashed to codes (SimHash of words, or of a 16x16 grey
+    thumbnail) and ranked by exact Hamming distance with the project's packed-code kernel."""
+
+    def __init__(self, items: int, bits: int, seed: int) -> None:
+        from mcmfh.index.codes import pack_codes
+
+        rng = np.random.default_rng(seed)
+        self.bits = bits
+        self.codes = pack_codes(rng.random((items, bits)) < 0.5)
+        self.planes = rng.normal(size=(16 * 16, bits))
+
+    def info(self):
+        from mcmfh.service.engine import EngineInfo
+
+        return EngineInfo(method="synthetic", bits=self.bits, encoder="simhash", items=len(self.codes), name="bench")
+
+    def _rank(self, bits: np.ndarray, k: int):
+        from mcmfh.index.codes import hamming_matrix, pack_codes
+        from mcmfh.service.engine import Hit
+
+        distances = hamming_matrix(pack_codes(bits[None]), self.codes)[0]
+        top = np.argpartition(distances, min(k, len(distances) - 1))[:k]
+        top = top[np.lexsort((top, distances[top]))]
+        return [Hit(f"item{j}", int(distances[j]), f"synthetic item {j}", ("tag",), False) for j in top]
+
+    def search_text(self, query: str, k: int):
+        total = np.zeros(self.bits)
+        for word in query.lower().split():
+            seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")
+            total += np.random.default_rng(seed).normal(size=self.bits)
+        return self._rank(total > 0, k)
+
+    def search_image(self, image, k: int):
+        grey = np.asarray(image.convert("L").resize((16, 16)), dtype=np.float64).ravel()
+        return self._rank(((grey - grey.mean()) @ self.planes) > 0, k)
+
+    def get_item(self, item_id: str):
+        return None
+
+    def image_path(self, item_id: str):
+        return None
+
+
+def serve(config: Config, port: int, log_path: str) -> None:
+    """Server process: build the engine, then run uvicorn until terminated; its logs go to ``log_path``."""
+    sys.stderr = sys.stdout = open(log_path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+    from mcmfh.service.app import create_app
+    from mcmfh.service.engine import open_engine
+    from mcmfh.service.server import make_server
+    from mcmfh.service.settings import Settings
+
+    if config.index:
+        engine, root = open_engine(config.index), Path(config.index).resolve()
+    else:
+        engine, root = SyntheticEngine(config.items, config.bits, config.seed), None
+    settings = Settings(image_root=root, max_k=max(config.k, 1), access_log=config.access_log)  # type: ignore[arg-type]
+    make_server(create_app(engine, settings), "127.0.0.1", port).run()
+
+
+# --- clients ---------------------------------------------------------------------------------------------------------
+
+
+def query_images(folder: str | None, seed: int, count: int = 16) -> list[tuple[str, bytes]]:
+    """Real image files from ``folder`` (first ``count`` PNG/JPEG/DICOM files), else generated 256x256 PNGs."""
+    if folder:
+        files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".dcm"})
+        if not files:
+            raise SystemExit(f"--images {folder}: no .png/.jpg/.dcm files")
+        return [(p.name, p.read_bytes()) for p in files[:count]]
+    from PIL import Image
+
+    rng, out = np.random.default_rng(seed), []
+    for i in range(count):
+        blocks = rng.integers(0, 256, size=(16, 16), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(blocks, mode="L").resize((256, 256), Image.Resampling.BILINEAR).save(buf, format="PNG")
+        out.append((f"q{i}.png", buf.getvalue()))
+    return out
+
+
+async def run_clients(config: Config, base: str, images: list[tuple[str, bytes]]) -> dict:
+    import httpx
+
+    rng = np.random.default_rng(config.seed)
+    texts = [" ".join(rng.choice(QUERY_WORDS, size=int(rng.integers(3, 12)))) for _ in range(256)]
+    records: list[tuple[str, float, str | None]] = []  # (kind, latency s, error or None)
+    limits = httpx.Limits(max_connections=config.clients, max_keepalive_connections=config.clients)
+
+    async def one(client: httpx.AsyncClient, i: int, counted: bool) -> None:
+        is_image = rng.random() < config.image_fraction
+        start = time.perf_counter()
+        error = None
+        try:
+            if is_image:
+                name, data = images[i % len(images)]
+                r = await client.post("/search/image", files={"file": (name, data)}, data={"k": str(config.k)})
+            else:
+                r = await client.post("/search/text", json={"query": texts[i % len(texts)], "k": config.k})
+            if r.status_code != 200:
+                error = f"HTTP {r.status_code}"
+            elif len(r.json()["results"]) != min(config.k, info_items):
+                error = "wrong result count"
+        except httpx.HTTPError as e:
+            error = type(e).__name__
+        if counted:
+            records.append(("image" if is_image else "text", time.perf_counter() - start, error))
+
+    async def worker(client: httpx.AsyncClient, wid: int, start_at: float, stop_at: float) -> None:
+        i = wid
+        while (now := time.perf_counter()) < stop_at:
+            await one(client, i, counted=now >= start_at)
+            i += config.clients
+
+    async with httpx.AsyncClient(base_url=base, timeout=config.request_timeout_s, limits=limits) as client:
+        health = (await client.get("/health")).json()
+        info_items = health["items"]
+        begin = time.perf_counter()
+        start_at, stop_at = begin + config.warmup_s, begin + config.warmup_s + config.duration_s
+        await asyncio.gather(*(worker(client, w, start_at, stop_at) for w in range(config.clients)))
+        measured_s = time.perf_counter() - start_at
+    return {"health": health, "records": records, "measured_s": measured_s}
+
+
+def summarise(records: list[tuple[str, float, str | None]], seconds: float) -> dict:
+    out = {}
+    for kind in ("text", "image", "all"):
+        rows = [r for r in records if kind == "all" or r[0] == kind]
+        lat = np.array([r[1] for r in rows]) * 1000
+        errors: dict[str, int] = {}
+        for r in rows:
+            if r[2]:
+                errors[r[2]] = errors.get(r[2], 0) + 1
+        out[kind] = {
+            "requests": len(rows),
+            "errors": sum(errors.values()),
+            "error_kinds": errors,
+            "qps": len(rows) / seconds if seconds > 0 else 0.0,
+            "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
+            "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
+        }
+    return out
+
+
+def table(summary: dict) -> str:
+    lines = [f"{'kind':<6} {'requests':>9} {'errors':>7} {'q/s':>9} {'p50 ms':>9} {'p99 ms':>9}"]
+    for kind, s in summary.items():
+        p50 = f"{s['p50_ms']:.1f}" if s["p50_ms"] is not None else "-"
+        p99 = f"{s['p99_ms']:.1f}" if s["p99_ms"] is not None else "-"
+        lines.append(f"{kind:<6} {s['requests']:>9} {s['errors']:>7} {s['qps']:>9.1f} {p50:>9} {p99:>9}")
+    return "\n".join(lines)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(base: str, process: mp.Process, timeout_s: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not process.is_alive():
+            raise SystemExit(f"server process exited with code {process.exitcode} (see its log)")
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"server did not answer /health within {timeout_s} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--index", help="index folder served by the real engine (default: synthetic engine)")
+    ap.add_argument("--images", help="folder of query images (default: generated PNGs)")
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--duration", type=float, default=60.0, help="measured seconds")
+    ap.add_argument("--quick", action="store_true", help="10 s instead of --duration")
+    ap.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
+    ap.add_argument("--image-fraction", type=float, default=0.5, help="share of image queries")
+    ap.add_argument("-k", type=int, default=10)
+    ap.add_argument("--items", type=int, default=20_000, help="synthetic engine: database size")
+    ap.add_argument("--bits", type=int, default=64, help="synthetic engine: code length")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, seconds")
+    ap.add_argument("--access-log", default="route", choices=["off", "route", "full"])
+    ap.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for the server")
+    ap.add_argument("--out", default="benchmarks/results/load.json")
+    args = ap.parse_args(argv)
+    config = Config(
+        clients=args.clients, duration_s=10.0 if args.quick else args.duration, warmup_s=args.warmup,
+        image_fraction=args.image_fraction, k=args.k, request_timeout_s=args.timeout, items=args.items,
+        bits=args.bits, seed=args.seed, index=args.index, images=args.images, access_log=args.access_log,
+    )  # fmt: skip
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log_path = out.with_suffix(".server.log")
+    log_path.write_text("")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = mp.get_context("spawn").Process(target=serve, args=(config, port, str(log_path)), daemon=True)
+    server.start()
+    try:
+        wait_until_up(base, server, args.startup_timeout)
+        images = query_images(config.images, config.seed)
+        run = asyncio.run(
+            asyncio.wait_for(run_clients(config, base, images), config.warmup_s + config.duration_s + 2 * args.timeout)
+        )
+        alive_after = server.is_alive()
+    finally:
+        server.terminate()
+        server.join(timeout=10)
+        if server.is_alive():
+            server.kill()
+    health = run["health"]
+    engine = (
+        f"index {config.index} ({health['model']}, {health['bits']} bits, {health['encoder']}, {health['items']} items)"
+        if config.index
+        else f"SYNTHETIC ({health['items']} random {health['bits']}-bit codes, SimHash queries; no trained model)"
+    )
+    summary = summarise(run["records"], run["measured_s"])
+    result = {
+        "engine": engine, "config": asdict(config), "measured_s": run["measured_s"], "server_alive_after": alive_after,
+        "summary": summary, "machine": {"python": platform.python_version(), "cpus": mp.cpu_count(),
+                                        "platform": platform.platform()},
+        "server_log": str(log_path),
+    }  # fmt: skip
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"engine   {engine}")
+    load = f"{config.clients} clients, {run['measured_s']:.1f} s measured after {config.warmup_s:.0f} s warm-up"
+    print(f"load     {load}, {config.image_fraction:.0%} image queries, k={config.k}, server on 127.0.0.1:{port}")
+    print(table(summary))
+    print(f"server   {'still up' if alive_after else 'DIED'}; log {log_path}; JSON {out}")
+    return 0 if summary["all"]["errors"] == 0 and alive_after else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
