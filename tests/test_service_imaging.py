@@ -76,3 +76,17 @@ def test_grey_and_palette_png_become_rgb() -> None:
             image = Image.fromarray(np.asarray(image, dtype=np.uint16) * 200)
         out = decode_image(png_bytes(image), max_pixels=10_000)
         assert out.mode == "RGB" and np.asarray(out).std() > 20, mode  # contrast kept, not clipped to white
+
+
+@pytest.mark.realdata
+def test_real_medpix_images_decode_within_default_limits(shared_data) -> None:
+    """The default pixel limit must not refuse a real archive: decode a spread of MedPix 2.0 images as uploads."""
+    from mcmfh.service.settings import Settings
+
+    files = sorted((shared_data / "medpix2" / "images").glob("*.jpg"))
+    assert len(files) > 1000
+    for path in files[:: len(files) // 60]:
+        data = path.read_bytes()
+        assert sniff(data) == "jpeg", path.name
+        image = decode_image(data, Settings().max_pixels)
+        assert image.mode == "RGB" and min(image.size) >= 64, path.name
