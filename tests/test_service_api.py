@@ -64,6 +64,8 @@ def test_page_and_assets_are_served_locally(client: TestClient) -> None:
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert 'id="query"' in r.text and 'id="drop"' in r.text and 'id="results"' in r.text
+    assert "script-src 'self';" in r.headers["content-security-policy"]
+    assert r.headers["x-content-type-options"] == "nosniff" and r.headers["x-frame-options"] == "DENY"
     for name in ("app.js", "style.css"):
         assert client.get(f"/static/{name}").status_code == 200
     for path in STATIC_DIR.iterdir():  # nothing on the page may come from another host

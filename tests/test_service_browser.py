@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -41,12 +42,23 @@ def page(tmp_path: Path):
             )
             errors = []
             page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)  # CSP violations too
             page.goto(url + "/")
+            page.console_errors = errors  # a test that provokes an HTTP error removes the expected message
             yield page
             assert external == [], f"the page fetched from other hosts: {external}"
             assert errors == [], f"JavaScript errors: {errors}"
         finally:
             browser.close()
+
+
+def wait_image_loaded(page, selector: str) -> None:
+    """Poll from Python: the page's CSP (rightly) forbids the eval that page.wait_for_function would use."""
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while page.locator(selector).first.evaluate("img => img.naturalWidth") == 0:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{selector} did not load")
+        time.sleep(0.05)
 
 
 def active_id(page) -> str:
@@ -76,9 +88,7 @@ def test_text_search_image_upload_and_item_view(page, tmp_path: Path) -> None:
     expect(first).to_contain_text("distance 0")
     expect(first).to_contain_text(TEXTS[3])
     expect(first.locator(".labels li")).to_have_text(["loc:region0", "cat:kind1"])
-    page.wait_for_function(
-        "document.querySelector('#results img') && document.querySelector('#results img').naturalWidth > 0"
-    )
+    wait_image_loaded(page, "#results img")
     expect(page.locator("#status")).to_contain_text("3 results")
 
     query_png = tmp_path / "query.png"
@@ -95,7 +105,7 @@ def test_text_search_image_upload_and_item_view(page, tmp_path: Path) -> None:
     expect(dialog).to_be_visible()
     expect(page.locator("#item-title")).to_have_text("MPX0004_synpic4")
     expect(page.locator("#item-text")).to_have_text(TEXTS[4])
-    page.wait_for_function("document.querySelector('#item-image').naturalWidth > 0")
+    wait_image_loaded(page, "#item-image")
     page.keyboard.press("Escape")
     expect(dialog).to_be_hidden()
     assert active_id(page) == "MPX0004_synpic4"
@@ -113,6 +123,16 @@ def test_bad_upload_shows_the_error(page, tmp_path: Path) -> None:
     status = page.locator("#status")
     sync_api.expect(status).to_contain_text("not a PNG, JPEG or DICOM")
     sync_api.expect(status).to_have_class("error")
+    expected = [e for e in page.console_errors if "status of 415" in e]
+    assert len(expected) == 1
+    page.console_errors.remove(expected[0])
+
+
+def test_api_docs_render_from_local_assets(page) -> None:
+    pytest.importorskip("fastapi_offline", reason="local Swagger UI assets (fastapi-offline) not installed")
+    page.goto(page.url + "docs")
+    sync_api.expect(page.locator(".opblock").first).to_be_visible()
+    assert page.locator(".opblock").count() >= 5  # the five API operations
 
 
 def test_token_protected_server(tmp_path: Path) -> None:
@@ -135,6 +155,6 @@ def test_token_protected_server(tmp_path: Path) -> None:
             page.fill("#query", TEXTS[0])
             page.keyboard.press("Enter")
             expect(page.locator("#results li").first).to_contain_text("MPX0000_synpic0")
-            page.wait_for_function("(img => img && img.naturalWidth > 0)(document.querySelector('#results img'))")
+            wait_image_loaded(page, "#results img")
         finally:
             browser.close()

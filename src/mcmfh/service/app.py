@@ -29,7 +29,13 @@ from mcmfh import __version__
 from mcmfh.errors import MCMFHError
 from mcmfh.service.engine import Hit, Item, SearchEngine
 from mcmfh.service.imaging import ImageRejected, decode_image, sniff, to_png
-from mcmfh.service.middleware import AccessLogMiddleware, AuthMiddleware, BodyLimitMiddleware, error_logger
+from mcmfh.service.middleware import (
+    AccessLogMiddleware,
+    AuthMiddleware,
+    BodyLimitMiddleware,
+    SecurityHeadersMiddleware,
+    error_logger,
+)
 from mcmfh.service.settings import Settings
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -167,6 +173,7 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
         docs_url=None,
         redoc_url=None,
         middleware=[  # outermost first: log everything, then auth, then body size
+            Middleware(SecurityHeadersMiddleware),
             Middleware(AccessLogMiddleware, settings=settings),
             Middleware(AuthMiddleware, settings=settings),
             Middleware(BodyLimitMiddleware, settings=settings),
