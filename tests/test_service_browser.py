@@ -91,9 +91,13 @@ def test_text_search_image_upload_and_item_view(page, tmp_path: Path) -> None:
     wait_image_loaded(page, "#results img")
     expect(page.locator("#status")).to_contain_text("3 results")
 
+    # Image search from the keyboard: Enter on the drop zone opens the file chooser.
     query_png = tmp_path / "query.png"
     query_png.write_bytes(png_bytes(pattern_image(4)))
-    page.set_input_files("#file", str(query_png))
+    page.locator("#drop").focus()
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(str(query_png))
     expect(page.locator("#status")).to_contain_text("for query.png")
     expect(cards.first).to_contain_text("MPX0004_synpic4")
     expect(cards.first).to_contain_text("distance 0")
@@ -114,6 +118,24 @@ def test_text_search_image_upload_and_item_view(page, tmp_path: Path) -> None:
     shot.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 1000
+
+
+def test_drag_and_drop_searches(page) -> None:
+    data = list(png_bytes(pattern_image(0)))
+    transfer = page.evaluate_handle(
+        """bytes => {
+            const dt = new DataTransfer();
+            dt.items.add(new File([new Uint8Array(bytes)], "dropped.png", { type: "image/png" }));
+            return dt;
+        }""",
+        data,
+    )
+    page.dispatch_event("#drop", "dragover", {"dataTransfer": transfer})
+    sync_api.expect(page.locator("#drop")).to_have_class("drop over")
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    sync_api.expect(page.locator("#status")).to_contain_text("for dropped.png")
+    sync_api.expect(page.locator("#results li").first).to_contain_text("MPX0000_synpic0")
+    sync_api.expect(page.locator("#drop")).to_have_class("drop")
 
 
 def test_bad_upload_shows_the_error(page, tmp_path: Path) -> None:

@@ -46,6 +46,7 @@ def test_monochrome1_is_inverted() -> None:
     assert mono2.tolist() == [[0, 255]] and mono1.tolist() == [[255, 0]]
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the garbage it is given here
 def test_dicom_errors() -> None:
     good = dicom_bytes(np.zeros((8, 8), dtype=np.uint16))
     with pytest.raises(ImageRejected, match="over the limit of 10 pixels") as e:

@@ -76,6 +76,7 @@ class HealthOut(BaseModel):
     encoder: str
     items: int
     name: str
+    max_k: int
 
 
 class ErrorOut(BaseModel):
@@ -203,7 +204,13 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
     def health() -> HealthOut:
         info = engine.info()
         return HealthOut(
-            status="ok", model=info.method, bits=info.bits, encoder=info.encoder, items=info.items, name=info.name
+            status="ok",
+            model=info.method,
+            bits=info.bits,
+            encoder=info.encoder,
+            items=info.items,
+            name=info.name,
+            max_k=settings.max_k,
         )
 
     workers = _WorkerPool(settings.search_threads)

@@ -6,6 +6,7 @@ const THUMB_SIDE = 256;
 const VIEW_SIDE = 1024;
 let objectUrls = [];
 let lastCard = null;
+let searchSeq = 0;  // only the newest search may fill the grid (an older, slower answer is dropped)
 
 function token() { return sessionStorage.getItem("mcmfh-token"); }
 
@@ -85,7 +86,8 @@ function card(hit, rank) {
   return li;
 }
 
-function render(payload, what) {
+function render(payload, what, seq) {
+  if (seq !== searchSeq) return;
   for (const url of objectUrls) URL.revokeObjectURL(url);
   objectUrls = [];
   const list = $("results");
@@ -100,13 +102,14 @@ async function searchText(event) {
   const query = $("query").value.trim();
   if (!query) { setStatus("Type a query first.", true); return; }
   setStatus("Searching…");
+  const seq = ++searchSeq;
   try {
     const response = await api("/search/text", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ query, k: k() }),
     });
-    render(await response.json(), "the text query");
+    render(await response.json(), "the text query", seq);
   } catch (error) {
     setStatus(error.message, true);
   }
@@ -118,9 +121,10 @@ async function searchImage(file) {
   const form = new FormData();
   form.append("file", file);
   form.append("k", String(k()));
+  const seq = ++searchSeq;
   try {
     const response = await api("/search/image", { method: "POST", body: form });
-    render(await response.json(), file.name);
+    render(await response.json(), file.name, seq);
   } catch (error) {
     setStatus(error.message, true);
   }
@@ -148,6 +152,7 @@ async function openItem(id, from) {
 async function loadHealth() {
   try {
     const h = await (await api("/health")).json();
+    $("k").max = String(h.max_k);
     $("model").textContent = `${h.model}, ${h.bits}-bit codes, ${h.items} items` + (h.name ? ` (${h.name})` : "");
   } catch (error) {
     $("model").textContent = error.message;
