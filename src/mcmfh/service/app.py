@@ -173,7 +173,7 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
         description="Cross-modal (text or image) retrieval of medical images and reports by Hamming search.",
         docs_url=None,
         redoc_url=None,
-        middleware=[  # outermost first: log everything, then auth, then body size
+        middleware=[  # outermost first: headers on every answer, log and catch everything, then auth, then body size
             Middleware(SecurityHeadersMiddleware),
             Middleware(AccessLogMiddleware, settings=settings),
             Middleware(AuthMiddleware, settings=settings),
