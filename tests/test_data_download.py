@@ -217,3 +217,19 @@ def test_cli_prepare(server, tmp_path, capsys):
     assert (out / "ecgen-radiology" / "1.xml").is_file() and not (out / "NLMCXR_png").exists()
     assert main(["prepare", "imagenet", "--out", str(out)]) == 2
     assert "unknown dataset" in capsys.readouterr().err
+
+
+def test_prepare_roco_text_from_repository_archive(server, tmp_path):
+    src = write_roco(tmp_path / "flat")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for p in src.rglob("*.txt"):
+            split = p.parent.name
+            z.writestr(f"roco-dataset-abc/data/{split}/radiology/{p.name}", p.read_bytes())
+        z.writestr("roco-dataset-abc/README.md", "ROCO")
+    server.files["/roco.zip"] = buf.getvalue()
+    out = tmp_path / "roco"
+    prepare("roco", out, config=QUIET, text_url=f"{server.url}/roco.zip", images=False)
+    ds = load_dataset("roco", out)
+    assert ds.split_counts() == {"train": 3, "dev": 1, "test": 1}
+    assert (out / "train" / "licences.txt").read_bytes() == (src / "train" / "licences.txt").read_bytes()

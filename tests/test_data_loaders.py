@@ -258,3 +258,18 @@ def test_real_data_counts(shared_data):
     roco = load_dataset("roco", shared_data / "roco")
     assert len(roco) == 6118 and roco.split_counts() == {"train": 4895, "dev": 611, "test": 612}
     assert sum(1 for r in roco.records if not r.labels) == 429
+
+
+def test_generic_csv_reads_dicom_images(tmp_path):
+    from data_fixtures import write_dicom
+    from mcmfh.data import load_image
+
+    write_dicom(tmp_path / "scans" / "IM0001", np.array([[0, 4095]], dtype=np.uint16), "MONOCHROME1")
+    (tmp_path / "scans" / "IM0002").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 10)  # marker, broken header
+    (tmp_path / "a.csv").write_text(
+        "image,text,labels,split\nscans/IM0001,Chest film,chest,train\nscans/IM0002,Broken,chest,dev\n"
+    )
+    with pytest.raises(DataError, match="IM0002"):
+        load_dataset("csv", tmp_path / "a.csv")
+    ds = load_dataset("csv", tmp_path / "a.csv", skip_bad=True)
+    assert len(ds) == 1 and np.asarray(load_image(ds.records[0].image))[0, :, 0].tolist() == [255, 0]

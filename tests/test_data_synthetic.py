@@ -47,3 +47,12 @@ def test_synthetic_captions_and_pixels_follow_the_finding(tmp_path):
         return np.mean([(im > 230).sum() for im in imgs])
 
     assert bright("finding:lesion") > bright("finding:normal")
+
+
+def test_prepare_synthetic_via_cli_and_loader(tmp_path):
+    from mcmfh.cli import main
+
+    out = tmp_path / "syn"
+    assert main(["prepare", "synthetic", "--out", str(out)]) == 0
+    ds = load_dataset("synthetic", out)
+    assert len(ds) == 600 and ds.records[0].image.is_file()

@@ -11,7 +11,7 @@ from mcmfh.cli import app
 
 @app.command()
 def prepare(
-    dataset: str = typer.Argument(..., help="Dataset to download and lay out: openi, roco or medpix2."),
+    dataset: str = typer.Argument(..., help="openi, roco, medpix2 (downloaded) or synthetic (generated)."),
     out: Path = typer.Option(..., "--out", help="Folder to write the dataset layout into (the loader's root)."),
     base_url: str | None = typer.Option(None, "--base-url", help="Download from this URL instead (a mirror)."),
     source: Path | None = typer.Option(

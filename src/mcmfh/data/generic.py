@@ -113,6 +113,17 @@ def load_csv(root: Path, label_set: str, issues: Issues, min_count: int = 1, che
     return finalize("csv", label_set, cands, issues, check_images=check_images, min_count=min_count)
 
 
+@register_loader("synthetic", None, "labels", "built-in synthetic scans (mcmfh prepare synthetic), generic CSV layout")
+def load_synthetic(
+    root: Path, label_set: str, issues: Issues, min_count: int = 1, check_images: bool = True
+) -> Dataset:
+    path = root / "synthetic.csv" if root.is_dir() else root
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run `mcmfh prepare synthetic --out DIR` to generate it")
+    cands = load_rows_csv(path, label_set, issues)
+    return finalize("synthetic", label_set, cands, issues, check_images=check_images, min_count=min_count)
+
+
 @register_loader("jsonl", None, "labels", "generic JSON Lines: one {image,text,labels,split[,id]} object per line")
 def load_jsonl(root: Path, label_set: str, issues: Issues, min_count: int = 1, check_images: bool = True) -> Dataset:
     path = _find_file(root, (".jsonl", ".ndjson"))

@@ -7,6 +7,7 @@
   PubMed Central Open Access package -> ``<out>/<split>/images/<PMC id>_<name>`` (see ``mcmfh.data.roco_fetch``).
 - ``medpix2``: the MedPix 2.0 repository archive (or ``source``, a checkout) -> ``<out>/medpix2.csv`` +
   ``<out>/images/*.png`` (see ``mcmfh.data.medpix2_convert``).
+- ``synthetic``: no download; generates the built-in demo dataset (``mcmfh.data.synthetic``).
 
 Downloads go to ``<out>/.downloads/`` and resume after an interruption (``mcmfh.data.download``). Each output folder
 appears in one atomic rename once complete, and the file the loader looks for first is written last, so a stopped
@@ -92,9 +93,9 @@ def prepare(
     ``base_url`` replaces the default download location (a mirror, or a local server in tests); ``source`` points to
     files already on disk instead of downloading them; ``checksums`` maps archive file names to SHA-256 hex digests.
     Dataset options: openi ``images`` (bool); roco ``subset``, ``splits``, ``limit``, ``keep_archives``,
-    ``text_url``; medpix2 ``ref``.
+    ``text_url``, ``images``; medpix2 ``ref``; synthetic ``n``, ``seed``.
     """
-    from mcmfh.data import medpix2_convert, roco_fetch
+    from mcmfh.data import medpix2_convert, roco_fetch, synthetic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -106,6 +107,7 @@ def prepare(
         "openi": (prepare_openi, (out, base_url, src, checksums, cfg)),
         "roco": (roco_fetch.prepare_roco, (out, base_url, src, cfg)),
         "medpix2": (medpix2_convert.prepare_medpix2, (out, base_url, src, checksums, cfg)),
+        "synthetic": (synthetic.prepare_synthetic, (out,)),
     }
     if dataset not in handlers:
         raise MCMFHError(f"prepare: unknown dataset {dataset!r}; can prepare {sorted(handlers)}")

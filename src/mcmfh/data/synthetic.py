@@ -211,3 +211,9 @@ def make_synthetic_dataset(out_dir: str | Path, n: int = 600, seed: int = 0) -> 
                      it.location]
                 )  # fmt: skip
     return out
+
+
+def prepare_synthetic(out: Path, n: int = 600, seed: int = 0) -> dict:
+    """``mcmfh prepare synthetic``: generate the dataset into ``out`` (replacing an earlier one)."""
+    make_synthetic_dataset(out, n=n, seed=seed)
+    return {"items": n, "seed": seed}
