@@ -233,3 +233,21 @@ def test_prepare_roco_text_from_repository_archive(server, tmp_path):
     ds = load_dataset("roco", out)
     assert ds.split_counts() == {"train": 3, "dev": 1, "test": 1}
     assert (out / "train" / "licences.txt").read_bytes() == (src / "train" / "licences.txt").read_bytes()
+
+
+def test_prepare_medpix2_from_checkout_and_interrupted_download(server, tmp_path):
+    checkout = tmp_path / "checkout"
+    with zipfile.ZipFile(io.BytesIO(_medpix_zip("abc"))) as z:
+        z.extractall(checkout)
+    out = prepare("medpix2", tmp_path / "a", source=checkout, config=QUIET)
+    assert len(load_dataset("medpix2", out)) == 2
+    # The server hangs up and every retry fails: no medpix2.csv, so nothing looks complete; a rerun finishes.
+    server.files["/archive/abc.zip"] = _medpix_zip("abc")
+    server.drop_once.add("/archive/abc.zip")
+    once = DownloadConfig(retries=0, backoff_s=0, progress=False)
+    with pytest.raises(DataError, match="run again to resume"):
+        prepare("medpix2", tmp_path / "b", base_url=f"{server.url}/archive/", ref="abc", config=once)
+    with pytest.raises(DataError, match="mcmfh prepare medpix2"):
+        load_dataset("medpix2", tmp_path / "b")
+    prepare("medpix2", tmp_path / "b", base_url=f"{server.url}/archive/", ref="abc", config=once)
+    assert len(load_dataset("medpix2", tmp_path / "b")) == 2

@@ -105,7 +105,10 @@ def download(
     sha256: str | None = None,
     config: DownloadConfig | None = None,
 ) -> Path:
-    """Download ``url`` to ``dest`` (resuming ``dest.part``), verify, rename atomically; skip if ``dest`` exists."""
+    """Download ``url`` to ``dest`` (resuming ``dest.part``), verify, rename atomically.
+
+    An existing ``dest`` is returned as is: it only ever appears through the final rename, after the checks passed.
+    """
     cfg = config or DownloadConfig()
     dest = Path(dest)
     if dest.exists():

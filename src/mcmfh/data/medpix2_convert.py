@@ -49,10 +49,10 @@ def _tags(*pairs: tuple[str, object]) -> str:
     return ";".join(f"{k}:{_one_line(v)}" for k, v in pairs if _one_line(v))
 
 
-def _read_sources(src: Path) -> tuple[dict[str, object], dict[str, Path | tuple[Path, PurePosixPath]]]:
-    """The three JSON documents and the PNG locations, from an archive file or a checked-out folder."""
+def _read_sources(src: Path) -> tuple[dict[str, object], dict[str, Path | PurePosixPath]]:
+    """The three JSON documents and the PNGs by image id (a file in a checkout, or a member of the archive)."""
     docs: dict[str, object] = {}
-    pngs: dict[str, Path | tuple[Path, PurePosixPath]] = {}
+    pngs: dict[str, Path | PurePosixPath] = {}
     if src.is_dir():
         for p in src.rglob("*"):
             if p.name in JSON_NAMES and JSON_NAMES[p.name] not in docs:
@@ -65,7 +65,7 @@ def _read_sources(src: Path) -> tuple[dict[str, object], dict[str, Path | tuple[
                 with opener() as f:
                     docs[JSON_NAMES[member.name]] = _load_json(f.read(), src / str(member))
             elif member.suffix.lower() == ".png" and member.parent.name == "images":
-                pngs[member.stem] = (src, member)
+                pngs[member.stem] = member
     missing = sorted({"Descriptions.json": "desc", "Case_topic.json": "cases", "uid_list.json": "splits"}.items())
     lacking = [name for name, key in missing if key not in docs]
     if lacking:
@@ -126,18 +126,6 @@ def _rows(docs: dict[str, object], pngs: dict) -> tuple[list[dict[str, str]], di
     return rows, dropped
 
 
-def _copy_png(where: Path | tuple[Path, PurePosixPath], target: Path) -> None:
-    if isinstance(where, Path):
-        shutil.copyfile(where, target)
-        return
-    archive, member = where
-    for path, opener in iter_members(archive):
-        if path == member:
-            with opener() as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out)
-            return
-
-
 def _write_images(rows: list[dict[str, str]], pngs: dict, src: Path, images_dir: Path) -> None:
     if images_dir.is_dir():
         return
@@ -145,7 +133,7 @@ def _write_images(rows: list[dict[str, str]], pngs: dict, src: Path, images_dir:
     with atomic_dir(images_dir) as tmp:
         if src.is_dir():
             for name in wanted:
-                _copy_png(pngs[name], tmp / f"{name}.png")
+                shutil.copyfile(pngs[name], tmp / f"{name}.png")
             return
         for path, opener in iter_members(src):  # one pass over the archive instead of one per image
             if path.suffix.lower() == ".png" and path.parent.name == "images" and path.stem in wanted:
@@ -160,7 +148,8 @@ def prepare_medpix2(
     checksums: dict[str, str] | None,
     cfg: DownloadConfig,
     ref: str = DEFAULT_REF,
-) -> dict:
+) -> dict[str, object]:
+    """Download the repository archive at ``ref`` (unless ``source``) and convert it; see the module docstring."""
     if source is None:
         name = f"{ref}.zip"
         source = download(url_join(base_url or REPO_ARCHIVE_BASE, name), out / DOWNLOADS / f"MedPix-2.0-{name}",

@@ -59,8 +59,14 @@ def extract_folder(archive: Path, target: Path, pick: Callable[[PurePosixPath], 
 
 
 def prepare_openi(
-    out: Path, base_url: str | None, source: Path | None, checksums, cfg: DownloadConfig, images: bool = True
-) -> dict:
+    out: Path,
+    base_url: str | None,
+    source: Path | None,
+    checksums: dict[str, str] | None,
+    cfg: DownloadConfig,
+    images: bool = True,
+) -> dict[str, int]:
+    """The two NLM archives -> ``ecgen-radiology/`` and ``NLMCXR_png/`` (``images=False``: reports only)."""
     base = base_url or OPENI_BASE_URL
     reports = fetch_or_find(OPENI_ARCHIVES["reports"], base, out, source, checksums, cfg)
     counts = {"images": 0}
