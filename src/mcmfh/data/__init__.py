@@ -1,5 +1,18 @@
-"""Dataset loaders: one record type (``Record``), many sources."""
+"""Dataset loaders: one record type (``Record``), many sources, one entry point (``load_dataset``)."""
 
+from mcmfh.data.images import check_image, load_image
 from mcmfh.data.records import SPLITS, Dataset, LoadReport, Record, build_vocab
+from mcmfh.data.registry import available_datasets, load_dataset, register_loader
 
-__all__ = ["SPLITS", "Dataset", "LoadReport", "Record", "build_vocab"]
+__all__ = [
+    "SPLITS",
+    "Dataset",
+    "LoadReport",
+    "Record",
+    "available_datasets",
+    "build_vocab",
+    "check_image",
+    "load_dataset",
+    "load_image",
+    "register_loader",
+]

@@ -1,0 +1,131 @@
+"""Generic ``csv`` and ``jsonl`` loaders, so a hospital can bring its own archive without writing code.
+
+Each row/line is one item with the fields ``image``, ``text``, ``labels``, ``split`` and optionally ``id``:
+
+- ``image``: a path relative to the file's folder (or absolute); PNG, JPEG or DICOM. An empty cell means a text-only
+  item; a named file that is missing or whose header does not parse is a bad item.
+- ``labels`` (or the column named by ``label_set``): tags separated by ``;`` (in JSONL also a list of strings).
+- ``split``: ``train``, ``dev`` or ``test``.
+- ``id``: unique; when the column is absent, ids are ``<file stem>-<line>``.
+
+``root`` is the CSV/JSONL file itself, or a folder holding exactly one such file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mcmfh.data.build import Candidate, Issues, finalize, read_csv_rows, split_labels
+from mcmfh.data.records import Dataset
+from mcmfh.data.registry import register_loader
+from mcmfh.errors import DataError
+
+REQUIRED = ("image", "text", "split")
+
+
+def _find_file(root: Path, suffixes: tuple[str, ...]) -> Path:
+    if root.is_file():
+        return root
+    found = sorted(p for s in suffixes for p in root.glob(f"*{s}"))
+    if len(found) != 1:
+        raise DataError(f"{root}: expected exactly one {'/'.join(suffixes)} file in the folder, found {len(found)}")
+    return found[0]
+
+
+def _candidate(row: dict[str, object], label_set: str, base: Path, where: str, default_id: str) -> Candidate | str:
+    """One row -> Candidate, or the reason it is bad."""
+    labels_cell = row.get(label_set)
+    if isinstance(labels_cell, list):
+        if not all(isinstance(t, str) for t in labels_cell):
+            return f"{label_set!r} must be a list of strings or a ';'-separated string"
+        labels = tuple(dict.fromkeys(t.strip() for t in labels_cell if t.strip()))
+    elif labels_cell is None or isinstance(labels_cell, str):
+        labels = split_labels(labels_cell)
+    else:
+        return f"{label_set!r} must be a list of strings or a ';'-separated string"
+    for key in ("image", "text", "split", "id"):
+        if row.get(key) is not None and not isinstance(row[key], str):
+            return f"field {key!r} must be a string"
+    image_cell = str(row.get("image") or "").strip()
+    image = None
+    if image_cell:
+        p = Path(image_cell)
+        image = p if p.is_absolute() else base / p
+    return Candidate(
+        id=str(row.get("id") or "").strip() or default_id,
+        image=image,
+        text=str(row.get("text") or "").strip(),
+        labels=labels,
+        split=str(row.get("split") or "").strip(),
+        where=where,
+        image_name=image_cell,
+    )
+
+
+def load_rows_csv(path: Path, label_set: str, issues: Issues, require_id: bool = False) -> list[Candidate]:
+    required = REQUIRED + (label_set,) + (("id",) if require_id else ())
+    out: list[Candidate] = []
+    for line, row in read_csv_rows(path, required, issues):
+        c = _candidate(row, label_set, path.parent, f"{path}:{line}", f"{path.stem}-{line}")
+        if isinstance(c, str):
+            issues.bad(f"{path}:{line}", c)
+        else:
+            out.append(c)
+    return out
+
+
+def load_rows_jsonl(path: Path, label_set: str, issues: Issues) -> list[Candidate]:
+    required = REQUIRED + (label_set,)
+    out: list[Candidate] = []
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read as UTF-8 text ({e})") from None
+    for i, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{i}"
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError as e:
+            issues.bad(where, f"not valid JSON ({e.msg})")
+            continue
+        if not isinstance(row, dict):
+            issues.bad(where, "expected a JSON object per line")
+            continue
+        missing = [k for k in required if k not in row]
+        if missing:
+            issues.bad(where, f"missing field(s) {missing}; expected {list(required)}")
+            continue
+        c = _candidate(row, label_set, path.parent, where, f"{path.stem}-{i}")
+        if isinstance(c, str):
+            issues.bad(where, c)
+        else:
+            out.append(c)
+    return out
+
+
+@register_loader("csv", None, "labels", "generic CSV: image,text,labels,split[,id]; labels ';'-separated")
+def load_csv(root: Path, label_set: str, issues: Issues, min_count: int = 1, check_images: bool = True) -> Dataset:
+    path = _find_file(root, (".csv",))
+    cands = load_rows_csv(path, label_set, issues)
+    return finalize("csv", label_set, cands, issues, check_images=check_images, min_count=min_count)
+
+
+@register_loader("synthetic", None, "labels", "built-in synthetic scans (mcmfh prepare synthetic), generic CSV layout")
+def load_synthetic(
+    root: Path, label_set: str, issues: Issues, min_count: int = 1, check_images: bool = True
+) -> Dataset:
+    path = root / "synthetic.csv" if root.is_dir() else root
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run `mcmfh prepare synthetic --out DIR` to generate it")
+    cands = load_rows_csv(path, label_set, issues)
+    return finalize("synthetic", label_set, cands, issues, check_images=check_images, min_count=min_count)
+
+
+@register_loader("jsonl", None, "labels", "generic JSON Lines: one {image,text,labels,split[,id]} object per line")
+def load_jsonl(root: Path, label_set: str, issues: Issues, min_count: int = 1, check_images: bool = True) -> Dataset:
+    path = _find_file(root, (".jsonl", ".ndjson"))
+    cands = load_rows_jsonl(path, label_set, issues)
+    return finalize("jsonl", label_set, cands, issues, check_images=check_images, min_count=min_count)

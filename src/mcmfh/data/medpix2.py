@@ -1,0 +1,33 @@
+"""MedPix 2.0 (Siragusa et al., 2025): 2,050 CT/MR images with their own captions, from 671 teaching cases.
+
+Layout (what ``mcmfh prepare medpix2`` writes, and what ../shared/data/medpix2 holds): ``medpix2.csv`` with one row
+per image — ``id, image, text, labels, labels_coarse, case_id, split`` and more — and the images it names.
+
+Label sets:
+- ``labels`` (default): ``loc:<Location>;cat:<disease category>``, curated per case (90 tags, sparse relevance);
+- ``labels_coarse``: ``type:<CT|MR>;loccat:<body region>`` (denser relevance).
+
+Splits are the dataset authors' case-level split (no case crosses splits): train 1,653 / dev 197 / test 200.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mcmfh.data.build import Issues, finalize
+from mcmfh.data.generic import load_rows_csv
+from mcmfh.data.records import Dataset
+from mcmfh.data.registry import register_loader
+from mcmfh.errors import DataError
+
+CSV_NAME = "medpix2.csv"
+LABEL_SETS = ("labels", "labels_coarse")
+
+
+@register_loader("medpix2", LABEL_SETS, "labels", "MedPix 2.0: 2,050 CT/MR images with captions (authors' split)")
+def load_medpix2(root: Path, label_set: str, issues: Issues, min_count: int = 1, check_images: bool = True) -> Dataset:
+    path = root if root.is_file() else root / CSV_NAME
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run `mcmfh prepare medpix2 --out DIR` to create the MedPix 2.0 layout")
+    cands = load_rows_csv(path, label_set, issues, require_id=True)
+    return finalize("medpix2", label_set, cands, issues, check_images=check_images, min_count=min_count)
