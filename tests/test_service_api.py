@@ -172,7 +172,7 @@ def test_image_type_comes_from_bytes_not_the_declared_type(client: TestClient) -
 
 def test_corrupt_and_empty_images(client: TestClient) -> None:
     r = upload(client, png_bytes(pattern_image(1))[:60])
-    assert r.status_code == 422 and "could not be decoded" in error_of(r)
+    assert r.status_code == 422 and "corrupt image data" in error_of(r)
     r = upload(client, b"")
     assert r.status_code == 422 and "empty" in error_of(r)
     r = client.post("/search/image", data={"k": "3"})
@@ -197,9 +197,9 @@ def test_decompression_bomb_and_pixel_limit(engine: FakeEngine) -> None:
     bomb = _png_claiming(100_000, 100_000)
     assert len(bomb) < 200
     r = upload(client, bomb)
-    assert r.status_code == 413 and ("decompression bomb" in error_of(r) or "pixels" in error_of(r))
+    assert r.status_code == 413 and "decompression-bomb" in error_of(r)
     r = upload(client, _png_claiming(8000, 6000))  # 48 M: under Pillow's own limit, over the service's 40 M
-    assert r.status_code == 413 and "over the limit of 40000000 pixels" in error_of(r)
+    assert r.status_code == 413 and "8000x6000 pixels, over the limit of 40000000" in error_of(r)
     small = client_for(engine, max_pixels=1000)
     r = upload(small, png_bytes(pattern_image(1)))  # 64x48 = 3072 pixels
     assert r.status_code == 413 and "64x48" in error_of(r)

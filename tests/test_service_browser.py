@@ -35,6 +35,8 @@ def page(tmp_path: Path):
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.set_default_timeout(TIMEOUT_MS)
+            # Turn on file-chooser interception now: enabling it lazily inside expect_file_chooser races the click.
+            page.on("filechooser", lambda chooser: None)
             external = []
             page.on(
                 "request",

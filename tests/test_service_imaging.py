@@ -49,13 +49,15 @@ def test_monochrome1_is_inverted() -> None:
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the garbage it is given here
 def test_dicom_errors() -> None:
     good = dicom_bytes(np.zeros((8, 8), dtype=np.uint16))
-    with pytest.raises(ImageRejected, match="over the limit of 10 pixels") as e:
+    with pytest.raises(ImageRejected, match="8x8x1 pixels, over the limit of 10") as e:
         decode_image(good, max_pixels=10)
     assert e.value.status == 413
     with pytest.raises(ImageRejected) as e:
         decode_image(good[:-40], max_pixels=100)  # pixel data cut short
     assert e.value.status in (415, 422)
-    with pytest.raises(ImageRejected, match="could not be read|no pixel data"):
+    with pytest.raises(
+        ImageRejected, match="uploaded DICOM: (DICOM file has no image|unreadable|not a DICOM)"
+    ):
         decode_image(bytes(128) + b"DICM" + b"\x02\x00garbage", max_pixels=100)
 
 

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException
 from mcmfh import __version__
 from mcmfh.errors import MCMFHError
 from mcmfh.service.engine import Hit, Item, SearchEngine
-from mcmfh.service.imaging import ImageRejected, decode_image, sniff, to_png
+from mcmfh.service.imaging import SNIFF_BYTES, ImageRejected, decode_image, read_image_file, sniff, to_png
 from mcmfh.service.middleware import (
     AccessLogMiddleware,
     AuthMiddleware,
@@ -252,12 +252,12 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
         max_side: int | None = Query(default=None, ge=16, le=settings.max_thumbnail_side, description="Thumbnail"),
     ) -> Response:
         path = _image_file(engine, settings, checked_id(item_id))
-        data = path.read_bytes()
-        kind = sniff(data)
+        with path.open("rb") as f:
+            kind = sniff(f.read(SNIFF_BYTES))
         headers = {"Cache-Control": "private, max-age=300"}
         if kind in _RAW_MEDIA_TYPES and max_side is None:
-            return Response(content=data, media_type=_RAW_MEDIA_TYPES[kind], headers=headers)
-        image = decode_image(data, settings.max_pixels)  # DICOM (rendered) or a thumbnail
+            return FileResponse(path, media_type=_RAW_MEDIA_TYPES[kind], headers=headers)
+        image = read_image_file(path, settings.max_pixels)  # DICOM (rendered), another format, or a thumbnail
         return Response(content=to_png(image, max_side), media_type="image/png", headers=headers)
 
     return app
