@@ -55,9 +55,7 @@ def test_dicom_errors() -> None:
     with pytest.raises(ImageRejected) as e:
         decode_image(good[:-40], max_pixels=100)  # pixel data cut short
     assert e.value.status in (415, 422)
-    with pytest.raises(
-        ImageRejected, match="uploaded DICOM: (DICOM file has no image|unreadable|not a DICOM)"
-    ):
+    with pytest.raises(ImageRejected, match="uploaded DICOM: (DICOM file has no image|unreadable|not a DICOM)"):
         decode_image(bytes(128) + b"DICM" + b"\x02\x00garbage", max_pixels=100)
 
 
