@@ -13,7 +13,7 @@ def _png(path, seed, size=(40, 30)):
 
 
 def test_registry_lists_builtins():
-    assert {"tiny", "offline"} <= set(available_encoders())
+    assert {"tiny", "offline", "biomedclip"} <= set(available_encoders())
     with pytest.raises(MCMFHError, match="unknown encoder 'nope'"):
         get_encoder("nope")
 
