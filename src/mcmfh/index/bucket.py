@@ -1,0 +1,70 @@
+"""Bucket index for short codes: items grouped by their code, searched by walking codes in Hamming order.
+
+With b <= 16 bits there are at most 65,536 distinct codes, so a query never scans items: it visits buckets at
+distance 0, 1, 2, ... (precomputed XOR masks ordered by popcount) and stops as soon as k items are collected.
+Memory is one int32 position per item plus 2^b + 1 offsets; codes are implied by the bucket an item sits in.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from mcmfh.errors import MCMFHError
+from mcmfh.index import _kernels as K
+from mcmfh.index.base import HammingIndex
+
+MAX_BUCKET_BITS = 24  # 2^24 offsets = 128 MiB: beyond this the table costs more than it saves
+
+
+@lru_cache(maxsize=4)
+def _masks(bits: int) -> tuple[np.ndarray, np.ndarray]:
+    return K.masks_by_popcount(bits)
+
+
+class BucketIndex(HammingIndex):
+    kind = "bucket"
+
+    def __init__(self, bits: int) -> None:
+        super().__init__(bits)
+        if bits > MAX_BUCKET_BITS:
+            raise MCMFHError(f"bucket index: at most {MAX_BUCKET_BITS} bits (2^bits buckets), got {bits}")
+        self._offsets = np.zeros((1 << bits) + 1, np.int64)
+        self._positions = np.zeros(0, np.int32)
+
+    def _keys(self) -> np.ndarray:
+        return K.csr_keys(self._offsets, self._positions)
+
+    def _set_keys(self, keys: np.ndarray) -> None:
+        self._offsets, self._positions = K.csr_build(keys.astype(np.int64, copy=False), 1 << self.bits)
+
+    def _append(self, words: np.ndarray) -> None:
+        self._set_keys(np.concatenate([self._keys(), words[:, 0].astype(np.int64)]))
+
+    def _keep(self, keep: np.ndarray) -> None:
+        self._set_keys(self._keys()[keep])
+
+    def _words(self) -> np.ndarray:
+        return self._keys().astype(np.uint64).reshape(-1, 1)
+
+    def nbytes(self) -> int:
+        return super().nbytes() + int(self._offsets.nbytes + self._positions.nbytes)
+
+    def _knn(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        masks, level_start = _masks(self.bits)
+        out_d = np.full((q.shape[0], k), -1, np.int32)
+        out_p = np.full((q.shape[0], k), -1, np.int64)
+        K.bucket_knn(self._offsets, self._positions, masks, level_start, q[:, 0].astype(np.int64), k, out_d, out_p)
+        return out_d, out_p
+
+    def _range(self, q: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        masks, level_start = _masks(self.bits)
+        keys = q[:, 0].astype(np.int64)
+        counts = np.zeros(q.shape[0], np.int64)
+        K.bucket_range_count(self._offsets, masks, level_start, keys, radius, counts)
+        lims = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        out_d = np.empty(lims[-1], np.int32)
+        out_p = np.empty(lims[-1], np.int64)
+        K.bucket_range_fill(self._offsets, self._positions, masks, level_start, keys, radius, lims, out_d, out_p)
+        return lims, out_d, out_p

@@ -1,0 +1,170 @@
+"""Every index equals brute force: same distances, same ids under the (distance, insertion order) tie rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mcmfh.errors import MCMFHError
+from mcmfh.index import BucketIndex, FlatIndex, HammingIndex, MIHIndex, make_index
+from mcmfh.index.codes import hamming_matrix, pack_codes
+
+BITS = (8, 16, 32, 64, 128)
+
+
+def kinds_for(bits: int) -> list[str]:
+    return ["flat", "bucket", "mih"] if bits <= 24 else ["flat", "mih"]
+
+
+def random_codes(n: int, bits: int, rng: np.random.Generator) -> np.ndarray:
+    return pack_codes(rng.random((n, bits)) < 0.5)
+
+
+def clustered_codes(n: int, bits: int, rng: np.random.Generator, centres: int = 4, flip: float = 0.05) -> np.ndarray:
+    """Many items a few bits from few centres: lots of ties and deep buckets (the hard case for tie handling)."""
+    c = rng.random((centres, bits)) < 0.5
+    return pack_codes(c[rng.integers(0, centres, n)] ^ (rng.random((n, bits)) < flip))
+
+
+def brute_force(queries: np.ndarray, db: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reference top-k by a stable sort of the numpy distance matrix: ties keep insertion order."""
+    h = hamming_matrix(queries, db)
+    order = np.argsort(h, axis=1, kind="stable")[:, :k]
+    dist = np.full((len(queries), k), -1, np.int32)
+    out = np.full((len(queries), k), -1, np.int64)
+    dist[:, : order.shape[1]] = np.take_along_axis(h, order, 1)
+    out[:, : order.shape[1]] = ids[order]
+    return dist, out
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("data", ["random", "clustered"])
+def test_knn_equals_brute_force(bits: int, data: str) -> None:
+    rng = np.random.default_rng(bits)
+    gen = random_codes if data == "random" else clustered_codes
+    db, q = gen(700, bits, rng), gen(40, bits, rng)
+    ids = rng.permutation(10_000)[:700].astype(np.int64)  # arbitrary ids: ties must follow insertion, not id
+    for k in (1, 10, 100):
+        ref_d, ref_i = brute_force(q, db, ids, k)
+        for kind in kinds_for(bits):
+            index = make_index(bits, kind)
+            index.add(db[:300], ids[:300])
+            index.add(db[300:], ids[300:])  # two adds: positions continue
+            d, i = index.search(q, k)
+            assert d.dtype == np.int32 and i.dtype == np.int64
+            np.testing.assert_array_equal(d, ref_d, err_msg=f"{kind} {bits} bits k={k}")
+            np.testing.assert_array_equal(i, ref_i, err_msg=f"{kind} {bits} bits k={k}")
+
+
+@pytest.mark.parametrize("bits", (16, 64))
+def test_mih_walk_and_scan_fallback_agree(bits: int) -> None:
+    """Both MIH paths (pure bucket walk, immediate fallback to the bounded scan) and odd substring sizes are exact."""
+    rng = np.random.default_rng(1)
+    db, q = clustered_codes(2000, bits, rng, centres=8), random_codes(20, bits, rng)
+    ref_d, ref_i = brute_force(q, db, np.arange(2000), 50)
+    for opts in ({"scan_fraction": 1e9}, {"scan_fraction": 0.0}, {"sub_bits": 5}, {"sub_bits": 11}):
+        index = MIHIndex(bits, **opts)
+        index.add(db)
+        d, i = index.search(q, 50)
+        np.testing.assert_array_equal(d, ref_d, err_msg=str(opts))
+        np.testing.assert_array_equal(i, ref_i, err_msg=str(opts))
+
+
+@pytest.mark.parametrize("bits", (16, 64))
+def test_k_larger_than_n_and_empty(bits: int) -> None:
+    rng = np.random.default_rng(2)
+    q = random_codes(3, bits, rng)
+    for kind in kinds_for(bits):
+        index = make_index(bits, kind)
+        assert len(index) == 0
+        d, i = index.search(q, 5)
+        assert (d == -1).all() and (i == -1).all() and d.shape == (3, 5)
+        lims, rd, ri = index.range_search(q, bits)
+        assert list(lims) == [0, 0, 0, 0] and len(rd) == len(ri) == 0
+        db = random_codes(4, bits, rng)
+        index.add(db)
+        d, i = index.search(q, 10)
+        ref_d, ref_i = brute_force(q, db, np.arange(4), 10)
+        np.testing.assert_array_equal(d, ref_d)
+        np.testing.assert_array_equal(i, ref_i)
+        assert (i[:, 4:] == -1).all()
+
+
+@pytest.mark.parametrize("bits", (8, 16, 32, 64, 128))
+def test_range_search_equals_brute_force(bits: int) -> None:
+    rng = np.random.default_rng(3)
+    db, q = clustered_codes(500, bits, rng), clustered_codes(15, bits, rng)
+    ids = np.arange(500, dtype=np.int64) * 3
+    h = hamming_matrix(q, db)
+    for radius in (0, 2, bits // 4):
+        for kind in kinds_for(bits):
+            index = make_index(bits, kind)
+            index.add(db, ids)
+            lims, d, i = index.range_search(q, radius)
+            for r in range(len(q)):
+                order = np.argsort(h[r], kind="stable")
+                order = order[h[r, order] <= radius]
+                np.testing.assert_array_equal(d[lims[r] : lims[r + 1]], h[r, order], err_msg=f"{kind} r={radius}")
+                np.testing.assert_array_equal(i[lims[r] : lims[r + 1]], ids[order], err_msg=f"{kind} r={radius}")
+
+
+@pytest.mark.parametrize("bits", (16, 64))
+def test_remove_ids_keeps_order_and_exactness(bits: int) -> None:
+    rng = np.random.default_rng(4)
+    db, q = clustered_codes(600, bits, rng), random_codes(10, bits, rng)
+    ids = np.arange(600, dtype=np.int64) + 1000
+    drop = rng.choice(ids, 200, replace=False)
+    keep = ~np.isin(ids, drop)
+    ref_d, ref_i = brute_force(q, db[keep], ids[keep], 30)
+    for kind in kinds_for(bits):
+        index = make_index(bits, kind)
+        index.add(db, ids)
+        assert index.remove_ids(np.concatenate([drop, [-5, 99999]])) == 200  # unknown ids are ignored
+        assert len(index) == 400
+        d, i = index.search(q, 30)
+        np.testing.assert_array_equal(d, ref_d)
+        np.testing.assert_array_equal(i, ref_i)
+        np.testing.assert_array_equal(index.codes, db[keep])
+        start = int(index.ids.max()) + 1
+        index.add(db[:5])  # default ids continue after the largest id
+        assert index.ids[-5:].tolist() == list(range(start, start + 5))
+
+
+def test_write_read_roundtrip(tmp_path) -> None:
+    rng = np.random.default_rng(5)
+    for bits, kind in ((16, "bucket"), (64, "mih"), (32, "flat")):
+        db, q = random_codes(300, bits, rng), random_codes(5, bits, rng)
+        index = make_index(bits, kind)
+        index.add(db, np.arange(300) * 7)
+        index.remove_ids([7, 14])
+        index.write(tmp_path / kind)
+        back = HammingIndex.read(tmp_path / kind)
+        assert type(back) is type(index) and len(back) == 298
+        np.testing.assert_array_equal(back.codes, index.codes)
+        for a, b in zip(back.search(q, 20), index.search(q, 20), strict=True):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(MCMFHError, match="not 'bucket'"):
+        BucketIndex.read(tmp_path / "mih")
+
+
+def test_bad_input_is_a_clear_error() -> None:
+    index = FlatIndex(16)
+    with pytest.raises(MCMFHError, match=r"shape \(N, 2\)"):
+        index.add(np.zeros((3, 4), np.uint8))
+    with pytest.raises(MCMFHError, match="uint8"):
+        index.add(np.zeros((3, 2), np.int64))
+    index.add(np.zeros((3, 2), np.uint8), [1, 2, 3])
+    with pytest.raises(MCMFHError, match="unique"):
+        index.add(np.zeros((1, 2), np.uint8), [2])
+    with pytest.raises(MCMFHError, match="k must be"):
+        index.search(np.zeros((1, 2), np.uint8), 0)
+    with pytest.raises(MCMFHError, match="at most 24 bits"):
+        BucketIndex(32)
+    with pytest.raises(MCMFHError, match="unknown kind"):
+        make_index(16, "hnsw")
+
+
+def test_default_kinds() -> None:
+    assert isinstance(make_index(16), BucketIndex)
+    assert isinstance(make_index(8), BucketIndex)
+    assert isinstance(make_index(64), MIHIndex)

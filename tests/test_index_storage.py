@@ -1,0 +1,233 @@
+"""The persistent item index: round trips, clear errors on foreign/corrupt folders, and crash safety proven by
+killing a real writer process at every step of a commit and at random moments."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mcmfh.errors import ArtefactError, MCMFHError
+from mcmfh.index.codes import hamming_matrix
+from mcmfh.index.storage import DB_NAME, ItemIndex
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+BITS = 32
+
+
+def codes_of(ns: np.ndarray) -> np.ndarray:
+    """The codes of items ``it{n}``: a fixed hash of n, so a reader can check every stored code."""
+    x = np.asarray(ns, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    x ^= x >> np.uint64(29)
+    return x.astype("<u8").view(np.uint8).reshape(-1, 8)[:, : BITS // 8].copy()
+
+
+def items(lo: int, hi: int) -> tuple[np.ndarray, list[dict]]:
+    meta = [
+        {"id": f"it{n}", "caption": f"caption {n}", "image": f"img/{n}.png", "labels": [f"l{n % 3}"], "source": "t"}
+        for n in range(lo, hi)
+    ]
+    return codes_of(np.arange(lo, hi)), meta
+
+
+def check_consistent(folder: Path) -> int:
+    """Open read-only and check every code, every metadata row and an exact search; returns the item count."""
+    with ItemIndex.open(folder) as idx:
+        all_items = list(idx)
+        assert len(all_items) == len(idx)
+        codes = idx.index.codes
+        keys = idx.index.ids
+        by_key = {it.key: it for it in all_items}
+        numbers = []
+        for key in keys.tolist():
+            it = by_key[key]
+            n = int(it.item_id[2:])
+            assert it.caption == f"caption {n}" and it.labels == (f"l{n % 3}",) and it.image == f"img/{n}.png"
+            numbers.append(n)
+        np.testing.assert_array_equal(codes, codes_of(np.array(numbers, np.int64)))
+        if len(idx):
+            q = codes[:3]
+            hits = idx.search(q, 5)
+            ref = np.sort(hamming_matrix(q, codes), axis=1)[:, :5]
+            assert [[h.distance for h in row] for row in hits] == ref[:, : len(hits[0])].tolist()
+        return len(idx)
+
+
+def test_create_add_search_remove_reopen(tmp_path: Path) -> None:
+    folder = tmp_path / "idx"
+    idx = ItemIndex.create(folder, BITS, run="run-1", encoder="enc-a")
+    codes, meta = items(0, 50)
+    keys = idx.add(codes, meta)
+    assert keys.tolist() == list(range(50))
+    hits = idx.search(codes[7:8], k=3)[0]
+    assert hits[0].item.item_id == "it7" and hits[0].distance == 0 and hits[0].item.labels == ("l1",)
+    assert idx.remove(["it7", "it8", "nope"]) == 2
+    assert idx.search(codes[7:8], k=1)[0][0].item.item_id != "it7"
+    with pytest.raises(MCMFHError, match="already in the index"):
+        idx.add(codes[:1], meta[:1])
+    idx.add(*items(50, 60))
+    idx.close()
+    assert check_consistent(folder) == 58
+    with ItemIndex.open(folder, expect={"run": "run-1", "bits": BITS}) as back:
+        assert back.manifest["kind"] == "index" and back.manifest["count"] == 58 and back.manifest["mcmfh_version"]
+        assert back.keys_of(["it9", "it7"]) == {"it9": 9}
+        assert [it.item_id for it in back.get([51, 0])] == ["it51", "it0"]
+        with pytest.raises(MCMFHError, match="read-only"):
+            back.add(*items(60, 61))
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["manifest.json", DB_NAME, "codes-3.npy", "keys-3.npy"])
+
+
+def test_bad_items_are_clear_errors(tmp_path: Path) -> None:
+    idx = ItemIndex.create(tmp_path / "idx", BITS)
+    codes, meta = items(0, 2)
+    with pytest.raises(MCMFHError, match="non-empty 'id'"):
+        idx.add(codes, [{"caption": "x"}, meta[1]])
+    with pytest.raises(MCMFHError, match="repeat"):
+        idx.add(codes, [meta[0], meta[0]])
+    with pytest.raises(MCMFHError, match="2 items but codes"):
+        idx.add(codes[:1], meta)
+    with pytest.raises(MCMFHError, match="shape"):
+        idx.add(np.zeros((2, 8), np.uint8), meta)  # 64-bit codes into a 32-bit index
+    idx.close()
+    assert check_consistent(tmp_path / "idx") == 0
+    with pytest.raises(MCMFHError, match="already exists"):
+        ItemIndex.create(tmp_path / "idx", BITS)
+
+
+def test_foreign_corrupt_and_truncated_folders_are_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "idx"
+    with ItemIndex.create(folder, BITS, run="run-1") as idx:
+        idx.add(*items(0, 100))
+    with pytest.raises(ArtefactError, match="bits: 64 != 32"):
+        ItemIndex.open(folder, expect={"bits": 64})
+    with pytest.raises(ArtefactError, match="run: 'run-2' != 'run-1'"):
+        ItemIndex.open(folder, expect={"run": "run-2"})
+    codes_file = folder / "codes-1.npy"
+    good = codes_file.read_bytes()
+
+    codes_file.write_bytes(good[:-7])
+    with pytest.raises(ArtefactError, match="truncated"):
+        ItemIndex.open(folder)
+    flipped = bytearray(good)
+    flipped[-1] ^= 0xFF  # same size, one code changed: only the checksum can tell
+    codes_file.write_bytes(bytes(flipped))
+    with pytest.raises(ArtefactError, match="checksum"):
+        ItemIndex.open(folder)
+    codes_file.write_bytes(good)
+    assert check_consistent(folder) == 100
+
+    con = sqlite3.connect(folder / DB_NAME)
+    con.execute("DELETE FROM items WHERE key = 3")
+    con.commit()
+    con.close()
+    with pytest.raises(ArtefactError, match="99 items in items.sqlite but 100 codes"):
+        ItemIndex.open(folder)
+    (folder / DB_NAME).write_bytes(b"not a database" * 100)
+    with pytest.raises(ArtefactError, match="unreadable item database"):
+        ItemIndex.open(folder)
+    (folder / "manifest.json").unlink()
+    with pytest.raises(ArtefactError, match="missing"):
+        ItemIndex.open(folder)
+
+
+CHILD = r"""
+import os, signal, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_index_storage import items
+from mcmfh.index import storage
+
+folder, phase, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+def die(*_a, **_k):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if phase == "after-arrays":  # new generation files written, nothing else
+    orig = storage.ItemIndex._write_arrays
+    storage.ItemIndex._write_arrays = lambda self, gen: (orig(self, gen), die())[0]
+elif phase == "after-sql":  # rows committed in SQLite, manifest not yet renamed in
+    storage.ItemIndex._write_manifest = die
+elif phase == "mid-manifest":  # half of the manifest's temp file written
+    def half(path, obj):
+        tmp = os.path.join(os.path.dirname(path), ".manifest.json.crash.tmp")
+        with open(tmp, "w") as f:
+            f.write('{{"kind": "ind')
+            f.flush()
+        die()
+    storage.atomic_write_json = half
+elif phase == "before-cleanup":  # committed, old generation and removed rows not yet dropped
+    orig_cleanup = storage.ItemIndex._cleanup
+    storage.ItemIndex._cleanup = lambda self: die() if self.generation > 1 else orig_cleanup(self)
+
+idx = storage.ItemIndex.open(folder, writable=True)
+n = idx.manifest["next_key"]
+while True:
+    idx.add(*items(n, n + batch))
+    n += batch
+    if phase == "remove":
+        idx.remove([f"it{{n - 1}}", f"it{{n - 2}}"])
+    print("committed", len(idx), flush=True)
+"""
+
+
+def run_child(folder: Path, phase: str, batch: int, tmp_path: Path) -> subprocess.Popen:
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(tests=str(Path(__file__).parent)))
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.Popen(
+        [sys.executable, str(script), str(folder), phase, str(batch)], stdout=subprocess.PIPE, text=True, env=env
+    )
+
+
+@pytest.mark.parametrize("phase", ["after-arrays", "after-sql", "mid-manifest", "before-cleanup"])
+def test_killed_writer_at_each_commit_step_leaves_last_good_index(tmp_path: Path, phase: str) -> None:
+    folder = tmp_path / "idx"
+    with ItemIndex.create(folder, BITS, kind="flat") as idx:
+        idx.add(*items(0, 40))
+    before = json.loads((folder / "manifest.json").read_text())
+    child = run_child(folder, phase, 25, tmp_path)
+    out, _ = child.communicate(timeout=120)
+    assert child.returncode == -signal.SIGKILL, out
+    leftovers = {p.name for p in folder.iterdir()} - {"manifest.json", DB_NAME, "codes-1.npy", "keys-1.npy"}
+    expect_count = 65 if phase == "before-cleanup" else 40  # before-cleanup died after its commit point
+    assert leftovers, "the kill should have left a half-done change behind"
+    assert check_consistent(folder) == expect_count
+    with ItemIndex.open(folder, writable=True) as idx:  # a writer rolls back / cleans up, then carries on
+        assert len(idx) == expect_count
+        idx.add(*items(100, 105))
+    assert check_consistent(folder) == expect_count + 5
+    assert json.loads((folder / "manifest.json").read_text())["generation"] > before["generation"]
+    assert not [p for p in folder.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp")]
+
+
+def test_sigkill_at_random_moments_during_adds(tmp_path: Path) -> None:
+    """A writer adding big batches in a loop, SIGKILLed after a random delay, four times over the same folder."""
+    folder = tmp_path / "idx"
+    ItemIndex.create(folder, BITS, kind="flat").close()
+    rng = np.random.default_rng(0)
+    committed = 0
+    for round_ in range(4):
+        child = run_child(folder, "remove" if round_ % 2 else "none", 3000, tmp_path)
+        assert child.stdout is not None
+        seen = []
+        while len(seen) < 1 + round_ % 2:
+            line = child.stdout.readline()
+            assert line, "writer exited early"
+            seen.append(int(line.split()[1]))
+        time.sleep(rng.uniform(0.0, 0.2))
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=60)
+        count = check_consistent(folder)
+        assert count >= max(seen) >= committed  # nothing committed is lost
+        with ItemIndex.open(folder, writable=True) as idx:
+            assert len(idx) == count
+        committed = count
+    assert committed > 0
