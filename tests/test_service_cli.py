@@ -93,6 +93,20 @@ def test_serve_with_token_builds_a_protected_app(tmp_path: Path, fake_open, monk
     assert image.status_code == 200
 
 
+def test_open_engine_uses_the_engine_module(tmp_path: Path, monkeypatch) -> None:
+    import sys
+    import types
+
+    module = types.ModuleType(engine_module.SEARCH_ENGINE_MODULE)
+    module.open_engine = lambda index_dir: FakeEngine(index_dir)
+    monkeypatch.setitem(sys.modules, engine_module.SEARCH_ENGINE_MODULE, module)
+    engine = engine_module.open_engine(str(tmp_path / "idx"))
+    assert isinstance(engine, FakeEngine) and engine.root == tmp_path / "idx"
+    module.open_engine = lambda index_dir: object()  # not a SearchEngine: refused with a clear message
+    with pytest.raises(MCMFHError, match="not a SearchEngine"):
+        engine_module.open_engine(tmp_path)
+
+
 def test_open_engine_without_the_engine_module(tmp_path: Path) -> None:
     try:
         import mcmfh.service.search_engine  # noqa: F401
