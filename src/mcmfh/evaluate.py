@@ -105,7 +105,7 @@ def summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _save_fig(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
     import io
 
     from mcmfh.io import atomic_write_bytes
@@ -115,8 +115,11 @@ def _save_fig(fig: Any, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def plot_curves(curves: Mapping[str, Mapping[str, Any]], out_dir: str | Path, title: str = "") -> list[Path]:
-    """PR and P@K plots (one line per label, both directions side by side) from ``{label: metrics}``."""
+def plot_curves(
+    curves: Mapping[str, Mapping[str, Any]], out_dir: str | Path, title: str = "", suffix: str = ""
+) -> list[Path]:
+    """PR and P@K plots (one line per label, both directions side by side) from ``{label: metrics}``;
+    written as ``pr_curve<suffix>.png`` and ``p_at_k<suffix>.png``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,7 +127,7 @@ def plot_curves(curves: Mapping[str, Mapping[str, Any]], out_dir: str | Path, ti
 
     out_dir = Path(out_dir)
     paths = []
-    for kind, fname in (("pr", "pr_curve.png"), ("pk", "p_at_k.png")):
+    for kind, fname in (("pr", f"pr_curve{suffix}.png"), ("pk", f"p_at_k{suffix}.png")):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
         for ax, direction in zip(axes, ("i2t", "t2i"), strict=True):
             for label, m in curves.items():
@@ -141,7 +144,7 @@ def plot_curves(curves: Mapping[str, Mapping[str, Any]], out_dir: str | Path, ti
             ax.set_title(f"{title} {'image→text' if direction == 'i2t' else 'text→image'}".strip())
             ax.grid(alpha=0.3)
         axes[1].legend(fontsize=8)
-        _save_fig(fig, out_dir / fname)
+        save_figure(fig, out_dir / fname)
         plt.close(fig)
         paths.append(out_dir / fname)
     return paths
