@@ -1,0 +1,83 @@
+"""Commands that train and evaluate methods: ``train``, ``evaluate`` and ``experiment``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from mcmfh.cli import app
+from mcmfh.errors import MCMFHError
+
+
+def parse_kv(pairs: list[str]) -> dict[str, str]:
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``; values stay strings (each method coerces its own types)."""
+    out = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep or not key.strip():
+            raise MCMFHError(f"--option {p!r}: expected key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@app.command()
+def train(
+    features: Path = typer.Option(..., "--features", help="Feature cache folder (from `mcmfh encode`)."),
+    method: str = typer.Option(..., "--method", help="Registered method name (e.g. mcmfh, ucmfh, cca-itq)."),
+    bits: int = typer.Option(16, "--bits", help="Code length."),
+    seed: int = typer.Option(0, "--seed"),
+    out: Path = typer.Option(..., "--out", help="Run folder to write (replaced atomically)."),
+    option: list[str] = typer.Option([], "--option", help="Method option key=value (repeatable)."),
+) -> None:
+    """Fit a method on the train split (dev for model choice) and save it as a run folder."""
+    from mcmfh.train import train_run
+
+    run = train_run(features, method, bits, seed, out, parse_kv(option))
+    log = json.loads((run / "train_log.json").read_text(encoding="utf-8"))
+    typer.echo(f"trained {method} ({bits} bits, seed {seed}) in {log['train_seconds']:.1f}s -> {run}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="Run folder from `mcmfh train`."),
+    features: Path = typer.Option(..., "--features", help="Feature cache to evaluate on (same encoder as training)."),
+    out: Path | None = typer.Option(None, "--out", help="Metrics JSON (default: RUN_DIR/metrics.json)."),
+    queries: str = typer.Option("test", "--queries", help="Query splits, comma-separated."),
+    database: str = typer.Option("train,dev", "--database", help="Database splits, comma-separated."),
+    k: int = typer.Option(50, "--k", help="K of mAP@K (UCMFH definition)."),
+) -> None:
+    """Evaluate a run: metrics JSON plus PR and P@K plots (PNG) in the run folder."""
+    from mcmfh.evaluate import evaluate_method, plot_curves
+    from mcmfh.features import FeatureSet
+    from mcmfh.io import atomic_write_json
+    from mcmfh.metrics import RankingOptions
+    from mcmfh.train import check_features, load_run
+
+    method, manifest = load_run(run_dir)
+    feats = FeatureSet.load(features)
+    check_features(manifest, feats, run_dir)
+    metrics = evaluate_method(
+        method, feats, tuple(queries.split(",")), tuple(database.split(",")), RankingOptions(map_k=k)
+    )
+    atomic_write_json(out or run_dir / "metrics.json", metrics)
+    plot_curves({method.name: metrics}, run_dir, title=f"{method.name} {method.bits} bits")
+    typer.echo(
+        f"{method.name} {method.bits} bits: mAP@all i2t {metrics['i2t_map_all']:.4f} t2i {metrics['t2i_map_all']:.4f}"
+        f" | tie-aware {metrics['i2t_map_all_tie_aware']:.4f} / {metrics['t2i_map_all_tie_aware']:.4f}"
+        f" | mAP@{k} (UCMFH) {metrics[f'i2t_map_{k}']:.4f} / {metrics[f't2i_map_{k}']:.4f}"
+        f" | chance {metrics['i2t_chance_map']:.4f}"
+    )
+
+
+@app.command()
+def experiment(
+    config: Path = typer.Argument(..., help="Experiment YAML (e.g. configs/medpix2.yaml)."),
+    out: Path = typer.Option(..., "--out", help="Output folder; rerunning resumes and skips finished rows."),
+) -> None:
+    """Run methods x bits x seeds from a config; writes results.json, results.md and plots."""
+    from mcmfh.experiment import run_experiment
+
+    path = run_experiment(config, out, log=typer.echo)
+    typer.echo(f"results: {path} and {path.parent / 'results.md'}")

@@ -1,0 +1,150 @@
+"""Evaluate a fitted method on a feature set: both directions, every metric of ``mcmfh.metrics``, and curve plots.
+
+Protocol (reference/evaluation.md): queries = ``queries`` splits, database = ``database`` splits; image->text ranks
+the database texts for each image query, text->image ranks the database images for each text query. Items without
+an image take part only as texts (never as image queries nor as database images). Every query is coded and counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mcmfh.errors import MCMFHError
+from mcmfh.features import FeatureSet
+from mcmfh.method import HashMethod
+from mcmfh.metrics import RankingOptions, cosine_distances, hamming_distances, ranking_metrics, relevance
+
+# Keys of one direction's metrics that are copied to the flat top level as "<dir>_<key>".
+_FLAT = {
+    "map_all": "map_all",
+    "map_all_tie_aware": "map_all_tie_aware",
+    "map_at_k_ucmfh": "map_{k}",
+    "precision_radius": "precision_radius",
+    "chance_map": "chance_map",
+}
+
+
+def bytes_per_item(method: HashMethod, dim: int) -> int:
+    """Memory of one coded item: bits / 8 for codes, 4 bytes per float32 dimension for continuous methods."""
+    return 4 * dim if method.continuous else (method.bits + 7) // 8
+
+
+def _direction(
+    method: HashMethod,
+    q_codes: np.ndarray,
+    db_codes: np.ndarray,
+    q_labels: np.ndarray,
+    db_labels: np.ndarray,
+    options: RankingOptions,
+) -> dict[str, Any]:
+    if method.continuous:
+        dist = cosine_distances(q_codes, db_codes)
+        opts = RankingOptions(options.map_k, options.p_at_k, options.pr_points, radius=None)
+    else:
+        dist = hamming_distances(q_codes, db_codes)
+        opts = options
+    m = ranking_metrics(dist, relevance(q_labels, db_labels), opts)
+    if getattr(method, "reports_exact_chance", False):
+        # The chance row is the exact expectation over random rankings; the random codes' own score is kept beside.
+        m["random_codes_map_all"] = m["map_all"]
+        m["map_all"] = m["map_all_tie_aware"] = m["chance_map"]
+        m["note"] = "chance: map_all is the exact expectation; the other metrics are the random codes' values"
+    for key in ("ap_all", "ap_all_tie_aware", "ap_at_k_ucmfh"):
+        m[key] = np.asarray(m[key]).tolist()
+    return m
+
+
+def evaluate_method(
+    method: HashMethod,
+    features: FeatureSet,
+    queries: Sequence[str] = ("test",),
+    database: Sequence[str] = ("train", "dev"),
+    options: RankingOptions | None = None,
+) -> dict[str, Any]:
+    """Metrics of ``method`` for image->text and text->image, nested per direction plus flat summary keys."""
+    opts = options or RankingOptions()
+    q = features.splits(*queries)
+    db = features.splits(*database)
+    if len(q) == 0 or len(db) == 0:
+        raise MCMFHError(f"evaluate: no items in query splits {list(queries)} or database splits {list(database)}")
+    q_img, db_img = q.subset(q.has_image), db.subset(db.has_image)
+    i2t = _direction(
+        method, method.encode_images(q_img.image), method.encode_texts(db.text), q_img.labels, db.labels, opts
+    )
+    t2i = _direction(
+        method, method.encode_texts(q.text), method.encode_images(db_img.image), q.labels, db_img.labels, opts
+    )
+    out: dict[str, Any] = {
+        "method": method.name,
+        "bits": method.bits,
+        "seed": method.seed,
+        "continuous": bool(method.continuous),
+        "queries": list(queries),
+        "database": list(database),
+        "bytes_per_item": bytes_per_item(method, method.bits),
+        "i2t": i2t,
+        "t2i": t2i,
+    }
+    for direction, m in (("i2t", i2t), ("t2i", t2i)):
+        for key, flat in _FLAT.items():
+            out[f"{direction}_{flat.format(k=opts.map_k)}"] = m[key]
+    return out
+
+
+def summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The metrics without per-query arrays (for results rows and printing)."""
+    out = {}
+    for k, v in metrics.items():
+        if k in ("i2t", "t2i"):
+            v = {kk: vv for kk, vv in v.items() if not kk.startswith("ap_")}
+        out[k] = v
+    return out
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    import io
+
+    from mcmfh.io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_curves(
+    curves: Mapping[str, Mapping[str, Any]], out_dir: str | Path, title: str = "", suffix: str = ""
+) -> list[Path]:
+    """PR and P@K plots (one line per label, both directions side by side) from ``{label: metrics}``;
+    written as ``pr_curve<suffix>.png`` and ``p_at_k<suffix>.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    paths = []
+    for kind, fname in (("pr", f"pr_curve{suffix}.png"), ("pk", f"p_at_k{suffix}.png")):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        for ax, direction in zip(axes, ("i2t", "t2i"), strict=True):
+            for label, m in curves.items():
+                d = m[direction]
+                if kind == "pr":
+                    ax.plot(d["pr_curve"]["recall"], d["pr_curve"]["precision"], marker=".", label=label)
+                    ax.set_xlabel("recall")
+                else:
+                    ks = [int(k) for k in d["p_at_k"]]
+                    ax.plot(ks, list(d["p_at_k"].values()), marker=".", label=label)
+                    ax.set_xscale("log")
+                    ax.set_xlabel("K")
+            ax.set_ylabel("precision")
+            ax.set_title(f"{title} {'image→text' if direction == 'i2t' else 'text→image'}".strip())
+            ax.grid(alpha=0.3)
+        axes[1].legend(fontsize=8)
+        save_figure(fig, out_dir / fname)
+        plt.close(fig)
+        paths.append(out_dir / fname)
+    return paths

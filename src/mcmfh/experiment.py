@@ -1,0 +1,224 @@
+"""Experiments: methods x bits x seeds from a YAML config, resumable, with results.json, results.md and plots.
+
+Each finished row is saved on its own (``DIR/rows/<method>-<bits>-<seed>.json``, atomically) together with a key of
+everything that determines it (feature identity, method options, protocol), so a second run skips rows that are done
+and recomputes only rows whose inputs changed. Features come from ``features:`` (an existing cache) or are encoded
+once through the feature cache (``cache_dir``, default ``DIR/features``) and never recomputed when they match.
+Relative paths in the config resolve against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mcmfh.errors import MCMFHError
+from mcmfh.evaluate import evaluate_method, summary
+from mcmfh.features import FeatureSet
+from mcmfh.io import atomic_write_json
+from mcmfh.manifest import fingerprint
+from mcmfh.method import available_methods, create_method
+from mcmfh.metrics import RankingOptions
+from mcmfh.train import feature_identity, fit_method, save_run
+
+ROWS_DIR = "rows"
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass
+class ExperimentConfig:
+    methods: list[str]
+    dataset: str | None = None
+    data_root: Path | None = None  # dataset folder, needed unless ``features`` is given
+    features: Path | None = None  # an existing feature cache: used as is
+    cache_dir: Path | None = None  # where features are encoded (default: <out>/features)
+    encoder: str = "offline"
+    encoder_options: dict[str, Any] = field(default_factory=dict)
+    encode_batch_size: int = 32
+    label_set: str | None = None
+    queries: list[str] = field(default_factory=lambda: ["test"])
+    database: list[str] = field(default_factory=lambda: ["train", "dev"])
+    bits: list[int] = field(default_factory=lambda: [16, 32, 64])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds_by_bits: dict[int, list[int]] = field(default_factory=dict)  # e.g. {64: [0]} to save time at long codes
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    map_k: int = 50
+    plot_bits: int = 16  # bits of the all-methods PR-curve plot
+    save_runs: bool = False  # also keep each fitted method as a run folder (UCMFH weighs ~90 MB)
+
+    def grid(self) -> list[tuple[str, int, int]]:
+        return [(m, b, s) for b in self.bits for m in self.methods for s in self.seeds_by_bits.get(b, self.seeds)]
+
+
+def _err(path: Path, msg: str) -> MCMFHError:
+    return MCMFHError(f"{path}: {msg}")
+
+
+def _list(value: Any, typ: type, key: str, path: Path) -> list[Any]:
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(v, typ) and not isinstance(v, bool) for v in items):
+        raise _err(path, f"field {key!r}: expected a non-empty list of {typ.__name__}, got {value!r}")
+    return items
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Parse and validate an experiment YAML; every mistake is one error naming the file and the field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise _err(path, f"cannot read config ({e})") from e
+    except yaml.YAMLError as e:
+        raise _err(path, f"not valid YAML ({e})") from e
+    if not isinstance(raw, dict):
+        raise _err(path, "expected a mapping of config fields at the top level")
+    known = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise _err(path, f"unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if "methods" not in raw:
+        raise _err(path, "field 'methods' is required")
+    base = path.resolve().parent
+    cfg = ExperimentConfig(methods=_list(raw.pop("methods"), str, "methods", path))
+    for key, value in raw.items():
+        if key in ("data_root", "features", "cache_dir"):
+            value = None if value is None else (base / str(value)).resolve()
+        elif key in ("queries", "database"):
+            value = _list(value, str, key, path)
+            bad = sorted(set(value) - set(SPLITS))
+            if bad:
+                raise _err(path, f"field {key!r}: unknown split(s) {bad}; expected among {list(SPLITS)}")
+        elif key in ("bits", "seeds"):
+            value = _list(value, int, key, path)
+        elif key == "seeds_by_bits":
+            if not isinstance(value, dict):
+                raise _err(path, "field 'seeds_by_bits': expected a mapping bits -> list of seeds")
+            value = {int(b): _list(s, int, f"seeds_by_bits.{b}", path) for b, s in value.items()}
+        elif key == "encoder_options":
+            if not isinstance(value, dict):
+                raise _err(path, "field 'encoder_options': expected a mapping of option -> value")
+        elif key == "method_options":
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                raise _err(path, "field 'method_options': expected a mapping method -> {option: value}")
+        elif key in ("map_k", "plot_bits", "encode_batch_size"):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise _err(path, f"field {key!r}: expected a positive integer, got {value!r}")
+        elif key == "save_runs":
+            if not isinstance(value, bool):
+                raise _err(path, f"field 'save_runs': expected true or false, got {value!r}")
+        elif value is not None and not isinstance(value, str):
+            raise _err(path, f"field {key!r}: expected a string, got {value!r}")
+        setattr(cfg, key, value)
+    if cfg.features is None and (cfg.dataset is None or cfg.data_root is None):
+        raise _err(path, "give either 'features' (an existing feature cache) or both 'dataset' and 'data_root'")
+    registered = set(available_methods())
+    missing = [m for m in cfg.methods if m not in registered]
+    if missing:
+        raise _err(path, f"field 'methods': not registered: {missing}; available: {sorted(registered)}")
+    stray = sorted(set(cfg.method_options) - set(cfg.methods))
+    if stray:
+        raise _err(path, f"field 'method_options': options for methods not in 'methods': {stray}")
+    for name, opts in cfg.method_options.items():
+        try:  # options are checked now, not after an hour of other rows
+            create_method(name, bits=cfg.bits[0], seed=0, **opts)
+        except MCMFHError as e:
+            raise _err(path, f"field 'method_options.{name}': {e}") from e
+    return cfg
+
+
+def get_features(cfg: ExperimentConfig, out_dir: Path, log: Callable[[str], None] = print) -> FeatureSet:
+    """The experiment's features: the given cache, or encoded once through the feature cache."""
+    if cfg.features is not None:
+        features = FeatureSet.load(cfg.features)
+    else:
+        from mcmfh.data import load_dataset
+        from mcmfh.encoders import get_encoder
+        from mcmfh.features import encode_dataset
+
+        assert cfg.dataset is not None and cfg.data_root is not None
+        cache = (cfg.cache_dir or out_dir / "features") / f"{cfg.dataset}-{cfg.encoder}-{cfg.label_set or 'default'}"
+        log(f"features: {cache} (encoded with {cfg.encoder!r} unless already cached)")
+        dataset = load_dataset(cfg.dataset, cfg.data_root, label_set=cfg.label_set)
+        encoder = get_encoder(cfg.encoder, **cfg.encoder_options)
+        features = encode_dataset(dataset, encoder, cache, batch_size=cfg.encode_batch_size)
+    if cfg.label_set is not None and features.manifest.get("label_set") not in (None, cfg.label_set):
+        raise MCMFHError(
+            f"features label set {features.manifest.get('label_set')!r} != config label_set {cfg.label_set!r}"
+        )
+    return features
+
+
+def _row_key(cfg: ExperimentConfig, features: FeatureSet, method: str, bits: int, seed: int) -> str:
+    return fingerprint(
+        feature_identity(features),
+        len(features),
+        method,
+        bits,
+        seed,
+        cfg.method_options.get(method, {}),
+        cfg.queries,
+        cfg.database,
+        cfg.map_k,
+    )
+
+
+def run_row(cfg: ExperimentConfig, features: FeatureSet, method: str, bits: int, seed: int, out: Path) -> dict:
+    """Fit and evaluate one (method, bits, seed); returns the row (metrics summary + curves)."""
+    m, log = fit_method(features, method, bits, seed, cfg.method_options.get(method, {}))
+    metrics = evaluate_method(m, features, cfg.queries, cfg.database, RankingOptions(map_k=cfg.map_k))
+    if cfg.save_runs:
+        save_run(out / "runs" / f"{method}-{bits}-{seed}", m, log, features)
+    s = summary(metrics)
+    ident = feature_identity(features)
+    row = {k: v for k, v in s.items() if k not in ("i2t", "t2i")}
+    row.update(
+        train_seconds=float(log["train_seconds"]),
+        dataset=ident["dataset"],
+        label_set=ident["label_set"],
+        encoder=ident["encoder"],
+        options=cfg.method_options.get(method, {}),
+        curves={d: {"pr_curve": s[d]["pr_curve"], "p_at_k": s[d]["p_at_k"]} for d in ("i2t", "t2i")},
+        queries_without_relevant={d: s[d]["queries_without_relevant"] for d in ("i2t", "t2i")},
+        n_queries={d: s[d]["n_queries"] for d in ("i2t", "t2i")},
+        n_database={d: s[d]["n_database"] for d in ("i2t", "t2i")},
+    )
+    return row
+
+
+def run_experiment(config_path: str | Path, out_dir: str | Path, log: Callable[[str], None] = print) -> Path:
+    """Run (or resume) the experiment; returns the path of ``results.json``."""
+    cfg = load_config(config_path)
+    out = Path(out_dir)
+    features = get_features(cfg, out, log)
+    rows = []
+    grid = cfg.grid()
+    for i, (method, bits, seed) in enumerate(grid, 1):
+        path = out / ROWS_DIR / f"{method}-{bits}-{seed}.json"
+        key = _row_key(cfg, features, method, bits, seed)
+        if path.is_file():
+            try:
+                row = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError:
+                row = {}
+            if row.get("row_key") == key:
+                log(f"[{i}/{len(grid)}] {method} {bits} bits seed {seed}: done, skipped")
+                rows.append(row)
+                continue
+        row = {**run_row(cfg, features, method, bits, seed, out), "row_key": key}
+        atomic_write_json(path, row)
+        rows.append(row)
+        log(
+            f"[{i}/{len(grid)}] {method} {bits} bits seed {seed}: i2t {row['i2t_map_all']:.3f} "
+            f"t2i {row['t2i_map_all']:.3f} ({row['train_seconds']:.1f}s)"
+        )
+    atomic_write_json(out / "results.json", {"rows": rows})
+    from mcmfh.report import write_report
+
+    write_report(rows, out, plot_bits=cfg.plot_bits, map_k=cfg.map_k)
+    return out / "results.json"
