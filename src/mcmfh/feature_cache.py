@@ -279,6 +279,7 @@ def _assemble(
         split_counts={s: int((split == s).sum()) for s in ("train", "dev", "test")},
         skipped=[list(s) for s in skipped],
         load_report=dataset.report.summary(),
+        source=dataset.source,
     )
     return FeatureSet(
         ids=[dataset.records[i].id for i in idx],

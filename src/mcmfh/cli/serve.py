@@ -26,7 +26,7 @@ def serve(
     max_upload_mb: float = typer.Option(20.0, min=0.01, help="Largest image upload, in MiB."),
     max_k: int = typer.Option(100, min=1, help="Most results one search may ask for."),
     image_root: Path | None = typer.Option(
-        None, help="Folder item images must lie in (default: the index folder); paths outside it are refused."
+        None, help="Folder item images must lie in (default: the archive's dataset folder); others are refused."
     ),
     access_log: str = typer.Option("route", help="off | route (method, route, status, time) | full (adds paths)."),
 ) -> None:
@@ -37,10 +37,6 @@ def serve(
     check_bind(host, token)  # before anything slow is loaded
     if not index.is_dir():
         raise MCMFHError(f"index folder {index} does not exist")
-    settings = Settings(
-        token=token, max_upload_bytes=int(max_upload_mb * MIB), max_k=max_k, access_log=access_log,  # type: ignore[arg-type]
-        image_root=(image_root or index).resolve(),
-    )  # fmt: skip
     try:
         from mcmfh.service.app import create_app
         from mcmfh.service.server import make_server
@@ -49,6 +45,12 @@ def serve(
     from mcmfh.service.engine import open_engine
 
     engine = open_engine(index)
+    # Item images live where the archive's dataset lives, unless the operator narrows it.
+    default_root = getattr(engine, "image_root", None) or index
+    settings = Settings(
+        token=token, max_upload_bytes=int(max_upload_mb * MIB), max_k=max_k, access_log=access_log,  # type: ignore[arg-type]
+        image_root=Path(image_root or default_root).resolve(),
+    )  # fmt: skip
     info = engine.info()
     typer.echo(f"serving {info.items} items ({info.method}, {info.bits} bits, {info.encoder}) at http://{host}:{port}/")
     make_server(create_app(engine, settings), host, port).run()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,6 +54,9 @@ class Dataset:
     label_set: str
     label_vocab: list[str]
     report: LoadReport = field(default_factory=LoadReport)
+    # How to load it again (loader name, resolved root, label set, options): caches record it so an index can
+    # fetch captions and image paths later without the user repeating where the data lives.
+    source: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         dupes = [i for i, c in Counter(r.id for r in self.records).items() if c > 1]

@@ -89,4 +89,5 @@ def load_dataset(
     dataset = spec.fn(root, label_set=label_set, issues=issues, **options)
     issues.raise_if_bad()
     dataset.report.skipped = list(issues.items)
+    dataset.source = {"loader": name, "root": str(root.resolve()), "label_set": label_set, "options": options}
     return dataset

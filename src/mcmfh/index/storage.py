@@ -120,7 +120,8 @@ class ItemIndex:
         self.index = index
         self.writable = writable
         try:
-            self._db = sqlite3.connect(folder / DB_NAME, isolation_level=None)  # explicit BEGIN/COMMIT below
+            # check_same_thread=False: callers such as the service serialise access with their own lock.
+            self._db = sqlite3.connect(folder / DB_NAME, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA synchronous = FULL")
         except sqlite3.DatabaseError as e:
             raise ArtefactError(f"{folder / DB_NAME}: unreadable item database ({e})") from e

@@ -1,0 +1,269 @@
+"""An archive: a trained run plus exact Hamming indexes of its items' image codes and text codes.
+
+Folder layout::
+
+    manifest.json   kind "archive": the run's identity (method, bits, encoder, weights hash), image root
+    run/            a copy of the run folder, so the archive is self-contained and cannot drift from its model
+    images/         ItemIndex of image codes (items that have an image)
+    texts/          ItemIndex of text codes (every item)
+
+Cross-modal by default: a text query is hashed by the text branch and searched against image codes (the images for
+a clinical phrase); an image query is hashed by the image branch and searched against text codes (the report for an
+image). Each query is coded from its own modality alone, as at evaluation.
+
+``build`` writes the whole folder atomically. ``add`` commits each sub-index atomically and skips ids a sub-index
+already holds, so an ``add`` killed between the two sub-indexes is finished by running it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mcmfh.data.records import Dataset, Record
+from mcmfh.encoders.base import Encoder, ImageInput
+from mcmfh.errors import ArtefactError, MCMFHError
+from mcmfh.features import FeatureSet
+from mcmfh.index.codes import pack_codes
+from mcmfh.index.storage import Hit, Item, ItemIndex, record_item
+from mcmfh.io import atomic_dir, atomic_write_json
+from mcmfh.manifest import new_manifest, read_manifest, require_match
+from mcmfh.method import WEIGHTS_NAME, HashMethod
+from mcmfh.train import check_features, load_run
+
+KIND = "archive"
+MODALITIES = ("images", "texts")
+# Manifest fields every sub-index must share with the archive: an index made by another model is refused.
+IDENTITY_KEYS = ("run_id", "method", "bits", "encoder", "encoder_version")
+
+
+def run_identity(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a trained model: its weights' hash plus the encoder it reads."""
+    weights = Path(run_dir) / WEIGHTS_NAME
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    return {
+        "run_id": digest,
+        "method": manifest["method"],
+        "bits": int(manifest["bits"]),
+        "encoder": manifest.get("encoder"),
+        "encoder_version": manifest.get("encoder_version"),
+    }
+
+
+def dataset_from_source(source: dict[str, Any]) -> Dataset:
+    """Reload the dataset a feature cache was encoded from (its manifest's ``source``)."""
+    from mcmfh.data import load_dataset
+
+    if not source or "loader" not in source:
+        raise MCMFHError("the features do not record which dataset they came from; pass the dataset explicitly")
+    return load_dataset(source["loader"], source["root"], label_set=source.get("label_set"), skip_bad=True,
+                        **source.get("options", {}))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Items to index with their frozen embeddings (image rows only where ``has_image``)."""
+
+    records: list[Record]
+    image: np.ndarray
+    text: np.ndarray
+    has_image: np.ndarray
+    source: str
+
+
+class Archive:
+    """Open with ``Archive.open(folder)``; make with ``Archive.build(run_dir, features, out)``."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], writable: bool) -> None:
+        self.folder = folder
+        self.manifest = manifest
+        expect = {k: manifest[k] for k in IDENTITY_KEYS}
+        self.indexes = {m: ItemIndex.open(folder / m, expect=expect, writable=writable) for m in MODALITIES}
+        self.method, self.run_manifest = load_run(folder / "run")
+        require_match(manifest, run_identity(folder / "run", self.run_manifest), IDENTITY_KEYS, f"archive {folder}")
+        self._encoder: Encoder | None = None
+        # One lock for inference and the SQLite handles: the service calls from several threads.
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------------------------------------- make / open
+    @classmethod
+    def build(
+        cls,
+        run_dir: str | Path,
+        features: FeatureSet,
+        out: str | Path,
+        splits: Sequence[str] = ("train", "dev"),
+        dataset: Dataset | None = None,
+        overwrite: bool = False,
+    ) -> Archive:
+        """Hash the ``splits`` of ``features`` with the run's model and store them with their metadata."""
+        run_dir, out = Path(run_dir), Path(out)
+        method, run_manifest = load_run(run_dir)
+        check_features(run_manifest, features, run_dir)
+        if out.exists() and not overwrite:
+            raise MCMFHError(f"{out}: already exists (use --overwrite to replace it)")
+        part = features.splits(*splits)
+        if not len(part):
+            raise MCMFHError(f"features have no items in split(s) {list(splits)}")
+        dataset = dataset or dataset_from_source(features.manifest.get("source", {}))
+        batch = _batch_from_features(part, dataset)
+        identity = run_identity(run_dir, run_manifest)
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            shutil.copytree(run_dir, tmp / "run")
+            fields = {k: v for k, v in identity.items() if k != "bits"}  # bits is the index's own field
+            for m in MODALITIES:
+                ItemIndex.create(tmp / m, identity["bits"], **fields).close()
+            manifest = new_manifest(
+                KIND,
+                **identity,
+                dataset=features.manifest.get("dataset"),
+                label_set=features.manifest.get("label_set"),
+                splits=list(splits),
+                image_root=(dataset.source or {}).get("root"),
+            )
+            atomic_write_json(tmp / "manifest.json", manifest)
+            archive = cls(tmp, manifest, writable=True)
+            archive._add_batch(batch, method)
+            archive.close()
+        return cls.open(out)
+
+    @classmethod
+    def open(cls, folder: str | Path, writable: bool = False) -> Archive:
+        folder = Path(folder)
+        manifest = read_manifest(folder, KIND)
+        missing = [k for k in IDENTITY_KEYS if k not in manifest]
+        if missing:
+            raise ArtefactError(f"{folder}/manifest.json: missing fields {missing}")
+        return cls(folder, manifest, writable)
+
+    def close(self) -> None:
+        for index in self.indexes.values():
+            index.close()
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------------------------------------- properties
+    @property
+    def bits(self) -> int:
+        return int(self.manifest["bits"])
+
+    @property
+    def image_root(self) -> Path | None:
+        root = self.manifest.get("image_root")
+        return Path(root) if root else None
+
+    def __len__(self) -> int:
+        return len(self.indexes["texts"])
+
+    @property
+    def encoder(self) -> Encoder:
+        """The run's encoder, loaded on first use and checked to be the version the model was trained on."""
+        if self._encoder is None:
+            from mcmfh.encoders import get_encoder
+
+            encoder = get_encoder(self.manifest["encoder"])
+            if encoder.version != self.manifest["encoder_version"]:
+                raise ArtefactError(
+                    f"archive {self.folder}: trained on encoder {self.manifest['encoder']} version "
+                    f"{self.manifest['encoder_version']}, this installation has {encoder.version}"
+                )
+            self._encoder = encoder
+        return self._encoder
+
+    # ---------------------------------------------------------------------------------------------- search
+    def search_text(self, query: str, k: int = 10, target: str = "images") -> list[Hit]:
+        """Items nearest to a text query, by their ``target`` codes (images: cross-modal; texts: same modality)."""
+        if not query.strip():
+            raise MCMFHError("empty text query")
+        with self._lock:
+            code = self.method.encode_texts(self.encoder.encode_texts([query]))
+            return self.indexes[_target(target)].search(pack_codes(code), k)[0]
+
+    def search_image(self, image: ImageInput, k: int = 10, target: str = "texts") -> list[Hit]:
+        """Items nearest to an image query (a path or a PIL image), by their ``target`` codes."""
+        with self._lock:
+            code = self.method.encode_images(self.encoder.encode_images([image]))
+            return self.indexes[_target(target)].search(pack_codes(code), k)[0]
+
+    def get(self, item_id: str) -> Item | None:
+        with self._lock:
+            keys = self.indexes["texts"].keys_of([item_id])
+            return self.indexes["texts"].get([keys[item_id]])[0] if keys else None
+
+    # ---------------------------------------------------------------------------------------------- add / remove
+    def add_records(self, records: Sequence[Record], source: str, batch_size: int = 32) -> dict[str, int]:
+        """Encode new items with the run's encoder and add them; ids already present are skipped."""
+        present = self.indexes["texts"].keys_of([r.id for r in records])
+        todo = [r for r in records if r.id not in present]
+        with_image = [r for r in todo if r.image is not None]
+        image = self.encoder.encode_images([r.image for r in with_image], batch_size=batch_size)
+        batch = Batch(
+            records=todo,
+            image=_scatter(image, [r.image is not None for r in todo], self.encoder.image_dim),
+            text=self.encoder.encode_texts([r.text for r in todo], batch_size=batch_size),
+            has_image=np.array([r.image is not None for r in todo], dtype=bool),
+            source=source,
+        )
+        return self._add_batch(batch, self.method)
+
+    def remove(self, item_ids: Sequence[str]) -> int:
+        with self._lock:
+            return max(self.indexes[m].remove(list(item_ids)) for m in MODALITIES)
+
+    def _add_batch(self, batch: Batch, method: HashMethod) -> dict[str, int]:
+        added = {}
+        for m in MODALITIES:  # each sub-index skips what it holds, so a rerun completes a half-done add
+            index = self.indexes[m]
+            rows = np.flatnonzero(batch.has_image) if m == "images" else np.arange(len(batch.records))
+            present = index.keys_of([batch.records[i].id for i in rows])
+            rows = np.array([i for i in rows if batch.records[i].id not in present], dtype=np.int64)
+            if not len(rows):
+                added[m] = 0
+                continue
+            codes = method.encode_images(batch.image[rows]) if m == "images" else method.encode_texts(batch.text[rows])
+            items = [record_item(batch.records[i], batch.source) for i in rows]
+            with self._lock:
+                index.add(pack_codes(codes), items)
+            added[m] = len(rows)
+        return added
+
+
+def _target(name: str) -> str:
+    aliases = {"image": "images", "images": "images", "text": "texts", "texts": "texts"}
+    if name not in aliases:
+        raise MCMFHError(f"search target {name!r}: expected 'images' or 'texts'")
+    return aliases[name]
+
+
+def _scatter(rows: np.ndarray, mask: Sequence[bool], dim: int) -> np.ndarray:
+    out = np.zeros((len(mask), dim), dtype=np.float32)
+    out[np.asarray(mask, dtype=bool)] = rows
+    return out
+
+
+def _batch_from_features(features: FeatureSet, dataset: Dataset) -> Batch:
+    by_id = {r.id: r for r in dataset.records}
+    missing = [i for i in features.ids if i not in by_id]
+    if missing:
+        raise ArtefactError(
+            f"{len(missing)} feature id(s) are not in dataset {dataset.name} (first: {missing[:3]}); "
+            "were the features encoded from other data?"
+        )
+    return Batch(
+        records=[by_id[i] for i in features.ids],
+        image=features.image,
+        text=features.text,
+        has_image=features.has_image,
+        source=dataset.name,
+    )

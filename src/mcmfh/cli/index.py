@@ -1,0 +1,119 @@
+"""``mcmfh index build|add|remove|info`` (an archive of hashed items) and ``mcmfh search`` (query it)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+
+from mcmfh.cli import app
+from mcmfh.errors import MCMFHError
+
+index_app = typer.Typer(help="Build and maintain a searchable archive (run + Hamming indexes + item metadata).",
+                        no_args_is_help=True)  # fmt: skip
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+def build(
+    run_dir: Path = typer.Argument(..., help="Trained run folder (from `mcmfh train`)."),
+    features: Path = typer.Option(..., "--features", help="Feature cache the run was trained on (same encoder)."),
+    out: Path = typer.Option(..., "--out", help="Archive folder to write."),
+    splits: str = typer.Option("train,dev", help="Comma-separated splits that form the database."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing archive."),
+) -> None:
+    """Hash the database split with the run's model and store codes plus item metadata."""
+    from mcmfh.archive import Archive
+    from mcmfh.features import FeatureSet
+
+    t0 = time.perf_counter()
+    fs = FeatureSet.load(features)
+    with Archive.build(run_dir, fs, out, splits=_splits(splits), overwrite=overwrite) as archive:
+        n_img = len(archive.indexes["images"])
+        typer.echo(f"archive {out}: {len(archive)} items ({n_img} with images), {archive.bits} bits, "
+                   f"{archive.manifest['method']}, built in {time.perf_counter() - t0:.1f}s")  # fmt: skip
+
+
+@index_app.command("add")
+def add(
+    archive_dir: Path = typer.Argument(..., help="Archive folder."),
+    dataset: str = typer.Option(..., "--dataset", help="Loader of the new items (e.g. csv, jsonl, medpix2)."),
+    data_root: Path = typer.Option(..., "--data-root", help="Folder or file the loader reads."),
+    splits: str = typer.Option("train,dev,test", help="Which of the loaded splits to add."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable items instead of failing."),
+) -> None:
+    """Encode new items with the archive's encoder and model, and add them (ids already present are skipped)."""
+    from mcmfh.archive import Archive
+    from mcmfh.data import load_dataset
+
+    ds = load_dataset(dataset, data_root, skip_bad=skip_bad)
+    wanted = set(_splits(splits))
+    records = [r for r in ds.records if r.split in wanted]
+    with Archive.open(archive_dir, writable=True) as archive:
+        added = archive.add_records(records, source=ds.name)
+        typer.echo(f"added {added['texts']} item(s) ({added['images']} image codes); archive holds {len(archive)}")
+
+
+@index_app.command("remove")
+def remove(
+    archive_dir: Path = typer.Argument(..., help="Archive folder."),
+    ids: list[str] = typer.Argument(..., help="Item ids to remove."),
+) -> None:
+    """Remove items by id (unknown ids are ignored)."""
+    from mcmfh.archive import Archive
+
+    with Archive.open(archive_dir, writable=True) as archive:
+        n = archive.remove(ids)
+        typer.echo(f"removed {n} item(s); archive holds {len(archive)}")
+
+
+@index_app.command("info")
+def info(archive_dir: Path = typer.Argument(..., help="Archive folder.")) -> None:
+    """Print the archive's manifest and item counts as JSON."""
+    from mcmfh.archive import Archive
+
+    with Archive.open(archive_dir) as archive:
+        counts = {m: len(ix) for m, ix in archive.indexes.items()}
+        typer.echo(json.dumps({**archive.manifest, "counts": counts}, indent=2, sort_keys=True))
+
+
+@app.command()
+def search(
+    archive_dir: Path = typer.Argument(..., help="Archive folder (from `mcmfh index build`)."),
+    text: str = typer.Option(None, "--text", help="A text query: finds images (or texts with --target texts)."),
+    image: Path = typer.Option(None, "--image", help="An image query (PNG/JPEG/DICOM): finds reports."),
+    k: int = typer.Option(10, "--k", min=1, max=10_000),
+    target: str = typer.Option(None, help="Search image or text codes (default: the other modality)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Search an archive with a text or an image; prints ranked items with Hamming distances."""
+    from mcmfh.archive import Archive
+
+    if (text is None) == (image is None):
+        raise MCMFHError("give exactly one of --text or --image")
+    with Archive.open(archive_dir) as archive:
+        t0 = time.perf_counter()
+        if text is not None:
+            hits = archive.search_text(text, k, target=target or "images")
+        else:
+            hits = archive.search_image(image, k, target=target or "texts")
+        took_ms = (time.perf_counter() - t0) * 1000
+    rows = [{"rank": r + 1, "id": h.item.item_id, "distance": h.distance, "labels": list(h.item.labels),
+             "text": h.item.caption} for r, h in enumerate(hits)]  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps({"results": rows, "took_ms": took_ms}, indent=2))
+        return
+    for row in rows:
+        caption = row["text"] if len(row["text"]) <= 90 else row["text"][:87] + "..."
+        typer.echo(f"{row['rank']:>3}  d={row['distance']:<3} {row['id']:<24} {caption}")
+        typer.echo(f"{'':>10}labels: {', '.join(row['labels']) or '-'}")
+    typer.echo(f"{len(rows)} result(s) in {took_ms:.1f} ms (encode + search)")
+
+
+def _splits(value: str) -> list[str]:
+    out = [s.strip() for s in value.split(",") if s.strip()]
+    if not out:
+        raise MCMFHError("--splits: give at least one split name")
+    return out
