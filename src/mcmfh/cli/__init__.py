@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # Command modules (import registers their commands on ``app``).
 from mcmfh.cli import data as _data  # noqa: E402,F401
+from mcmfh.cli import demo as _demo  # noqa: E402,F401
 from mcmfh.cli import encode as _encode  # noqa: E402,F401
 from mcmfh.cli import index as _index  # noqa: E402,F401
 from mcmfh.cli import model as _model  # noqa: E402,F401
