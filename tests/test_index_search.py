@@ -54,6 +54,9 @@ def test_knn_equals_brute_force(bits: int, data: str) -> None:
             assert d.dtype == np.int32 and i.dtype == np.int64
             np.testing.assert_array_equal(d, ref_d, err_msg=f"{kind} {bits} bits k={k}")
             np.testing.assert_array_equal(i, ref_i, err_msg=f"{kind} {bits} bits k={k}")
+            d1, i1 = index.search(q[:3], k)  # small batches take the serial path
+            np.testing.assert_array_equal(d1, ref_d[:3])
+            np.testing.assert_array_equal(i1, ref_i[:3])
 
 
 @pytest.mark.parametrize("bits", (16, 64))

@@ -52,8 +52,8 @@ def _next_same_popcount(v):
 # --------------------------------------------------------------------------------------------------------- CSR build
 @njit(cache=True)
 def csr_build(keys, n_keys):
-    """Counting sort of ``keys`` (int64 in [0, n_keys)): offsets (n_keys+1,) and positions (N,) int32, stable."""
-    offsets = np.zeros(n_keys + 1, np.int64)
+    """Counting sort of ``keys`` (int64 in [0, n_keys)): int32 offsets (n_keys+1,) and positions (N,), stable."""
+    offsets = np.zeros(n_keys + 1, np.int32)  # items are capped at 2^31 - 1
     for key in keys:
         offsets[key + 1] += 1
     for b in range(n_keys):
@@ -198,6 +198,13 @@ def flat_knn(db, q, k, out_d, out_p):
         _scan_query(db, q, i, kk, db.shape[1] * 64, out_d, out_p)
 
 
+@njit(cache=True)
+def flat_knn_serial(db, q, k, out_d, out_p):
+    kk = min(k, db.shape[0])
+    for i in range(q.shape[0]):
+        _scan_query(db, q, i, kk, db.shape[1] * 64, out_d, out_p)
+
+
 @njit(parallel=True, cache=True)
 def flat_range_count(db, q, radius, counts):
     for i in prange(q.shape[0]):
@@ -248,60 +255,70 @@ def masks_by_popcount(bits):
     return masks, level_start
 
 
-@njit(parallel=True, cache=True)
-def bucket_knn(offsets, positions, masks, level_start, q, k, out_d, out_p):
-    """Walk buckets in increasing Hamming distance from each query key until k items are collected.
+@njit(cache=True)
+def _bucket_query(offsets, positions, masks, level_start, key, kk, out_d, out_p, i):
+    """Walk buckets in increasing Hamming distance from the query key until kk items are collected.
 
     Within one distance level items are ordered by position: a level that fits whole is gathered and sorted; the
     level that overflows only needs the first ``rem`` positions of each of its buckets (buckets are stable-sorted).
     """
-    n = positions.shape[0]
-    kk = min(k, n)
     n_levels = level_start.shape[0] - 1
-    for i in prange(q.shape[0]):
-        key = q[i]
-        got = 0
-        for d in range(n_levels):
-            if got == kk:
-                break
-            lo, hi = level_start[d], level_start[d + 1]
-            total = 0
+    got = 0
+    for d in range(n_levels):
+        if got == kk:
+            break
+        lo, hi = level_start[d], level_start[d + 1]
+        total = 0
+        for m in range(lo, hi):
+            b = key ^ masks[m]
+            total += offsets[b + 1] - offsets[b]
+        if total == 0:
+            continue
+        rem = kk - got
+        if total <= rem:
+            seg = np.empty(total, np.int64)
+            c = 0
             for m in range(lo, hi):
                 b = key ^ masks[m]
-                total += offsets[b + 1] - offsets[b]
-            if total == 0:
-                continue
-            rem = kk - got
-            if total <= rem:
-                seg = np.empty(total, np.int64)
-                c = 0
-                for m in range(lo, hi):
-                    b = key ^ masks[m]
-                    for t in range(offsets[b], offsets[b + 1]):
-                        seg[c] = positions[t]
-                        c += 1
-                seg.sort()
-                for c in range(total):
-                    out_d[i, got + c] = d
-                    out_p[i, got + c] = seg[c]
-                got += total
-            else:
-                cap = 0
-                for m in range(lo, hi):
-                    b = key ^ masks[m]
-                    cap += min(rem, offsets[b + 1] - offsets[b])
-                seg = np.empty(cap, np.int64)
-                c = 0
-                for m in range(lo, hi):
-                    b = key ^ masks[m]
-                    for t in range(offsets[b], min(offsets[b + 1], offsets[b] + rem)):
-                        seg[c] = positions[t]
-                        c += 1
-                seg.sort()
-                for c in range(rem):
-                    out_d[i, got + c] = d
-                    out_p[i, got + c] = seg[c]
-                got = kk
+                for t in range(offsets[b], offsets[b + 1]):
+                    seg[c] = positions[t]
+                    c += 1
+            seg.sort()
+            for c in range(total):
+                out_d[i, got + c] = d
+                out_p[i, got + c] = seg[c]
+            got += total
+        else:
+            cap = 0
+            for m in range(lo, hi):
+                b = key ^ masks[m]
+                cap += min(rem, offsets[b + 1] - offsets[b])
+            seg = np.empty(cap, np.int64)
+            c = 0
+            for m in range(lo, hi):
+                b = key ^ masks[m]
+                for t in range(offsets[b], min(offsets[b + 1], offsets[b] + rem)):
+                    seg[c] = positions[t]
+                    c += 1
+            seg.sort()
+            for c in range(rem):
+                out_d[i, got + c] = d
+                out_p[i, got + c] = seg[c]
+            got = kk
+
+
+@njit(parallel=True, cache=True)
+def bucket_knn(offsets, positions, masks, level_start, q, k, out_d, out_p):
+    kk = min(k, positions.shape[0])
+    for i in prange(q.shape[0]):
+        _bucket_query(offsets, positions, masks, level_start, q[i], kk, out_d, out_p, i)
+
+
+@njit(cache=True)
+def bucket_knn_serial(offsets, positions, masks, level_start, q, k, out_d, out_p):
+    kk = min(k, positions.shape[0])
+    for i in range(q.shape[0]):
+        _bucket_query(offsets, positions, masks, level_start, q[i], kk, out_d, out_p, i)
 
 
 @njit(parallel=True, cache=True)
@@ -425,3 +442,28 @@ def mih_knn(db, sub_word, sub_shift, sub_len, table_start, offsets, positions, t
             out_d,
             out_p,
         )
+
+
+@njit(cache=True)
+def mih_knn_serial(
+    db, sub_word, sub_shift, sub_len, table_start, offsets, positions, tcodes, q, k, scan_after, out_d, out_p
+):
+    kk = min(k, db.shape[0])
+    for i in range(q.shape[0]):
+        if kk > 0:
+            _mih_query(
+                db,
+                sub_word,
+                sub_shift,
+                sub_len,
+                table_start,
+                offsets,
+                positions,
+                tcodes,
+                q,
+                i,
+                kk,
+                scan_after,
+                out_d,
+                out_p,
+            )
