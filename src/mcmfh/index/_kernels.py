@@ -127,39 +127,54 @@ def _emit_sorted(cd, cp, nc, tau, kk, out_d, out_p, i):
 
 
 @njit(inline="always")
-def _push(cd, cp, nc, hist, cnt, tau, kk, d, p):
-    """Keep candidate (d, p) when d <= tau, and keep tau equal to the k-th kept distance.
+def _emit_in_arrival_order(cd, cp, nc, tau, kk, out_d, out_p, i):
+    """Like _emit_sorted when candidates arrived in position order (the scan): a stable counting sort by distance,
+    no comparisons (a comparison sort of ~1000 random keys mispredicts its way to tens of microseconds)."""
+    start = np.zeros(tau + 2, np.int64)
+    for c in range(nc):
+        if cd[c] <= tau:
+            start[cd[c] + 1] += 1
+    for d in range(tau + 1):
+        start[d + 1] += start[d]
+    for c in range(nc):
+        d = cd[c]
+        if d <= tau:
+            slot = start[d]
+            start[d] += 1
+            if slot < kk:
+                out_d[i, slot] = d
+                out_p[i, slot] = cp[c]
 
-    ``hist`` counts kept candidates per distance and ``cnt`` those within tau; tau drops while the candidates
-    strictly below it already number kk. Stale candidates (now beyond tau) are compacted away when the buffer is
-    full; the buffer doubles when it is still half full afterwards (many ties). Returns (cd, cp, nc, cnt, tau).
-    """
-    if d > tau:
-        return cd, cp, nc, cnt, tau
-    if nc == cd.shape[0]:
-        w = 0
-        for c in range(nc):
-            if cd[c] <= tau:
-                cd[w] = cd[c]
-                cp[w] = cp[c]
-                w += 1
-        nc = w
-        if nc * 2 > cd.shape[0]:
-            cd2 = np.empty(2 * cd.shape[0], np.int64)
-            cp2 = np.empty(2 * cd.shape[0], np.int64)
-            cd2[:nc] = cd[:nc]
-            cp2[:nc] = cp[:nc]
-            cd = cd2
-            cp = cp2
-    cd[nc] = d
-    cp[nc] = p
+
+@njit(cache=True)
+def _compact(cd, cp, nc, tau):
+    """Drop candidates beyond tau; double the buffers if they stay more than half full (many ties)."""
+    w = 0
+    for c in range(nc):
+        if cd[c] <= tau:
+            cd[w] = cd[c]
+            cp[w] = cp[c]
+            w += 1
+    if w * 2 > cd.shape[0]:
+        cd2 = np.empty(2 * cd.shape[0], np.int64)
+        cp2 = np.empty(2 * cd.shape[0], np.int64)
+        cd2[:w] = cd[:w]
+        cp2[:w] = cp[:w]
+        return cd2, cp2, w
+    return cd, cp, w
+
+
+@njit(inline="always")
+def _tighten(hist, cnt, tau, kk, d):
+    """Count a kept candidate at distance d and keep tau equal to the k-th kept distance: tau drops while the
+    candidates strictly below it already number kk (``cnt`` counts kept candidates within tau)."""
     hist[d] += 1
     cnt += 1
     while tau > 0 and cnt - hist[tau] >= kk:
         cnt -= hist[tau]
         hist[tau] = 0
         tau -= 1
-    return cd, cp, nc + 1, cnt, tau
+    return cnt, tau
 
 
 _SCAN_BLOCK = 64  # small enough that, once tau is tight, most blocks have no hit and are read only once
@@ -188,7 +203,7 @@ def _scan_query(db, q, i, kk, tau, out_d, out_p):
     ``tau`` starts at any upper bound of the k-th distance. Since items arrive in position order, a tie at tau is
     only useful while fewer than kk candidates are kept, so the acceptance limit is tau + 1 until then and tau
     afterwards. A block of items is first only counted against the limit (no branches, vectorised); the blocks
-    with hits are read again and their hits go through ``_push``, which lowers tau.
+    with hits are read again, and each hit is kept and lowers tau (``_tighten``).
     """
     hist = np.zeros(db.shape[1] * 64 + 1, np.int64)
     cap = max(8 * kk, 1024)
@@ -207,8 +222,13 @@ def _scan_query(db, q, i, kk, tau, out_d, out_p):
         for up in range(np.uint64(start), np.uint64(end)):
             d = _ctpop(db[up, 0] ^ q0) if one_word else _dist(db, up, q, i)
             if d < tau or (d == tau and cnt < kk):
-                cd, cp, nc, cnt, tau = _push(cd, cp, nc, hist, cnt, tau, kk, d, np.int64(up))
-    _emit_sorted(cd, cp, nc, tau, kk, out_d, out_p, i)
+                if nc == cd.shape[0]:
+                    cd, cp, nc = _compact(cd, cp, nc, tau)
+                cd[nc] = d
+                cp[nc] = np.int64(up)
+                nc += 1
+                cnt, tau = _tighten(hist, cnt, tau, kk, d)
+    _emit_in_arrival_order(cd, cp, nc, tau, kk, out_d, out_p, i)
 
 
 @njit(parallel=True, cache=True)
@@ -449,7 +469,7 @@ def _mih_query(
             limit = np.int64(1) << L
             while v < limit:
                 b = base + (key ^ v)
-                touched += offsets[b + 1] - offsets[b]
+                touched += 1 + offsets[b + 1] - offsets[b]  # empty buckets cost a lookup too
                 for t in range(offsets[b], offsets[b + 1]):
                     e = pbase + t  # tcodes holds each table's codes in bucket order: sequential reads
                     new = True
@@ -466,7 +486,12 @@ def _mih_query(
                         seen += 1
                         d = _dist(tcodes, e, q, i)
                         if d <= tau:  # arrival is not in position order here: ties at tau must all be kept
-                            cd, cp, nc, cnt, tau = _push(cd, cp, nc, hist, cnt, tau, kk, d, np.int64(positions[e]))
+                            if nc == cd.shape[0]:
+                                cd, cp, nc = _compact(cd, cp, nc, tau)
+                            cd[nc] = d
+                            cp[nc] = np.int64(positions[e])
+                            nc += 1
+                            cnt, tau = _tighten(hist, cnt, tau, kk, d)
                 if r == 0:
                     break
                 v = _next_same_popcount(v)
