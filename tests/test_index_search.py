@@ -73,6 +73,21 @@ def test_mih_walk_and_scan_fallback_agree(bits: int) -> None:
         np.testing.assert_array_equal(i, ref_i, err_msg=str(opts))
 
 
+def test_mih_many_exact_ties() -> None:
+    """Thousands of identical codes overflow the walk's candidate buffer: the scan must take over, still exact."""
+    rng = np.random.default_rng(6)
+    base = random_codes(3, 64, rng)
+    db = np.concatenate([base[rng.integers(0, 3, 9000)], random_codes(500, 64, rng)])
+    q = np.concatenate([base, random_codes(2, 64, rng)])
+    ref_d, ref_i = brute_force(q, db, np.arange(len(db)), 300)
+    for opts in ({"scan_fraction": 1e9}, {}):
+        index = MIHIndex(64, **opts)
+        index.add(db)
+        d, i = index.search(q, 300)
+        np.testing.assert_array_equal(d, ref_d)
+        np.testing.assert_array_equal(i, ref_i)
+
+
 @pytest.mark.parametrize("bits", (16, 64))
 def test_k_larger_than_n_and_empty(bits: int) -> None:
     rng = np.random.default_rng(2)

@@ -147,21 +147,15 @@ def _emit_in_arrival_order(cd, cp, nc, tau, kk, out_d, out_p, i):
 
 
 @njit(cache=True)
-def _compact(cd, cp, nc, tau):
-    """Drop candidates beyond tau; double the buffers if they stay more than half full (many ties)."""
+def _compact_in_place(cd, cp, nc, tau):
+    """Drop candidates beyond tau; returns the new count."""
     w = 0
     for c in range(nc):
         if cd[c] <= tau:
             cd[w] = cd[c]
             cp[w] = cp[c]
             w += 1
-    if w * 2 > cd.shape[0]:
-        cd2 = np.empty(2 * cd.shape[0], np.int64)
-        cp2 = np.empty(2 * cd.shape[0], np.int64)
-        cd2[:w] = cd[:w]
-        cp2[:w] = cp[:w]
-        return cd2, cp2, w
-    return cd, cp, w
+    return w
 
 
 @njit(inline="always")
@@ -198,6 +192,15 @@ def _block_hits(db, q, i, q0, one_word, start, end, lim):
 
 @njit(cache=True)
 def _scan_query(db, q, i, kk, tau, out_d, out_p):
+    # Two copies with a constant ``one_word``, so LLVM drops the multi-word branch from the hot loops.
+    if db.shape[1] == 1:
+        _scan_impl(db, q, i, kk, tau, out_d, out_p, True)
+    else:
+        _scan_impl(db, q, i, kk, tau, out_d, out_p, False)
+
+
+@njit(inline="always")
+def _scan_impl(db, q, i, kk, tau, out_d, out_p, one_word):
     """Exact top-kk of query i by one scan in position order that keeps only items within a shrinking bound.
 
     ``tau`` starts at any upper bound of the k-th distance. Since items arrive in position order, a tie at tau is
@@ -206,13 +209,15 @@ def _scan_query(db, q, i, kk, tau, out_d, out_p):
     with hits are read again, and each hit is kept and lowers tau (``_tighten``).
     """
     hist = np.zeros(db.shape[1] * 64 + 1, np.int64)
-    cap = max(8 * kk, 1024)
+    # At most kk + 1 kept candidates are within tau (a tie at tau is only taken while fewer than kk are kept), so
+    # compaction always frees half of this buffer and it never grows. Fixed buffers also matter for speed: arrays
+    # reassigned inside the loop made numba reference-count them per item (measured 4.5x slower).
+    cap = max(4 * kk + 4, 1024)
     cd = np.empty(cap, np.int64)
     cp = np.empty(cap, np.int64)
     nc = 0
     cnt = 0
     n = db.shape[0]
-    one_word = db.shape[1] == 1
     q0 = q[i, 0]
     for start in range(0, n, _SCAN_BLOCK):
         end = min(n, start + _SCAN_BLOCK)
@@ -222,8 +227,8 @@ def _scan_query(db, q, i, kk, tau, out_d, out_p):
         for up in range(np.uint64(start), np.uint64(end)):
             d = _ctpop(db[up, 0] ^ q0) if one_word else _dist(db, up, q, i)
             if d < tau or (d == tau and cnt < kk):
-                if nc == cd.shape[0]:
-                    cd, cp, nc = _compact(cd, cp, nc, tau)
+                if nc == cap:
+                    nc = _compact_in_place(cd, cp, nc, tau)
                 cd[nc] = d
                 cp[nc] = np.int64(up)
                 nc += 1
@@ -456,6 +461,7 @@ def _mih_query(
     tau = db.shape[1] * 64
     seen = 0
     touched = 0
+    overflow = False
     for r in range(max_r + 1):
         for j in range(m):
             L = sub_len[j]
@@ -486,19 +492,22 @@ def _mih_query(
                         seen += 1
                         d = _dist(tcodes, e, q, i)
                         if d <= tau:  # arrival is not in position order here: ties at tau must all be kept
-                            if nc == cd.shape[0]:
-                                cd, cp, nc = _compact(cd, cp, nc, tau)
+                            if nc == cap:
+                                nc = _compact_in_place(cd, cp, nc, tau)
+                                if nc * 2 > cap:  # mostly ties: leave them to the scan, whose buffer is bounded
+                                    overflow = True
+                                    break
                             cd[nc] = d
                             cp[nc] = np.int64(positions[e])
                             nc += 1
                             cnt, tau = _tighten(hist, cnt, tau, kk, d)
-                if r == 0:
+                if r == 0 or overflow:
                     break
                 v = _next_same_popcount(v)
-            if (cnt >= kk and tau <= m * r + j) or seen == n:
+            if not overflow and ((cnt >= kk and tau <= m * r + j) or seen == n):
                 _emit_sorted(cd, cp, nc, tau, kk, out_d, out_p, i)
                 return
-            if touched > scan_after:
+            if touched > scan_after or overflow:
                 # tau bounds the k-th distance (it is the k-th among items found) or is still the code length
                 _scan_query(db, q, i, kk, tau, out_d, out_p)
                 return
