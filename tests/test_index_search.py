@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mcmfh.errors import MCMFHError
+from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.index import BucketIndex, FlatIndex, HammingIndex, MIHIndex, make_index
 from mcmfh.index.codes import hamming_matrix, pack_codes
 
@@ -163,6 +163,13 @@ def test_write_read_roundtrip(tmp_path) -> None:
             np.testing.assert_array_equal(a, b)
     with pytest.raises(MCMFHError, match="not 'bucket'"):
         BucketIndex.read(tmp_path / "mih")
+    codes_file = tmp_path / "flat" / "codes.npy"
+    codes_file.write_bytes(codes_file.read_bytes()[:-3])
+    with pytest.raises(ArtefactError, match="truncated"):
+        HammingIndex.read(tmp_path / "flat")
+    (tmp_path / "flat" / "index.json").write_text("{}")
+    with pytest.raises(ArtefactError, match="missing fields"):
+        HammingIndex.read(tmp_path / "flat")
 
 
 def test_bad_input_is_a_clear_error() -> None:

@@ -187,6 +187,9 @@ class HammingIndex(ABC):
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise ArtefactError(f"{meta_path}: missing or unreadable index metadata ({e})") from e
+        missing = [key for key in ("kind", "bits", "count", "files") if key not in meta]
+        if missing:
+            raise ArtefactError(f"{meta_path}: missing fields {missing}")
         arrays = _files.read_arrays(path, meta, {"codes": (meta["bits"] // 8,), "ids": ()}, meta["count"])
         index = make_index(meta["bits"], kind=meta["kind"], **meta.get("params", {}))
         if cls is not HammingIndex and not isinstance(index, cls):
