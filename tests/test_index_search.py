@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mcmfh.errors import MCMFHError
+from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.index import BucketIndex, FlatIndex, HammingIndex, MIHIndex, make_index
 from mcmfh.index.codes import hamming_matrix, pack_codes
 
@@ -54,6 +54,9 @@ def test_knn_equals_brute_force(bits: int, data: str) -> None:
             assert d.dtype == np.int32 and i.dtype == np.int64
             np.testing.assert_array_equal(d, ref_d, err_msg=f"{kind} {bits} bits k={k}")
             np.testing.assert_array_equal(i, ref_i, err_msg=f"{kind} {bits} bits k={k}")
+            d1, i1 = index.search(q[:3], k)  # small batches take the serial path
+            np.testing.assert_array_equal(d1, ref_d[:3])
+            np.testing.assert_array_equal(i1, ref_i[:3])
 
 
 @pytest.mark.parametrize("bits", (16, 64))
@@ -68,6 +71,21 @@ def test_mih_walk_and_scan_fallback_agree(bits: int) -> None:
         d, i = index.search(q, 50)
         np.testing.assert_array_equal(d, ref_d, err_msg=str(opts))
         np.testing.assert_array_equal(i, ref_i, err_msg=str(opts))
+
+
+def test_mih_many_exact_ties() -> None:
+    """Thousands of identical codes overflow the walk's candidate buffer: the scan must take over, still exact."""
+    rng = np.random.default_rng(6)
+    base = random_codes(3, 64, rng)
+    db = np.concatenate([base[rng.integers(0, 3, 9000)], random_codes(500, 64, rng)])
+    q = np.concatenate([base, random_codes(2, 64, rng)])
+    ref_d, ref_i = brute_force(q, db, np.arange(len(db)), 300)
+    for opts in ({"scan_fraction": 1e9}, {}):
+        index = MIHIndex(64, **opts)
+        index.add(db)
+        d, i = index.search(q, 300)
+        np.testing.assert_array_equal(d, ref_d)
+        np.testing.assert_array_equal(i, ref_i)
 
 
 @pytest.mark.parametrize("bits", (16, 64))
@@ -145,6 +163,13 @@ def test_write_read_roundtrip(tmp_path) -> None:
             np.testing.assert_array_equal(a, b)
     with pytest.raises(MCMFHError, match="not 'bucket'"):
         BucketIndex.read(tmp_path / "mih")
+    codes_file = tmp_path / "flat" / "codes.npy"
+    codes_file.write_bytes(codes_file.read_bytes()[:-3])
+    with pytest.raises(ArtefactError, match="truncated"):
+        HammingIndex.read(tmp_path / "flat")
+    (tmp_path / "flat" / "index.json").write_text("{}")
+    with pytest.raises(ArtefactError, match="missing fields"):
+        HammingIndex.read(tmp_path / "flat")
 
 
 def test_bad_input_is_a_clear_error() -> None:

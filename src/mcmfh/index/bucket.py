@@ -13,7 +13,7 @@ import numpy as np
 
 from mcmfh.errors import MCMFHError
 from mcmfh.index import _kernels as K
-from mcmfh.index.base import HammingIndex
+from mcmfh.index.base import HammingIndex, parallel
 
 MAX_BUCKET_BITS = 24  # 2^24 offsets = 128 MiB: beyond this the table costs more than it saves
 
@@ -30,7 +30,7 @@ class BucketIndex(HammingIndex):
         super().__init__(bits)
         if bits > MAX_BUCKET_BITS:
             raise MCMFHError(f"bucket index: at most {MAX_BUCKET_BITS} bits (2^bits buckets), got {bits}")
-        self._offsets = np.zeros((1 << bits) + 1, np.int64)
+        self._offsets = np.zeros((1 << bits) + 1, np.int32)
         self._positions = np.zeros(0, np.int32)
 
     def _keys(self) -> np.ndarray:
@@ -55,7 +55,9 @@ class BucketIndex(HammingIndex):
         masks, level_start = _masks(self.bits)
         out_d = np.full((q.shape[0], k), -1, np.int32)
         out_p = np.full((q.shape[0], k), -1, np.int64)
-        K.bucket_knn(self._offsets, self._positions, masks, level_start, q[:, 0].astype(np.int64), k, out_d, out_p)
+        (K.bucket_knn if parallel(q) else K.bucket_knn_serial)(
+            self._offsets, self._positions, masks, level_start, q[:, 0].astype(np.int64), k, out_d, out_p
+        )
         return out_d, out_p
 
     def _range(self, q: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mcmfh.index import _kernels as K
-from mcmfh.index.base import HammingIndex
+from mcmfh.index.base import HammingIndex, parallel
 
 
 class FlatIndex(HammingIndex):
@@ -39,7 +39,7 @@ class FlatIndex(HammingIndex):
 def flat_knn(db: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     out_d = np.full((q.shape[0], k), -1, np.int32)
     out_p = np.full((q.shape[0], k), -1, np.int64)
-    K.flat_knn(db, q, k, out_d, out_p)
+    (K.flat_knn if parallel(q) else K.flat_knn_serial)(db, q, k, out_d, out_p)
     return out_d, out_p
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from mcmfh.errors import MCMFHError
 from mcmfh.index import _kernels as K
-from mcmfh.index.base import HammingIndex
+from mcmfh.index.base import HammingIndex, parallel
 from mcmfh.index.flat import flat_range
 
 MIN_SUB_BITS = 4
@@ -113,7 +113,7 @@ class MIHIndex(HammingIndex):
         out_d = np.full((q.shape[0], k), -1, np.int32)
         out_p = np.full((q.shape[0], k), -1, np.int64)
         scan_after = int(self.scan_fraction * len(self._db))
-        K.mih_knn(self._db, *self._tables, q, k, scan_after, out_d, out_p)
+        (K.mih_knn if parallel(q) else K.mih_knn_serial)(self._db, *self._tables, q, k, scan_after, out_d, out_p)
         return out_d, out_p
 
     def _range(self, q: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
