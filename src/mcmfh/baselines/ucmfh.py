@@ -52,6 +52,9 @@ class UCMFHOptions:
     lr_milestones: tuple[int, ...] = (30, 80)  # iterations at which the hash-head rate is multiplied by lr_gamma
     lr_gamma: float = 1.2
     encode_batch: int = 1024
+    # Epochs after which dev mAP@all (dev queries, train database) is logged. Monitoring only: the recipe still
+    # reports the last epoch; the log is how the default ``epochs`` was chosen on dev.
+    dev_eval_epochs: tuple[int, ...] = ()
 
 
 def nt_xent(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
@@ -132,6 +135,7 @@ class UCMFH(HashMethod):
         opt_hash = torch.optim.Adam(heads, lr=o.lr_hash, betas=betas)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt_hash, list(o.lr_milestones), gamma=o.lr_gamma)
         losses: list[float] = []
+        dev_map: dict[int, dict[str, float]] = {}
         t0 = time.perf_counter()
         self.net.train()
         for _ in range(o.epochs):
@@ -148,13 +152,25 @@ class UCMFH(HashMethod):
                 sched.step()  # stepped every iteration, as in UCMFH
                 total, steps = total + float(loss.detach()), steps + 1
             losses.append(total / steps)
+            if dev is not None and len(losses) in o.dev_eval_epochs:
+                dev_map[len(losses)] = self._dev_map(train, dev)
+                self.net.train()
         self.net.eval()
         return {
             "epochs": o.epochs,
             "loss": losses,
+            "dev_map_all": dev_map,
             "n_train_pairs": len(pairs),
             "fit_seconds": time.perf_counter() - t0,
         }
+
+    def _dev_map(self, train: FeatureSet, dev: FeatureSet) -> dict[str, float]:
+        from mcmfh.metrics import hamming_distances, map_all, relevance
+
+        rel = relevance(dev.labels, train.labels)
+        i2t = map_all(hamming_distances(self.encode_images(dev.image), self.encode_texts(train.text)), rel)
+        t2i = map_all(hamming_distances(self.encode_texts(dev.text), self.encode_images(train.image)), rel)
+        return {"i2t": i2t, "t2i": t2i}
 
     @torch.no_grad()
     def _encode(self, feats: np.ndarray, modality: str) -> np.ndarray:
