@@ -107,3 +107,11 @@ def test_cca_needs_enough_dims():
     f = make_features(n=100, di=24, dt=8)
     with pytest.raises(MCMFHError, match="cannot project to 16 dims"):
         create_method("cca-itq", 16).fit(f.splits("train"))
+
+
+def test_ucmfh_dev_monitoring_logs_dev_map_and_does_not_change_the_model(feats, fitted):
+    m = create_method("ucmfh", 16, 0, **{**UCMFH_SMALL, "dev_eval_epochs": "2,4"})
+    log = m.fit(feats.splits("train"), feats.splits("dev"))
+    assert sorted(log["dev_map_all"]) == [2, 4]
+    assert all(0 < v <= 1 for d in log["dev_map_all"].values() for v in d.values())
+    assert np.array_equal(m.encode_images(feats.image), fitted["ucmfh"].encode_images(feats.image))

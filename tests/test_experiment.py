@@ -127,3 +127,35 @@ def test_shipped_configs_parse_when_their_methods_are_registered():
             assert "mcmfh" not in available_methods() and "not registered" in str(e), e
             continue
         assert cfg.dataset == "medpix2" and cfg.bits == [16, 32, 64] and cfg.seeds == [0, 1, 2]
+
+
+def test_experiment_encodes_through_the_feature_cache_when_no_features_given(tmp_path, monkeypatch):
+    # The loader and the cache belong to other modules; here we check the runner calls them with the config's values.
+    import mcmfh.data
+    import mcmfh.encoders
+    import mcmfh.features
+
+    calls = {}
+
+    def fake_load(name, root, label_set=None):
+        calls["load"] = (name, root, label_set)
+        return "DATASET"
+
+    def fake_encode(dataset, encoder, out, batch_size=32):
+        calls["encode"] = (dataset, encoder, out, batch_size)
+        fs = make_features(n=200, di=24, dt=16, seed=4)
+        fs.manifest["label_set"] = "labels"
+        return fs
+
+    monkeypatch.setattr(mcmfh.data, "load_dataset", fake_load, raising=False)
+    monkeypatch.setattr(mcmfh.features, "encode_dataset", fake_encode, raising=False)
+    monkeypatch.setattr(mcmfh.encoders, "get_encoder", lambda name, **o: f"ENC:{name}", raising=False)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "dataset: medpix2\ndata_root: data\nencoder: tiny\nlabel_set: labels\nencode_batch_size: 8\n"
+        "bits: [8]\nseeds: [0]\nmethods: [cca-itq]\n"
+    )
+    run_experiment(cfg, tmp_path / "out", log=lambda s: None)
+    assert calls["load"] == ("medpix2", (tmp_path / "data").resolve(), "labels")
+    assert calls["encode"] == ("DATASET", "ENC:tiny", tmp_path / "out" / "features" / "medpix2-tiny-labels", 8)
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["rows"][0]["label_set"] == "labels"

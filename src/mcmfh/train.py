@@ -19,7 +19,17 @@ from mcmfh.manifest import new_manifest, read_manifest, require_match
 from mcmfh.method import HashMethod, create_method
 
 # Feature-cache manifest fields copied into a run's manifest; the first group must match at evaluation.
-FEATURE_KEYS = ("dataset", "label_set", "encoder", "encoder_version", "image_dim", "text_dim", "fingerprint")
+FEATURE_KEYS = (
+    "dataset",
+    "label_set",
+    "encoder",
+    "encoder_version",
+    "image_dim",
+    "text_dim",
+    "fingerprint",
+    "input_fingerprint",
+    "cache_key",
+)
 MATCH_KEYS = ("encoder", "encoder_version", "image_dim", "text_dim")
 TRAIN_LOG_NAME = "train_log.json"
 
