@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import typer
@@ -37,6 +38,10 @@ def serve(
     check_bind(host, token)  # before anything slow is loaded
     if not index.is_dir():
         raise MCMFHError(f"index folder {index} does not exist")
+    settings = Settings(  # validates the token and limits before anything slow is loaded
+        token=token, max_upload_bytes=int(max_upload_mb * MIB), max_k=max_k, access_log=access_log,  # type: ignore[arg-type]
+        image_root=image_root.resolve() if image_root else None,
+    )  # fmt: skip
     try:
         from mcmfh.service.app import create_app
         from mcmfh.service.server import make_server
@@ -45,12 +50,9 @@ def serve(
     from mcmfh.service.engine import open_engine
 
     engine = open_engine(index)
-    # Item images live where the archive's dataset lives, unless the operator narrows it.
-    default_root = getattr(engine, "image_root", None) or index
-    settings = Settings(
-        token=token, max_upload_bytes=int(max_upload_mb * MIB), max_k=max_k, access_log=access_log,  # type: ignore[arg-type]
-        image_root=Path(image_root or default_root).resolve(),
-    )  # fmt: skip
+    if image_root is None:  # item images live where the archive's dataset lives
+        root = getattr(engine, "image_root", None) or index
+        settings = dataclasses.replace(settings, image_root=Path(root).resolve())
     info = engine.info()
     typer.echo(f"serving {info.items} items ({info.method}, {info.bits} bits, {info.encoder}) at http://{host}:{port}/")
     make_server(create_app(engine, settings), host, port).run()
