@@ -111,3 +111,14 @@ def test_load_or_export_checks_before_caching(tmp_path):
     with pytest.raises(OnnxMismatch):
         load_or_export(OnnxSpec(key="strict", input_shape=(2, 3, 8, 8), tolerance=-1.0), build, tmp_path)
     assert not (tmp_path / "strict-opset17.onnx").exists()  # a failed check leaves nothing to reuse
+
+
+@pytest.mark.parametrize("backend", ["eager", pytest.param("onnx", marks=needs_ort)])
+def test_unreadable_image_stops_with_its_name(backend, onnx_dir, tmp_path):
+    from mcmfh.errors import DataError
+
+    bad = tmp_path / "scan-17.png"
+    bad.write_bytes(b"\x89PNG\r\n not really")
+    images = [*_images(), bad, *_images()]
+    with pytest.raises(DataError, match="scan-17.png"):
+        get_encoder("offline", backend=backend, cache_dir=onnx_dir).encode_images(images, batch_size=2)

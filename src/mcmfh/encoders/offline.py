@@ -187,15 +187,19 @@ class OfflineEncoder(Encoder):
         run = self._image_runner()
         chunks = list(batched(images, batch_size))
         workers = self.config.workers or os.cpu_count() or 1
-        with ThreadPoolExecutor(workers) as pool, progress_bar(len(images), "offline images", progress) as bar:
-            if self.backend_used == "onnx":
-                results: Iterator[np.ndarray] = pool.map(lambda c: self._batch(run, c), chunks)
-            else:
-                results = self._prefetched(pool, run, chunks)
-            out = [np.zeros((0, self.image_dim), np.float32)]
-            for chunk, emb in zip(chunks, results, strict=True):
-                out.append(emb)
-                bar.update(len(chunk))
+        pool = ThreadPoolExecutor(workers)
+        out = [np.zeros((0, self.image_dim), np.float32)]
+        try:
+            with progress_bar(len(images), "offline images", progress) as bar:
+                if self.backend_used == "onnx":
+                    results: Iterator[np.ndarray] = pool.map(lambda c: self._batch(run, c), chunks)
+                else:
+                    results = self._prefetched(pool, run, chunks)
+                for chunk, emb in zip(chunks, results, strict=True):
+                    out.append(emb)
+                    bar.update(len(chunk))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # an unreadable image stops the rest at once
         return l2_normalize(np.concatenate(out))
 
     def _prefetched(
