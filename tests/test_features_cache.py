@@ -174,3 +174,11 @@ def test_unreadable_image_fails_or_is_skipped(tmp_path):
 def test_empty_dataset_is_an_error(tmp_path):
     with pytest.raises(DataError, match="no records"):
         run_encode(Dataset("gen", [], "labels", []), CountingEncoder(), tmp_path / "f")
+
+
+def test_same_files_named_relatively_reuse_the_cache(tmp_path, monkeypatch):
+    ds = make_dataset(tmp_path / "data", n=3)
+    run_encode(ds, CountingEncoder(), tmp_path / "f")
+    monkeypatch.chdir(tmp_path)
+    rel = [Record(r.id, r.image.relative_to(tmp_path), r.text, r.labels, r.split) for r in ds.records]
+    assert run_encode(Dataset(ds.name, rel, ds.label_set, ds.label_vocab), CountingEncoder(), "f").reused

@@ -12,6 +12,7 @@ renamed into place (``FeatureSet.save`` is atomic), so a folder at ``out`` is al
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -69,11 +70,13 @@ class EncodeOutcome:
 
 
 def _image_stat(path: Path) -> list[Any]:
+    # abspath (no syscalls): the same files named from another folder or as ../x vs /abs/x give the same cache
+    name = os.path.abspath(path)
     try:
-        st = path.stat()
+        st = os.stat(name)
     except OSError:
-        return [str(path), None, None]  # encoding will then fail with a DataError naming the file
-    return [str(path), st.st_size, st.st_mtime_ns]
+        return [name, None, None]  # encoding will then fail with a DataError naming the file
+    return [name, st.st_size, st.st_mtime_ns]
 
 
 def input_fingerprint(dataset: Dataset) -> str:

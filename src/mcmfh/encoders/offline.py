@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,11 @@ class OfflineConfig:
     onnx_opset: int = 17
     onnx_tolerance: float = 1e-4
     cache_dir: str | None = None  # ONNX exports; default $MCMFH_CACHE/onnx or ~/.cache/mcmfh/onnx
-    threads: int | None = None  # ONNX Runtime intra-op threads; default: all cores
-    workers: int | None = None  # image decoding/resizing threads; default: all cores
+    # ONNX: `workers` threads each read, preprocess and run whole batches (ONNX Runtime releases the GIL), each
+    # session call using `threads` cores; on small CPUs one thread per batch wastes less than splitting every
+    # layer across cores. Eager: `workers` threads prepare the next batch while torch runs the current one.
+    workers: int | None = None  # default: all cores
+    threads: int = 1  # ONNX Runtime intra-op threads per session call
 
 
 def _missing(what: str, e: ImportError) -> MCMFHError:
@@ -176,22 +180,37 @@ class OfflineEncoder(Encoder):
         x = (np.asarray(im, dtype=np.float32) - c.pixel_mean) / c.pixel_scale
         return x.transpose(2, 0, 1)
 
-    def encode_images(self, images: Sequence[ImageInput], batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        from concurrent.futures import ThreadPoolExecutor
+    def _batch(self, run: Callable[[np.ndarray], np.ndarray], chunk: Sequence[ImageInput]) -> np.ndarray:
+        return run(np.ascontiguousarray(np.stack([self.preprocess(im) for im in chunk])))
 
+    def encode_images(self, images: Sequence[ImageInput], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         run = self._image_runner()
         chunks = list(batched(images, batch_size))
-        out = [np.zeros((0, self.image_dim), np.float32)]
         workers = self.config.workers or os.cpu_count() or 1
-        # Decoding and resizing release the GIL: threads prepare batch i+1 while the network runs batch i.
-        with ThreadPoolExecutor(workers) as pool, progress_bar(len(images), "offline images", progress) as bar:
-            pending = [pool.submit(self.preprocess, im) for im in chunks[0]] if chunks else []
-            for i, chunk in enumerate(chunks):
-                x = np.stack([f.result() for f in pending])
-                pending = [pool.submit(self.preprocess, im) for im in chunks[i + 1]] if i + 1 < len(chunks) else []
-                out.append(run(x))
-                bar.update(len(chunk))
+        pool = ThreadPoolExecutor(workers)
+        out = [np.zeros((0, self.image_dim), np.float32)]
+        try:
+            with progress_bar(len(images), "offline images", progress) as bar:
+                if self.backend_used == "onnx":
+                    results: Iterator[np.ndarray] = pool.map(lambda c: self._batch(run, c), chunks)
+                else:
+                    results = self._prefetched(pool, run, chunks)
+                for chunk, emb in zip(chunks, results, strict=True):
+                    out.append(emb)
+                    bar.update(len(chunk))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # an unreadable image stops the rest at once
         return l2_normalize(np.concatenate(out))
+
+    def _prefetched(
+        self, pool: ThreadPoolExecutor, run: Callable[[np.ndarray], np.ndarray], chunks: list[Sequence[ImageInput]]
+    ) -> Iterator[np.ndarray]:
+        """Eager torch uses all cores itself: threads only decode and resize batch i+1 while it runs batch i."""
+        pending = [pool.submit(self.preprocess, im) for im in chunks[0]] if chunks else []
+        for i in range(len(chunks)):
+            x = np.ascontiguousarray(np.stack([f.result() for f in pending]))
+            pending = [pool.submit(self.preprocess, im) for im in chunks[i + 1]] if i + 1 < len(chunks) else []
+            yield run(x)
 
     # ---------------------------------------------------------------- text side
     def _text_model(self):

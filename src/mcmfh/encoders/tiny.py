@@ -15,7 +15,7 @@ import numpy as np
 
 from mcmfh.encoders import register_encoder
 from mcmfh.encoders.base import Encoder, ImageInput, l2_normalize
-from mcmfh.encoders.common import batched, progress_bar, read_image
+from mcmfh.encoders.common import batched, progress_bar, read_image, resolve_device
 from mcmfh.manifest import fingerprint
 
 _TOKEN = re.compile(r"[a-z0-9]+")
@@ -67,7 +67,7 @@ class TinyEncoder(Encoder):
                     nn.Flatten(),
                     nn.Linear(2 * c.channels, c.image_dim),
                 )
-            self._net = net.eval().to(self.device)
+            self._net = net.eval().to(resolve_device(self.device))
         return self._net
 
     def _pixels(self, images: Sequence[ImageInput]) -> np.ndarray:
@@ -84,7 +84,7 @@ class TinyEncoder(Encoder):
         out = [np.zeros((0, self.image_dim), np.float32)]
         with torch.inference_mode(), progress_bar(len(images), "tiny images", progress) as bar:
             for chunk in batched(images, batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(self._pixels(chunk))).to(self.device)
+                x = torch.from_numpy(np.ascontiguousarray(self._pixels(chunk))).to(next(net.parameters()).device)
                 out.append(net(x).float().cpu().numpy())
                 bar.update(len(chunk))
         return l2_normalize(np.concatenate(out))
