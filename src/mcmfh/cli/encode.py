@@ -28,10 +28,8 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
 
 
 def _load_dataset(name: str, root: Path, label_set: str | None, skip_bad: bool):
-    try:
-        from mcmfh.data import load_dataset
-    except ImportError as e:  # TODO(lead): drop once the loaders are merged
-        raise MCMFHError("dataset loaders are not available in this build (mcmfh.data.load_dataset)") from e
+    from mcmfh.data import load_dataset
+
     return load_dataset(name, root, label_set=label_set, skip_bad=skip_bad)
 
 

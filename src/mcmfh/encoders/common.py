@@ -31,23 +31,12 @@ def cache_root() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "mcmfh"
 
 
-def _fallback_load_image(path: Path) -> Image.Image:
-    # TODO(lead): remove at merge, once mcmfh.data.images.load_image (PNG/JPEG/DICOM) is in main.
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"{path}: unreadable image ({e.__class__.__name__}: {e}); expected a PNG or JPEG") from e
-
-
 def read_image(item: ImageInput) -> Image.Image:
     """An RGB PIL image from a path (PNG/JPEG/DICOM through the data package) or an image object."""
     if isinstance(item, Image.Image):
         return item if item.mode == "RGB" else item.convert("RGB")
-    try:
-        from mcmfh.data.images import load_image
-    except ImportError:  # the loader package lands separately; see the TODO above
-        load_image = _fallback_load_image
+    from mcmfh.data.images import load_image
+
     path = Path(item)
     try:
         return load_image(path)
