@@ -24,17 +24,17 @@ class MCMFHConfig:
     center: bool = True  # subtract the train mean of each modality
     whiten_dim: int = 0  # >0: PCA-whiten each modality to this many dims (a CCA-style start); 0 = off
     whiten_eps: float = 1e-3  # ridge added to PCA eigenvalues before whitening (relative to the largest)
-    input_dropout: float = 0.2  # dropout on the (preprocessed) input features, training only
+    input_dropout: float = 0.3  # dropout on the (preprocessed) input features, training only
     # --- Dropout-Voting MLP (stage 1), one per modality ---
     dv_hidden: int = 512  # Linear(d_in, dv_hidden) -> GELU -> Dropout(dv_dropout) -> Linear(dv_hidden, width)
-    width: int = 256  # shared token width d
-    dv_dropout: float = 0.3  # p
+    width: int = 128  # shared token width d
+    dv_dropout: float = 0.5  # p
     dv_votes: int = 8  # T stored masks; inference = mean of T masked passes
     dropout_voting: bool = True  # ablation "no-dv": False = plain MLP (eval pass, T = 1), trained on in stage 2
     # --- MoE fusion transformer over [image token, text token] ---
     layers: int = 2  # L
     heads: int = 4
-    ffn_hidden: int = 256  # hidden width of each expert (and of the dense FFN of the no-MoE ablation)
+    ffn_hidden: int = 128  # hidden width of each expert (and of the dense FFN of the no-MoE ablation)
     attn_dropout: float = 0.1
     ffn_dropout: float = 0.1
     use_moe: bool = True  # ablation "no-moe": False = one dense FFN per layer
@@ -46,11 +46,11 @@ class MCMFHConfig:
     single_rule: SingleRule = "absent"  # missing modality = learned "absent" token, or the modality token alone
     modality_dropout: float = 0.5  # share of pairs whose pair-pass sees one token replaced by "absent"
     # --- hashing MLP, one per modality ---
-    hash_hidden: int = 256
+    hash_hidden: int = 128
     hash_dropout: float = 0.1
     # --- losses ---
     temperature: float = 0.1  # InfoNCE on fused tokens (and stage 1)
-    hash_temperature: float = 0.1  # contrastive loss on tanh hash outputs (cosine)
+    hash_temperature: float = 1.0  # contrastive loss on tanh hash outputs (cosine of 16-128 dims: a high τ)
     lambda_hash: float = 1.0  # λ_h
     lambda_gate: float = 0.01  # λ_g (ablation "no-gateloss": 0)
     balance_weight: float = 1.0  # inside L_gate: load-balancing E·Σ f_e·P_e
@@ -62,11 +62,11 @@ class MCMFHConfig:
     # --- optimisation ---
     lr: float = 1e-3
     weight_decay: float = 1e-2
-    epochs_stage1: int = 30
-    epochs_stage2: int = 30
+    epochs_stage1: int = 8
+    epochs_stage2: int = 12
     batch_size: int = 512
     select_on: Selection = "dev_map"  # epoch choice per stage: dev mAP (dev queries vs train database), or last
-    eval_every: int = 2  # epochs between dev evaluations
+    eval_every: int = 1  # epochs between dev evaluations
     num_threads: int = 0  # >0: torch.set_num_threads for the fit; 0 = leave as is
     checkpoint_dir: str = ""  # non-empty: resumable fit writes its checkpoint here
 

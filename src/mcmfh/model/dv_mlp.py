@@ -31,8 +31,8 @@ class DropoutVotingMLP(nn.Module):
 
     def freeze(self, generator: torch.Generator) -> None:
         """Draw the T vote masks once and stop training this module."""
-        if not self.voting:
-            return
+        if not self.voting or self.frozen:
+            return  # the masks are drawn once only (a resumed fit has them from its checkpoint)
         keep = 1.0 - self.p
         bern = torch.rand(self.votes, self.fc1.out_features, generator=generator) < keep
         self.masks = bern.float() / keep

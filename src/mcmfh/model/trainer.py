@@ -104,7 +104,9 @@ class Trainer:
         hi, ht = net.hash_img(u), net.hash_txt(v)
         terms["hash"] = hash_contrastive_loss(hi, ht, cfg.hash_temperature)
         terms["gate"] = gate_loss(aux, cfg.balance_weight, cfg.z_weight)
-        weights = {"fusion": 1.0, "pair": cfg.lambda_pair, "hash": cfg.lambda_hash, "gate": cfg.lambda_gate}
+        weights = {"fusion": 1.0, "hash": cfg.lambda_hash, "gate": cfg.lambda_gate}
+        if "pair" in terms:
+            weights["pair"] = cfg.lambda_pair
         if cfg.lambda_quant > 0:
             terms["quant"] = 0.5 * (quantization_loss(hi) + quantization_loss(ht))
             weights["quant"] = cfg.lambda_quant
@@ -208,6 +210,7 @@ class Trainer:
         saved = self._read_checkpoint()
         if saved is not None and saved[0]["stage"] == "2":
             log["stage1"] = json.loads(saved[0]["stage1_log"])  # stage 1 finished before the interruption
+            self._load_net(saved[1], "net.")  # its DV-MLP weights and drawn masks, before tokens are cached
         else:
             log["stage1"] = self.run_stage(1, dv_params, cfg.epochs_stage1, saved)
         # Freeze with masks from the run's generator: drawn once, stored as buffers, saved with the model.
