@@ -75,6 +75,7 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(seed)
         self.run_key = run_key
         self.tokens_cached = False
+        self.cached: Split | None = None  # stage 2: the train set's frozen DV-MLP outputs
         self.ckpt = Path(cfg.checkpoint_dir) / CHECKPOINT_NAME if cfg.checkpoint_dir else None
         has_dev_labels = dev is not None and len(dev) > 0 and bool(dev.labels.any())
         self.select_on = cfg.select_on
@@ -131,8 +132,14 @@ class Trainer:
             dist = cosine_distance
         else:
             q_img, q_txt = self.net.image_codes(self.dev.image).numpy(), self.net.text_codes(self.dev.text).numpy()
-            db_img = self.net.image_codes(self.train.image).numpy()
-            db_txt = self.net.text_codes(self.train.text).numpy()
+            if (
+                self.tokens_cached and self.cached is not None
+            ):  # frozen DV-MLP: the train set's vote outputs were computed once (same values)
+                db_img = self.net.hash_img.codes(self.net.fusion.encode_single(self.cached.image, IMAGE)[0]).numpy()
+                db_txt = self.net.hash_txt.codes(self.net.fusion.encode_single(self.cached.text, TEXT)[0]).numpy()
+            else:
+                db_img = self.net.image_codes(self.train.image).numpy()
+                db_txt = self.net.text_codes(self.train.text).numpy()
             dist = hamming_distance
         i2t = map_at_all(dist(q_img, db_txt), self.dev.labels, self.train.labels)
         t2i = map_at_all(dist(q_txt, db_img), self.dev.labels, self.train.labels)
@@ -227,6 +234,7 @@ class Trainer:
                 net.eval()
                 tok_img, tok_txt = net.dv_tokens(self.train.image, self.train.text)
             data2, self.tokens_cached = Split(tok_img, tok_txt, self.train.labels), True
+            self.cached = data2
         log["stage2"] = self.run_stage(2, stage2, cfg.epochs_stage2, resume2, data2)
         self.tokens_cached = False
         log["train_seconds"] = round(time.perf_counter() - t0, 3)
