@@ -269,3 +269,14 @@ def test_model_choice_uses_dev_and_model_beats_chance(data) -> None:
     log = fixed.fit(train, dev)
     assert log["selection"] == "last" and log["stage2"]["chosen_epoch"] == TINY["epochs_stage2"]
     assert "dev_score" not in log["stage2"]["history"][-1]
+
+
+def test_without_dev_split_the_fixed_recipe_is_used(data) -> None:
+    train, _, test = data
+    method = create_method("mcmfh", bits=16, seed=0, **{**TINY, "epochs_stage1": 1, "epochs_stage2": 2})
+    log = method.fit(train, None)
+    assert log["selection"] == "last" and log["stage2"]["chosen_epoch"] == 2
+    assert method.encode_texts(test.text).shape == (len(test), 16)
+    dev_loss = create_method("mcmfh", bits=16, seed=0, **{**TINY, "epochs_stage1": 2, "select_on": "dev_loss"})
+    log = dev_loss.fit(train, data[1])
+    assert log["selection"] == "dev_loss" and log["stage2"]["dev_score"] < 0  # minus the dev loss
