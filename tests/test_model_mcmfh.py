@@ -70,6 +70,11 @@ def test_config_options_are_checked() -> None:
     with pytest.raises(MCMFHError, match="top_k"):
         MCMFHConfig.from_options(experts=2, top_k=3)
     assert MCMFHConfig.from_options(lr=1).lr == 1.0
+    # From the CLI every value is a string (`mcmfh train --option use_moe=false`): coerced per field.
+    cfg = MCMFHConfig.from_options(use_moe="false", experts="8", lr="5e-4", gate="sparse")
+    assert (cfg.use_moe, cfg.experts, cfg.lr, cfg.gate) == (False, 8, 5e-4, "sparse")
+    with pytest.raises(MCMFHError, match="'experts' expects int, got 'many'"):
+        MCMFHConfig.from_options(experts="many")
 
 
 def test_moe_returns_aux_losses_and_routes_top_k() -> None:

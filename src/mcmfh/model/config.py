@@ -77,6 +77,7 @@ class MCMFHConfig:
         unknown = sorted(set(options) - names)
         if unknown:
             raise MCMFHError(f"mcmfh: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        options = {k: _from_string(v, hints[k], k) if isinstance(v, str) else v for k, v in options.items()}
         for key, value in options.items():
             want = hints[key]
             if want is bool and not isinstance(value, bool):
@@ -114,3 +115,22 @@ class MCMFHConfig:
         """The fields that shape the fitted arrays (a checkpoint must match them); run-only fields excluded."""
         run_only = {"num_threads", "checkpoint_dir"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in run_only}
+
+
+def _from_string(value: str, want: Any, key: str) -> Any:
+    """CLI options arrive as strings (``--option epochs_stage2=12``): coerce them to the field's type."""
+    try:
+        if want is bool:
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if want is int:
+            return int(value)
+        if want is float:
+            return float(value)
+    except ValueError as e:
+        raise MCMFHError(f"mcmfh: option {key!r} expects {getattr(want, '__name__', want)}, got {value!r}") from e
+    return value
