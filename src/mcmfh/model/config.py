@@ -1,0 +1,136 @@
+"""Every MCMFH choice in one typed, flat dataclass (see ../shared/reference/mcmfh.md: the paper leaves them open).
+
+Options given to ``create_method("mcmfh", bits, seed, **options)`` override these fields by name; an unknown name or
+a wrong type is refused with the field named. The defaults are the recipe chosen on the MedPix 2.0 *dev* split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Literal, get_type_hints
+
+from mcmfh.errors import MCMFHError
+
+GateType = Literal["hybrid", "dense", "sparse"]
+SingleRule = Literal["absent", "alone"]
+Selection = Literal["dev_map", "dev_loss", "last"]
+
+
+@dataclass(frozen=True)
+class MCMFHConfig:
+    # --- input preprocessing (fitted on train only, stored with the model) ---
+    center: bool = True  # subtract the train mean of each modality
+    whiten_dim: int = 0  # >0: PCA-whiten each modality to this many dims (a CCA-style start); 0 = off
+    whiten_eps: float = 1e-3  # ridge added to PCA eigenvalues before whitening (relative to the largest)
+    input_dropout: float = 0.3  # dropout on the (preprocessed) input features, training only
+    # --- Dropout-Voting MLP (stage 1), one per modality ---
+    dv_hidden: int = 512  # Linear(d_in, dv_hidden) -> GELU -> Dropout(dv_dropout) -> Linear(dv_hidden, width)
+    width: int = 128  # shared token width d
+    dv_dropout: float = 0.5  # p
+    dv_votes: int = 8  # T stored masks; inference = mean of T masked passes
+    dropout_voting: bool = True  # ablation "no-dv": False = plain MLP (eval pass, T = 1), trained on in stage 2
+    # --- MoE fusion transformer over [image token, text token] ---
+    layers: int = 2  # L
+    heads: int = 4
+    ffn_hidden: int = 128  # hidden width of each expert (and of the dense FFN of the no-MoE ablation)
+    attn_dropout: float = 0.1
+    ffn_dropout: float = 0.1
+    use_moe: bool = True  # ablation "no-moe": False = one dense FFN per layer
+    experts: int = 4  # E
+    top_k: int = 2  # k
+    gate: GateType = "hybrid"  # dense softmax / sparse top-k / hybrid = blend of the two
+    gate_blend: float = 0.5  # hybrid weight of the dense gate: g = a * dense + (1 - a) * sparse
+    router_noise: float = 0.0  # std of Gaussian noise on router logits in training (noisy top-k); 0 = off
+    single_rule: SingleRule = "absent"  # missing modality = learned "absent" token, or the modality token alone
+    modality_dropout: float = 0.5  # share of pairs whose pair-pass sees one token replaced by "absent"
+    # --- hashing MLP, one per modality ---
+    hash_hidden: int = 128
+    hash_dropout: float = 0.1
+    # --- losses ---
+    temperature: float = 0.1  # InfoNCE on fused tokens (and stage 1)
+    hash_temperature: float = 1.0  # contrastive loss on tanh hash outputs (cosine of 16-128 dims: a high τ)
+    lambda_hash: float = 1.0  # λ_h
+    lambda_gate: float = 0.01  # λ_g (ablation "no-gateloss": 0)
+    balance_weight: float = 1.0  # inside L_gate: load-balancing E·Σ f_e·P_e
+    z_weight: float = 0.1  # inside L_gate: router z-loss mean logsumexp²
+    lambda_pair: float = 0.5  # fusion distillation: single-modality tokens vs the fused pair token
+    lambda_quant: float = 0.0  # optional: quantisation term mean (|h| - 1)², off by default
+    lambda_bit_balance: float = 0.0  # optional: each bit's batch mean pulled to 0, off by default
+    lambda_label: float = 0.0  # optional, supervised: hash cosine vs shared-label similarity, off by default
+    # --- optimisation ---
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    epochs_stage1: int = 8
+    epochs_stage2: int = 12
+    batch_size: int = 512
+    select_on: Selection = "dev_map"  # epoch choice per stage: dev mAP (dev queries vs train database), or last
+    eval_every: int = 1  # epochs between dev evaluations
+    num_threads: int = 0  # >0: torch.set_num_threads for the fit; 0 = leave as is
+    checkpoint_dir: str = ""  # non-empty: resumable fit writes its checkpoint here
+
+    @classmethod
+    def from_options(cls, **options: Any) -> MCMFHConfig:
+        hints = get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise MCMFHError(f"mcmfh: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        options = {k: _from_string(v, hints[k], k) if isinstance(v, str) else v for k, v in options.items()}
+        for key, value in options.items():
+            want = hints[key]
+            if want is bool and not isinstance(value, bool):
+                raise MCMFHError(f"mcmfh: option {key!r} must be true/false, got {value!r}")
+            if want is int and (isinstance(value, bool) or not isinstance(value, int)):
+                raise MCMFHError(f"mcmfh: option {key!r} must be an integer, got {value!r}")
+            if want is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise MCMFHError(f"mcmfh: option {key!r} must be a number, got {value!r}")
+            allowed = getattr(want, "__args__", None)
+            if allowed and value not in allowed:
+                raise MCMFHError(f"mcmfh: option {key!r} must be one of {allowed}, got {value!r}")
+        cfg = cls(**{k: (float(v) if hints[k] is float else v) for k, v in options.items()})
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.width % self.heads:
+            raise MCMFHError(f"mcmfh: width {self.width} must be divisible by heads {self.heads}")
+        if self.use_moe and not 1 <= self.top_k <= self.experts:
+            raise MCMFHError(f"mcmfh: top_k {self.top_k} must be in 1..experts ({self.experts})")
+        if self.dropout_voting and self.dv_votes < 1:
+            raise MCMFHError(f"mcmfh: dv_votes must be >= 1, got {self.dv_votes}")
+        for name in ("input_dropout", "dv_dropout", "attn_dropout", "ffn_dropout", "hash_dropout", "modality_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise MCMFHError(f"mcmfh: {name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.gate_blend <= 1.0:
+            raise MCMFHError(f"mcmfh: gate_blend must be in [0, 1], got {self.gate_blend}")
+        if self.temperature <= 0 or self.hash_temperature <= 0:
+            raise MCMFHError("mcmfh: temperatures must be > 0")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    def model_fields(self) -> dict[str, Any]:
+        """The fields that shape the fitted arrays (a checkpoint must match them); run-only fields excluded."""
+        run_only = {"num_threads", "checkpoint_dir"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in run_only}
+
+
+def _from_string(value: str, want: Any, key: str) -> Any:
+    """CLI options arrive as strings (``--option epochs_stage2=12``): coerce them to the field's type."""
+    try:
+        if want is bool:
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if want is int:
+            return int(value)
+        if want is float:
+            return float(value)
+    except ValueError as e:
+        raise MCMFHError(f"mcmfh: option {key!r} expects {getattr(want, '__name__', want)}, got {value!r}") from e
+    return value

@@ -1,0 +1,133 @@
+"""MCMFH as a HashMethod, and its three ablations (same settings except the one switch).
+
+fit = stage 1 (DV-MLP) then stage 2 (fusion + hashing, DV-MLP frozen); see trainer.py. ``encode_images`` and
+``encode_texts`` code each modality alone (fusion.py: the single-item rule). The state is named numpy arrays: the
+network weights and buffers (incl. the stored dropout-vote masks and the train-fitted preprocessing), the input
+dims, and the full config as JSON bytes, so a loaded model is refused if its config differs from the options.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from mcmfh.errors import ArtefactError, MCMFHError
+from mcmfh.features import FeatureSet
+from mcmfh.method import HashMethod, register_method
+from mcmfh.model.config import MCMFHConfig
+from mcmfh.model.network import MCMFHNet
+from mcmfh.model.trainer import EpochCallback, Split, Trainer, run_key
+
+ENCODE_BATCH = 4096  # rows per forward pass at inference; codes do not depend on it (no cross-item op)
+
+
+@register_method("mcmfh")
+class MCMFH(HashMethod):
+    ablation: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, bits: int, seed: int = 0, **options: Any) -> None:
+        super().__init__(bits, seed, **options)
+        clash = sorted(k for k in self.ablation if k in options and options[k] != self.ablation[k])
+        if clash:
+            raise MCMFHError(f"{self.name}: option(s) {', '.join(clash)} are fixed by this ablation")
+        self.cfg = MCMFHConfig.from_options(**{**options, **self.ablation})
+        self.net: MCMFHNet | None = None
+        self.callback: EpochCallback | None = None  # test hook: called after each epoch
+
+    def _build(self, image_dim: int, text_dim: int) -> MCMFHNet:
+        return MCMFHNet(self.cfg, image_dim, text_dim, self.bits)
+
+    def fit(self, train: FeatureSet, dev: FeatureSet | None = None) -> dict[str, Any]:
+        if len(train) < 2:
+            raise MCMFHError(f"{self.name}: need at least 2 training pairs, got {len(train)}")
+        if not bool(np.all(train.has_image)):
+            train = train.subset(train.has_image)  # pairs only: an item without an image has nothing to pair
+        threads = torch.get_num_threads()
+        if self.cfg.num_threads > 0:
+            torch.set_num_threads(self.cfg.num_threads)
+        try:
+            torch.manual_seed(self.seed)  # weights init and dropout; batch order uses the trainer's own generator
+            self.net = self._build(train.image_dim, train.text_dim)
+            self.net.pre_img.fit(torch.from_numpy(train.image))
+            self.net.pre_txt.fit(torch.from_numpy(train.text))
+            to_split = lambda fs: Split(torch.from_numpy(fs.image), torch.from_numpy(fs.text), fs.labels)  # noqa: E731
+            dev_split = to_split(dev.subset(dev.has_image)) if dev is not None and len(dev) else None
+            key = run_key(self.cfg, self.seed, self.bits, train.image, train.text)
+            trainer = Trainer(self.net, self.cfg, self.seed, to_split(train), dev_split, key, self.callback)
+            log = trainer.run()
+        finally:
+            torch.set_num_threads(threads)
+        self.net.eval()
+        log["parameters"] = sum(p.numel() for p in self.net.parameters())
+        return log
+
+    def _encode(self, x: np.ndarray, image: bool) -> np.ndarray:
+        if self.net is None:
+            raise MCMFHError(f"{self.name}: not fitted (call fit or load a saved model first)")
+        want = self.net.pre_img.mean.shape[0] if image else self.net.pre_txt.mean.shape[0]
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != want:
+            kind = "image" if image else "text"
+            raise MCMFHError(f"{self.name}: {kind} embeddings must be (N, {want}), got {x.shape}")
+        self.net.eval()
+        fn = self.net.image_codes if image else self.net.text_codes
+        parts = [fn(torch.from_numpy(x[i : i + ENCODE_BATCH])).numpy() for i in range(0, len(x), ENCODE_BATCH)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.bits), dtype=bool)
+
+    def encode_images(self, image: np.ndarray) -> np.ndarray:
+        return self._encode(image, image=True)
+
+    def encode_texts(self, text: np.ndarray) -> np.ndarray:
+        return self._encode(text, image=False)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        if self.net is None:
+            raise MCMFHError(f"{self.name}: nothing to save, the model is not fitted")
+        state = {f"net.{k}": v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
+        state["meta.dims"] = np.array([self.net.pre_img.mean.shape[0], self.net.pre_txt.mean.shape[0]], np.int64)
+        state["meta.config_json"] = np.frombuffer(json.dumps(self.cfg.model_fields()).encode(), dtype=np.uint8)
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        try:
+            saved_cfg = json.loads(bytes(state["meta.config_json"]).decode())
+            image_dim, text_dim = (int(v) for v in state["meta.dims"])
+        except (KeyError, ValueError) as e:
+            raise ArtefactError(f"{self.name}: saved state lacks its config or dims ({e})") from e
+        if saved_cfg != self.cfg.model_fields():
+            diff = sorted(k for k in saved_cfg if saved_cfg[k] != self.cfg.model_fields().get(k))
+            raise ArtefactError(f"{self.name}: saved model was made with other settings ({', '.join(diff)})")
+        net = self._build(image_dim, text_dim)
+        tensors = {k[4:]: torch.from_numpy(np.array(v)) for k, v in state.items() if k.startswith("net.")}
+        for name, module in (("dv_img", net.dv_img), ("dv_txt", net.dv_txt)):
+            module.masks = tensors[f"{name}.masks"]  # stored vote masks: their count sets the buffer's shape
+        try:
+            net.load_state_dict(tensors)
+        except RuntimeError as e:
+            raise ArtefactError(f"{self.name}: saved weights do not fit the model ({e})") from e
+        net.eval()
+        self.net = net
+
+
+@register_method("mcmfh-no-moe")
+class MCMFHNoMoE(MCMFH):
+    """Ablation: each fusion layer's feed-forward is one dense FFN (no experts, no router, no gating loss)."""
+
+    ablation: ClassVar[dict[str, Any]] = {"use_moe": False}
+
+
+@register_method("mcmfh-no-dv")
+class MCMFHNoDV(MCMFH):
+    """Ablation: no dropout voting: a plain MLP (T = 1 eval pass), not frozen, trained on in stage 2."""
+
+    ablation: ClassVar[dict[str, Any]] = {"dropout_voting": False}
+
+
+@register_method("mcmfh-no-gateloss")
+class MCMFHNoGateLoss(MCMFH):
+    """Ablation: the MoE is kept but the hybrid gating loss is off (λ_g = 0)."""
+
+    ablation: ClassVar[dict[str, Any]] = {"lambda_gate": 0.0}

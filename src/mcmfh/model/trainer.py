@@ -1,0 +1,312 @@
+"""Two-stage MCMFH training, seeded and resumable.
+
+Stage 1: the two DV-MLPs alone, symmetric InfoNCE between modalities; then frozen with their T vote masks drawn.
+Stage 2: fusion transformer + hashing heads (+ the DV-MLPs in the no-dv ablation) on
+    L = L_fusion + λ_pair·L_pair + λ_h·L_hash + λ_g·L_gate (+ optional quantisation, bit-balance, label terms)
+  L_fusion: InfoNCE between the fused image token (image alone) and the fused text token (text alone): the tokens
+            inference uses. L_pair: each of them against the fused *pair* token (mean of the two output tokens of
+            the [image, text] pass, with modality dropout): the fused pair teaches the single-modality paths.
+  L_hash:   contrastive loss on the tanh outputs of the hashing heads.   L_gate: the hybrid gating loss.
+Model choice (``select_on``): per stage, the epoch with the best dev mAP@all (dev queries vs the train set as
+database, both directions averaged; cosine on DV outputs in stage 1, Hamming on codes in stage 2), or the lowest dev
+loss, or simply the last epoch. The test split is never seen here.
+Resume: with ``checkpoint_dir`` set, the full training state (weights, best weights, optimiser, RNG states,
+history) is written atomically as one safetensors file after every epoch; a new fit with the same config, seed and
+training data continues from it and ends with exactly the result of an uninterrupted fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as st_save
+
+from mcmfh.errors import ArtefactError
+from mcmfh.io import atomic_write_bytes
+from mcmfh.losses import (
+    bit_balance_loss,
+    gate_loss,
+    hash_contrastive_loss,
+    info_nce,
+    label_similarity_loss,
+    quantization_loss,
+)
+from mcmfh.manifest import fingerprint
+from mcmfh.model.config import MCMFHConfig
+from mcmfh.model.fusion import IMAGE, TEXT
+from mcmfh.model.network import MCMFHNet
+from mcmfh.model.selection import cosine_distance, hamming_distance, map_at_all
+
+CHECKPOINT_NAME = "mcmfh-fit.safetensors"
+EpochCallback = Callable[[int, int], None]  # (stage, epoch) after each finished epoch
+
+
+@dataclass
+class Split:
+    image: torch.Tensor
+    text: torch.Tensor
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.image.shape[0])
+
+
+class Trainer:
+    def __init__(
+        self,
+        net: MCMFHNet,
+        cfg: MCMFHConfig,
+        seed: int,
+        train: Split,
+        dev: Split | None,
+        run_key: str,
+        callback: EpochCallback | None = None,
+    ) -> None:
+        self.net, self.cfg, self.train, self.dev, self.callback = net, cfg, train, dev, callback
+        self.gen = torch.Generator().manual_seed(seed)
+        self.run_key = run_key
+        self.tokens_cached = False
+        self.cached: Split | None = None  # stage 2: the train set's frozen DV-MLP outputs
+        self.ckpt = Path(cfg.checkpoint_dir) / CHECKPOINT_NAME if cfg.checkpoint_dir else None
+        has_dev_labels = dev is not None and len(dev) > 0 and bool(dev.labels.any())
+        self.select_on = cfg.select_on
+        if cfg.select_on == "dev_map" and not has_dev_labels or cfg.select_on == "dev_loss" and not dev:
+            self.select_on = "last"  # nothing to choose on: the fixed recipe's last epoch
+
+    # ---------------------------------------------------------------- losses
+    def stage1_loss(self, img: torch.Tensor, txt: torch.Tensor, labels: np.ndarray) -> dict[str, torch.Tensor]:
+        ti, tt = self.net.dv_tokens(img, txt)
+        loss = info_nce(ti, tt, self.cfg.temperature)
+        return {"total": loss, "fusion": loss}
+
+    def stage2_loss(self, img: torch.Tensor, txt: torch.Tensor, labels: np.ndarray) -> dict[str, torch.Tensor]:
+        cfg, net = self.cfg, self.net
+        # With the DV-MLP frozen its (deterministic) vote outputs are computed once per stage: ``img``/``txt`` are
+        # then already DV tokens. Input dropout therefore acts in stage 1 (and throughout for the no-dv ablation).
+        ti, tt = (img, txt) if self.tokens_cached else net.dv_tokens(img, txt)
+        u, aux_u = net.fusion.encode_single(ti, IMAGE)
+        v, aux_v = net.fusion.encode_single(tt, TEXT)
+        aux = aux_u + aux_v
+        terms = {"fusion": info_nce(u, v, cfg.temperature)}
+        if cfg.lambda_pair > 0:
+            pair_n_2_d, aux_p = net.fusion.encode_pair(ti, tt, self.gen)
+            z = pair_n_2_d.mean(dim=1)
+            terms["pair"] = 0.5 * (info_nce(u, z, cfg.temperature) + info_nce(v, z, cfg.temperature))
+            aux = aux + aux_p
+        hi, ht = net.hash_img(u), net.hash_txt(v)
+        terms["hash"] = hash_contrastive_loss(hi, ht, cfg.hash_temperature)
+        terms["gate"] = gate_loss(aux, cfg.balance_weight, cfg.z_weight)
+        weights = {"fusion": 1.0, "hash": cfg.lambda_hash, "gate": cfg.lambda_gate}
+        if "pair" in terms:
+            weights["pair"] = cfg.lambda_pair
+        if cfg.lambda_quant > 0:
+            terms["quant"] = 0.5 * (quantization_loss(hi) + quantization_loss(ht))
+            weights["quant"] = cfg.lambda_quant
+        if cfg.lambda_bit_balance > 0:
+            terms["bit_balance"] = 0.5 * (bit_balance_loss(hi) + bit_balance_loss(ht))
+            weights["bit_balance"] = cfg.lambda_bit_balance
+        if cfg.lambda_label > 0:
+            lab = torch.from_numpy(labels)
+            terms["label"] = label_similarity_loss(hi, ht, lab, lab)
+            weights["label"] = cfg.lambda_label
+        terms["total"] = sum(weights[k] * terms[k] for k in weights)
+        return terms
+
+    # ---------------------------------------------------------------- dev scores (higher is better)
+    @torch.no_grad()
+    def _dev_map(self, stage: int) -> float:
+        assert self.dev is not None
+        self.net.eval()
+        if stage == 1:
+            q_img, q_txt = (t.numpy() for t in self.net.dv_tokens(self.dev.image, self.dev.text))
+            db_img, db_txt = (t.numpy() for t in self.net.dv_tokens(self.train.image, self.train.text))
+            dist = cosine_distance
+        else:
+            q_img, q_txt = self.net.image_codes(self.dev.image).numpy(), self.net.text_codes(self.dev.text).numpy()
+            if (
+                self.tokens_cached and self.cached is not None
+            ):  # frozen DV-MLP: the train set's vote outputs were computed once (same values)
+                db_img = self.net.hash_img.codes(self.net.fusion.encode_single(self.cached.image, IMAGE)[0]).numpy()
+                db_txt = self.net.hash_txt.codes(self.net.fusion.encode_single(self.cached.text, TEXT)[0]).numpy()
+            else:
+                db_img = self.net.image_codes(self.train.image).numpy()
+                db_txt = self.net.text_codes(self.train.text).numpy()
+            dist = hamming_distance
+        i2t = map_at_all(dist(q_img, db_txt), self.dev.labels, self.train.labels)
+        t2i = map_at_all(dist(q_txt, db_img), self.dev.labels, self.train.labels)
+        return 0.5 * (i2t + t2i)
+
+    @torch.no_grad()
+    def _dev_score(self, stage: int, loss_fn: Callable[..., dict[str, torch.Tensor]]) -> float:
+        if self.select_on == "dev_map":
+            return self._dev_map(stage)
+        assert self.dev is not None
+        self.net.eval()
+        img, txt = self.dev.image, self.dev.text
+        if self.tokens_cached:
+            img, txt = self.net.dv_tokens(img, txt)
+        return -float(loss_fn(img, txt, self.dev.labels)["total"])
+
+    # ---------------------------------------------------------------- the loop
+    def run_stage(
+        self,
+        stage: int,
+        params: Iterable[torch.nn.Parameter],
+        epochs: int,
+        saved: tuple[dict[str, str], dict[str, torch.Tensor]] | None = None,
+        data: Split | None = None,
+    ) -> dict[str, Any]:
+        cfg, net = self.cfg, self.net
+        data = data or self.train
+        loss_fn = self.stage1_loss if stage == 1 else self.stage2_loss
+        opt = torch.optim.AdamW(list(params), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        state = {"epoch": 0, "best_score": -np.inf, "best_epoch": 0, "history": []}
+        best = {k: v.clone() for k, v in net.state_dict().items()}
+        resumed = self._restore(saved, opt, best, state) if saved is not None else None
+        n = len(data)
+        n_batches = max(1, -(-n // cfg.batch_size))
+        for epoch in range(state["epoch"], epochs):
+            net.train()
+            perm = torch.randperm(n, generator=self.gen)
+            sums: dict[str, float] = {}
+            for idx in torch.tensor_split(perm, n_batches):
+                terms = loss_fn(data.image[idx], data.text[idx], data.labels[idx.numpy()])
+                opt.zero_grad()
+                terms["total"].backward()
+                opt.step()
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / n_batches
+            row: dict[str, Any] = {"epoch": epoch + 1, **{f"loss_{k}": round(v, 5) for k, v in sums.items()}}
+            if self.select_on != "last" and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == epochs):
+                row["dev_score"] = score = self._dev_score(stage, loss_fn)
+                if score > state["best_score"]:
+                    state["best_score"], state["best_epoch"] = score, epoch + 1
+                    best = {k: v.clone() for k, v in net.state_dict().items()}
+            state["history"].append(row)
+            state["epoch"] = epoch + 1
+            self._save_checkpoint(stage, opt, best, state)
+            if self.callback is not None:
+                self.callback(stage, epoch + 1)
+        if self.select_on != "last" and epochs > 0:
+            net.load_state_dict(best)
+        else:
+            state["best_epoch"] = epochs
+        net.eval()
+        return {
+            "epochs": epochs,
+            "chosen_epoch": state["best_epoch"],
+            "dev_score": None if self.select_on == "last" else state["best_score"],
+            "resumed_at_epoch": resumed,
+            "history": state["history"],
+        }
+
+    def run(self) -> dict[str, Any]:
+        cfg, net = self.cfg, self.net
+        t0 = time.perf_counter()
+        log: dict[str, Any] = {"selection": self.select_on, "selection_split": "dev (queries) vs train (database)"}
+        dv_params = [*net.dv_img.parameters(), *net.dv_txt.parameters()]
+        saved = self._read_checkpoint()
+        if saved is not None and saved[0]["stage"] == "2":
+            log["stage1"] = json.loads(saved[0]["stage1_log"])  # stage 1 finished before the interruption
+            self._load_net(saved[1], "net.")  # its DV-MLP weights and drawn masks, before tokens are cached
+        else:
+            log["stage1"] = self.run_stage(1, dv_params, cfg.epochs_stage1, saved)
+        # Freeze with masks from the run's generator: drawn once, stored as buffers, saved with the model.
+        net.dv_img.freeze(self.gen)
+        net.dv_txt.freeze(self.gen)
+        self.stage1_log = log["stage1"]
+        stage2 = [p for name, p in net.named_parameters() if p.requires_grad and not name.startswith("dv_")]
+        if not cfg.dropout_voting:
+            stage2 += dv_params  # no-dv ablation: the plain MLP keeps training with the rest
+        resume2 = saved if saved is not None and saved[0]["stage"] == "2" else None
+        data2 = None
+        if net.dv_img.frozen:
+            with torch.no_grad():
+                net.eval()
+                tok_img, tok_txt = net.dv_tokens(self.train.image, self.train.text)
+            data2, self.tokens_cached = Split(tok_img, tok_txt, self.train.labels), True
+            self.cached = data2
+        log["stage2"] = self.run_stage(2, stage2, cfg.epochs_stage2, resume2, data2)
+        self.tokens_cached = False
+        log["train_seconds"] = round(time.perf_counter() - t0, 3)
+        return log
+
+    # ---------------------------------------------------------------- checkpoint (one atomic safetensors file)
+    def _save_checkpoint(self, stage: int, opt: torch.optim.Optimizer, best: dict, state: dict) -> None:
+        if self.ckpt is None:
+            return
+        tensors = {f"net.{k}": v.contiguous() for k, v in self.net.state_dict().items()}
+        tensors |= {f"best.{k}": v.contiguous() for k, v in best.items()}
+        opt_state = opt.state_dict()
+        for i, st in opt_state["state"].items():
+            for k, v in st.items():
+                tensors[f"opt.{i}.{k}"] = torch.as_tensor(v).contiguous()
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.gen"] = self.gen.get_state()
+        meta = {
+            "run_key": self.run_key,
+            "stage": str(stage),
+            "state": json.dumps({**state, "best_score": float(state["best_score"])}),
+            "param_groups": json.dumps(opt_state["param_groups"]),
+            "stage1_log": json.dumps(getattr(self, "stage1_log", None)),
+        }
+        atomic_write_bytes(self.ckpt, st_save(tensors, metadata=meta))
+
+    def _read_checkpoint(self) -> tuple[dict[str, str], dict[str, torch.Tensor]] | None:
+        if self.ckpt is None or not self.ckpt.is_file():
+            return None
+        try:
+            with safe_open(str(self.ckpt), "pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        except Exception as e:  # safetensors raises its own error types for a truncated or foreign file
+            raise ArtefactError(f"{self.ckpt}: unreadable training checkpoint ({e}); delete it to start over") from e
+        if meta.get("run_key") != self.run_key:
+            raise ArtefactError(
+                f"{self.ckpt}: checkpoint of another run (config, seed, bits or training data differ); "
+                "use another checkpoint_dir or delete it"
+            )
+        return meta, tensors
+
+    def _restore(
+        self, saved: tuple[dict[str, str], dict[str, torch.Tensor]], opt: torch.optim.Optimizer, best: dict, state: dict
+    ) -> int:
+        """Put a stage in progress back exactly as it was after its last finished epoch; returns that epoch."""
+        meta, tensors = saved
+        self._load_net(tensors, "net.")
+        best.update({k[5:]: v for k, v in tensors.items() if k.startswith("best.")})
+        opt_state: dict[str, Any] = {"state": {}, "param_groups": json.loads(meta["param_groups"])}
+        for key, v in tensors.items():
+            if key.startswith("opt."):
+                _, i, name = key.split(".", 2)
+                opt_state["state"].setdefault(int(i), {})[name] = v
+        opt.load_state_dict(opt_state)
+        torch.set_rng_state(tensors["rng.torch"])
+        self.gen.set_state(tensors["rng.gen"])
+        state.update(json.loads(meta["state"]))
+        return int(state["epoch"])
+
+    def _load_net(self, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+        own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        for module in (self.net.dv_img, self.net.dv_txt):  # masks may be empty (stage 1) or drawn (stage 2)
+            key = "dv_img.masks" if module is self.net.dv_img else "dv_txt.masks"
+            module.masks = own[key].clone()
+            if module.frozen:
+                for p in module.parameters():
+                    p.requires_grad_(False)
+        self.net.load_state_dict(own)
+
+
+def run_key(cfg: MCMFHConfig, seed: int, bits: int, train_image: np.ndarray, train_text: np.ndarray) -> str:
+    """Identity of a fit: a checkpoint is only resumed by the same config, seed, bits and training data."""
+    data = hashlib.sha256(np.ascontiguousarray(train_image).tobytes() + np.ascontiguousarray(train_text).tobytes())
+    return fingerprint(cfg.model_fields(), seed, bits, data.hexdigest())

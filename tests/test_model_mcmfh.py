@@ -1,0 +1,287 @@
+"""MCMFH model: shapes, MoE routing, single-item inference, determinism, frozen DV-MLP, save/load, ablations,
+resume, and that it learns (beats chance clearly) on generated label-structured features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_features
+from mcmfh.errors import ArtefactError, MCMFHError
+from mcmfh.method import HashMethod, available_methods, create_method
+from mcmfh.model.config import MCMFHConfig
+from mcmfh.model.dv_mlp import DropoutVotingMLP
+from mcmfh.model.moe import DenseFeedForward, MoEFeedForward
+from mcmfh.model.selection import hamming_distance, map_at_all
+
+TINY = dict(
+    width=32, dv_hidden=32, ffn_hidden=32, hash_hidden=32, epochs_stage1=3, epochs_stage2=3, batch_size=48,
+    num_threads=1, eval_every=1,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data():
+    fs = make_features(n=200, di=24, dt=16, n_labels=5, seed=0)
+    return fs.splits("train"), fs.splits("dev"), fs.splits("test")
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    train, dev, _ = data
+    method = create_method("mcmfh", bits=16, seed=0, **TINY)
+    log = method.fit(train, dev)
+    return method, log
+
+
+def test_methods_registered() -> None:
+    assert {"mcmfh", "mcmfh-no-moe", "mcmfh-no-dv", "mcmfh-no-gateloss"} <= set(available_methods())
+
+
+@pytest.mark.parametrize("bits", [16, 32, 64, 128])
+def test_code_shapes(data, bits: int) -> None:
+    train, dev, test = data
+    method = create_method("mcmfh", bits=bits, seed=0, **{**TINY, "epochs_stage1": 1, "epochs_stage2": 1})
+    method.fit(train, dev)
+    img, txt = method.encode_images(test.image), method.encode_texts(test.text)
+    assert img.shape == (len(test), bits) and txt.shape == (len(test), bits)
+    assert img.dtype == bool and txt.dtype == bool
+    assert method.encode_images(test.image[:0]).shape == (0, bits)
+
+
+def test_bad_bits_and_bad_input_are_refused(data, fitted) -> None:
+    with pytest.raises(MCMFHError, match="bits"):
+        create_method("mcmfh", bits=24, seed=0, **TINY).fit(data[0], data[1])
+    method, _ = fitted
+    with pytest.raises(MCMFHError, match=r"image embeddings must be \(N, 24\)"):
+        method.encode_images(np.zeros((3, 5), np.float32))
+    with pytest.raises(MCMFHError, match="not fitted"):
+        create_method("mcmfh", bits=16).encode_texts(np.zeros((1, 16), np.float32))
+
+
+def test_config_options_are_checked() -> None:
+    with pytest.raises(MCMFHError, match="unknown option.*widht"):
+        MCMFHConfig.from_options(widht=3)
+    with pytest.raises(MCMFHError, match="'experts' must be an integer"):
+        MCMFHConfig.from_options(experts=2.5)
+    with pytest.raises(MCMFHError, match="'gate' must be one of"):
+        MCMFHConfig.from_options(gate="noisy")
+    with pytest.raises(MCMFHError, match="top_k"):
+        MCMFHConfig.from_options(experts=2, top_k=3)
+    assert MCMFHConfig.from_options(lr=1).lr == 1.0
+    # From the CLI every value is a string (`mcmfh train --option use_moe=false`): coerced per field.
+    cfg = MCMFHConfig.from_options(use_moe="false", experts="8", lr="5e-4", gate="sparse")
+    assert (cfg.use_moe, cfg.experts, cfg.lr, cfg.gate) == (False, 8, 5e-4, "sparse")
+    with pytest.raises(MCMFHError, match="'experts' expects int, got 'many'"):
+        MCMFHConfig.from_options(experts="many")
+
+
+def test_moe_returns_aux_losses_and_routes_top_k() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 16)
+    for gate in ("sparse", "hybrid", "dense"):
+        moe = MoEFeedForward(16, 8, experts=4, top_k=2, gate=gate, blend=0.5)
+        out, aux = moe(x)
+        assert out.shape == x.shape
+        assert set(aux) == {"balance", "z"} and all(v.ndim == 0 and float(v.detach()) > 0 for v in aux.values())
+        weights, probs, topk = moe.gates(moe.router(x.reshape(-1, 16)))
+        assert topk.shape == (6, 2) and torch.equal(moe.last_topk, topk)
+        assert torch.allclose(weights.sum(-1), torch.ones(6))
+        nonzero = (weights > 0).sum(-1)
+        if gate == "sparse":
+            assert torch.equal(nonzero, torch.full((6,), 2))  # exactly k experts per token
+            assert torch.equal(weights.topk(2, dim=-1).indices.sort(-1).values, topk.sort(-1).values)
+        elif gate == "dense":
+            assert torch.allclose(weights, probs)
+        else:  # hybrid: every expert gets the dense share, the top-k get more
+            assert torch.equal(nonzero, torch.full((6,), 4))
+            topv = probs.gather(-1, topk)
+            sparse = torch.zeros_like(probs).scatter(-1, topk, topv / topv.sum(-1, keepdim=True))
+            assert torch.allclose(weights, 0.5 * probs + 0.5 * sparse)
+    # An expert with a zero gate contributes nothing: sparse output equals the sum over the chosen experts only.
+    moe = MoEFeedForward(16, 8, experts=4, top_k=1, gate="sparse")
+    tok = torch.randn(1, 16)
+    out, _ = moe(tok)
+    e = int(moe.last_topk[0, 0])
+    h = torch.nn.functional.gelu(tok @ moe.w1_e_d_h[e] + moe.b1_e_h[e])
+    assert torch.allclose(out, h @ moe.w2_e_h_d[e] + moe.b2_e_d[e], atol=1e-6)
+
+
+def test_code_of_an_item_depends_on_nothing_else(data, fitted) -> None:
+    _, _, test = data
+    method, _ = fitted
+    img_all, txt_all = method.encode_images(test.image), method.encode_texts(test.text)
+    perm = np.random.default_rng(0).permutation(len(test))
+    # Other batch-mates (a permuted batch, a batch of one, a batch mixed with unrelated rows) give the same code.
+    assert np.array_equal(method.encode_images(test.image[perm]), img_all[perm])
+    assert np.array_equal(method.encode_texts(test.text[perm]), txt_all[perm])
+    for i in (0, 7):
+        assert np.array_equal(method.encode_images(test.image[i : i + 1])[0], img_all[i])
+        assert np.array_equal(method.encode_texts(test.text[i : i + 1])[0], txt_all[i])
+    noise = np.random.default_rng(1).normal(size=(5, test.image.shape[1])).astype(np.float32)
+    assert np.array_equal(method.encode_images(np.vstack([noise, test.image[:3]]))[5:], img_all[:3])
+    # The image path never reads a text: the image token's fusion output with the learned "absent" text token is
+    # what is hashed, so changing every text leaves image codes untouched, while the pair pass does mix tokens.
+    net = method.net
+    x_img = net.dv_tokens(torch.from_numpy(test.image[:4]), None)[0]
+    x_txt = net.dv_tokens(None, torch.from_numpy(test.text[:4]))[1]
+    single, _ = net.fusion.encode_single(x_img, 0)
+    pair, _ = net.fusion.encode_pair(x_img, x_txt)
+    pair_other, _ = net.fusion.encode_pair(x_img, x_txt.flip(0))
+    assert not torch.allclose(pair[:, 0], pair_other[:, 0])  # attention really mixes the two tokens in a pair
+    assert not torch.allclose(single, pair[:, 0])
+
+
+def test_same_seed_same_codes_other_seed_other_codes(data, fitted) -> None:
+    train, dev, test = data
+    method, _ = fitted
+    again = create_method("mcmfh", bits=16, seed=0, **TINY)
+    again.fit(train, dev)
+    assert np.array_equal(again.encode_images(test.image), method.encode_images(test.image))
+    assert np.array_equal(again.encode_texts(test.text), method.encode_texts(test.text))
+    other = create_method("mcmfh", bits=16, seed=1, **TINY)
+    other.fit(train, dev)
+    assert not np.array_equal(other.encode_images(test.image), method.encode_images(test.image))
+
+
+def test_frozen_dv_mlp_is_deterministic_and_untouched_in_stage_2(data) -> None:
+    train, dev, test = data
+    method = create_method("mcmfh", bits=16, seed=0, **TINY)
+    snapshots: list[dict[str, torch.Tensor]] = []
+    method.callback = lambda stage, epoch: snapshots.append(
+        {k: v.clone() for k, v in method.net.state_dict().items() if k.startswith("dv_")}
+    ) if stage == 2 else None  # fmt: skip
+    method.fit(train, dev)
+    final = {k: v for k, v in method.net.state_dict().items() if k.startswith("dv_")}
+    assert len(snapshots) == TINY["epochs_stage2"]
+    for snap in snapshots:
+        assert all(torch.equal(snap[k], final[k]) for k in final)
+    net = method.net
+    assert net.dv_img.frozen and net.dv_img.masks.shape == (8, TINY["dv_hidden"])
+    assert not any(p.requires_grad for p in net.dv_img.parameters())
+    x = torch.from_numpy(test.image)
+    net.train()  # even in training mode the frozen vote is deterministic: the masks are fixed
+    assert torch.equal(net.dv_img(x), net.dv_img(x))
+    # The vote is the mean of the T masked passes, written out one pass at a time.
+    h = torch.nn.functional.gelu(net.dv_img.fc1(x))
+    passes = torch.stack([net.dv_img.fc2(h * m) for m in net.dv_img.masks])
+    assert torch.allclose(net.dv_img(x), passes.mean(0), atol=1e-5)
+    net.eval()
+
+
+def test_dv_mlp_masks_drawn_once() -> None:
+    mlp = DropoutVotingMLP(6, 10, 4, p=0.5, votes=5)
+    assert not mlp.frozen
+    mlp.freeze(torch.Generator().manual_seed(0))
+    masks = mlp.masks.clone()
+    assert mlp.frozen and masks.shape == (5, 10) and set(masks.unique().tolist()) <= {0.0, 2.0}
+    assert torch.equal(mlp.masks, masks)
+
+
+def test_save_load_roundtrip_gives_identical_codes(tmp_path, data, fitted) -> None:
+    _, _, test = data
+    method, _ = fitted
+    method.save(tmp_path / "run")
+    loaded = HashMethod.load(tmp_path / "run")
+    assert type(loaded) is type(method)
+    assert np.array_equal(loaded.encode_images(test.image), method.encode_images(test.image))
+    assert np.array_equal(loaded.encode_texts(test.text), method.encode_texts(test.text))
+    state = method.state_dict()
+    assert state["net.dv_img.masks"].shape == (8, TINY["dv_hidden"])  # the vote masks travel with the model
+    other = create_method("mcmfh", bits=16, seed=0, **{**TINY, "width": 16})
+    with pytest.raises(ArtefactError, match="other settings.*width"):
+        other.load_state_dict(state)
+
+
+def test_ablation_switches_change_the_module(data) -> None:
+    train, dev, _ = data
+    quick = {**TINY, "epochs_stage1": 1, "epochs_stage2": 2}
+    no_moe = create_method("mcmfh-no-moe", bits=16, seed=0, **quick)
+    no_moe.fit(train, dev)
+    assert all(isinstance(layer.ffn, DenseFeedForward) for layer in no_moe.net.fusion.layers)
+    full = create_method("mcmfh", bits=16, seed=0, **quick)
+    full.fit(train, dev)
+    assert all(isinstance(layer.ffn, MoEFeedForward) for layer in full.net.fusion.layers)
+
+    no_dv = create_method("mcmfh-no-dv", bits=16, seed=0, **quick)
+    snaps: list[torch.Tensor] = []
+    no_dv.callback = lambda stage, epoch: snaps.append(no_dv.net.dv_img.fc1.weight.detach().clone())
+    no_dv.fit(train, dev)
+    assert not no_dv.net.dv_img.frozen and no_dv.net.dv_img.masks.shape[0] == 0  # T = 1: the plain eval pass
+    assert all(p.requires_grad for p in no_dv.net.dv_img.parameters())
+    assert not torch.equal(snaps[1], snaps[2])  # still trained in stage 2
+
+    no_gate = create_method("mcmfh-no-gateloss", bits=16, seed=0, **quick)
+    log = no_gate.fit(train, dev)
+    assert no_gate.cfg.lambda_gate == 0.0 and full.cfg.lambda_gate > 0
+    assert all(isinstance(layer.ffn, MoEFeedForward) for layer in no_gate.net.fusion.layers)
+    assert log["stage2"]["history"][0]["loss_gate"] > 0  # still measured, just not weighted into the total
+    with pytest.raises(MCMFHError, match="fixed by this ablation"):
+        create_method("mcmfh-no-moe", bits=16, use_moe=True)
+
+
+def test_interrupted_fit_resumes_to_the_same_result(tmp_path, data) -> None:
+    train, dev, test = data
+    short = {**TINY, "epochs_stage1": 2, "epochs_stage2": 2}
+    opts = {**short, "checkpoint_dir": str(tmp_path / "ckpt")}
+    clean = create_method("mcmfh", bits=16, seed=3, **short)
+    clean.fit(train, dev)
+
+    class Stop(Exception):
+        pass
+
+    for stop_at in ((1, 1), (2, 1)):  # interrupted inside stage 1, then inside stage 2
+        method = create_method("mcmfh", bits=16, seed=3, **opts)
+
+        def stop(stage: int, epoch: int, at: tuple[int, int] = stop_at) -> None:
+            if (stage, epoch) == at:
+                raise Stop
+
+        method.callback = stop
+        with pytest.raises(Stop):
+            method.fit(train, dev)
+        resumed = create_method("mcmfh", bits=16, seed=3, **opts)
+        log = resumed.fit(train, dev)
+        assert log[f"stage{stop_at[0]}"]["resumed_at_epoch"] == stop_at[1]
+        assert np.array_equal(resumed.encode_images(test.image), clean.encode_images(test.image))
+        assert np.array_equal(resumed.encode_texts(test.text), clean.encode_texts(test.text))
+        (tmp_path / "ckpt" / "mcmfh-fit.safetensors").unlink()
+    other_seed = create_method("mcmfh", bits=16, seed=4, **opts)
+    method = create_method("mcmfh", bits=16, seed=3, **opts)
+    method.callback = lambda stage, epoch: (_ for _ in ()).throw(Stop) if stage == 2 else None
+    with pytest.raises(Stop):
+        method.fit(train, dev)
+    with pytest.raises(ArtefactError, match="another run"):
+        other_seed.fit(train, dev)
+
+
+def test_model_choice_uses_dev_and_model_beats_chance(data) -> None:
+    train, dev, test = data
+    method = create_method("mcmfh", bits=32, seed=0, **{**TINY, "epochs_stage1": 8, "epochs_stage2": 8})
+    log = method.fit(train, dev)
+    assert log["selection"] == "dev_map" and 1 <= log["stage2"]["chosen_epoch"] <= 8
+    i2t = map_at_all(
+        hamming_distance(method.encode_images(test.image), method.encode_texts(train.text)), test.labels, train.labels
+    )
+    t2i = map_at_all(
+        hamming_distance(method.encode_texts(test.text), method.encode_images(train.image)), test.labels, train.labels
+    )
+    chance = float(((test.labels.astype(int) @ train.labels.T.astype(int)) > 0).mean())
+    print(f"generated data, test mAP i2t {i2t:.3f} t2i {t2i:.3f}, chance {chance:.3f}")
+    assert i2t > chance + 0.15 and t2i > chance + 0.15, (i2t, t2i, chance)
+    fixed = create_method("mcmfh", bits=16, seed=0, **{**TINY, "select_on": "last"})
+    log = fixed.fit(train, dev)
+    assert log["selection"] == "last" and log["stage2"]["chosen_epoch"] == TINY["epochs_stage2"]
+    assert "dev_score" not in log["stage2"]["history"][-1]
+
+
+def test_without_dev_split_the_fixed_recipe_is_used(data) -> None:
+    train, _, test = data
+    method = create_method("mcmfh", bits=16, seed=0, **{**TINY, "epochs_stage1": 1, "epochs_stage2": 2})
+    log = method.fit(train, None)
+    assert log["selection"] == "last" and log["stage2"]["chosen_epoch"] == 2
+    assert method.encode_texts(test.text).shape == (len(test), 16)
+    dev_loss = create_method("mcmfh", bits=16, seed=0, **{**TINY, "epochs_stage1": 2, "select_on": "dev_loss"})
+    log = dev_loss.fit(train, data[1])
+    assert log["selection"] == "dev_loss" and log["stage2"]["dev_score"] < 0  # minus the dev loss
