@@ -25,14 +25,14 @@ from mcmfh.features import FeatureSet
 from mcmfh.index.codes import hamming_matrix, pack_codes
 from mcmfh.io import atomic_write_json
 from mcmfh.method import create_method
-from mcmfh.model.selection import map_at_all
+from mcmfh.metrics import map_all, relevance
 
 
 def evaluate(method, queries: FeatureSet, database: FeatureSet) -> tuple[float, float]:
     q_img, q_txt = pack_codes(method.encode_images(queries.image)), pack_codes(method.encode_texts(queries.text))
     d_img, d_txt = pack_codes(method.encode_images(database.image)), pack_codes(method.encode_texts(database.text))
-    i2t = map_at_all(hamming_matrix(q_img, d_txt), queries.labels, database.labels)
-    t2i = map_at_all(hamming_matrix(q_txt, d_img), queries.labels, database.labels)
+    rel = relevance(queries.labels, database.labels)
+    i2t, t2i = map_all(hamming_matrix(q_img, d_txt), rel), map_all(hamming_matrix(q_txt, d_img), rel)
     return i2t, t2i
 
 

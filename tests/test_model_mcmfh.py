@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from mcmfh.model.selection import hamming_distance, map_at_all
 
 from conftest import make_features
 from mcmfh.errors import ArtefactError, MCMFHError
@@ -13,7 +14,6 @@ from mcmfh.method import HashMethod, available_methods, create_method
 from mcmfh.model.config import MCMFHConfig
 from mcmfh.model.dv_mlp import DropoutVotingMLP
 from mcmfh.model.moe import DenseFeedForward, MoEFeedForward
-from mcmfh.model.selection import hamming_distance, map_at_all
 
 TINY = dict(
     width=32, dv_hidden=32, ffn_hidden=32, hash_hidden=32, epochs_stage1=3, epochs_stage2=3, batch_size=48,

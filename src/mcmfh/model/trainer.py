@@ -41,10 +41,10 @@ from mcmfh.losses import (
     quantization_loss,
 )
 from mcmfh.manifest import fingerprint
+from mcmfh.metrics import cosine_distances, hamming_distances, map_all, relevance
 from mcmfh.model.config import MCMFHConfig
 from mcmfh.model.fusion import IMAGE, TEXT
 from mcmfh.model.network import MCMFHNet
-from mcmfh.model.selection import cosine_distance, hamming_distance, map_at_all
 
 CHECKPOINT_NAME = "mcmfh-fit.safetensors"
 EpochCallback = Callable[[int, int], None]  # (stage, epoch) after each finished epoch
@@ -129,7 +129,7 @@ class Trainer:
         if stage == 1:
             q_img, q_txt = (t.numpy() for t in self.net.dv_tokens(self.dev.image, self.dev.text))
             db_img, db_txt = (t.numpy() for t in self.net.dv_tokens(self.train.image, self.train.text))
-            dist = cosine_distance
+            dist = cosine_distances
         else:
             q_img, q_txt = self.net.image_codes(self.dev.image).numpy(), self.net.text_codes(self.dev.text).numpy()
             if (
@@ -140,9 +140,10 @@ class Trainer:
             else:
                 db_img = self.net.image_codes(self.train.image).numpy()
                 db_txt = self.net.text_codes(self.train.text).numpy()
-            dist = hamming_distance
-        i2t = map_at_all(dist(q_img, db_txt), self.dev.labels, self.train.labels)
-        t2i = map_at_all(dist(q_txt, db_img), self.dev.labels, self.train.labels)
+            q_img, q_txt, db_img, db_txt = (c > 0 for c in (q_img, q_txt, db_img, db_txt))
+            dist = hamming_distances
+        rel = relevance(self.dev.labels, self.train.labels)
+        i2t, t2i = map_all(dist(q_img, db_txt), rel), map_all(dist(q_txt, db_img), rel)
         return 0.5 * (i2t + t2i)
 
     @torch.no_grad()
