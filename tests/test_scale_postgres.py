@@ -88,16 +88,17 @@ def test_transactions_all_or_nothing_and_remove(postgres_dsn: str) -> None:  # n
 
     codes = np.random.default_rng(2).integers(0, 256, (10, 2), dtype=np.uint8)
     with PostgresItemStore(postgres_dsn, 16) as store:
-        store.add(codes[:5], _items(5))
+        first = store.add(codes[:5], _items(5))
         with pytest.raises(MCMFHError, match="already stored"):
             store.add(codes[5:], _items(4, start=5) + _items(1, start=2))  # last one repeats item2
         assert len(store) == 5  # the failed batch left nothing behind
         keys = store.add(codes[5:], _items(5, start=5), keys=[100, 101, 102, 103, 104])
         assert keys.tolist() == [100, 101, 102, 103, 104]
         removed = store.remove(["item1", "item7", "nope"])
-        assert removed.tolist() == [1, 102] and len(store) == 8
+        assert removed.tolist() == [first[1], 102] and len(store) == 8
+        assert store.add(codes[:1], _items(1, start=20))[0] == 105  # generated keys continue after given ones
         with pytest.raises(MCMFHError, match="no items with keys"):
-            store.get([1])
+            store.get([first[1]])
 
 
 def test_server_down_is_a_clear_error() -> None:

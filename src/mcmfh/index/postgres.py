@@ -74,7 +74,8 @@ class PostgresItemStore:
         pg = _psycopg()
         self.bits, self.dsn = int(bits), dsn
         try:
-            self._db = pg.connect(dsn, connect_timeout=connect_timeout)
+            # autocommit: each transaction() block is a real transaction, and reads never leave one open
+            self._db = pg.connect(dsn, connect_timeout=connect_timeout, autocommit=True)
         except pg.Error as e:
             raise MCMFHError(f"postgres: cannot connect to {_redact(dsn)} ({str(e).strip().splitlines()[0]})") from e
         self._pg = pg
@@ -123,6 +124,12 @@ class PostgresItemStore:
                         cols, vals, params = "key, " + cols, "%s, " + vals, [int(keys[j]), *params]
                     cur.execute(f"INSERT INTO mcmfh_items ({cols}) VALUES ({vals}) RETURNING key", params)
                     out.append(cur.fetchone()[0])
+                if keys is not None:  # keep generated keys clear of the given ones
+                    cur.execute(
+                        "SELECT setval(pg_get_serial_sequence('mcmfh_items', 'key'), "
+                        "GREATEST((SELECT max(key) FROM mcmfh_items), %s))",
+                        (max(out),),
+                    )
         except self._pg.errors.UniqueViolation as e:
             raise MCMFHError(f"postgres add: item id or key already stored ({str(e).splitlines()[0]})") from e
         return np.array(out, np.int64)
@@ -135,7 +142,6 @@ class PostgresItemStore:
                 "SELECT key, item_id, caption, image, labels, source FROM mcmfh_items WHERE key = ANY(%s)", (keys,)
             )
             found = {r[0]: _item(r) for r in cur.fetchall()}
-        self._db.commit()
         absent = [k for k in keys if k not in found]
         if absent:
             raise MCMFHError(f"postgres: no items with keys {absent[:5]}")
@@ -146,7 +152,6 @@ class PostgresItemStore:
         with self._db.cursor() as cur:
             cur.execute("SELECT key, code::text FROM mcmfh_items WHERE key = ANY(%s)", ([int(k) for k in keys],))
             found = dict(cur.fetchall())
-        self._db.commit()
         bits = np.array([[c == "1" for c in found[int(k)]] for k in keys], bool).reshape(len(keys), self.bits)
         return np.packbits(bits, axis=1, bitorder="little")
 
@@ -167,7 +172,6 @@ class PostgresItemStore:
                 (query, int(radius), int(limit)),
             )
             rows = cur.fetchall()
-        self._db.commit()
         return [Hit(_item(r[:6]), int(r[6])) for r in rows]
 
     def close(self) -> None:
