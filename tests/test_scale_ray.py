@@ -51,3 +51,43 @@ def test_ray_encode_equals_in_process(tmp_path: Path, ray_local) -> None:  # noq
     # The same command again reuses the cache without starting any work.
     again = run_encode(ds, enc, tmp_path / "ray", opts, chunk_runner=RayChunkRunner("tiny", num_workers=2))
     assert again.reused
+
+
+def test_cli_encode_ray_writes_the_same_cache(tmp_path: Path, ray_local) -> None:  # noqa: F811
+    import json
+
+    from typer.testing import CliRunner
+
+    from mcmfh.cli import app
+
+    ds = _dataset(tmp_path, n=30)
+    lines = [
+        {
+            "id": r.id,
+            "image": str(r.image) if r.image else None,
+            "text": r.text,
+            "labels": list(r.labels),
+            "split": r.split,
+        }
+        for r in ds.records
+    ]
+    (tmp_path / "items.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n", encoding="utf-8")
+    base = [
+        "encode",
+        "--dataset",
+        "jsonl",
+        "--data-root",
+        str(tmp_path / "items.jsonl"),
+        "--encoder",
+        "tiny",
+        "--skip-bad",
+        "--no-progress",
+    ]
+    runner = CliRunner()
+    r1 = runner.invoke(app, [*base, "--out", str(tmp_path / "a")])
+    r2 = runner.invoke(app, [*base, "--out", str(tmp_path / "b"), "--ray", "local", "--ray-workers", "2"])
+    assert r1.exit_code == 0 and r2.exit_code == 0, r1.output + r2.output
+    a, b = FeatureSet.load(tmp_path / "a"), FeatureSet.load(tmp_path / "b")
+    assert a.ids == b.ids and a.manifest["cache_key"] == b.manifest["cache_key"]
+    np.testing.assert_allclose(b.image, a.image, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(b.text, a.text, atol=1e-6, rtol=0)

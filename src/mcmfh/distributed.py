@@ -71,6 +71,7 @@ class RayChunkRunner:
     address: str | None = None  # None: a local instance with ``num_workers`` CPUs
     num_workers: int = 2
     cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0  # e.g. 1.0 with encoder_opts {"device": "cuda"} on a GPU cluster
     batch_size: int | None = None  # rows per map_batches call; default: the encode batch size
 
     def _init(self, ray: Any) -> None:
@@ -110,6 +111,7 @@ class RayChunkRunner:
             batch_format="numpy",
             concurrency=self.num_workers,
             num_cpus=self.cpus_per_worker,
+            num_gpus=self.gpus_per_worker,
         )
         pending: dict[int, list[dict[str, np.ndarray]]] = {}
         filled: dict[int, int] = {}

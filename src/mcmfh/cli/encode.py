@@ -58,6 +58,7 @@ def encode(
         "(e.g. ray://head:10001 or auto). Same cache as in-process.",
     ),
     ray_workers: int = typer.Option(2, "--ray-workers", min=1, help="Ray actors, one encoder each."),
+    ray_gpus: float = typer.Option(0.0, "--ray-gpus-per-worker", min=0.0, help="GPUs reserved per Ray actor."),
 ) -> None:
     """Encode a dataset into a feature cache; the same command again reuses it."""
     from mcmfh.encoders import get_encoder
@@ -73,7 +74,9 @@ def encode(
     if ray is not None:
         from mcmfh.distributed import RayChunkRunner
 
-        runner = RayChunkRunner(encoder, opts, address=None if ray == "local" else ray, num_workers=ray_workers)
+        runner = RayChunkRunner(
+            encoder, opts, address=None if ray == "local" else ray, num_workers=ray_workers, gpus_per_worker=ray_gpus
+        )
     result = run_encode(
         ds,
         enc,

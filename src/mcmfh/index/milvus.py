@@ -56,6 +56,7 @@ class MilvusIndex(HammingIndex):
         tie_slack: int = 16,
         connect_timeout: float = 5.0,
         insert_batch: int = 50_000,
+        token: str | None = None,
     ) -> None:
         super().__init__(bits)
         if index_type not in INDEX_TYPES:
@@ -71,7 +72,8 @@ class MilvusIndex(HammingIndex):
         self._pm = pm
         self._alias = f"mcmfh-{id(self)}"
         try:
-            pm.connections.connect(alias=self._alias, uri=uri, timeout=connect_timeout)
+            auth = {"token": token} if token else {}  # "user:password" or an API key, for a secured cluster
+            pm.connections.connect(alias=self._alias, uri=uri, timeout=connect_timeout, **auth)
         except Exception as e:  # pymilvus raises MilvusException or grpc errors; the message is what matters
             raise MCMFHError(f"milvus: cannot connect to {uri} within {connect_timeout:g} s ({e})") from e
         self._coll = self._open_or_create()
