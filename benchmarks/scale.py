@@ -14,6 +14,7 @@ process's machine (embedded server), so its numbers include the gRPC round trip 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 import time
@@ -108,8 +109,36 @@ def bench_search(args: argparse.Namespace) -> list[SearchRow]:
         rows.append(_row("faiss IndexBinaryFlat", db, q, k, bits, b, faiss_search, ref))
     except ImportError:
         print("faiss not installed: no FAISS row")
-    rows += bench_milvus(args, db, q, ref)
+    if args.postgres_dsn:
+        rows.append(bench_postgres(args, db, q, flat))
+    if not args.skip_milvus:
+        rows += bench_milvus(args, db, q, ref)
     return rows
+
+
+def bench_postgres(args: argparse.Namespace, db: np.ndarray, q: np.ndarray, flat: FlatIndex) -> SearchRow:
+    """SQL ``bit_count(code # q)`` k-NN (a sequential scan) over ``--postgres-n`` items; exact vs FlatIndex."""
+    from mcmfh.index.postgres import PostgresItemStore
+
+    n = min(args.postgres_n, len(db))
+    items = [{"id": f"i{j}", "caption": "", "labels": [], "source": "bench"} for j in range(n)]
+    store = PostgresItemStore(args.postgres_dsn, args.bits)
+    keys, b = _timed(lambda: store.add(db[:n], items, keys=np.arange(n)))
+    sub = FlatIndex(args.bits)
+    sub.add(db[:n])
+    nq = min(len(q), args.milvus_queries)
+    rd, ri = sub.search(q[:nq], args.k)
+
+    def sql_knn(qq: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+        hits = [store.search_hamming(c, args.bits, limit=kk) for c in qq]
+        return (
+            np.array([[h.distance for h in hs] for hs in hits]),
+            np.array([[h.item.key for h in hs] for hs in hits]),
+        )
+
+    row = _row(f"postgres bit_count scan n={n}", db[:n], q[:nq], args.k, args.bits, b, sql_knn, (rd, ri))
+    store.close()
+    return row
 
 
 def bench_milvus(args: argparse.Namespace, db: np.ndarray, q: np.ndarray, ref: Any) -> list[SearchRow]:
@@ -218,6 +247,9 @@ def main() -> None:
     p.add_argument("--chunk-size", type=int, default=256)
     p.add_argument("--ray-workers", type=int, default=2)
     p.add_argument("--skip-search", action="store_true")
+    p.add_argument("--skip-milvus", action="store_true")
+    p.add_argument("--postgres-dsn", default=None, help="an empty PostgreSQL database to measure SQL Hamming k-NN in")
+    p.add_argument("--postgres-n", type=int, default=100_000)
     p.add_argument("--skip-encode", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
@@ -232,7 +264,12 @@ def main() -> None:
     from mcmfh.io import atomic_write_json
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"platform": platform.platform(), "python": platform.python_version()}
+    machine = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loadavg_at_end": os.getloadavg(),  # other work on the machine slows every row alike; say how much there was
+    }
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     atomic_write_json(
         args.out,

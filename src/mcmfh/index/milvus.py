@@ -126,6 +126,9 @@ class MilvusIndex(HammingIndex):
         with _errors("flush"):
             self._coll.flush()
             self._pm.utility.wait_for_index_building_complete(self.collection_name, using=self._alias)
+            # Reload so the query nodes serve the sealed, indexed segments rather than the growing ones.
+            self._coll.release()
+            self._coll.load()
 
     def close(self) -> None:
         self._pm.connections.disconnect(self._alias)

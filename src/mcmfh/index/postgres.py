@@ -114,16 +114,24 @@ class PostgresItemStore:
         strings = bit_strings(codes, self.bits)
         if len(strings) != len(rows) or (keys is not None and len(keys) != len(rows)):
             raise MCMFHError(f"postgres add: {len(rows)} items, {len(strings)} codes, keys {keys is not None}")
+        cols, vals = "item_id, caption, image, labels, source, code", "%s, %s, %s, %s, %s, %s::bit varying"
+        params = [[*r, s] for r, s in zip(rows, strings, strict=True)]
+        if keys is not None:
+            cols, vals = "key, " + cols, "%s, " + vals
+            params = [[int(k), *p] for k, p in zip(keys, params, strict=True)]
         out: list[int] = []
+        if not rows:
+            return np.zeros(0, np.int64)
         try:
             with self._db.transaction(), self._db.cursor() as cur:
-                for j, (r, s) in enumerate(zip(rows, strings, strict=True)):
-                    cols, vals = "item_id, caption, image, labels, source, code", "%s, %s, %s, %s, %s, %s::bit varying"
-                    params: list[Any] = [*r, s]
-                    if keys is not None:
-                        cols, vals, params = "key, " + cols, "%s, " + vals, [int(keys[j]), *params]
-                    cur.execute(f"INSERT INTO mcmfh_items ({cols}) VALUES ({vals}) RETURNING key", params)
+                # executemany pipelines the inserts (one round trip per batch, not per row)
+                cur.executemany(
+                    f"INSERT INTO mcmfh_items ({cols}) VALUES ({vals}) RETURNING key", params, returning=True
+                )
+                while True:
                     out.append(cur.fetchone()[0])
+                    if not cur.nextset():
+                        break
                 if keys is not None:  # keep generated keys clear of the given ones
                     cur.execute(
                         "SELECT setval(pg_get_serial_sequence('mcmfh_items', 'key'), "
