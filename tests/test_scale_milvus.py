@@ -96,6 +96,8 @@ def test_factory_opens_milvus_and_rejects_uri_for_local(milvus_uri: str) -> None
     idx = make_index(16, "milvus", uri=milvus_uri, collection=f"t_{uuid.uuid4().hex[:12]}")
     try:
         assert idx.kind == "milvus" and len(idx) == 0
+        with pytest.raises(MCMFHError, match="reopen it with open_backend"):
+            idx.write("unused")
         assert open_backend(None, 16).kind == "bucket"
         with pytest.raises(MCMFHError, match="--uri"):
             open_backend("flat", 16, uri=milvus_uri)

@@ -115,6 +115,13 @@ class MilvusIndex(HammingIndex):
             "nprobe": self.nprobe,
         }
 
+    def write(self, path: Any) -> None:
+        """Not a file format: the codes live on the server, and ``read`` would re-add them to the same collection."""
+        raise MCMFHError(
+            f"milvus: the index lives in collection {self.collection_name!r} at {self.uri}; reopen it with "
+            "open_backend('milvus', bits, uri=..., collection=...) instead of writing it to a folder"
+        )
+
     def drop(self) -> None:
         """Delete the collection on the server (all codes)."""
         with _errors("drop collection"):
