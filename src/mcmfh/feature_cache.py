@@ -15,10 +15,10 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
@@ -211,10 +211,50 @@ def _check_chunk(arrays: dict[str, Any], n: int, encoder: Encoder) -> bool:
     )
 
 
+ChunkResult = tuple[int, dict[str, np.ndarray], list[tuple[str, str]]]
+
+
+class ChunkRunner(Protocol):
+    """Encodes the missing chunks ``[(chunk index, records)]``, yielding ``(index, arrays, skipped)`` in any order.
+
+    ``arrays`` are those of ``_ChunkEncoder``: image, text, has_image, kept. The in-process runner is the default;
+    ``mcmfh.distributed.RayChunkRunner`` spreads the work over a Ray cluster."""
+
+    def __call__(
+        self,
+        encoder: Encoder,
+        missing: list[tuple[int, Sequence[Record]]],
+        options: EncodeOptions,
+        outcome: EncodeOutcome,
+    ) -> Iterator[ChunkResult]: ...
+
+
+class InProcessRunner:
+    """Encodes chunk after chunk with the driver's encoder."""
+
+    def __call__(
+        self,
+        encoder: Encoder,
+        missing: list[tuple[int, Sequence[Record]]],
+        options: EncodeOptions,
+        outcome: EncodeOutcome,
+    ) -> Iterator[ChunkResult]:
+        encode_chunk = _ChunkEncoder(encoder, options, outcome)
+        for i, part in missing:
+            arrays, skipped = encode_chunk(part)
+            yield i, arrays, skipped
+
+
 def run_encode(
-    dataset: Dataset, encoder: Encoder, out: str | Path, options: EncodeOptions | None = None
+    dataset: Dataset,
+    encoder: Encoder,
+    out: str | Path,
+    options: EncodeOptions | None = None,
+    chunk_runner: ChunkRunner | None = None,
 ) -> EncodeOutcome:
-    """Encode ``dataset`` into the cache folder ``out`` (or reuse it). See the module docstring for guarantees."""
+    """Encode ``dataset`` into the cache folder ``out`` (or reuse it). See the module docstring for guarantees.
+
+    ``chunk_runner`` decides where the chunks are encoded (default: in this process); the cache is the same."""
     opts = options or EncodeOptions()
     if opts.on_mismatch not in MISMATCH_POLICIES:
         raise MCMFHError(f"on_mismatch must be one of {MISMATCH_POLICIES}, got {opts.on_mismatch!r}")
@@ -238,24 +278,24 @@ def run_encode(
     work_id = {"cache_key": key, "chunk_size": opts.chunk_size, "skip_bad": opts.skip_bad, "n": len(dataset)}
     work = _Work(_partial_dir(out), work_id, opts.resume)
     outcome = EncodeOutcome(features=None, path=out, reused=False, n_items=0)  # type: ignore[arg-type]
-    encode_chunk = _ChunkEncoder(encoder, opts, outcome)
     records = dataset.records
-    starts = range(0, len(records), opts.chunk_size)
-    chunks: list[dict[str, Any]] = []
+    parts = [records[lo : lo + opts.chunk_size] for lo in range(0, len(records), opts.chunk_size)]
+    chunks: list[dict[str, Any] | None] = [None] * len(parts)
+    for i, part in enumerate(parts):
+        arrays = work.read(i)
+        if arrays is not None and _check_chunk(arrays, len(part), encoder):
+            chunks[i] = arrays
+            outcome.n_resumed += len(part)
+    missing = [(i, parts[i]) for i in range(len(parts)) if chunks[i] is None]
+    runner = chunk_runner or InProcessRunner()
     from tqdm.auto import tqdm
 
     with tqdm(total=len(records), desc="encode", unit="item", disable=not opts.progress, dynamic_ncols=True) as bar:
-        for i, lo in enumerate(starts):
-            part = records[lo : lo + opts.chunk_size]
-            arrays = work.read(i)
-            if arrays is not None and _check_chunk(arrays, len(part), encoder):
-                outcome.n_resumed += len(part)
-            else:
-                arrays, skipped = encode_chunk(part)
-                work.write(i, arrays, skipped)
-                arrays["skipped"] = skipped
-            chunks.append(arrays)
-            bar.update(len(part))
+        bar.update(outcome.n_resumed)
+        for i, arrays, skipped in runner(encoder, missing, opts, outcome):
+            work.write(i, arrays, skipped)  # each finished chunk is durable before the next is awaited
+            chunks[i] = {**arrays, "skipped": skipped}
+            bar.update(len(parts[i]))
 
     outcome.features = _assemble(dataset, chunks, identity, key, outcome)
     outcome.features.save(out)

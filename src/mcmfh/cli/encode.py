@@ -49,6 +49,14 @@ def encode(
     no_resume: bool = typer.Option(False, "--no-resume", help="Discard work left by an interrupted run."),
     encoder_opt: list[str] = typer.Option([], "--encoder-opt", "-E", help="Encoder option KEY=VALUE (repeatable)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    ray: str = typer.Option(
+        None,
+        "--ray",
+        help="Encode on Ray (mcmfh[scale]): 'local' starts a local instance, else a cluster address "
+        "(e.g. ray://head:10001 or auto). Same cache as in-process.",
+    ),
+    ray_workers: int = typer.Option(2, "--ray-workers", min=1, help="Ray actors, one encoder each."),
+    ray_gpus: float = typer.Option(0.0, "--ray-gpus-per-worker", min=0.0, help="GPUs reserved per Ray actor."),
 ) -> None:
     """Encode a dataset into a feature cache; the same command again reuses it."""
     from mcmfh.encoders import get_encoder
@@ -60,6 +68,13 @@ def encode(
     if device is not None:
         opts["device"] = device
     enc = get_encoder(encoder, **opts)
+    runner = None
+    if ray is not None:
+        from mcmfh.distributed import RayChunkRunner
+
+        runner = RayChunkRunner(
+            encoder, opts, address=None if ray == "local" else ray, num_workers=ray_workers, gpus_per_worker=ray_gpus
+        )
     result = run_encode(
         ds,
         enc,
@@ -71,6 +86,7 @@ def encode(
             on_mismatch="refuse" if refuse_mismatch else "recompute",
             progress=progress,
         ),
+        chunk_runner=runner,
     )
     fs = result.features
     splits = ", ".join(f"{s} {int((fs.split == s).sum())}" for s in ("train", "dev", "test"))

@@ -19,9 +19,29 @@ def default_kind(bits: int) -> str:
     return "bucket" if bits <= BUCKET_MAX_AUTO_BITS else "mih"
 
 
+# Indexes that live on a server (their codes are not in this process); imported on demand, they need mcmfh[scale].
+SERVER_KINDS = ("milvus",)
+
+
 def make_index(bits: int, kind: str | None = None, **params: Any) -> HammingIndex:
-    """An empty index for ``bits``-bit codes; ``kind`` in {"flat", "bucket", "mih"} or None for the default."""
+    """An empty index for ``bits``-bit codes; ``kind`` in {"flat", "bucket", "mih"} or None for the default.
+
+    ``kind="milvus"`` (params: uri, collection, index_type, ...) opens or creates a Milvus collection instead."""
     kind = kind or default_kind(bits)
+    if kind in SERVER_KINDS:
+        return open_backend(kind, bits, **params)
     if kind not in INDEX_KINDS:
-        raise MCMFHError(f"index: unknown kind {kind!r}; expected one of {sorted(INDEX_KINDS)}")
+        raise MCMFHError(f"index: unknown kind {kind!r}; expected one of {sorted(INDEX_KINDS) + list(SERVER_KINDS)}")
     return INDEX_KINDS[kind](bits, **params)
+
+
+def open_backend(kind: str | None, bits: int, uri: str | None = None, **params: Any) -> HammingIndex:
+    """The index for a CLI ``--backend``: a local kind (flat/bucket/mih/None = default, empty, ``uri`` must be None)
+    or "milvus" at ``uri`` (``collection=`` names the collection; an existing one is reopened with its codes)."""
+    if kind == "milvus":
+        from mcmfh.index.milvus import DEFAULT_URI, MilvusIndex
+
+        return MilvusIndex(bits, uri=uri or DEFAULT_URI, **params)
+    if uri is not None:
+        raise MCMFHError(f"index: --uri applies to the {'/'.join(SERVER_KINDS)} backend, not {kind or 'local'!r}")
+    return make_index(bits, kind, **params)

@@ -1,0 +1,109 @@
+"""PostgresItemStore against a real PostgreSQL cluster started by the fixture: schema, transactions, SQL Hamming."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mcmfh.errors import MCMFHError
+from mcmfh.index import FlatIndex
+from mcmfh.index.codes import pack_codes, unpack_codes
+from scale_servers import free_port, postgres_dsn, postgres_server  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.scale
+
+
+def _items(n: int, start: int = 0) -> list[dict]:
+    return [
+        {
+            "id": f"item{i}",
+            "caption": f"caption {i}",
+            "image": f"img/{i}.png",
+            "labels": ["a", f"l{i % 3}"],
+            "source": "h1" if i % 2 else "h2",
+        }
+        for i in range(start, start + n)
+    ]
+
+
+def test_schema_migrations_and_reopen(postgres_dsn: str) -> None:  # noqa: F811
+    import psycopg
+
+    from mcmfh.index.postgres import MIGRATIONS, PostgresItemStore
+
+    codes = np.random.default_rng(0).integers(0, 256, (20, 4), dtype=np.uint8)
+    with PostgresItemStore(postgres_dsn, 32) as store:
+        assert store.schema_version == len(MIGRATIONS)
+        keys = store.add(codes, _items(20))
+    with PostgresItemStore(postgres_dsn, 32) as store:  # reopening migrates nothing and keeps the data
+        assert len(store) == 20
+        assert store.get(keys[[3, 0]])[0].item_id == "item3"
+        np.testing.assert_array_equal(store.codes(keys), codes)
+    with psycopg.connect(postgres_dsn) as db:
+        assert [r[0] for r in db.execute("SELECT version FROM mcmfh_schema ORDER BY 1")] == list(
+            range(1, len(MIGRATIONS) + 1)
+        )
+    with pytest.raises(MCMFHError, match="32-bit codes, not 64"):
+        PostgresItemStore(postgres_dsn, 64)
+
+
+def test_sql_hamming_matches_flat_index(postgres_dsn: str) -> None:  # noqa: F811
+    from mcmfh.index.postgres import PostgresItemStore
+
+    rng = np.random.default_rng(1)
+    codes = pack_codes(rng.random((300, 64)) < 0.5)
+    codes[150:] = codes[:150]  # duplicated codes: ties must come out by key
+    q = pack_codes(rng.random((5, 64)) < 0.5)
+    q[0] = codes[10]
+    with PostgresItemStore(postgres_dsn, 64) as store:
+        keys = store.add(codes, _items(300))
+        ref = FlatIndex(64)
+        ref.add(codes, keys)
+        for radius in (0, 20, 30):
+            lims, dist, ids = ref.range_search(q, radius)
+            for j in range(len(q)):
+                hits = store.search_hamming(q[j], radius, limit=1000)
+                assert [h.distance for h in hits] == dist[lims[j] : lims[j + 1]].tolist()
+                assert [h.item.key for h in hits] == ids[lims[j] : lims[j + 1]].tolist()
+        top = store.search_hamming(q[0], 64, limit=3)
+        assert [h.distance for h in top][:2] == [0, 0] and top[0].item.labels == ("a", "l1")
+
+
+def test_bit_order_is_pack_codes_bit_order(postgres_dsn: str) -> None:  # noqa: F811
+    import psycopg
+
+    from mcmfh.index.postgres import PostgresItemStore
+
+    bits = np.zeros((1, 16), bool)
+    bits[0, [0, 9]] = True
+    with PostgresItemStore(postgres_dsn, 16) as store:
+        store.add(pack_codes(bits), _items(1))
+    with psycopg.connect(postgres_dsn) as db:
+        (s,) = db.execute("SELECT code::text FROM mcmfh_items").fetchone()
+    assert s == "".join("1" if b else "0" for b in unpack_codes(pack_codes(bits))[0])
+
+
+def test_transactions_all_or_nothing_and_remove(postgres_dsn: str) -> None:  # noqa: F811
+    from mcmfh.index.postgres import PostgresItemStore
+
+    codes = np.random.default_rng(2).integers(0, 256, (10, 2), dtype=np.uint8)
+    with PostgresItemStore(postgres_dsn, 16) as store:
+        first = store.add(codes[:5], _items(5))
+        with pytest.raises(MCMFHError, match="already stored"):
+            store.add(codes[5:], _items(4, start=5) + _items(1, start=2))  # last one repeats item2
+        assert len(store) == 5  # the failed batch left nothing behind
+        keys = store.add(codes[5:], _items(5, start=5), keys=[100, 101, 102, 103, 104])
+        assert keys.tolist() == [100, 101, 102, 103, 104]
+        removed = store.remove(["item1", "item7", "nope"])
+        assert removed.tolist() == [first[1], 102] and len(store) == 8
+        assert store.add(codes[:1], _items(1, start=20))[0] == 105  # generated keys continue after given ones
+        with pytest.raises(MCMFHError, match="no items with keys"):
+            store.get([first[1]])
+
+
+def test_server_down_is_a_clear_error() -> None:
+    pytest.importorskip("psycopg", reason="psycopg 3 not installed")
+    from mcmfh.index.postgres import PostgresItemStore
+
+    with pytest.raises(MCMFHError, match="cannot connect"):
+        PostgresItemStore(f"host=127.0.0.1 port={free_port()} user=x password=secret dbname=x", 16, connect_timeout=2)
