@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from mcmfh.model.selection import hamming_distance, map_at_all
 
 from conftest import make_features
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.method import HashMethod, available_methods, create_method
+from mcmfh.metrics import hamming_distances, map_all, relevance
 from mcmfh.model.config import MCMFHConfig
 from mcmfh.model.dv_mlp import DropoutVotingMLP
 from mcmfh.model.moe import DenseFeedForward, MoEFeedForward
@@ -261,12 +261,9 @@ def test_model_choice_uses_dev_and_model_beats_chance(data) -> None:
     method = create_method("mcmfh", bits=32, seed=0, **{**TINY, "epochs_stage1": 8, "epochs_stage2": 8})
     log = method.fit(train, dev)
     assert log["selection"] == "dev_map" and 1 <= log["stage2"]["chosen_epoch"] <= 8
-    i2t = map_at_all(
-        hamming_distance(method.encode_images(test.image), method.encode_texts(train.text)), test.labels, train.labels
-    )
-    t2i = map_at_all(
-        hamming_distance(method.encode_texts(test.text), method.encode_images(train.image)), test.labels, train.labels
-    )
+    rel = relevance(test.labels, train.labels)
+    i2t = map_all(hamming_distances(method.encode_images(test.image), method.encode_texts(train.text)), rel)
+    t2i = map_all(hamming_distances(method.encode_texts(test.text), method.encode_images(train.image)), rel)
     chance = float(((test.labels.astype(int) @ train.labels.T.astype(int)) > 0).mean())
     print(f"generated data, test mAP i2t {i2t:.3f} t2i {t2i:.3f}, chance {chance:.3f}")
     assert i2t > chance + 0.15 and t2i > chance + 0.15, (i2t, t2i, chance)
