@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 EXTRAS ?= offline,service,dev
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-scale lint clean
 
 $(BIN)/mcmfh: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,15 @@ demo: install
 test: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest
 
+# Scale-out backends (Milvus, PostgreSQL, Ray) in a venv of their own, so the default install stays small.
+# Needs PostgreSQL server binaries (apt-get install postgresql); the tests start their own servers on 127.0.0.1.
+test-scale:
+	$(MAKE) install VENV=.venv-scale EXTRAS=offline,service,dev,scale
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv-scale/bin/python -m pytest -m scale tests
+
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-scale build dist src/*.egg-info .pytest_cache .ruff_cache
