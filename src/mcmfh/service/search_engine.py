@@ -53,5 +53,9 @@ def _hit(h: storage.Hit) -> Hit:
     return Hit(id=it.item_id, distance=h.distance, text=it.caption, labels=it.labels, has_image=it.image is not None)
 
 
-def open_engine(index_dir: Path) -> ArchiveEngine:
-    return ArchiveEngine(Archive.open(index_dir))
+def open_engine(index_dir: Path, warm_up: bool = True) -> ArchiveEngine:
+    """Open the archive; ``warm_up`` loads the encoder and compiles the search kernels now, not on the first query."""
+    archive = Archive.open(index_dir)
+    if warm_up:
+        archive.search_text("warm-up", 1)
+    return ArchiveEngine(archive)
