@@ -218,7 +218,7 @@ def run_experiment(config_path: str | Path, out_dir: str | Path, log: Callable[[
             f"t2i {row['t2i_map_all']:.3f} ({row['train_seconds']:.1f}s)"
         )
     atomic_write_json(out / "results.json", {"rows": rows})
-    from mcmfh.report import write_report
+    from mcmfh.report import run_info, write_report
 
-    write_report(rows, out, plot_bits=cfg.plot_bits, map_k=cfg.map_k)
+    write_report(rows, out, plot_bits=cfg.plot_bits, map_k=cfg.map_k, info=run_info(config_path))
     return out / "results.json"

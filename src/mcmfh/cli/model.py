@@ -80,4 +80,4 @@ def experiment(
     from mcmfh.experiment import run_experiment
 
     path = run_experiment(config, out, log=typer.echo)
-    typer.echo(f"results: {path} and {path.parent / 'results.md'}")
+    typer.echo(f"results: {path.resolve()}\nresults.md: {(path.parent / 'results.md').resolve()}")
