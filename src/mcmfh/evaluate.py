@@ -132,12 +132,15 @@ def plot_curves(
         for ax, direction in zip(axes, ("i2t", "t2i"), strict=True):
             for label, m in curves.items():
                 d = m[direction]
+                # Ceilings (named "continuous..." by convention) dashed: they also stay apart once colours repeat.
+                style = "--" if "continuous" in label else "-"
                 if kind == "pr":
-                    ax.plot(d["pr_curve"]["recall"], d["pr_curve"]["precision"], marker=".", label=label)
+                    recall, precision = d["pr_curve"]["recall"], d["pr_curve"]["precision"]
+                    ax.plot(recall, precision, marker=".", linestyle=style, label=label)
                     ax.set_xlabel("recall")
                 else:
                     ks = [int(k) for k in d["p_at_k"]]
-                    ax.plot(ks, list(d["p_at_k"].values()), marker=".", label=label)
+                    ax.plot(ks, list(d["p_at_k"].values()), marker=".", linestyle=style, label=label)
                     ax.set_xscale("log")
                     ax.set_xlabel("K")
             ax.set_ylabel("precision")
