@@ -35,3 +35,17 @@ def test_continuous_mcmfh_is_the_fused_space_of_the_same_model(tmp_path) -> None
     cont.save(tmp_path / "run")
     again = HashMethod.load(tmp_path / "run")
     assert np.array_equal(again.encode_texts(test.text), txt)
+
+
+def test_relaxed_ceiling_is_tanh_of_what_sign_codes() -> None:
+    fs = make_features(n=200, di=24, dt=16, n_labels=5, seed=1)
+    train, dev, test = fs.splits("train"), fs.splits("dev"), fs.splits("test")
+    relaxed = create_method("continuous-mcmfh-relaxed", bits=32, seed=0, **TINY)
+    hashed = create_method("mcmfh", bits=32, seed=0, **TINY)
+    relaxed.fit(train, dev)
+    hashed.fit(train, dev)
+    soft = relaxed.encode_texts(test.text)
+    assert relaxed.continuous and soft.shape == (len(test), 32) and soft.dtype == np.float32
+    assert np.all(np.abs(soft) < 1) and np.array_equal(soft > 0, hashed.encode_texts(test.text))
+    m = evaluate_method(relaxed, fs, ("test",), ("train", "dev"))
+    assert m["bytes_per_item"] == 4 * 32

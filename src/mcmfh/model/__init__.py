@@ -1,5 +1,6 @@
 """The MCMFH model: DV-MLP, MoE fusion transformer, hashing heads. Importing registers the methods
-``mcmfh``, ``mcmfh-no-moe``, ``mcmfh-no-dv``, ``mcmfh-no-gateloss`` and the ceiling ``continuous-mcmfh``."""
+``mcmfh``, ``mcmfh-no-moe``, ``mcmfh-no-dv``, ``mcmfh-no-gateloss`` and the ceilings ``continuous-mcmfh``,
+``continuous-mcmfh-relaxed``."""
 
 from mcmfh.model import continuous as _continuous  # noqa: F401  (registers the methods)
 from mcmfh.model import mcmfh as _mcmfh  # noqa: F401

@@ -1,8 +1,11 @@
-"""``continuous-mcmfh``: the continuous ceiling of MCMFH — cosine ranking in its fused space, before hashing.
+"""Continuous ceilings of MCMFH: cosine ranking on its real-valued outputs, no sign().
 
-Fitted exactly like ``mcmfh`` (same options, same seed, same code length for the hash losses that shape the fusion
-during training), but ``encode_images`` / ``encode_texts`` return the fused single-modality tokens (float32,
-``width`` dims) instead of codes. The gap between this row and ``mcmfh`` at the same bits is what sign() costs.
+Both are fitted exactly like ``mcmfh`` (same options, seed and code length, so the same network), and differ only in
+what ``encode_images`` / ``encode_texts`` return:
+- ``continuous-mcmfh``: the fused single-modality tokens (float32, ``width`` dims) — the fusion space before the
+  hashing MLP;
+- ``continuous-mcmfh-relaxed``: the hashing MLP's relaxed codes tanh(h) (float32, ``bits`` dims) — exactly what
+  sign() turns into the codes, so the gap to ``mcmfh`` at the same bits is what binarisation costs.
 """
 
 from __future__ import annotations
@@ -30,3 +33,16 @@ class ContinuousMCMFH(MCMFH):
     def output_dim(self) -> int:
         """Width of the fused tokens (the model's ``width``), whatever the code length it was trained for."""
         return self.cfg.width
+
+
+@register_method("continuous-mcmfh-relaxed")
+class RelaxedMCMFH(ContinuousMCMFH):
+    def _output_fn(self, image: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        net = self.net
+        assert net is not None
+        if image:
+            return lambda x: net.hash_img(net.image_tokens(x))
+        return lambda x: net.hash_txt(net.text_tokens(x))
+
+    def output_dim(self) -> int:
+        return self.bits

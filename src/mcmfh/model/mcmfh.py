@@ -75,7 +75,8 @@ class MCMFH(HashMethod):
             raise MCMFHError(f"{self.name}: {kind} embeddings must be (N, {want}), got {x.shape}")
         self.net.eval()
         fn = self._output_fn(image)
-        parts = [fn(torch.from_numpy(x[i : i + ENCODE_BATCH])).numpy() for i in range(0, len(x), ENCODE_BATCH)]
+        with torch.no_grad():
+            parts = [fn(torch.from_numpy(x[i : i + ENCODE_BATCH])).numpy() for i in range(0, len(x), ENCODE_BATCH)]
         return np.concatenate(parts) if parts else np.zeros((0, self.output_dim()), dtype=self._output_dtype())
 
     def _output_fn(self, image: bool) -> Callable[[torch.Tensor], torch.Tensor]:
