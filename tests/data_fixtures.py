@@ -150,8 +150,10 @@ ROCO_ITEMS = {
 }  # fmt: skip
 
 
-def write_roco(root: Path, base_url: str = "ftp://ftp.ncbi.nlm.nih.gov/pub/pmc/oa_package") -> Path:
-    for split, items in ROCO_ITEMS.items():
+def write_roco(
+    root: Path, base_url: str = "ftp://ftp.ncbi.nlm.nih.gov/pub/pmc/oa_package", items_by_split=ROCO_ITEMS
+) -> Path:
+    for split, items in items_by_split.items():
         d = root / split
         d.mkdir(parents=True, exist_ok=True)
         cap, sem, cui, dl, kw, lic = [], [], [], [], [], ["ROCO_ID,PMC_ID,CC"]
@@ -188,3 +190,48 @@ def pmc_archive(pmc: str, members: dict[str, bytes]) -> bytes:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+# --- Open-i and ROCO layouts with images, from the built-in synthetic dataset (learnable label structure) ----------
+
+
+def _synthetic_rows(tmp: Path, n: int, seed: int) -> list[dict[str, str]]:
+    """The synthetic dataset's CSV rows (id, image path, caption, region/finding labels, split) and its PNGs."""
+    from mcmfh.data.synthetic import CSV_NAME, make_synthetic_dataset
+
+    folder = make_synthetic_dataset(tmp, n=n, seed=seed)
+    with open(folder / CSV_NAME, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["image"] = str(folder / r["image"])
+        r["region"], r["finding"] = (lab.split(":", 1)[1] for lab in r["labels"].split(";"))
+    return rows
+
+
+def write_openi_with_images(root: Path, n: int = 120, seed: int = 0) -> Path:
+    """An NLM-layout Open-i folder: one study per synthetic item (MeSH majors = region and finding, report = its
+    caption, one PNG under NLMCXR_png/), plus one study with an empty report (a bad item for ``skip_bad``)."""
+    rows = _synthetic_rows(root.parent / f".{root.name}-synthetic", n, seed)
+    studies = [("9999", "", "", ["normal"], ["9999_IM-0001-1001"])]
+    for i, r in enumerate(rows, 1):
+        stem = f"{i}_IM-{i:04d}-1001"
+        studies.append((str(i), r["text"], "", [r["region"].capitalize(), r["finding"].capitalize()], [stem]))
+        (root / "NLMCXR_png").mkdir(parents=True, exist_ok=True)
+        (root / "NLMCXR_png" / f"CXR{stem}.png").write_bytes(Path(r["image"]).read_bytes())
+    write_png(root / "NLMCXR_png" / "CXR9999_IM-0001-1001.png")
+    return write_openi_nlm(root, studies)
+
+
+def write_roco_with_images(root: Path, n: int = 120, seed: int = 0) -> Path:
+    """A ROCO-layout folder: one caption per synthetic item, semantic types = region and finding, its PNG at
+    ``<split>/images/<PMC id>_<name>`` (the name ``mcmfh prepare roco`` gives), splits from the synthetic data."""
+    rows = _synthetic_rows(root.parent / f".{root.name}-synthetic", n, seed)
+    folder_of = {"train": "train", "dev": "validation", "test": "test"}
+    items: dict[str, list[tuple[str, ...]]] = {s: [] for s in folder_of.values()}
+    for i, r in enumerate(rows):
+        split, pmc, name = folder_of[r["split"]], f"PMC{200000 + i}", f"fig{i}.png"
+        semtypes = f"T001 {r['region']} T002 {r['finding']}"
+        items[split].append((f"ROCO_{i:05d}", r["text"], semtypes, "C0000001", pmc, name))
+        (root / split / "images").mkdir(parents=True, exist_ok=True)
+        (root / split / "images" / f"{pmc}_{name}").write_bytes(Path(r["image"]).read_bytes())
+    return write_roco(root, items_by_split=items)

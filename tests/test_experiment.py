@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -137,9 +138,11 @@ def test_experiment_encodes_through_the_feature_cache_when_no_features_given(tmp
 
     calls = {}
 
-    def fake_load(name, root, label_set=None):
-        calls["load"] = (name, root, label_set)
-        return "DATASET"
+    dataset = SimpleNamespace(report=SimpleNamespace(skipped=[]))
+
+    def fake_load(name, root, label_set=None, **options):
+        calls["load"] = (name, root, label_set, options)
+        return dataset
 
     def fake_encode(dataset, encoder, out, batch_size=32):
         calls["encode"] = (dataset, encoder, out, batch_size)
@@ -156,6 +159,6 @@ def test_experiment_encodes_through_the_feature_cache_when_no_features_given(tmp
         "bits: [8]\nseeds: [0]\nmethods: [cca-itq]\n"
     )
     run_experiment(cfg, tmp_path / "out", log=lambda s: None)
-    assert calls["load"] == ("medpix2", (tmp_path / "data").resolve(), "labels")
-    assert calls["encode"] == ("DATASET", "ENC:tiny", tmp_path / "out" / "features" / "medpix2-tiny-labels", 8)
+    assert calls["load"] == ("medpix2", (tmp_path / "data").resolve(), "labels", {"skip_bad": False})
+    assert calls["encode"] == (dataset, "ENC:tiny", tmp_path / "out" / "features" / "medpix2-tiny-labels", 8)
     assert json.loads((tmp_path / "out" / "results.json").read_text())["rows"][0]["label_set"] == "labels"

@@ -72,9 +72,8 @@ def evaluate_method(
     if len(q) == 0 or len(db) == 0:
         raise MCMFHError(f"evaluate: no items in query splits {list(queries)} or database splits {list(database)}")
     q_img, db_img = q.subset(q.has_image), db.subset(db.has_image)
-    i2t = _direction(
-        method, method.encode_images(q_img.image), method.encode_texts(db.text), q_img.labels, db.labels, opts
-    )
+    db_text = method.encode_texts(db.text)
+    i2t = _direction(method, method.encode_images(q_img.image), db_text, q_img.labels, db.labels, opts)
     t2i = _direction(
         method, method.encode_texts(q.text), method.encode_images(db_img.image), q.labels, db_img.labels, opts
     )
@@ -85,7 +84,8 @@ def evaluate_method(
         "continuous": bool(method.continuous),
         "queries": list(queries),
         "database": list(database),
-        "bytes_per_item": bytes_per_item(method, method.bits),
+        # Measured on what is stored: a continuous method's width need not equal ``bits`` (continuous-mcmfh).
+        "bytes_per_item": bytes_per_item(method, int(np.asarray(db_text).shape[1])),
         "i2t": i2t,
         "t2i": t2i,
     }
@@ -132,12 +132,15 @@ def plot_curves(
         for ax, direction in zip(axes, ("i2t", "t2i"), strict=True):
             for label, m in curves.items():
                 d = m[direction]
+                # Ceilings (named "continuous..." by convention) dashed: they also stay apart once colours repeat.
+                style = "--" if "continuous" in label else "-"
                 if kind == "pr":
-                    ax.plot(d["pr_curve"]["recall"], d["pr_curve"]["precision"], marker=".", label=label)
+                    recall, precision = d["pr_curve"]["recall"], d["pr_curve"]["precision"]
+                    ax.plot(recall, precision, marker=".", linestyle=style, label=label)
                     ax.set_xlabel("recall")
                 else:
                     ks = [int(k) for k in d["p_at_k"]]
-                    ax.plot(ks, list(d["p_at_k"].values()), marker=".", label=label)
+                    ax.plot(ks, list(d["p_at_k"].values()), marker=".", linestyle=style, label=label)
                     ax.set_xscale("log")
                     ax.set_xlabel("K")
             ax.set_ylabel("precision")

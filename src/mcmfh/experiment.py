@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,8 @@ class ExperimentConfig:
     encoder: str = "offline"
     encoder_options: dict[str, Any] = field(default_factory=dict)
     encode_batch_size: int = 32
+    dataset_options: dict[str, Any] = field(default_factory=dict)  # loader options, e.g. openi {layout: nlm}
+    skip_bad: bool = False  # leave out (and list) bad items instead of failing; real archives have a few
     label_set: str | None = None
     queries: list[str] = field(default_factory=lambda: ["test"])
     database: list[str] = field(default_factory=lambda: ["train", "dev"])
@@ -67,8 +69,46 @@ def _list(value: Any, typ: type, key: str, path: Path) -> list[Any]:
     return items
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Parse and validate an experiment YAML; every mistake is one error naming the file and the field."""
+PATH_FIELDS = ("data_root", "features", "cache_dir")
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["data_root=/x", "bits=[16]", "method_options.mcmfh.epochs_stage2=2"]`` -> a mapping; values are YAML."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MCMFHError(f"--set {item!r}: expected KEY=VALUE (e.g. data_root=../data/openi)")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise MCMFHError(f"--set {item!r}: value is not valid YAML ({e})") from e
+    return out
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    """Set ``key`` or dotted ``key.sub.sub`` in the raw config; override paths are relative to the cwd, not the
+    config's folder (they come from the command line)."""
+    for key, value in overrides.items():
+        parts = key.split(".")
+        if parts[0] in PATH_FIELDS and len(parts) == 1 and value is not None:
+            value = str(Path(str(value)).resolve())
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise MCMFHError(f"override {key!r}: {part!r} is not a mapping in the config")
+            node = child
+        node[parts[-1]] = value
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """Parse and validate an experiment YAML; every mistake is one error naming the file and the field.
+
+    ``overrides`` (see ``parse_overrides``) replace config fields before validation, e.g. a ``data_root`` elsewhere.
+    """
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -78,6 +118,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
         raise _err(path, f"not valid YAML ({e})") from e
     if not isinstance(raw, dict):
         raise _err(path, "expected a mapping of config fields at the top level")
+    _apply_overrides(raw, overrides or {})
     known = {f.name for f in dataclasses.fields(ExperimentConfig)}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -87,7 +128,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
     base = path.resolve().parent
     cfg = ExperimentConfig(methods=_list(raw.pop("methods"), str, "methods", path))
     for key, value in raw.items():
-        if key in ("data_root", "features", "cache_dir"):
+        if key in PATH_FIELDS:
             value = None if value is None else (base / str(value)).resolve()
         elif key in ("queries", "database"):
             value = _list(value, str, key, path)
@@ -100,18 +141,18 @@ def load_config(path: str | Path) -> ExperimentConfig:
             if not isinstance(value, dict):
                 raise _err(path, "field 'seeds_by_bits': expected a mapping bits -> list of seeds")
             value = {int(b): _list(s, int, f"seeds_by_bits.{b}", path) for b, s in value.items()}
-        elif key == "encoder_options":
+        elif key in ("encoder_options", "dataset_options"):
             if not isinstance(value, dict):
-                raise _err(path, "field 'encoder_options': expected a mapping of option -> value")
+                raise _err(path, f"field {key!r}: expected a mapping of option -> value")
         elif key == "method_options":
             if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
                 raise _err(path, "field 'method_options': expected a mapping method -> {option: value}")
         elif key in ("map_k", "plot_bits", "encode_batch_size"):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise _err(path, f"field {key!r}: expected a positive integer, got {value!r}")
-        elif key == "save_runs":
+        elif key in ("save_runs", "skip_bad"):
             if not isinstance(value, bool):
-                raise _err(path, f"field 'save_runs': expected true or false, got {value!r}")
+                raise _err(path, f"field {key!r}: expected true or false, got {value!r}")
         elif value is not None and not isinstance(value, str):
             raise _err(path, f"field {key!r}: expected a string, got {value!r}")
         setattr(cfg, key, value)
@@ -144,7 +185,14 @@ def get_features(cfg: ExperimentConfig, out_dir: Path, log: Callable[[str], None
         assert cfg.dataset is not None and cfg.data_root is not None
         cache = (cfg.cache_dir or out_dir / "features") / f"{cfg.dataset}-{cfg.encoder}-{cfg.label_set or 'default'}"
         log(f"features: {cache} (encoded with {cfg.encoder!r} unless already cached)")
-        dataset = load_dataset(cfg.dataset, cfg.data_root, label_set=cfg.label_set)
+        dataset = load_dataset(
+            cfg.dataset, cfg.data_root, label_set=cfg.label_set, skip_bad=cfg.skip_bad, **cfg.dataset_options
+        )
+        if dataset.report.skipped:
+            log(
+                f"{cfg.dataset}: left out {len(dataset.report.skipped)} bad item(s) (skip_bad), first: "
+                f"{dataset.report.skipped[0]}"
+            )
         encoder = get_encoder(cfg.encoder, **cfg.encoder_options)
         features = encode_dataset(dataset, encoder, cache, batch_size=cfg.encode_batch_size)
     if cfg.label_set is not None and features.manifest.get("label_set") not in (None, cfg.label_set):
@@ -191,9 +239,14 @@ def run_row(cfg: ExperimentConfig, features: FeatureSet, method: str, bits: int,
     return row
 
 
-def run_experiment(config_path: str | Path, out_dir: str | Path, log: Callable[[str], None] = print) -> Path:
-    """Run (or resume) the experiment; returns the path of ``results.json``."""
-    cfg = load_config(config_path)
+def run_experiment(
+    config_path: str | Path,
+    out_dir: str | Path,
+    log: Callable[[str], None] = print,
+    overrides: Mapping[str, Any] | None = None,
+) -> Path:
+    """Run (or resume) the experiment; returns the path of ``results.json``. ``overrides``: see ``load_config``."""
+    cfg = load_config(config_path, overrides)
     out = Path(out_dir)
     features = get_features(cfg, out, log)
     rows = []
@@ -218,7 +271,7 @@ def run_experiment(config_path: str | Path, out_dir: str | Path, log: Callable[[
             f"t2i {row['t2i_map_all']:.3f} ({row['train_seconds']:.1f}s)"
         )
     atomic_write_json(out / "results.json", {"rows": rows})
-    from mcmfh.report import write_report
+    from mcmfh.report import run_info, write_report
 
-    write_report(rows, out, plot_bits=cfg.plot_bits, map_k=cfg.map_k)
+    write_report(rows, out, plot_bits=cfg.plot_bits, map_k=cfg.map_k, info=run_info(config_path))
     return out / "results.json"

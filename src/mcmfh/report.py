@@ -41,8 +41,80 @@ def group_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[tuple[str, i
     return out
 
 
-def results_markdown(rows: Sequence[Mapping[str, Any]], map_k: int = 50) -> str:
+def run_info(config: str | Path | None = None, cwd: str | Path | None = None) -> dict[str, str]:
+    """When and with what a report was made: UTC date, mcmfh version, git commit of ``cwd`` (else "unknown")."""
+    import datetime
+    import subprocess
+
+    from mcmfh import __version__
+
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
+        )
+        commit = done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"  # no git, or not a checkout: the report says so rather than failing
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "mcmfh_version": __version__,
+        "git_commit": commit,
+    }
+    if config is not None:
+        info["config"] = str(config)
+    return info
+
+
+def _chance_check(groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]]]) -> list[str]:
+    """One line saying whether every hashing row's mean mAP@all beats the `chance` row at the same bits."""
+    chance = {b: rs for (m, b), rs in groups.items() if m == "chance"}
+    if not chance:
+        return []
+    below = []
+    for (method, bits), rs in groups.items():
+        if method == "chance" or rs[0].get("continuous") or bits not in chance:
+            continue
+        for d in ("i2t", "t2i"):
+            ref = mean_std([float(r[f"{d}_map_all"]) for r in chance[bits]])[0]
+            if mean_std([float(r[f"{d}_map_all"]) for r in rs])[0] <= ref:
+                below.append(f"{method} {bits} bits {d}")
+    verdict = "every hashing row is above chance" if not below else "NOT above chance: " + ", ".join(below)
+    return [f"Chance check (mean mAP@all vs `chance` at the same bits): {verdict}.", ""]
+
+
+def _ablation_table(groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]]]) -> list[str]:
+    """Each ``mcmfh-*`` ablation minus ``mcmfh`` at the same bits; a difference within one std is no effect."""
+    pairs = [(m, b) for m, b in groups if m.startswith("mcmfh-") and ("mcmfh", b) in groups]
+    if not pairs:
+        return []
+    lines = [
+        "Ablations: Δ = ablation − mcmfh in mean mAP@all (± the larger of the two seed stds); "
+        "|Δ| within one std is not an effect.",
+        "",
+        "| ablation | bits | Δ i2t | Δ t2i | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for method, bits in pairs:
+        cells, verdicts = [], []
+        for d in ("i2t", "t2i"):
+            ma, sa = mean_std([float(r[f"{d}_map_all"]) for r in groups[(method, bits)]])
+            mm, sm = mean_std([float(r[f"{d}_map_all"]) for r in groups[("mcmfh", bits)]])
+            delta, std = ma - mm, max(sa, sm)
+            cells.append(f"{delta:+.3f} ± {std:.3f}")
+            if std == 0.0:
+                verdicts.append(f"{d}: one seed, no std")
+            elif abs(delta) <= std:
+                verdicts.append(f"{d}: within std")
+            else:
+                verdicts.append(f"{d}: {'ablation better' if delta > 0 else 'mcmfh better'}")
+        lines.append(f"| {method} | {bits} | {cells[0]} | {cells[1]} | {'; '.join(verdicts)} |")
+    return [*lines, ""]
+
+
+def results_markdown(rows: Sequence[Mapping[str, Any]], map_k: int = 50, info: Mapping[str, str] | None = None) -> str:
     lines = ["# Results", ""]
+    if info:
+        lines += [" · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in info.items()), ""]
     lines += [
         "mAP@all ranks the whole database by Hamming distance (cosine for continuous methods), ties broken by "
         "database order; tie-aware = exact expected AP over random orders within ties (McSherry & Najork 2008). "
@@ -57,12 +129,14 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], map_k: int = 50) -> str:
         lines += [f"## Label set `{label_set}` ({first.get('dataset')}, encoder `{first.get('encoder')}`)", ""]
         header = ["method", "bits", "seeds", *[c for c, _ in cols], "train s", "bytes/item"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for (method, bits), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        order = {m: i for i, m in enumerate(dict.fromkeys(m for m, _ in groups))}  # the config's method order
+        for (method, bits), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], order[kv[0][0]])):
             cells = [method, str(bits), str(len(rs))]
             cells += [_fmt([float(r[key]) for r in rs]) for _, key in cols]
             cells += [f"{np.mean([float(r['train_seconds']) for r in rs]):.1f}", str(rs[0]["bytes_per_item"])]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        lines += _chance_check(groups) + _ablation_table(groups)
     return "\n".join(lines)
 
 
@@ -93,9 +167,11 @@ def plot_bits_vs_map(groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]
         for method in methods:
             bits = sorted(b for m, b in groups if m == method)
             stats = [mean_std([float(r[f"{d}_map_all"]) for r in groups[(method, b)]]) for b in bits]
-            ax.errorbar(bits, [s[0] for s in stats], yerr=[s[1] for s in stats], marker="o", capsize=3, label=method)
+            style = "--" if groups[(method, bits[0])][0].get("continuous") else "-"  # ceilings: dashed
+            ys, err = [s[0] for s in stats], [s[1] for s in stats]
+            ax.errorbar(bits, ys, yerr=err, marker="o", capsize=3, linestyle=style, label=method)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("bits (continuous: dims)")
+        ax.set_xlabel("bits (continuous, dashed: the code length of the row)")
         ax.set_ylabel("mAP@all")
         ax.set_title(f"{title} {'image→text' if d == 'i2t' else 'text→image'}")
         ax.grid(alpha=0.3)
@@ -104,12 +180,19 @@ def plot_bits_vs_map(groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]
     plt.close(fig)
 
 
-def write_report(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, plot_bits: int = 16, map_k: int = 50) -> Path:
-    """results.md plus, per label set, PR/P@K curves at ``plot_bits`` (all methods) and a bits-vs-mAP plot."""
+def write_report(
+    rows: Sequence[Mapping[str, Any]],
+    out_dir: str | Path,
+    plot_bits: int = 16,
+    map_k: int = 50,
+    info: Mapping[str, str] | None = None,
+) -> Path:
+    """results.md plus, per label set, PR/P@K curves at ``plot_bits`` (all methods) and a bits-vs-mAP plot.
+    ``info`` (see ``run_info``) becomes the header line: date, mcmfh version, git commit."""
     from mcmfh.evaluate import plot_curves
 
     out_dir = Path(out_dir)
-    atomic_write_text(out_dir / "results.md", results_markdown(rows, map_k))
+    atomic_write_text(out_dir / "results.md", results_markdown(rows, map_k, info))
     for label_set, groups in group_rows(rows).items():
         curves = {m: _mean_curves(rs) for (m, b), rs in groups.items() if b == plot_bits}
         if curves:

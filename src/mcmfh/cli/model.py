@@ -75,9 +75,12 @@ def evaluate(
 def experiment(
     config: Path = typer.Argument(..., help="Experiment YAML (e.g. configs/medpix2.yaml)."),
     out: Path = typer.Option(..., "--out", help="Output folder; rerunning resumes and skips finished rows."),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a config field, KEY=VALUE (YAML value; dotted keys for nested), repeatable."
+    ),
 ) -> None:
     """Run methods x bits x seeds from a config; writes results.json, results.md and plots."""
-    from mcmfh.experiment import run_experiment
+    from mcmfh.experiment import parse_overrides, run_experiment
 
-    path = run_experiment(config, out, log=typer.echo)
-    typer.echo(f"results: {path} and {path.parent / 'results.md'}")
+    path = run_experiment(config, out, log=typer.echo, overrides=parse_overrides(set_))
+    typer.echo(f"results: {path.resolve()}\nresults.md: {(path.parent / 'results.md').resolve()}")

@@ -9,6 +9,7 @@ dims, and the full config as JSON bytes, so a loaded model is refused if its con
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -73,9 +74,21 @@ class MCMFH(HashMethod):
             kind = "image" if image else "text"
             raise MCMFHError(f"{self.name}: {kind} embeddings must be (N, {want}), got {x.shape}")
         self.net.eval()
-        fn = self.net.image_codes if image else self.net.text_codes
-        parts = [fn(torch.from_numpy(x[i : i + ENCODE_BATCH])).numpy() for i in range(0, len(x), ENCODE_BATCH)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.bits), dtype=bool)
+        fn = self._output_fn(image)
+        with torch.no_grad():
+            parts = [fn(torch.from_numpy(x[i : i + ENCODE_BATCH])).numpy() for i in range(0, len(x), ENCODE_BATCH)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.output_dim()), dtype=self._output_dtype())
+
+    def _output_fn(self, image: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        assert self.net is not None
+        return self.net.image_codes if image else self.net.text_codes
+
+    def _output_dtype(self) -> type:
+        return bool
+
+    def output_dim(self) -> int:
+        """Width of what encode_* returns: the code length."""
+        return self.bits
 
     def encode_images(self, image: np.ndarray) -> np.ndarray:
         return self._encode(image, image=True)

@@ -68,11 +68,18 @@ class MCMFHNet(nn.Module):
         return self.fusion.encode_single(dv_n_d, modality)
 
     @torch.no_grad()
+    def image_tokens(self, image_n_d: torch.Tensor) -> torch.Tensor:
+        """Fused (N, width) image tokens from images alone: the real-valued space the hashing MLP codes."""
+        return self.fusion.encode_single(self.dv_tokens(image_n_d, None)[0], IMAGE)[0]
+
+    @torch.no_grad()
+    def text_tokens(self, text_n_d: torch.Tensor) -> torch.Tensor:
+        return self.fusion.encode_single(self.dv_tokens(None, text_n_d)[1], TEXT)[0]
+
+    @torch.no_grad()
     def image_codes(self, image_n_d: torch.Tensor) -> torch.Tensor:
-        token, _ = self.fusion.encode_single(self.dv_tokens(image_n_d, None)[0], IMAGE)
-        return self.hash_img.codes(token)
+        return self.hash_img.codes(self.image_tokens(image_n_d))
 
     @torch.no_grad()
     def text_codes(self, text_n_d: torch.Tensor) -> torch.Tensor:
-        token, _ = self.fusion.encode_single(self.dv_tokens(None, text_n_d)[1], TEXT)
-        return self.hash_txt.codes(token)
+        return self.hash_txt.codes(self.text_tokens(text_n_d))

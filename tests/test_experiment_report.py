@@ -1,0 +1,51 @@
+"""results.md: header (date, version, commit), config method order, chance check and the ablation table."""
+
+from __future__ import annotations
+
+import re
+
+from mcmfh import __version__
+from mcmfh.report import results_markdown, run_info
+
+
+def _row(method: str, bits: int, seed: int, i2t: float, t2i: float, continuous: bool = False) -> dict:
+    return {
+        "method": method, "bits": bits, "seed": seed, "label_set": "labels", "dataset": "d", "encoder": "e",
+        "continuous": continuous, "i2t_map_all": i2t, "t2i_map_all": t2i, "i2t_map_all_tie_aware": i2t,
+        "t2i_map_all_tie_aware": t2i, "i2t_map_50": i2t, "t2i_map_50": t2i, "train_seconds": 1.0,
+        "bytes_per_item": bits // 8,
+    }  # fmt: skip
+
+
+def test_report_header_order_chance_and_ablations(tmp_path) -> None:
+    rows = []
+    for s, noise in enumerate((0.0, 0.02, -0.02)):
+        rows += [
+            _row("mcmfh", 16, s, 0.50 + noise, 0.48 + noise),
+            _row("mcmfh-no-moe", 16, s, 0.40 + noise, 0.49 + noise),  # i2t clearly worse, t2i within std
+            _row("lsh", 16, s, 0.10, 0.35),  # i2t below chance
+            _row("chance", 16, s, 0.30, 0.30),
+        ]
+    info = run_info(config="configs/x.yaml", cwd=tmp_path)  # tmp_path is no git checkout
+    assert info["git_commit"] == "unknown" and info["mcmfh_version"] == __version__
+    md = results_markdown(rows, 50, info)
+    header = md.splitlines()[2]
+    assert re.search(r"date: \d{4}-\d\d-\d\d \d\d:\d\d UTC", header) and f"mcmfh version: {__version__}" in header
+    assert "git commit: unknown" in header and "config: configs/x.yaml" in header
+    table = [line.split(" | ")[0].strip("| ") for line in md.splitlines() if line.startswith("| ") and "16 | 3" in line]
+    assert table == ["mcmfh", "mcmfh-no-moe", "lsh", "chance"]  # the config's order, not alphabetical
+    assert "NOT above chance: lsh 16 bits i2t" in md and "lsh 16 bits t2i" not in md
+    abl = md.split("| ablation |")[1].split("| mcmfh-no-moe | 16 |")[1].splitlines()[0]
+    assert "-0.100 ± 0.020" in abl and "i2t: mcmfh better" in abl and "t2i: within std" in abl
+
+
+def test_run_info_reads_the_commit_of_a_checkout(tmp_path) -> None:
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "f").write_text("x")
+    env = ["-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "-C", str(tmp_path), "add", "f"], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), *env, "commit", "-qm", "x"], check=True)
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    assert run_info(cwd=tmp_path)["git_commit"] == head.strip()
