@@ -143,7 +143,7 @@ class Archive:
         config = store or StoreConfig()
         where = store_manifest(config, identity["run_id"])
         if overwrite and where["backend"] != "local" and out.exists():
-            _drop_server_stores(out)
+            drop_server_stores(out)
         with atomic_dir(out, overwrite=overwrite) as tmp:
             shutil.copytree(run_dir, tmp / "run")
             fields = {k: v for k, v in identity.items() if k != "bits"}  # bits is the index's own field
@@ -283,7 +283,7 @@ class Archive:
         return added
 
 
-def _drop_server_stores(folder: Path) -> None:
+def drop_server_stores(folder: Path) -> None:
     """Before an overwrite: delete the collections/schemas the archive at ``folder`` keeps on servers."""
     try:
         old = read_manifest(folder, KIND)

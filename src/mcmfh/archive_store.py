@@ -117,11 +117,13 @@ def create_store(
         return ItemIndex.create(folder, bits, **fields)
     uri = config.uri or store["uri"]
     dsn = config.dsn or os.environ.get(DSN_ENV)
-    made = ServerStore.connect(folder, modality, bits, store, writable=True, uri=uri, dsn=dsn, create=True)
+    # Read-only until checked: a writer would reconcile, i.e. delete codes another archive's metadata describes.
+    made = ServerStore.connect(folder, modality, bits, store, writable=False, uri=uri, dsn=dsn, create=True)
     if len(made.codes) or len(made.meta):
         where = f"collection {made.codes.collection_name!r} at {store['uri']}"
         made.close()
         raise MCMFHError(f"{where} already holds items (an archive of this run exists); use --overwrite to replace it")
+    made.writable = True
     return made
 
 
