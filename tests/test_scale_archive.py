@@ -121,14 +121,24 @@ def test_add_remove_reopen(chain, built) -> None:  # noqa: F811
             archive.remove([renamed[1].id])
 
 
-def test_cli_build_search_and_service_engine(chain, milvus_uri, tmp_path, capsys) -> None:  # noqa: F811
+def test_cli_build_search_and_service_engine(chain, milvus_uri, postgres_dsn, tmp_path, capsys, monkeypatch) -> None:  # noqa: F811
+    from mcmfh.archive_store import DSN_ENV
+
+    monkeypatch.setenv(DSN_ENV, f"{postgres_dsn} password={SECRET}")  # the DSN from the environment, as documented
     out = tmp_path / "cli"
     args = ["index", "build", str(chain["run"]), "--features", str(chain["root"] / "features"), "--out", str(out)]
-    assert main([*args, "--backend", "milvus", "--uri", milvus_uri]) == 0
+    server = ["--backend", "milvus", "--uri", milvus_uri, "--metadata", "postgres"]
+    assert main([*args, *server]) == 0
     try:
         assert "milvus backend" in capsys.readouterr().out
-        assert main([*args, "--backend", "milvus", "--uri", milvus_uri]) == 2  # the folder exists
+        assert SECRET not in (out / "manifest.json").read_text()
+        assert main([*args, *server]) == 2  # the folder exists
         capsys.readouterr()
+        assert main(["index", "info", str(out)]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["store"]["metadata"] == "postgres" and info["counts"]["texts"] == len(
+            chain["fs"].splits("train", "dev")
+        )
         query = ["--text", "cyst in the liver", "--k", "5", "--json"]
         assert main(["search", str(out), *query]) == 0
         srv = json.loads(capsys.readouterr().out)["results"]
