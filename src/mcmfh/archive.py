@@ -4,8 +4,12 @@ Folder layout::
 
     manifest.json   kind "archive": the run's identity (method, bits, encoder, weights hash), image root
     run/            a copy of the run folder, so the archive is self-contained and cannot drift from its model
-    images/         ItemIndex of image codes (items that have an image)
-    texts/          ItemIndex of text codes (every item)
+    images/         sub-index of image codes (items that have an image)
+    texts/          sub-index of text codes (every item)
+
+A sub-index is an ``ItemIndex`` in the folder (``--backend local``, the default) or a ``ServerStore``: codes in a
+Milvus collection, metadata in the folder's SQLite or in PostgreSQL (``mcmfh.archive_store``). The manifest's
+``store`` entry says which (without secrets), so ``Archive.open`` reconnects.
 
 Cross-modal by default: a text query is hashed by the text branch and searched against image codes (the images for
 a clinical phrase); an image query is hashed by the image branch and searched against text codes (the report for an
@@ -17,6 +21,7 @@ already holds, so an ``add`` killed between the two sub-indexes is finished by r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import threading
@@ -27,12 +32,21 @@ from typing import Any
 
 import numpy as np
 
+from mcmfh.archive_store import (
+    ArchiveStore,
+    ServerStore,
+    StoreConfig,
+    create_store,
+    drop_store,
+    open_store,
+    store_manifest,
+)
 from mcmfh.data.records import Dataset, Record
 from mcmfh.encoders.base import Encoder, ImageInput
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.features import FeatureSet
 from mcmfh.index.codes import pack_codes
-from mcmfh.index.storage import Hit, Item, ItemIndex, record_item
+from mcmfh.index.storage import Hit, Item, record_item
 from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.manifest import new_manifest, read_manifest, require_match
 from mcmfh.method import WEIGHTS_NAME, HashMethod
@@ -85,7 +99,14 @@ class Archive:
         self.folder = folder
         self.manifest = manifest
         expect = {k: manifest[k] for k in IDENTITY_KEYS}
-        self.indexes = {m: ItemIndex.open(folder / m, expect=expect, writable=writable) for m in MODALITIES}
+        store = manifest.get("store", {"backend": "local"})
+        self.indexes: dict[str, ArchiveStore] = {}
+        try:
+            for m in MODALITIES:
+                self.indexes[m] = open_store(folder / m, m, int(manifest["bits"]), store, expect, writable)
+        except BaseException:
+            self.close()
+            raise
         self.method, self.run_manifest = load_run(folder / "run")
         require_match(manifest, run_identity(folder / "run", self.run_manifest), IDENTITY_KEYS, f"archive {folder}")
         self._encoder: Encoder | None = None
@@ -102,8 +123,12 @@ class Archive:
         splits: Sequence[str] = ("train", "dev"),
         dataset: Dataset | None = None,
         overwrite: bool = False,
+        store: StoreConfig | None = None,
     ) -> Archive:
-        """Hash the ``splits`` of ``features`` with the run's model and store them with their metadata."""
+        """Hash the ``splits`` of ``features`` with the run's model and store them with their metadata.
+
+        ``store`` picks where the sub-indexes live (default: local). On a server, a failed build deletes the
+        collections (and schemas) it made; ``overwrite`` also replaces those of an earlier archive of this run."""
         run_dir, out = Path(run_dir), Path(out)
         method, run_manifest = load_run(run_dir)
         check_features(run_manifest, features, run_dir)
@@ -115,23 +140,41 @@ class Archive:
         dataset = dataset or dataset_from_source(features.manifest.get("source", {}))
         batch = _batch_from_features(part, dataset)
         identity = run_identity(run_dir, run_manifest)
+        config = store or StoreConfig()
+        where = store_manifest(config, identity["run_id"])
+        if overwrite and where["backend"] != "local" and out.exists():
+            drop_server_stores(out)
         with atomic_dir(out, overwrite=overwrite) as tmp:
             shutil.copytree(run_dir, tmp / "run")
             fields = {k: v for k, v in identity.items() if k != "bits"}  # bits is the index's own field
-            for m in MODALITIES:
-                ItemIndex.create(tmp / m, identity["bits"], **fields).close()
-            manifest = new_manifest(
-                KIND,
-                **identity,
-                dataset=features.manifest.get("dataset"),
-                label_set=features.manifest.get("label_set"),
-                splits=list(splits),
-                image_root=(dataset.source or {}).get("root"),
-            )
-            atomic_write_json(tmp / "manifest.json", manifest)
-            archive = cls(tmp, manifest, writable=True)
-            archive._add_batch(batch, method)
-            archive.close()
+            made: list[ArchiveStore] = []
+            try:
+                for m in MODALITIES:
+                    made.append(create_store(tmp / m, m, identity["bits"], where, config, fields))
+                manifest = new_manifest(
+                    KIND,
+                    **identity,
+                    dataset=features.manifest.get("dataset"),
+                    label_set=features.manifest.get("label_set"),
+                    splits=list(splits),
+                    image_root=(dataset.source or {}).get("root"),
+                    store=where,
+                )
+                atomic_write_json(tmp / "manifest.json", manifest)
+                archive = cls(tmp, manifest, writable=True)
+                try:
+                    archive._add_batch(batch, method)
+                    for index in archive.indexes.values():
+                        if isinstance(index, ServerStore):
+                            index.flush()  # a bulk load: searches then run on sealed, indexed segments
+                finally:
+                    archive.close()
+            except BaseException:
+                for s in made:  # a half-built archive leaves nothing on the servers
+                    _quietly(drop_store, s)
+                raise
+            for s in made:
+                s.close()
         return cls.open(out)
 
     @classmethod
@@ -146,6 +189,7 @@ class Archive:
     def close(self) -> None:
         for index in self.indexes.values():
             index.close()
+        self.indexes = {}
 
     def __enter__(self) -> Archive:
         return self
@@ -237,6 +281,24 @@ class Archive:
                 index.add(pack_codes(codes), items)
             added[m] = len(rows)
         return added
+
+
+def drop_server_stores(folder: Path) -> None:
+    """Before an overwrite: delete the collections/schemas the archive at ``folder`` keeps on servers."""
+    try:
+        old = read_manifest(folder, KIND)
+    except ArtefactError:
+        return  # not a finished archive: nothing recorded to drop
+    store = old.get("store", {})
+    if store.get("backend", "local") == "local":
+        return
+    for m in MODALITIES:
+        drop_store(open_store(folder / m, m, int(old["bits"]), store, {}, writable=True))
+
+
+def _quietly(fn: Any, *args: Any) -> None:
+    with contextlib.suppress(Exception):  # cleanup after a failure must not hide that failure
+        fn(*args)
 
 
 def _target(name: str) -> str:

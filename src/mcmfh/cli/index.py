@@ -23,17 +23,31 @@ def build(
     out: Path = typer.Option(..., "--out", help="Archive folder to write."),
     splits: str = typer.Option("train,dev", help="Comma-separated splits that form the database."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing archive."),
+    backend: str = typer.Option("local", help="Where the codes live: local (in OUT) or milvus (a Milvus server)."),
+    uri: str | None = typer.Option(
+        None, help="Milvus URI (default http://127.0.0.1:19530); token from env MCMFH_MILVUS_TOKEN."
+    ),
+    metadata: str = typer.Option("sqlite", help="Item metadata with --backend milvus: sqlite (in OUT) or postgres."),
+    dsn: str | None = typer.Option(
+        None,
+        envvar="MCMFH_POSTGRES_DSN",
+        help="PostgreSQL DSN for --metadata postgres (env MCMFH_POSTGRES_DSN keeps a password off the command line; "
+        "it is never written to the archive).",
+    ),
 ) -> None:
     """Hash the database split with the run's model and store codes plus item metadata."""
     from mcmfh.archive import Archive
+    from mcmfh.archive_store import StoreConfig
     from mcmfh.features import FeatureSet
 
     t0 = time.perf_counter()
+    store = StoreConfig(backend=backend, uri=uri, metadata=metadata, dsn=dsn)  # validated before the slow load
     fs = FeatureSet.load(features)
-    with Archive.build(run_dir, fs, out, splits=_splits(splits), overwrite=overwrite) as archive:
+    with Archive.build(run_dir, fs, out, splits=_splits(splits), overwrite=overwrite, store=store) as archive:
         n_img = len(archive.indexes["images"])
         typer.echo(f"archive {out}: {len(archive)} items ({n_img} with images), {archive.bits} bits, "
-                   f"{archive.manifest['method']}, built in {time.perf_counter() - t0:.1f}s")  # fmt: skip
+                   f"{archive.manifest['method']}, {backend} backend, "
+                   f"built in {time.perf_counter() - t0:.1f}s")  # fmt: skip
 
 
 @index_app.command("add")

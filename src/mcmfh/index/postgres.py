@@ -13,6 +13,7 @@ transaction: it happens entirely or not at all.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from mcmfh.errors import MCMFHError
 from mcmfh.index.codes import unpack_codes
 from mcmfh.index.storage import Hit, Item, _item_row
 
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _LOCK_ID = 0x6D636D6668  # "mcmfh": pg_advisory_xact_lock key for migrations
 
 
@@ -68,17 +70,24 @@ def bit_strings(packed: np.ndarray, bits: int) -> list[str]:
 class PostgresItemStore:
     """Items (id, caption, image, labels, source) with their codes, in one PostgreSQL database."""
 
-    def __init__(self, dsn: str, bits: int, connect_timeout: int = 5) -> None:
+    def __init__(self, dsn: str, bits: int, connect_timeout: int = 5, schema: str | None = None) -> None:
+        """``schema`` (a plain identifier) keeps this store's tables in their own PostgreSQL schema, created on
+        first use, so several stores (e.g. an archive's image and text sub-indexes) share one database."""
         if bits <= 0 or bits % 8:
             raise MCMFHError(f"postgres: bits must be a positive multiple of 8, got {bits}")
+        if schema is not None and not _IDENTIFIER.fullmatch(schema):
+            raise MCMFHError(f"postgres: schema must be a lower-case identifier (a-z, 0-9, _), got {schema!r}")
         pg = _psycopg()
-        self.bits, self.dsn = int(bits), dsn
+        self.bits, self.dsn, self.schema = int(bits), dsn, schema
         try:
             # autocommit: each transaction() block is a real transaction, and reads never leave one open
             self._db = pg.connect(dsn, connect_timeout=connect_timeout, autocommit=True)
         except pg.Error as e:
             raise MCMFHError(f"postgres: cannot connect to {_redact(dsn)} ({str(e).strip().splitlines()[0]})") from e
         self._pg = pg
+        if schema is not None:  # validated above, so it can be spliced into the statement
+            self._db.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            self._db.execute(f"SET search_path TO {schema}")
         self.schema_version = self._migrate()
         stored = int(self._one("SELECT value FROM mcmfh_meta WHERE name = 'bits'")[0])
         if stored != self.bits:
@@ -142,14 +151,45 @@ class PostgresItemStore:
             raise MCMFHError(f"postgres add: item id or key already stored ({str(e).splitlines()[0]})") from e
         return np.array(out, np.int64)
 
+    def reserve_keys(self, n: int) -> np.ndarray:
+        """``n`` fresh keys from the key sequence (never handed out again), for ``add(..., keys=...)`` after the
+        codes were stored elsewhere under these keys first."""
+        with self._db.cursor() as cur:
+            cur.execute(
+                "SELECT nextval(pg_get_serial_sequence('mcmfh_items', 'key')) FROM generate_series(1, %s)", (int(n),)
+            )
+            return np.array(sorted(r[0] for r in cur.fetchall()), np.int64)
+
+    def keys_of(self, item_ids: Sequence[str]) -> dict[str, int]:
+        """Keys of the given item ids that are stored."""
+        with self._db.cursor() as cur:
+            cur.execute("SELECT item_id, key FROM mcmfh_items WHERE item_id = ANY(%s)", ([str(i) for i in item_ids],))
+            return dict(cur.fetchall())
+
+    def all_keys(self) -> np.ndarray:
+        with self._db.cursor() as cur:
+            cur.execute("SELECT key FROM mcmfh_items ORDER BY key")
+            return np.array([r[0] for r in cur.fetchall()], np.int64)
+
+    def lookup(self, keys: Sequence[int] | np.ndarray) -> dict[int, Item]:
+        """The stored items among ``keys`` (unknown keys are left out)."""
+        with self._db.cursor() as cur:
+            cur.execute(
+                "SELECT key, item_id, caption, image, labels, source FROM mcmfh_items WHERE key = ANY(%s)",
+                ([int(k) for k in keys],),
+            )
+            return {r[0]: _item(r) for r in cur.fetchall()}
+
+    def drop(self) -> None:
+        """Delete this store's schema (``schema`` stores only) with everything in it."""
+        if self.schema is None:
+            raise MCMFHError("postgres: drop() only removes a store opened with its own schema")
+        self._db.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
+
     def get(self, keys: Sequence[int] | np.ndarray) -> list[Item]:
         """Items by key, in the given order; unknown keys raise MCMFHError."""
         keys = [int(k) for k in keys]
-        with self._db.cursor() as cur:
-            cur.execute(
-                "SELECT key, item_id, caption, image, labels, source FROM mcmfh_items WHERE key = ANY(%s)", (keys,)
-            )
-            found = {r[0]: _item(r) for r in cur.fetchall()}
+        found = self.lookup(keys)
         absent = [k for k in keys if k not in found]
         if absent:
             raise MCMFHError(f"postgres: no items with keys {absent[:5]}")

@@ -1,0 +1,371 @@
+"""Where an archive's sub-indexes keep their codes and item metadata.
+
+``local`` (the default) is ``ItemIndex``: codes and SQLite metadata in the archive folder, crash-safe by
+generations. ``milvus`` keeps the codes in a Milvus collection (``MilvusIndex``, exact, ties in insertion order) and
+the metadata either in SQLite in the archive folder or in PostgreSQL (``PostgresItemStore``, one schema per
+sub-index, its codes kept as ``bit(n)`` as well for SQL audits).
+
+Codes and metadata then live in two systems without a shared transaction, so ``ServerStore`` keeps one invariant:
+the keys in Milvus are a superset of the keys with metadata, and equal once a change completes. An add writes the
+codes first, then commits the metadata (the commit point); a remove commits the metadata deletion first, then
+deletes the codes. A process killed mid-change leaves extra codes without metadata: readers ask Milvus for that many
+more candidates and drop them (so results stay exact), and the next writer deletes them. An item counts as present
+only once its metadata is committed, so rerunning an interrupted add completes it.
+
+The archive manifest records the store (``store_manifest``) without secrets: a URI's user:password and a DSN's
+password are stripped. On open, the Milvus token comes from ``MCMFH_MILVUS_TOKEN`` and the PostgreSQL DSN from
+``MCMFH_POSTGRES_DSN`` when set (otherwise the recorded DSN, with libpq's ``PGPASSWORD`` / ``~/.pgpass``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+from mcmfh.errors import ArtefactError, MCMFHError
+from mcmfh.index.storage import DB_NAME, Hit, Item, ItemIndex, _item_row
+
+BACKENDS = ("local", "milvus")
+METADATA = ("sqlite", "postgres")
+TOKEN_ENV = "MCMFH_MILVUS_TOKEN"
+DSN_ENV = "MCMFH_POSTGRES_DSN"
+
+
+class ArchiveStore(Protocol):
+    """What ``Archive`` needs of a sub-index: ``ItemIndex`` (local) and ``ServerStore`` (milvus) provide it."""
+
+    def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]]) -> np.ndarray: ...
+    def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]: ...
+    def get(self, keys: Sequence[int] | np.ndarray) -> list[Item]: ...
+    def keys_of(self, item_ids: Sequence[str]) -> dict[str, int]: ...
+    def remove(self, item_ids: Sequence[str]) -> int: ...
+    def __len__(self) -> int: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """The CLI's ``--backend/--uri/--metadata/--dsn``: where a new archive keeps its sub-indexes."""
+
+    backend: str = "local"
+    uri: str | None = None
+    metadata: str = "sqlite"
+    dsn: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise MCMFHError(f"--backend: expected one of {BACKENDS}, got {self.backend!r}")
+        if self.metadata not in METADATA:
+            raise MCMFHError(f"--metadata: expected one of {METADATA}, got {self.metadata!r}")
+        if self.backend == "local" and (self.uri or self.metadata != "sqlite"):
+            raise MCMFHError("--uri and --metadata postgres need --backend milvus (local keeps everything in SQLite)")
+        if self.metadata == "postgres" and not (self.dsn or os.environ.get(DSN_ENV)):
+            raise MCMFHError(f"--metadata postgres needs --dsn or the {DSN_ENV} environment variable")
+
+
+def store_manifest(config: StoreConfig, run_id: str) -> dict[str, Any]:
+    """The manifest's ``store`` entry: backend, secret-free URI/DSN, and per-modality collection/schema names."""
+    if config.backend == "local":
+        return {"backend": "local"}
+    from mcmfh.index.milvus import DEFAULT_URI
+
+    names = {m: f"mcmfh_{run_id}_{m}" for m in ("images", "texts")}  # run_id is hex: valid names in both
+    out: dict[str, Any] = {"backend": "milvus", "uri": split_uri(config.uri or DEFAULT_URI)[0], "collections": names}
+    out["metadata"] = config.metadata
+    if config.metadata == "postgres":
+        out["dsn"], out["schemas"] = redact_dsn(config.dsn or os.environ[DSN_ENV]), names
+    return out
+
+
+def split_uri(uri: str) -> tuple[str, str | None]:
+    """``http://user:pw@host:port`` -> (``http://host:port``, ``"user:pw"``): the token never reaches a manifest."""
+    parts = urlsplit(uri)
+    if parts.username is None:
+        return uri, None
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    token = parts.username + (f":{parts.password}" if parts.password is not None else "")
+    return urlunsplit(parts._replace(netloc=netloc)), token
+
+
+def redact_dsn(dsn: str) -> str:
+    """A DSN without its password, keyword (``password=...``) or URL (``postgresql://u:pw@h/db``) form."""
+    if "://" in dsn:
+        parts = urlsplit(dsn)
+        if parts.password is None:
+            return dsn
+        netloc = parts.netloc.replace(f":{parts.password}@", "@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+    return " ".join(p for p in dsn.split() if not p.startswith("password="))
+
+
+# ---------------------------------------------------------------------------------------------------- open / create
+def create_store(
+    folder: Path, modality: str, bits: int, store: Mapping[str, Any], config: StoreConfig, fields: dict[str, Any]
+) -> ArchiveStore:
+    """A new, empty sub-index; a server collection or schema that already holds items is refused."""
+    if store["backend"] == "local":
+        return ItemIndex.create(folder, bits, **fields)
+    uri = config.uri or store["uri"]
+    dsn = config.dsn or os.environ.get(DSN_ENV)
+    # Read-only until checked: a writer would reconcile, i.e. delete codes another archive's metadata describes.
+    made = ServerStore.connect(folder, modality, bits, store, writable=False, uri=uri, dsn=dsn, create=True)
+    if len(made.codes) or len(made.meta):
+        where = f"collection {made.codes.collection_name!r} at {store['uri']}"
+        made.close()
+        raise MCMFHError(f"{where} already holds items (an archive of this run exists); use --overwrite to replace it")
+    made.writable = True
+    return made
+
+
+def open_store(folder: Path, modality: str, bits: int, store: Mapping[str, Any], expect: dict[str, Any],
+               writable: bool) -> ArchiveStore:  # fmt: skip
+    backend = store.get("backend", "local")
+    if backend == "local":
+        return ItemIndex.open(folder, expect=expect, writable=writable)
+    if backend != "milvus":
+        raise ArtefactError(f"{folder.parent}/manifest.json: unknown store backend {backend!r}")
+    return ServerStore.connect(folder, modality, bits, store, writable=writable)
+
+
+def drop_store(store: ArchiveStore) -> None:
+    """Delete what a server store holds on its servers (used when a build fails or is overwritten)."""
+    if isinstance(store, ServerStore):
+        store.drop()
+    store.close()
+
+
+# ---------------------------------------------------------------------------------------------------- metadata
+class SqliteMeta:
+    """Item metadata in ``items.sqlite`` beside nothing else: the codes are on the server."""
+
+    _SCHEMA = """
+    CREATE TABLE IF NOT EXISTS items (key INTEGER PRIMARY KEY, item_id TEXT NOT NULL UNIQUE, caption TEXT NOT NULL,
+                                      image TEXT, labels TEXT NOT NULL, source TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT OR IGNORE INTO counters VALUES ('next_key', 0);
+    """
+    _COLS = "key, item_id, caption, image, labels, source"
+
+    def __init__(self, path: Path, create: bool) -> None:
+        if not create and not path.is_file():
+            raise ArtefactError(f"{path}: missing")
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA synchronous = FULL")
+            if create:
+                self._db.executescript(self._SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise ArtefactError(f"{path}: unreadable item database ({e})") from e
+
+    def reserve_keys(self, n: int) -> np.ndarray:
+        """Fresh keys, never reused, so a code left on the server by a killed add cannot alias a new item."""
+        with self._transaction():
+            start = self._db.execute("SELECT value FROM counters WHERE name = 'next_key'").fetchone()[0]
+            self._db.execute("UPDATE counters SET value = ? WHERE name = 'next_key'", (start + n,))
+        return np.arange(start, start + n, dtype=np.int64)
+
+    def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]], keys: np.ndarray) -> None:
+        rows = [(int(k), *_item_row(i, it)) for i, (k, it) in enumerate(zip(keys, items, strict=True))]
+        with self._transaction():  # the commit point of an add
+            self._db.executemany(f"INSERT INTO items ({self._COLS}) VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def remove(self, item_ids: Sequence[str]) -> np.ndarray:
+        keys = np.array(sorted(self.keys_of(item_ids).values()), np.int64)
+        with self._transaction():
+            self._db.executemany("DELETE FROM items WHERE key = ?", [(int(k),) for k in keys])
+        return keys
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def keys_of(self, item_ids: Sequence[str]) -> dict[str, int]:
+        ids, out = [str(x) for x in item_ids], {}
+        for start in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
+            chunk = ids[start : start + 500]
+            sql = f"SELECT item_id, key FROM items WHERE item_id IN ({','.join('?' * len(chunk))})"
+            out.update(self._db.execute(sql, chunk).fetchall())
+        return out
+
+    def lookup(self, keys: Sequence[int] | np.ndarray) -> dict[int, Item]:
+        keys, out = [int(k) for k in keys], {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            sql = f"SELECT {self._COLS} FROM items WHERE key IN ({','.join('?' * len(chunk))})"
+            for key, item_id, caption, image, labels, source in self._db.execute(sql, chunk):
+                out[key] = Item(key, item_id, caption, image, tuple(json.loads(labels)), source)
+        return out
+
+    def all_keys(self) -> np.ndarray:
+        return np.array([r[0] for r in self._db.execute("SELECT key FROM items ORDER BY key")], np.int64)
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+    def drop(self) -> None:
+        """The file goes with the archive folder; nothing on a server."""
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class PostgresMeta:
+    """Item metadata (and codes as ``bit(n)``) in PostgreSQL, one schema per sub-index."""
+
+    def __init__(self, dsn: str, bits: int, schema: str) -> None:
+        from mcmfh.index.postgres import PostgresItemStore
+
+        self.store = PostgresItemStore(dsn, bits, schema=schema)
+
+    def reserve_keys(self, n: int) -> np.ndarray:
+        return self.store.reserve_keys(n)
+
+    def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]], keys: np.ndarray) -> None:
+        self.store.add(codes, items, keys=keys)
+
+    def remove(self, item_ids: Sequence[str]) -> np.ndarray:
+        return self.store.remove(item_ids)
+
+    def keys_of(self, item_ids: Sequence[str]) -> dict[str, int]:
+        return self.store.keys_of(item_ids)
+
+    def lookup(self, keys: Sequence[int] | np.ndarray) -> dict[int, Item]:
+        return self.store.lookup(keys)
+
+    def all_keys(self) -> np.ndarray:
+        return self.store.all_keys()
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def drop(self) -> None:
+        self.store.drop()
+
+    def close(self) -> None:
+        self.store.close()
+
+
+# ---------------------------------------------------------------------------------------------------- server store
+class ServerStore:
+    """Codes in Milvus, metadata in SQLite or PostgreSQL; see the module docstring for the add/remove order."""
+
+    def __init__(self, codes: Any, meta: SqliteMeta | PostgresMeta, writable: bool, where: str) -> None:
+        self.codes, self.meta, self.writable, self.where = codes, meta, writable, where
+        if writable:
+            self._reconcile()
+        # Codes without metadata (a change was killed and no writer has run since): ask Milvus for that many more.
+        self._extra = max(0, len(codes) - len(meta))
+
+    @classmethod
+    def connect(cls, folder: Path, modality: str, bits: int, store: Mapping[str, Any], writable: bool,
+                uri: str | None = None, dsn: str | None = None, create: bool = False) -> ServerStore:  # fmt: skip
+        from mcmfh.index.milvus import MilvusIndex
+
+        try:
+            name, kind = store["collections"][modality], store.get("metadata", "sqlite")
+        except (KeyError, TypeError) as e:
+            raise ArtefactError(f"{folder.parent}/manifest.json: store entry lacks {e}") from e
+        uri, token = split_uri(uri or store["uri"])
+        token = os.environ.get(TOKEN_ENV) or token
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        meta: SqliteMeta | PostgresMeta
+        if kind == "postgres":
+            meta = PostgresMeta(dsn or os.environ.get(DSN_ENV) or store["dsn"], bits, store["schemas"][modality])
+        else:
+            meta = SqliteMeta(folder / DB_NAME, create=create)
+        try:
+            codes = MilvusIndex(bits, uri=uri, collection=name, token=token)
+        except BaseException:
+            meta.close()
+            raise
+        return cls(codes, meta, writable, f"{modality} codes in collection {name!r} at {uri}")
+
+    def _reconcile(self) -> None:
+        """Delete codes a killed change left without metadata (only after a crash: the counts differ)."""
+        if len(self.codes) != len(self.meta):
+            orphans = np.setdiff1d(self.codes.ids, self.meta.all_keys())
+            self.codes.remove_ids(orphans)
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Add new items with their packed codes (ids must be new); codes first, then the metadata commit."""
+        self._require_writable()
+        codes = np.asarray(codes)
+        rows = [_item_row(i, it) for i, it in enumerate(items)]  # validate before anything is written
+        if codes.ndim != 2 or len(codes) != len(rows):
+            raise MCMFHError(f"archive add: {len(rows)} items but codes of shape {codes.shape}")
+        ids = [r[0] for r in rows]
+        if len(set(ids)) != len(ids):
+            raise MCMFHError("archive add: item ids repeat within the batch")
+        present = self.meta.keys_of(ids)
+        if present:
+            raise MCMFHError(f"archive add: item ids already in the index: {sorted(present)[:5]}")
+        if not rows:
+            return np.zeros(0, np.int64)
+        keys = self.meta.reserve_keys(len(rows))
+        self.codes.add(codes, keys)
+        self.meta.add(codes, items, keys)
+        return keys
+
+    def flush(self) -> None:
+        """Seal and index the inserted codes on the server (after a bulk add; searches are exact either way)."""
+        self.codes.flush()
+
+    def remove(self, item_ids: Sequence[str]) -> int:
+        self._require_writable()
+        keys = self.meta.remove(item_ids)  # the commit point: the items are gone for readers from here
+        if len(keys):
+            self.codes.remove_ids(keys)
+        return int(len(keys))
+
+    def get(self, keys: Sequence[int] | np.ndarray) -> list[Item]:
+        found = self.meta.lookup(keys)
+        absent = [int(k) for k in keys if int(k) not in found]
+        if absent:
+            raise MCMFHError(f"{self.where}: no items with keys {absent[:5]}")
+        return [found[int(k)] for k in keys]
+
+    def keys_of(self, item_ids: Sequence[str]) -> dict[str, int]:
+        return self.meta.keys_of(item_ids)
+
+    def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        """Top-k items per packed query, nearest first, ties in insertion order (as ``ItemIndex.search``)."""
+        dist, keys = self.codes.search(queries, k + self._extra)
+        found = keys[keys >= 0]
+        items = self.meta.lookup(np.unique(found)) if found.size else {}
+        return [
+            [Hit(items[int(c)], int(d)) for d, c in zip(dr, kr, strict=True) if int(c) in items][:k]
+            for dr, kr in zip(dist, keys, strict=True)
+        ]
+
+    def drop(self) -> None:
+        """Delete the collection and the PostgreSQL schema (the SQLite file goes with the folder)."""
+        self.codes.drop()
+        self.meta.drop()
+
+    def _require_writable(self) -> None:
+        if not self.writable:
+            raise MCMFHError(f"{self.where}: opened read-only (Archive.open(..., writable=True))")
+
+    def close(self) -> None:
+        self.codes.close()
+        self.meta.close()
