@@ -107,16 +107,6 @@ def test_open_engine_uses_the_engine_module(tmp_path: Path, monkeypatch) -> None
         engine_module.open_engine(tmp_path)
 
 
-def test_open_engine_without_the_engine_module(tmp_path: Path) -> None:
-    try:
-        import mcmfh.service.search_engine  # noqa: F401
-    except ModuleNotFoundError:
-        with pytest.raises(MCMFHError, match="not available yet"):
-            engine_module.open_engine(tmp_path)
-    else:
-        pytest.skip("the real engine exists; its own tests cover open_engine")
-
-
 @pytest.fixture
 def live_server(tmp_path: Path):
     engine = FakeEngine(tmp_path / "idx")

@@ -80,15 +80,7 @@ def open_engine(index_dir: str | Path) -> SearchEngine:
     The implementation lives in ``mcmfh.service.search_engine`` (function ``open_engine``), imported lazily so the
     service and its tests do not pull in torch or the encoders.
     """
-    try:
-        module = importlib.import_module(SEARCH_ENGINE_MODULE)
-    except ModuleNotFoundError as e:
-        if e.name != SEARCH_ENGINE_MODULE:
-            raise
-        raise MCMFHError(
-            f"the search engine over a trained run and index ({SEARCH_ENGINE_MODULE}) is not available yet; "
-            f"cannot open {index_dir}"
-        ) from None
+    module = importlib.import_module(SEARCH_ENGINE_MODULE)
     engine = module.open_engine(Path(index_dir))
     if not isinstance(engine, SearchEngine):
         raise MCMFHError(f"{SEARCH_ENGINE_MODULE}.open_engine returned {type(engine).__name__}, not a SearchEngine")
