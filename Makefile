@@ -27,7 +27,7 @@ test: install
 # Needs PostgreSQL server binaries (apt-get install postgresql); the tests start their own servers on 127.0.0.1.
 test-scale:
 	$(MAKE) install VENV=.venv-scale EXTRAS=offline,service,dev,scale
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv-scale/bin/python -m pytest -m scale tests
+	MCMFH_REQUIRE_SCALE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv-scale/bin/python -m pytest -m scale tests
 
 # The paper's BiomedCLIP backbone needs open_clip + torchvision, which here pair only with torch 2.14.1 (a large
 # CUDA build that runs on CPU), so it gets a venv of its own; the test builds the exact architecture, random weights.

@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# The real-server fixtures (Milvus, PostgreSQL, Ray) are registered once here, so each server starts once per session.
+pytest_plugins = ["scale_servers"]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -17,7 +17,7 @@ from mcmfh.cli import main
 from mcmfh.errors import MCMFHError
 from mcmfh.index.codes import pack_codes
 from mcmfh.index.storage import Item
-from scale_servers import free_port, milvus_uri, postgres_dsn, postgres_server  # noqa: F401 (fixtures)
+from scale_servers import free_port
 from test_archive import chain  # noqa: F401 (fixture: synthetic data -> tiny encoder -> 16-bit cca-itq run)
 
 pytestmark = pytest.mark.scale

@@ -11,7 +11,7 @@ import pytest
 from mcmfh.errors import MCMFHError
 from mcmfh.index import FlatIndex
 from mcmfh.index.factory import make_index, open_backend
-from scale_servers import free_port, milvus_uri  # noqa: F401 (fixture)
+from scale_servers import free_port
 
 pytestmark = pytest.mark.scale
 

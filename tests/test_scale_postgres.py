@@ -8,7 +8,7 @@ import pytest
 from mcmfh.errors import MCMFHError
 from mcmfh.index import FlatIndex
 from mcmfh.index.codes import pack_codes, unpack_codes
-from scale_servers import free_port, postgres_dsn, postgres_server  # noqa: F401 (fixtures)
+from scale_servers import free_port
 
 pytestmark = pytest.mark.scale
 

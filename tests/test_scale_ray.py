@@ -11,7 +11,6 @@ from mcmfh.data.records import Dataset, LoadReport, Record, build_vocab
 from mcmfh.encoders import get_encoder
 from mcmfh.feature_cache import EncodeOptions, run_encode
 from mcmfh.features import FeatureSet
-from scale_servers import ray_local  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.scale
 
