@@ -142,6 +142,14 @@ def split_labels(cell: str | None, sep: str = ";") -> tuple[str, ...]:
     return tuple(dict.fromkeys(t.strip() for t in cell.split(sep) if t.strip()))
 
 
+def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (a BOM is dropped); unreadable or non-UTF-8 files are a DataError."""
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read as UTF-8 text ({e})") from None
+
+
 def read_csv_rows(path: Path, required: tuple[str, ...], issues: Issues) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield ``(line, row)`` with the 1-based physical line where the row starts (the header is line 1).
 

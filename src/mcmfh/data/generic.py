@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mcmfh.data.build import Candidate, Issues, finalize, read_csv_rows, split_labels
+from mcmfh.data.build import Candidate, Issues, finalize, read_csv_rows, read_lines, split_labels
 from mcmfh.data.records import Dataset
 from mcmfh.data.registry import register_loader
 from mcmfh.errors import DataError
@@ -78,10 +78,7 @@ def load_rows_csv(path: Path, label_set: str, issues: Issues, require_id: bool =
 def load_rows_jsonl(path: Path, label_set: str, issues: Issues) -> list[Candidate]:
     required = REQUIRED + (label_set,)
     out: list[Candidate] = []
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read as UTF-8 text ({e})") from None
+    lines = read_lines(path)
     for i, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue

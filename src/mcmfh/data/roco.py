@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mcmfh.data.build import Candidate, Issues, finalize
+from mcmfh.data.build import Candidate, Issues, finalize, read_lines
 from mcmfh.data.records import Dataset
 from mcmfh.data.registry import register_loader
 from mcmfh.errors import DataError
@@ -32,10 +32,7 @@ IMAGES_DIR = "images"
 def read_tsv(path: Path, issues: Issues, min_fields: int) -> dict[str, tuple[int, list[str]]]:
     """``id -> (line, other fields)`` of a ROCO tab-separated file; short rows and repeated ids are bad items."""
     out: dict[str, tuple[int, list[str]]] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from None
+    lines = read_lines(path)
     for i, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
