@@ -171,12 +171,12 @@ class UCMFH(HashMethod):
         }
 
     def _dev_map(self, train: FeatureSet, dev: FeatureSet) -> dict[str, float]:
-        from mcmfh.metrics import hamming_distances, map_all, relevance
+        from mcmfh.selection import dev_map
 
-        rel = relevance(dev.labels, train.labels)
-        i2t = map_all(hamming_distances(self.encode_images(dev.image), self.encode_texts(train.text)), rel)
-        t2i = map_all(hamming_distances(self.encode_texts(dev.text), self.encode_images(train.image)), rel)
-        return {"i2t": i2t, "t2i": t2i}
+        q_img, q_txt = self.encode_images(dev.image), self.encode_texts(dev.text)
+        db_img, db_txt = self.encode_images(train.image), self.encode_texts(train.text)
+        score = dev_map(q_img, q_txt, db_img, db_txt, dev.labels, train.labels)
+        return {"i2t": score.i2t, "t2i": score.t2i}
 
     @torch.no_grad()
     def _encode(self, feats: np.ndarray, modality: str) -> np.ndarray:

@@ -7,7 +7,7 @@ Stage 2: fusion transformer + hashing heads (+ the DV-MLPs in the no-dv ablation
             inference uses. L_pair: each of them against the fused *pair* token (mean of the two output tokens of
             the [image, text] pass, with modality dropout): the fused pair teaches the single-modality paths.
   L_hash:   contrastive loss on the tanh outputs of the hashing heads.   L_gate: the hybrid gating loss.
-Model choice (``select_on``): per stage, the epoch with the best dev mAP@all (dev queries vs the train set as
+Model choice (``select_on``): per stage, the epoch with the best dev tie-aware mAP@all (dev queries vs the train set as
 database, both directions averaged; cosine on DV outputs in stage 1, Hamming on codes in stage 2), or the lowest dev
 loss, or simply the last epoch. The test split is never seen here.
 Resume: with ``checkpoint_dir`` set, the full training state (weights, best weights, optimiser, RNG states,
@@ -41,10 +41,10 @@ from mcmfh.losses import (
     quantization_loss,
 )
 from mcmfh.manifest import fingerprint
-from mcmfh.metrics import cosine_distances, hamming_distances, map_all, relevance
 from mcmfh.model.config import MCMFHConfig
 from mcmfh.model.fusion import IMAGE, TEXT
 from mcmfh.model.network import MCMFHNet
+from mcmfh.selection import dev_map
 
 CHECKPOINT_NAME = "mcmfh-fit.safetensors"
 EpochCallback = Callable[[int, int], None]  # (stage, epoch) after each finished epoch
@@ -129,7 +129,7 @@ class Trainer:
         if stage == 1:
             q_img, q_txt = (t.numpy() for t in self.net.dv_tokens(self.dev.image, self.dev.text))
             db_img, db_txt = (t.numpy() for t in self.net.dv_tokens(self.train.image, self.train.text))
-            dist = cosine_distances
+            binary = False
         else:
             q_img, q_txt = self.net.image_codes(self.dev.image).numpy(), self.net.text_codes(self.dev.text).numpy()
             if (
@@ -141,10 +141,9 @@ class Trainer:
                 db_img = self.net.image_codes(self.train.image).numpy()
                 db_txt = self.net.text_codes(self.train.text).numpy()
             q_img, q_txt, db_img, db_txt = (c > 0 for c in (q_img, q_txt, db_img, db_txt))
-            dist = hamming_distances
-        rel = relevance(self.dev.labels, self.train.labels)
-        i2t, t2i = map_all(dist(q_img, db_txt), rel), map_all(dist(q_txt, db_img), rel)
-        return 0.5 * (i2t + t2i)
+            binary = True
+        labels = self.dev.labels, self.train.labels
+        return dev_map(q_img, q_txt, db_img, db_txt, *labels, binary=binary).mean
 
     @torch.no_grad()
     def _dev_score(self, stage: int, loss_fn: Callable[..., dict[str, torch.Tensor]]) -> float:
