@@ -173,6 +173,10 @@ def run_row(fs: FeatureSet, setting: str, method: str, bits: int, seed: int, opt
     return row
 
 
+def _cell(rs: list[dict], key: str) -> str:
+    return "{:.3f} ± {:.3f}".format(*mean_std([float(r[key]) for r in rs]))
+
+
 def markdown(rows: list[dict], settings: list[str], methods: list[str]) -> str:
     lines = [
         "| setting | method | i2t mAP | t2i mAP | stable i2t / t2i | codes image / text (eff. bits) | flags |",
@@ -183,7 +187,6 @@ def markdown(rows: list[dict], settings: list[str], methods: list[str]) -> str:
             rs = [r for r in rows if r["setting"] == setting and r["method"] == method]
             if not rs:
                 continue
-            cell = lambda key: "{:.3f} ± {:.3f}".format(*mean_std([float(r[key]) for r in rs]))  # noqa: E731
             stable = f"{np.mean([r['i2t_map_all'] for r in rs]):.3f} / {np.mean([r['t2i_map_all'] for r in rs]):.3f}"
             h = [r["code_health"] for r in rs]
             codes = " / ".join(
@@ -191,7 +194,7 @@ def markdown(rows: list[dict], settings: list[str], methods: list[str]) -> str:
                 for m in ("image", "text")
             )
             lines.append(
-                f"| {setting} | {method} | {cell('i2t_map')} | {cell('t2i_map')} | {stable} | {codes} | "
+                f"| {setting} | {method} | {_cell(rs, 'i2t_map')} | {_cell(rs, 't2i_map')} | {stable} | {codes} | "
                 f"{'; '.join(row_flags(rs))} |"
             )
     return "\n".join(lines)
@@ -230,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--bits", type=int, default=16)
-    ap.add_argument("--options", default="{}", help='JSON {method: {option: value}}, e.g. to measure a change')
+    ap.add_argument("--options", default="{}", help="JSON {method: {option: value}}, e.g. to measure a change")
     args = ap.parse_args(argv)
     settings, methods = args.settings.split(","), args.methods.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
