@@ -49,3 +49,21 @@ def test_run_info_reads_the_commit_of_a_checkout(tmp_path) -> None:
     subprocess.run(["git", "-C", str(tmp_path), *env, "commit", "-qm", "x"], check=True)
     head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     assert run_info(cwd=tmp_path)["git_commit"] == head.strip()
+
+
+def test_ablation_equal_to_std_is_no_effect_and_flags() -> None:
+    rows = []
+    for s, noise in enumerate((0.0, 0.004, -0.004)):
+        mc = _row("mcmfh", 16, s, 0.500 + noise, 0.500)
+        mc["i2t_map_all"] = 0.530 + noise  # stable order 0.03 above the tie-aware figure: flagged
+        mc["code_health"] = {"collapsed": s == 1, "image": {"distinct": 7, "effective_bits": 2.8},
+                             "text": {"distinct": 17, "effective_bits": 4.0}}  # fmt: skip
+        rows += [mc, _row("mcmfh-no-moe", 16, s, 0.504 + noise, 0.500)]
+    md = results_markdown(rows, 50)
+    abl = md.split("| mcmfh-no-moe | 16 | +")[1].splitlines()[0]
+    assert "i2t: within std" in abl and "ablation better" not in abl  # Δ = +0.004 ± 0.004 is no effect
+    line = next(x for x in md.splitlines() if x.startswith("| mcmfh | 16 |"))
+    assert "**collapsed** (1/3 seeds)" in line and "i2t stable − tie-aware +0.030" in line
+    assert "t2i stable" not in line and "7 (2.8 b) / 17 (4.0 b)" in line
+    clean = next(x for x in md.splitlines() if x.startswith("| mcmfh-no-moe | 16 |"))
+    assert "collapsed" not in clean and "stable −" not in clean

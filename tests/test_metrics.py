@@ -166,3 +166,54 @@ def test_fast_enough_for_1000_by_10000():
     t = time.perf_counter()
     ranking_metrics(hamming_distances(qc, dc), relevance(ql, dl))
     assert time.perf_counter() - t < 20
+
+
+def _monte_carlo(dist: np.ndarray, rel: np.ndarray, opts: RankingOptions, draws: int, seed: int) -> dict:
+    """Stable-order figures averaged over random database orders: their mean is the tie-aware expectation."""
+    rng = np.random.default_rng(seed)
+    acc: dict[str, float] = {"map_all": 0.0, "map_at_k_ucmfh": 0.0}
+    pk: dict[str, float] = {}
+    for _ in range(draws):
+        perm = rng.permutation(dist.shape[1])
+        m = ranking_metrics(dist[:, perm], rel[:, perm], opts)
+        for key in acc:
+            acc[key] += float(m[key]) / draws
+        for k, v in m["p_at_k_stable"].items():
+            pk[k] = pk.get(k, 0.0) + v / draws
+    return {**acc, "p_at_k": pk}
+
+
+def test_tie_aware_map_at_k_and_p_at_k_match_monte_carlo():
+    rng = np.random.default_rng(3)
+    dist = rng.integers(0, 4, size=(6, 40))  # 4 distinct distances: big tie groups straddle every cut-off
+    rel = rng.random((6, 40)) < 0.3
+    rel[0] = False  # a query without relevant items scores 0
+    opts = RankingOptions(map_k=7, p_at_k=(1, 3, 7, 20), radius=None)
+    exact = ranking_metrics(dist, rel, opts)
+    mc = _monte_carlo(dist, rel, opts, draws=1500, seed=0)
+    assert exact["map_all_tie_aware"] == pytest.approx(mc["map_all"], abs=0.01)
+    assert exact["map_at_k_ucmfh_tie_aware"] == pytest.approx(mc["map_at_k_ucmfh"], abs=0.01)
+    for k, v in exact["p_at_k"].items():
+        assert v == pytest.approx(mc["p_at_k"][k], abs=0.01), k
+
+
+def test_tie_aware_map_at_k_exact_on_a_small_case():
+    # One query, 4 items all tied, 2 relevant, K = 2. Orders: the 2 of 4 in the top 2 are hypergeometric:
+    # x=0 (1/6): AP 0; x=2 (1/6): AP 1; x=1 (4/6): relevant first or second, AP 1 or 1/2 -> 3/4. E = 1/6 + 1/2.
+    dist = np.zeros((1, 4), dtype=np.int32)
+    rel = np.array([[1, 1, 0, 0]], bool)
+    m = ranking_metrics(dist, rel, RankingOptions(map_k=2, p_at_k=(2,), radius=None))
+    assert m["map_at_k_ucmfh_tie_aware"] == pytest.approx(1 / 6 + 0.5)
+    assert m["map_at_k_ucmfh"] == pytest.approx(1.0)  # database order puts both relevant items first
+    assert m["p_at_k"]["2"] == pytest.approx(0.5) and m["p_at_k_stable"]["2"] == pytest.approx(1.0)
+
+
+def test_tie_aware_figures_equal_stable_without_ties():
+    rng = np.random.default_rng(1)
+    dist = rng.random((5, 30))
+    rel = rng.random((5, 30)) < 0.4
+    m = ranking_metrics(dist, rel, RankingOptions(map_k=10, p_at_k=(1, 5, 10), radius=None))
+    assert m["map_at_k_ucmfh_tie_aware"] == pytest.approx(m["map_at_k_ucmfh"], abs=1e-12)
+    assert m["map"] == pytest.approx(m["map_all"], abs=1e-12)
+    for k in m["p_at_k"]:
+        assert m["p_at_k"][k] == pytest.approx(m["p_at_k_stable"][k], abs=1e-12)

@@ -17,7 +17,7 @@ from mcmfh.model.moe import DenseFeedForward, MoEFeedForward
 
 TINY = dict(
     width=32, dv_hidden=32, ffn_hidden=32, hash_hidden=32, epochs_stage1=3, epochs_stage2=3, batch_size=48,
-    num_threads=1, eval_every=1,
+    num_threads=1, eval_every=1, min_steps_stage1=0, min_steps_stage2=0,
 )  # fmt: skip
 
 
@@ -271,6 +271,20 @@ def test_model_choice_uses_dev_and_model_beats_chance(data) -> None:
     log = fixed.fit(train, dev)
     assert log["selection"] == "last" and log["stage2"]["chosen_epoch"] == TINY["epochs_stage2"]
     assert "dev_score" not in log["stage2"]["history"][-1]
+
+
+def test_step_floor_and_code_health_in_the_training_log(data) -> None:
+    train, dev, _ = data
+    n_batches = -(-len(train) // TINY["batch_size"])
+    floor = {**TINY, "epochs_stage1": 1, "epochs_stage2": 1, "min_steps_stage1": n_batches + 1,
+             "min_steps_stage2": 2 * n_batches + 1}  # fmt: skip
+    log = create_method("mcmfh", bits=16, seed=0, **floor).fit(train, dev)
+    # A small training set gets the floor's number of optimiser steps, rounded up to whole epochs.
+    assert len(log["stage1"]["history"]) == log["stage1"]["epochs"] == 2
+    assert len(log["stage2"]["history"]) == log["stage2"]["epochs"] == 3
+    row = log["stage2"]["history"][-1]
+    assert 1 <= row["codes_image"] <= len(train) and 0 < row["effective_bits_text"] <= 16
+    assert isinstance(row["collapsed"], bool) and "codes_image" not in log["stage1"]["history"][-1]
 
 
 def test_without_dev_split_the_fixed_recipe_is_used(data) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from mcmfh.code_health import method_code_health
 from mcmfh.errors import MCMFHError
 from mcmfh.features import FeatureSet
 from mcmfh.method import HashMethod
@@ -20,9 +21,11 @@ from mcmfh.metrics import RankingOptions, cosine_distances, hamming_distances, r
 
 # Keys of one direction's metrics that are copied to the flat top level as "<dir>_<key>".
 _FLAT = {
+    "map": "map",  # the headline: tie-aware mAP@all, order-independent
     "map_all": "map_all",
     "map_all_tie_aware": "map_all_tie_aware",
     "map_at_k_ucmfh": "map_{k}",
+    "map_at_k_ucmfh_tie_aware": "map_{k}_tie_aware",
     "precision_radius": "precision_radius",
     "chance_map": "chance_map",
 }
@@ -51,9 +54,9 @@ def _direction(
     if getattr(method, "reports_exact_chance", False):
         # The chance row is the exact expectation over random rankings; the random codes' own score is kept beside.
         m["random_codes_map_all"] = m["map_all"]
-        m["map_all"] = m["map_all_tie_aware"] = m["chance_map"]
+        m["map"] = m["map_all"] = m["map_all_tie_aware"] = m["chance_map"]
         m["note"] = "chance: map_all is the exact expectation; the other metrics are the random codes' values"
-    for key in ("ap_all", "ap_all_tie_aware", "ap_at_k_ucmfh"):
+    for key in ("ap_all", "ap_all_tie_aware", "ap_at_k_ucmfh", "ap_at_k_ucmfh_tie_aware"):
         m[key] = np.asarray(m[key]).tolist()
     return m
 
@@ -65,7 +68,12 @@ def evaluate_method(
     database: Sequence[str] = ("train", "dev"),
     options: RankingOptions | None = None,
 ) -> dict[str, Any]:
-    """Metrics of ``method`` for image->text and text->image, nested per direction plus flat summary keys."""
+    """Metrics of ``method`` for image->text and text->image, nested per direction plus flat summary keys.
+
+    Flat keys: ``<dir>_map`` is the headline (tie-aware mAP@all); ``<dir>_map_all`` breaks ties by database order
+    (stable, secondary); ``<dir>_map_all_tie_aware`` equals ``<dir>_map``; ``<dir>_map_<K>`` (stable) and
+    ``<dir>_map_<K>_tie_aware`` are UCMFH's mAP@K. ``code_health`` describes the database codes (None for
+    continuous methods)."""
     opts = options or RankingOptions()
     q = features.splits(*queries)
     db = features.splits(*database)
@@ -73,10 +81,9 @@ def evaluate_method(
         raise MCMFHError(f"evaluate: no items in query splits {list(queries)} or database splits {list(database)}")
     q_img, db_img = q.subset(q.has_image), db.subset(db.has_image)
     db_text = method.encode_texts(db.text)
+    db_image = method.encode_images(db_img.image)
     i2t = _direction(method, method.encode_images(q_img.image), db_text, q_img.labels, db.labels, opts)
-    t2i = _direction(
-        method, method.encode_texts(q.text), method.encode_images(db_img.image), q.labels, db_img.labels, opts
-    )
+    t2i = _direction(method, method.encode_texts(q.text), db_image, q.labels, db_img.labels, opts)
     out: dict[str, Any] = {
         "method": method.name,
         "bits": method.bits,
@@ -88,6 +95,8 @@ def evaluate_method(
         "bytes_per_item": bytes_per_item(method, int(np.asarray(db_text).shape[1])),
         "i2t": i2t,
         "t2i": t2i,
+        # Of the database codes, per modality: a collapsed model shows here whatever its mAP (mcmfh.code_health).
+        "code_health": None if method.continuous else method_code_health(db_image, db_text),
     }
     for direction, m in (("i2t", i2t), ("t2i", t2i)):
         for key, flat in _FLAT.items():
@@ -101,6 +110,11 @@ def summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
     for k, v in metrics.items():
         if k in ("i2t", "t2i"):
             v = {kk: vv for kk, vv in v.items() if not kk.startswith("ap_")}
+        elif k == "code_health" and v is not None:  # per-bit lists stay in metrics.json, not in every row
+            v = {
+                m: ({kk: vv for kk, vv in h.items() if kk != "bit_balance"} if isinstance(h, dict) else h)
+                for m, h in v.items()
+            }
         out[k] = v
     return out
 

@@ -267,8 +267,9 @@ def run_experiment(
         atomic_write_json(path, row)
         rows.append(row)
         log(
-            f"[{i}/{len(grid)}] {method} {bits} bits seed {seed}: i2t {row['i2t_map_all']:.3f} "
-            f"t2i {row['t2i_map_all']:.3f} ({row['train_seconds']:.1f}s)"
+            f"[{i}/{len(grid)}] {method} {bits} bits seed {seed}: mAP i2t {row['i2t_map']:.3f} "
+            f"t2i {row['t2i_map']:.3f} (stable order {row['i2t_map_all']:.3f} / {row['t2i_map_all']:.3f}) "
+            f"({row['train_seconds']:.1f}s){' COLLAPSED' if (row.get('code_health') or {}).get('collapsed') else ''}"
         )
     atomic_write_json(out / "results.json", {"rows": rows})
     from mcmfh.report import run_info, write_report

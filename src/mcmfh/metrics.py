@@ -2,8 +2,12 @@
 
 Conventions, used everywhere in this module:
 - Relevance: a database item is relevant to a query when they share at least one label.
-- Ranking: ascending distance (Hamming distance for codes, 1 - cosine for continuous embeddings). Ties are broken by
-  database order (stable sort), a fixed label-independent order, so results are reproducible.
+- Ranking: ascending distance (Hamming distance for codes, 1 - cosine for continuous embeddings).
+- Ties: every headline figure (``map``, ``map_all_tie_aware``, ``map_at_k_ucmfh_tie_aware``, ``p_at_k``,
+  ``pr_curve``) is the exact expectation over uniformly random orders inside each group of tied distances, so it does
+  not depend on the database order. The ``stable`` figures (``map_all``, ``map_at_k_ucmfh``, ``p_at_k_stable``) break
+  ties by database order; they are kept as secondary numbers because they reward collapsed codes whenever the
+  database happens to be sorted by label.
 - A query with no relevant item scores 0 in every AP-type metric and is counted in the mean (never dropped).
 - The tie-aware AP (McSherry & Najork, ECIR 2008) is the exact expectation of AP over uniformly random orders inside
   each group of tied distances: the honest number for short codes, where most of the ranking is ties.
@@ -113,6 +117,55 @@ def _tie_aware_ap(sorted_dist: np.ndarray, sorted_rel: np.ndarray, n_rel: np.nda
     return np.where(n_rel > 0, contrib.sum(1) / np.maximum(n_rel, 1), 0.0)
 
 
+def _expected_hits(sorted_dist: np.ndarray, sorted_rel: np.ndarray) -> np.ndarray:
+    """(Q, N) expected number of relevant items within the top j+1, over random orders inside every tie group.
+
+    The first m items of a group of n (r relevant, p relevant before it) hold on average m·r/n relevant ones (each
+    group position is relevant with probability r/n), so E[hits@j] = p + (j - start + 1)·r/n: exact and linear.
+    """
+    start, size, rel_in, rel_before = _group_stats(sorted_dist, sorted_rel)
+    pos = np.arange(sorted_dist.shape[1])
+    return rel_before + (pos - start + 1) * rel_in / size
+
+
+def _tie_aware_ap_at_k(sorted_dist: np.ndarray, sorted_rel: np.ndarray, k: int) -> np.ndarray:
+    """Exact expected UCMFH AP@K over random orders inside tie groups; (Q,) values.
+
+    AP@K = Σ_{j≤K} prec(j)·rel(j) / hits(K) is a ratio, so linearity alone does not give its expectation. Only the
+    group G that straddles the cut-off makes hits(K) random: with G at positions s..e (n items, r relevant,
+    p relevant before it) and m = K - s of its items inside the top K, the number x of relevant ones among those m
+    is hypergeometric(n, r, m). Groups wholly inside the top K contribute their tie-aware expectation A (independent
+    of G's order); given x, G's x relevant items sit uniformly among its first m positions and contribute
+    C(x) = Σ_{i=1..m} (x/m)(p + 1 + (i-1)(x-1)/(m-1)) / (s + i). So E[AP@K] = Σ_x P(x) (A + C(x)) / (p + x), with
+    0 when p + x = 0.
+    """
+    from scipy.stats import hypergeom
+
+    q, n_db = sorted_dist.shape
+    k = min(k, n_db)
+    start, size, rel_in, rel_before = _group_stats(sorted_dist, sorted_rel)
+    pos = np.arange(n_db)
+    within = pos - start
+    contrib = (rel_in / size) * (rel_before + 1 + within * (rel_in - 1) / np.maximum(size - 1, 1)) / (pos + 1)
+    s = start[:, k - 1]  # 0-based start of the cut group
+    n, r, p = size[:, k - 1], rel_in[:, k - 1], rel_before[:, k - 1]
+    m = k - s
+    before_cut = pos[None, :] < s[:, None]
+    a = np.where(before_cut, contrib, 0.0).sum(1)
+    out = np.zeros(q)
+    i = np.arange(1, k + 1)[None, :]  # group position, 1-based; only i <= m counts
+    for x in range(0, int(min(m.max(), r.max())) + 1):
+        px = hypergeom.pmf(x, n, r, m)
+        valid = (px > 0) & (p + x > 0)
+        if not valid.any():
+            continue
+        mates = (i - 1) * (x - 1) / np.maximum(m[:, None] - 1, 1)
+        terms = (x / m[:, None]) * (p[:, None] + 1 + mates) / (s[:, None] + i)
+        c = np.where(i <= m[:, None], terms, 0.0).sum(1) if x > 0 else np.zeros(q)
+        out += np.where(valid, px * (a + c) / np.maximum(p + x, 1), 0.0)
+    return out
+
+
 @dataclass
 class RankingOptions:
     """What ``ranking_metrics`` computes besides mAP@all (each a documented, configurable choice)."""
@@ -128,9 +181,12 @@ def ranking_metrics(
 ) -> dict[str, object]:
     """All ranking metrics for one direction from distances (Q, N) and relevance (Q, N).
 
-    Returns per-query AP arrays (``ap_all``, ``ap_all_tie_aware``, ``ap_at_k_ucmfh``) and the aggregated numbers
-    ``map_all``, ``map_all_tie_aware``, ``map_at_k_ucmfh``, ``p_at_k`` ({K: precision}), ``pr_curve`` (lists of
-    recall and precision at ranking cutoffs), ``precision_radius`` (or None), and ``chance_map``.
+    Returns per-query AP arrays (``ap_all``, ``ap_all_tie_aware``, ``ap_at_k_ucmfh``, ``ap_at_k_ucmfh_tie_aware``)
+    and the aggregated numbers: ``map`` (the headline: tie-aware mAP@all), ``map_all`` (ties in database order,
+    secondary), ``map_all_tie_aware`` (= ``map``), ``map_at_k_ucmfh_tie_aware`` and ``map_at_k_ucmfh`` (stable),
+    ``p_at_k`` ({K: expected precision over random orders inside ties}), ``p_at_k_stable`` (database order),
+    ``pr_curve`` (expected recall and precision at ranking cutoffs, tie-aware), ``precision_radius`` (or None;
+    order-independent), and ``chance_map``. Every figure without "stable" in its name is order-independent.
     """
     opts = options or RankingOptions()
     dist = np.asarray(dist)
@@ -144,8 +200,8 @@ def ranking_metrics(
     cutoffs = np.unique(np.linspace(1, n, opts.pr_points).round().astype(int))
     block = max(1, (block_elements or DEFAULT_BLOCK_ELEMENTS) // n)
     n_rel_all = rel.sum(1)
-    ap, ap_tie, ap_k = np.zeros(q), np.zeros(q), np.zeros(q)
-    prec_k = np.zeros((q, len(ks)))
+    ap, ap_tie, ap_k, ap_k_tie = np.zeros(q), np.zeros(q), np.zeros(q), np.zeros(q)
+    prec_k, prec_k_stable = np.zeros((q, len(ks))), np.zeros((q, len(ks)))
     pr_p, pr_r = np.zeros((q, len(cutoffs))), np.zeros((q, len(cutoffs)))
     ranks = np.arange(1, n + 1, dtype=np.float64)
     # Integer distances sort fastest (radix sort) as int16; float distances keep their dtype.
@@ -164,10 +220,14 @@ def ranking_metrics(
         k = min(opts.map_k, n)
         hits_k = cum[:, k - 1]
         ap_k[s : s + block] = np.where(hits_k > 0, (prec[:, :k] * sr[:, :k]).sum(1) / np.maximum(hits_k, 1), 0.0)
+        ap_k_tie[s : s + block] = _tie_aware_ap_at_k(sd, sr, k)
+        e_cum = _expected_hits(sd, sr)
+        e_prec = e_cum / ranks
         if ks:
-            prec_k[s : s + block] = prec[:, np.array(ks) - 1]
-        pr_p[s : s + block] = prec[:, cutoffs - 1]
-        pr_r[s : s + block] = np.where(n_rel[:, None] > 0, cum[:, cutoffs - 1] / np.maximum(n_rel, 1)[:, None], 0.0)
+            prec_k[s : s + block] = e_prec[:, np.array(ks) - 1]
+            prec_k_stable[s : s + block] = prec[:, np.array(ks) - 1]
+        pr_p[s : s + block] = e_prec[:, cutoffs - 1]
+        pr_r[s : s + block] = np.where(n_rel[:, None] > 0, e_cum[:, cutoffs - 1] / np.maximum(n_rel, 1)[:, None], 0.0)
     out: dict[str, object] = {
         "n_queries": q,
         "n_database": n,
@@ -175,11 +235,17 @@ def ranking_metrics(
         "ap_all": ap,
         "ap_all_tie_aware": ap_tie,
         "ap_at_k_ucmfh": ap_k,
+        "ap_at_k_ucmfh_tie_aware": ap_k_tie,
+        "map": float(ap_tie.mean()) if q else 0.0,
         "map_all": float(ap.mean()) if q else 0.0,
         "map_all_tie_aware": float(ap_tie.mean()) if q else 0.0,
         "map_at_k_ucmfh": float(ap_k.mean()) if q else 0.0,
+        "map_at_k_ucmfh_tie_aware": float(ap_k_tie.mean()) if q else 0.0,
         "map_k": int(opts.map_k),
         "p_at_k": {str(k): float(v) for k, v in zip(ks, prec_k.mean(0) if q else np.zeros(len(ks)), strict=True)},
+        "p_at_k_stable": {
+            str(k): float(v) for k, v in zip(ks, prec_k_stable.mean(0) if q else np.zeros(len(ks)), strict=True)
+        },
         "pr_curve": {
             "cutoffs": cutoffs.tolist(),
             "recall": (pr_r.mean(0) if q else np.zeros(len(cutoffs))).tolist(),
@@ -213,5 +279,11 @@ def map_all_tie_aware(dist: np.ndarray, rel: np.ndarray) -> float:
 
 
 def map_at_k_ucmfh(dist: np.ndarray, rel: np.ndarray, k: int = 50) -> float:
-    """mAP@K as in UCMFH: AP over the top K, normalised by the relevant items *within the top K* (none: 0)."""
+    """mAP@K as in UCMFH: AP over the top K, normalised by the relevant items *within the top K* (none: 0); ties in
+    database order."""
     return float(ranking_metrics(dist, rel, RankingOptions(map_k=k, radius=None))["map_at_k_ucmfh"])
+
+
+def map_at_k_ucmfh_tie_aware(dist: np.ndarray, rel: np.ndarray, k: int = 50) -> float:
+    """UCMFH mAP@K as the exact expectation over random orders inside tie groups."""
+    return float(ranking_metrics(dist, rel, RankingOptions(map_k=k, radius=None))["map_at_k_ucmfh_tie_aware"])

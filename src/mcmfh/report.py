@@ -12,14 +12,49 @@ import numpy as np
 from mcmfh.io import atomic_write_text
 
 # (column title, row key) of the per-direction numbers in the table.
+# The first two are the headline (tie-aware mAP@all); stable-order figures come last and say so.
 _COLUMNS = (
-    ("i2t mAP@all", "i2t_map_all"),
-    ("i2t tie-aware", "i2t_map_all_tie_aware"),
-    ("t2i mAP@all", "t2i_map_all"),
-    ("t2i tie-aware", "t2i_map_all_tie_aware"),
-    ("i2t mAP@{k} (UCMFH)", "i2t_map_{k}"),
-    ("t2i mAP@{k} (UCMFH)", "t2i_map_{k}"),
+    ("i2t mAP", "i2t_map"),
+    ("t2i mAP", "t2i_map"),
+    ("i2t mAP@{k} (UCMFH)", "i2t_map_{k}_tie_aware"),
+    ("t2i mAP@{k} (UCMFH)", "t2i_map_{k}_tie_aware"),
+    ("i2t mAP@all stable order", "i2t_map_all"),
+    ("t2i mAP@all stable order", "t2i_map_all"),
 )
+# A row whose stable-order and tie-aware mAP@all differ by more than this is flagged: its ranking is mostly ties.
+STABLE_GAP_FLAG = 0.01
+
+
+def headline(row: Mapping[str, Any], direction: str) -> float:
+    """The headline figure of a row (tie-aware mAP@all); rows written before it had its own key fall back."""
+    return float(row.get(f"{direction}_map", row[f"{direction}_map_all_tie_aware"]))
+
+
+def row_flags(rs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Warnings for one (method, bits) group: collapsed codes (mcmfh.code_health rule) in any seed, and a mean gap
+    between stable-order and tie-aware mAP above ``STABLE_GAP_FLAG``."""
+    flags = []
+    collapsed = sum(bool((r.get("code_health") or {}).get("collapsed")) for r in rs)
+    if collapsed:
+        flags.append(f"**collapsed** ({collapsed}/{len(rs)} seeds)")
+    for d in ("i2t", "t2i"):
+        gap = np.mean([float(r[f"{d}_map_all"]) - headline(r, d) for r in rs])
+        if abs(gap) > STABLE_GAP_FLAG:
+            flags.append(f"{d} stable − tie-aware {gap:+.3f}")
+    return flags
+
+
+def _health_cell(rs: Sequence[Mapping[str, Any]]) -> str:
+    """Mean distinct codes and effective bits, image / text, over seeds ('–' for continuous methods)."""
+    hs = [r.get("code_health") for r in rs]
+    if not all(hs):
+        return "–"
+    cells = []
+    for mod in ("image", "text"):
+        distinct = np.mean([h[mod]["distinct"] for h in hs])
+        eff = np.mean([h[mod]["effective_bits"] for h in hs])
+        cells.append(f"{distinct:.0f} ({eff:.1f} b)")
+    return " / ".join(cells)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -75,11 +110,11 @@ def _chance_check(groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]]])
         if method == "chance" or rs[0].get("continuous") or bits not in chance:
             continue
         for d in ("i2t", "t2i"):
-            ref = mean_std([float(r[f"{d}_map_all"]) for r in chance[bits]])[0]
-            if mean_std([float(r[f"{d}_map_all"]) for r in rs])[0] <= ref:
+            ref = mean_std([headline(r, d) for r in chance[bits]])[0]
+            if mean_std([headline(r, d) for r in rs])[0] <= ref:
                 below.append(f"{method} {bits} bits {d}")
     verdict = "every hashing row is above chance" if not below else "NOT above chance: " + ", ".join(below)
-    return [f"Chance check (mean mAP@all vs `chance` at the same bits): {verdict}.", ""]
+    return [f"Chance check (mean tie-aware mAP vs `chance` at the same bits): {verdict}.", ""]
 
 
 def _ablation_table(groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]]]) -> list[str]:
@@ -88,8 +123,8 @@ def _ablation_table(groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]]
     if not pairs:
         return []
     lines = [
-        "Ablations: Δ = ablation − mcmfh in mean mAP@all (± the larger of the two seed stds); "
-        "|Δ| within one std is not an effect.",
+        "Ablations: Δ = ablation − mcmfh in mean tie-aware mAP (± the larger of the two seed stds); "
+        "an effect only when |Δ| is strictly greater than that std.",
         "",
         "| ablation | bits | Δ i2t | Δ t2i | verdict |",
         "|---|---|---|---|---|",
@@ -97,13 +132,14 @@ def _ablation_table(groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]]
     for method, bits in pairs:
         cells, verdicts = [], []
         for d in ("i2t", "t2i"):
-            ma, sa = mean_std([float(r[f"{d}_map_all"]) for r in groups[(method, bits)]])
-            mm, sm = mean_std([float(r[f"{d}_map_all"]) for r in groups[("mcmfh", bits)]])
-            delta, std = ma - mm, max(sa, sm)
+            ma, sa = mean_std([headline(r, d) for r in groups[(method, bits)]])
+            mm, sm = mean_std([headline(r, d) for r in groups[("mcmfh", bits)]])
+            # Compared as printed (3 decimals): "+0.004 ± 0.004" must read "within std", whatever the 4th decimal.
+            delta, std = round(ma - mm, 3), round(max(sa, sm), 3)
             cells.append(f"{delta:+.3f} ± {std:.3f}")
             if std == 0.0:
                 verdicts.append(f"{d}: one seed, no std")
-            elif abs(delta) <= std:
+            elif not abs(delta) > std:
                 verdicts.append(f"{d}: within std")
             else:
                 verdicts.append(f"{d}: {'ablation better' if delta > 0 else 'mcmfh better'}")
@@ -116,28 +152,43 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], map_k: int = 50, info: M
     if info:
         lines += [" · ".join(f"{k.replace('_', ' ')}: {v}" for k, v in info.items()), ""]
     lines += [
-        "mAP@all ranks the whole database by Hamming distance (cosine for continuous methods), ties broken by "
-        "database order; tie-aware = exact expected AP over random orders within ties (McSherry & Najork 2008). "
-        f"mAP@{map_k} uses the UCMFH definition (normalised by the relevant items within the top {map_k}). "
+        "mAP = tie-aware mAP@all: the whole database ranked by Hamming distance (cosine for continuous methods), "
+        "as the exact expected AP over random orders within tied distances (McSherry & Najork 2008), so it does "
+        f"not depend on the database order. mAP@{map_k} uses the UCMFH definition (normalised by the relevant "
+        f"items within the top {map_k}), also tie-aware. *Stable order* columns break ties by database order; "
+        "they are secondary (they reward collapsed codes when the database is sorted by label). "
         "Every query counts (no relevant item scores 0). `chance` is the exact expected mAP of a random ranking. "
-        "Values are mean ± sample std over seeds.",
+        "Values are mean ± sample std over seeds. Codes: mean distinct database codes (effective bits = entropy "
+        "of the code distribution), image / text. Flags: **collapsed** when a seed's codes fail the code-health "
+        "rule (effective bits < 50% of min(bits, log2 N), or one code holding > 25% of the items; "
+        f"`mcmfh.code_health`), and when stable-order and tie-aware mAP differ by more than {STABLE_GAP_FLAG}.",
         "",
     ]
     cols = [(t.format(k=map_k), k.format(k=map_k)) for t, k in _COLUMNS]
     for label_set, groups in group_rows(rows).items():
         first = next(iter(groups.values()))[0]
         lines += [f"## Label set `{label_set}` ({first.get('dataset')}, encoder `{first.get('encoder')}`)", ""]
-        header = ["method", "bits", "seeds", *[c for c, _ in cols], "train s", "bytes/item"]
+        header = ["method", "bits", "seeds", *[c for c, _ in cols], "codes i / t", "train s", "bytes/item", "flags"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         order = {m: i for i, m in enumerate(dict.fromkeys(m for m, _ in groups))}  # the config's method order
         for (method, bits), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], order[kv[0][0]])):
             cells = [method, str(bits), str(len(rs))]
-            cells += [_fmt([float(r[key]) for r in rs]) for _, key in cols]
+            cells += [_fmt([_value(r, key) for r in rs]) for _, key in cols]
+            cells += [_health_cell(rs)]
             cells += [f"{np.mean([float(r['train_seconds']) for r in rs]):.1f}", str(rs[0]["bytes_per_item"])]
+            cells += ["; ".join(row_flags(rs))]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         lines += _chance_check(groups) + _ablation_table(groups)
     return "\n".join(lines)
+
+
+def _value(row: Mapping[str, Any], key: str) -> float:
+    """A row's figure; the headline keys fall back to their older names (rows saved before they existed)."""
+    if key in row:
+        return float(row[key])
+    old = {"i2t_map": "i2t_map_all_tie_aware", "t2i_map": "t2i_map_all_tie_aware"}
+    return float(row.get(old.get(key, key), float("nan")))
 
 
 def _mean_curves(rs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -166,13 +217,13 @@ def plot_bits_vs_map(groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]
     for ax, d in zip(axes, ("i2t", "t2i"), strict=True):
         for method in methods:
             bits = sorted(b for m, b in groups if m == method)
-            stats = [mean_std([float(r[f"{d}_map_all"]) for r in groups[(method, b)]]) for b in bits]
+            stats = [mean_std([headline(r, d) for r in groups[(method, b)]]) for b in bits]
             style = "--" if groups[(method, bits[0])][0].get("continuous") else "-"  # ceilings: dashed
             ys, err = [s[0] for s in stats], [s[1] for s in stats]
             ax.errorbar(bits, ys, yerr=err, marker="o", capsize=3, linestyle=style, label=method)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("bits (continuous, dashed: the code length of the row)")
-        ax.set_ylabel("mAP@all")
+        ax.set_ylabel("mAP (tie-aware)")
         ax.set_title(f"{title} {'image→text' if d == 'i2t' else 'text→image'}")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)

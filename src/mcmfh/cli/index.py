@@ -87,10 +87,14 @@ def remove(
 def info(archive_dir: Path = typer.Argument(..., help="Archive folder.")) -> None:
     """Print the archive's manifest and item counts as JSON."""
     from mcmfh.archive import Archive
+    from mcmfh.code_health import code_health
 
     with Archive.open(archive_dir) as archive:
         counts = {m: len(ix) for m, ix in archive.indexes.items()}
-        typer.echo(json.dumps({**archive.manifest, "counts": counts}, indent=2, sort_keys=True))
+        # Code health of the stored codes (local sub-indexes hold them in memory; server stores are not read back).
+        local = {m: ix.index.codes for m, ix in archive.indexes.items() if hasattr(ix, "index") and len(ix)}
+        health = {m: code_health(c, int(archive.manifest["bits"])) for m, c in local.items()}
+        typer.echo(json.dumps({**archive.manifest, "counts": counts, "code_health": health}, indent=2, sort_keys=True))
 
 
 @app.command()

@@ -49,6 +49,7 @@ def evaluate(
     k: int = typer.Option(50, "--k", help="K of mAP@K (UCMFH definition)."),
 ) -> None:
     """Evaluate a run: metrics JSON plus PR and P@K plots (PNG) in the run folder."""
+    from mcmfh.code_health import health_line
     from mcmfh.evaluate import evaluate_method, plot_curves
     from mcmfh.features import FeatureSet
     from mcmfh.io import atomic_write_json
@@ -64,11 +65,14 @@ def evaluate(
     atomic_write_json(out or run_dir / "metrics.json", metrics)
     plot_curves({method.name: metrics}, run_dir, title=f"{method.name} {method.bits} bits")
     typer.echo(
-        f"{method.name} {method.bits} bits: mAP@all i2t {metrics['i2t_map_all']:.4f} t2i {metrics['t2i_map_all']:.4f}"
-        f" | tie-aware {metrics['i2t_map_all_tie_aware']:.4f} / {metrics['t2i_map_all_tie_aware']:.4f}"
-        f" | mAP@{k} (UCMFH) {metrics[f'i2t_map_{k}']:.4f} / {metrics[f't2i_map_{k}']:.4f}"
+        f"{method.name} {method.bits} bits: mAP (tie-aware) i2t {metrics['i2t_map']:.4f} t2i {metrics['t2i_map']:.4f}"
+        f" | mAP@{k} (UCMFH, tie-aware) {metrics[f'i2t_map_{k}_tie_aware']:.4f} / "
+        f"{metrics[f't2i_map_{k}_tie_aware']:.4f}"
         f" | chance {metrics['i2t_chance_map']:.4f}"
+        f" | stable-order mAP@all {metrics['i2t_map_all']:.4f} / {metrics['t2i_map_all']:.4f}"
     )
+    if metrics.get("code_health"):
+        typer.echo(f"codes: {health_line(metrics['code_health'])}")
 
 
 @app.command()

@@ -64,6 +64,10 @@ class MCMFHConfig:
     weight_decay: float = 1e-2
     epochs_stage1: int = 8
     epochs_stage2: int = 12
+    # A floor on optimiser steps per stage: a small training set (one batch per epoch) gets more epochs, so that it is
+    # trained as long as MedPix 2.0 (4 batches per epoch x 8 / 12 epochs); MedPix 2.0 itself is unchanged.
+    min_steps_stage1: int = 32
+    min_steps_stage2: int = 48
     batch_size: int = 512
     select_on: Selection = "dev_map"  # epoch choice per stage: dev mAP (dev queries vs train database), or last
     eval_every: int = 1  # epochs between dev evaluations

@@ -30,6 +30,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
+from mcmfh.code_health import method_code_health
 from mcmfh.errors import ArtefactError
 from mcmfh.io import atomic_write_bytes
 from mcmfh.losses import (
@@ -76,6 +77,7 @@ class Trainer:
         self.run_key = run_key
         self.tokens_cached = False
         self.cached: Split | None = None  # stage 2: the train set's frozen DV-MLP outputs
+        self.last_health: dict[str, Any] | None = None  # code health of the last dev evaluation (stage 2)
         self.ckpt = Path(cfg.checkpoint_dir) / CHECKPOINT_NAME if cfg.checkpoint_dir else None
         has_dev_labels = dev is not None and len(dev) > 0 and bool(dev.labels.any())
         self.select_on = cfg.select_on
@@ -143,6 +145,15 @@ class Trainer:
             q_img, q_txt, db_img, db_txt = (c > 0 for c in (q_img, q_txt, db_img, db_txt))
             binary = True
         labels = self.dev.labels, self.train.labels
+        if binary:  # logged per epoch: a collapse shows in the training log, not only at evaluation
+            health = method_code_health(db_img, db_txt)
+            self.last_health = {
+                "codes_image": health["image"]["distinct"],
+                "codes_text": health["text"]["distinct"],
+                "effective_bits_image": health["image"]["effective_bits"],
+                "effective_bits_text": health["text"]["effective_bits"],
+                "collapsed": health["collapsed"],
+            }
         return dev_map(q_img, q_txt, db_img, db_txt, *labels, binary=binary).mean
 
     @torch.no_grad()
@@ -174,6 +185,9 @@ class Trainer:
         resumed = self._restore(saved, opt, best, state) if saved is not None else None
         n = len(data)
         n_batches = max(1, -(-n // cfg.batch_size))
+        min_steps = cfg.min_steps_stage1 if stage == 1 else cfg.min_steps_stage2
+        if epochs > 0:
+            epochs = max(epochs, -(-min_steps // n_batches))  # the step floor: see MCMFHConfig.min_steps_stage*
         for epoch in range(state["epoch"], epochs):
             net.train()
             perm = torch.randperm(n, generator=self.gen)
@@ -187,7 +201,10 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) / n_batches
             row: dict[str, Any] = {"epoch": epoch + 1, **{f"loss_{k}": round(v, 5) for k, v in sums.items()}}
             if self.select_on != "last" and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == epochs):
+                self.last_health = None
                 row["dev_score"] = score = self._dev_score(stage, loss_fn)
+                if self.last_health is not None:
+                    row.update(self.last_health)
                 if score > state["best_score"]:
                     state["best_score"], state["best_epoch"] = score, epoch + 1
                     best = {k: v.clone() for k, v in net.state_dict().items()}

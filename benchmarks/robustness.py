@@ -1,0 +1,272 @@
+"""Robustness suite: MCMFH against CCA-ITQ and UCMFH on settings that break fragile recipes; one command.
+
+    python benchmarks/robustness.py --features FEATURE_CACHE --data-root ../shared/data/medpix2 --out DIR
+
+``FEATURE_CACHE`` is the MedPix 2.0 feature cache (``mcmfh encode --dataset medpix2 ... --encoder offline``); the
+built-in demo set is generated and encoded under ``DIR`` once. Settings (all from data we have, all fixed by seed 0):
+
+  medpix-full        MedPix 2.0 as is (label set ``labels``)
+  medpix-train300    training on a fixed case-level subset of about 300 train pairs (dev, test unchanged)
+  medpix-train600    the same with about 600 pairs
+  medpix-coarse      the 7 coarse labels (``labels_coarse``: denser relevance)
+  medpix-dominant70  items subsampled per split so that the most common tag covers about 70% of them
+  medpix-sorted      every split's rows sorted by label: the database order follows the labels
+  stress-grouped     the held-out failure's shape: 588 items, 278 training pairs, the 15 most common tags only,
+                     rows sorted by label
+  demo               the built-in synthetic set of ``mcmfh demo`` (600 items)
+
+Every row is the protocol of ``mcmfh experiment``: queries = test, database = train + dev, fit on train, model choice
+on dev. Rows are cached in ``DIR/rows`` (keyed by setting, method, seed, options), so a rerun only fits new rows.
+Writes ``DIR/robustness.json`` and ``DIR/robustness.md`` (tie-aware mAP, code health, flags) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mcmfh.evaluate import evaluate_method, summary
+from mcmfh.features import FeatureSet
+from mcmfh.io import atomic_write_json, atomic_write_text
+from mcmfh.manifest import fingerprint
+from mcmfh.report import mean_std, row_flags
+from mcmfh.train import fit_method
+
+METHODS = ("mcmfh", "cca-itq", "ucmfh")
+SETTINGS = (
+    "medpix-full",
+    "medpix-train300",
+    "medpix-train600",
+    "medpix-coarse",
+    "medpix-dominant70",
+    "medpix-sorted",
+    "stress-grouped",
+    "demo",
+)
+SUITE_SEED = 0  # every subset is drawn with this seed: the suite is one fixed set of problems
+
+
+def _case(item_id: str) -> str:
+    return item_id.split("_", 1)[0]  # MedPix ids are <case>_<image>: subsets keep a case's images together
+
+
+def _train_subset(fs: FeatureSet, n_pairs: int) -> FeatureSet:
+    rng = np.random.default_rng(SUITE_SEED)
+    train = np.flatnonzero(fs.split == "train")
+    cases = sorted({_case(fs.ids[i]) for i in train})
+    keep: set[str] = set()
+    count = 0
+    by_case: dict[str, int] = {}
+    for i in train:
+        by_case[_case(fs.ids[i])] = by_case.get(_case(fs.ids[i]), 0) + 1
+    for c in rng.permutation(cases):
+        if count >= n_pairs:
+            break
+        keep.add(str(c))
+        count += by_case[str(c)]
+    mask = (fs.split != "train") | np.array([_case(i) in keep for i in fs.ids])
+    return fs.subset(mask)
+
+
+def _relabel(fs: FeatureSet, data_root: Path, label_set: str) -> FeatureSet:
+    from mcmfh.data import load_dataset
+
+    ds = load_dataset("medpix2", data_root, label_set=label_set)
+    vocab = list(ds.label_vocab)
+    col = {lab: j for j, lab in enumerate(vocab)}
+    by_id = {r.id: r.labels for r in ds.records}
+    labels = np.zeros((len(fs), len(vocab)), np.uint8)
+    for i, item in enumerate(fs.ids):
+        for lab in by_id[item]:
+            labels[i, col[lab]] = 1
+    return FeatureSet(fs.ids, fs.image, fs.text, labels, vocab, fs.split, fs.has_image, {**fs.manifest,
+                      "label_set": label_set})  # fmt: skip
+
+
+def _dominant(fs: FeatureSet, share: float) -> FeatureSet:
+    rng = np.random.default_rng(SUITE_SEED)
+    top = int(np.argmax(fs.labels.sum(0)))
+    keep = []
+    for split in ("train", "dev", "test"):
+        idx = np.flatnonzero(fs.split == split)
+        with_top = idx[fs.labels[idx, top] > 0]
+        without = idx[fs.labels[idx, top] == 0]
+        n_without = min(len(without), int(round(len(with_top) * (1 - share) / share)))
+        keep += [*with_top, *rng.choice(without, n_without, replace=False)]
+    return fs.subset(np.sort(np.array(keep)))
+
+
+def _sorted_by_label(fs: FeatureSet) -> FeatureSet:
+    # Lexicographic on the multi-hot rows, most frequent tag first: items sharing labels end up next to each other.
+    cols = np.argsort(-fs.labels.sum(0), kind="stable")
+    order = np.lexsort(fs.labels[:, cols].T[::-1])[::-1]
+    return fs.subset(order)
+
+
+def _grouped_stress(fs: FeatureSet) -> FeatureSet:
+    rng = np.random.default_rng(SUITE_SEED)
+    tags = np.argsort(-fs.labels.sum(0), kind="stable")[:15]
+    labels = fs.labels[:, tags]
+    ok = np.flatnonzero(labels.any(1))
+    cases = sorted({_case(fs.ids[i]) for i in ok})
+    chosen: list[int] = []
+    for c in rng.permutation(cases):
+        chosen += [i for i in ok if _case(fs.ids[i]) == c]
+        if len(chosen) >= 588:
+            break
+    chosen = chosen[:588]
+    split = np.array(["train"] * 278 + ["dev"] * 100 + ["test"] * (len(chosen) - 378))
+    sub = FeatureSet(
+        [fs.ids[i] for i in chosen], fs.image[chosen], fs.text[chosen], labels[chosen],
+        [fs.label_vocab[t] for t in tags], split, fs.has_image[chosen], {**fs.manifest, "label_set": "top15"},
+    )  # fmt: skip
+    return _sorted_by_label(sub)
+
+
+def _demo(out: Path) -> FeatureSet:
+    from mcmfh.data import load_dataset
+    from mcmfh.data.synthetic import make_synthetic_dataset
+    from mcmfh.encoders import get_encoder
+    from mcmfh.feature_cache import encode_dataset
+
+    root = out / "demo-data"
+    if not (root / "synthetic.csv").is_file():
+        make_synthetic_dataset(root, n=600, seed=0)
+    return encode_dataset(load_dataset("csv", root), get_encoder("offline"), out / "demo-features")
+
+
+def build_setting(name: str, features: FeatureSet, data_root: Path | None, out: Path) -> FeatureSet:
+    builders: dict[str, Callable[[], FeatureSet]] = {
+        "medpix-full": lambda: features,
+        "medpix-train300": lambda: _train_subset(features, 300),
+        "medpix-train600": lambda: _train_subset(features, 600),
+        "medpix-coarse": lambda: _relabel(features, _need(data_root), "labels_coarse"),
+        "medpix-dominant70": lambda: _dominant(features, 0.7),
+        "medpix-sorted": lambda: _sorted_by_label(features),
+        "stress-grouped": lambda: _grouped_stress(features),
+        "demo": lambda: _demo(out),
+    }
+    return builders[name]()
+
+
+def _need(data_root: Path | None) -> Path:
+    if data_root is None:
+        sys.exit("medpix-coarse needs --data-root (the MedPix 2.0 folder, for its labels_coarse)")
+    return data_root
+
+
+def run_row(fs: FeatureSet, setting: str, method: str, bits: int, seed: int, options: dict[str, Any]) -> dict:
+    m, log = fit_method(fs, method, bits, seed, options)
+    s = summary(evaluate_method(m, fs))
+    row = {k: v for k, v in s.items() if k not in ("i2t", "t2i")}
+    row.update(setting=setting, options=options, train_seconds=float(log["train_seconds"]), n_train=log["n_train"])
+    for stage in ("stage1", "stage2"):
+        if isinstance(log.get(stage), dict):
+            row[f"{stage}_chosen_epoch"] = log[stage].get("chosen_epoch")
+    return row
+
+
+def _cell(rs: list[dict], key: str) -> str:
+    return "{:.3f} ± {:.3f}".format(*mean_std([float(r[key]) for r in rs]))
+
+
+def markdown(rows: list[dict], settings: list[str], methods: list[str]) -> str:
+    lines = [
+        "| setting | method | i2t mAP | t2i mAP | stable i2t / t2i | codes image / text (eff. bits) | flags |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for setting in settings:
+        for method in methods:
+            rs = [r for r in rows if r["setting"] == setting and r["method"] == method]
+            if not rs:
+                continue
+            stable = f"{np.mean([r['i2t_map_all'] for r in rs]):.3f} / {np.mean([r['t2i_map_all'] for r in rs]):.3f}"
+            h = [r["code_health"] for r in rs]
+            codes = " / ".join(
+                f"{np.mean([x[m]['distinct'] for x in h]):.0f} ({np.mean([x[m]['effective_bits'] for x in h]):.1f})"
+                for m in ("image", "text")
+            )
+            lines.append(
+                f"| {setting} | {method} | {_cell(rs, 'i2t_map')} | {_cell(rs, 't2i_map')} | {stable} | {codes} | "
+                f"{'; '.join(row_flags(rs))} |"
+            )
+    return "\n".join(lines)
+
+
+def verdict(rows: list[dict], settings: list[str]) -> list[str]:
+    """Per setting: does MCMFH's mean tie-aware mAP reach every other method's, both directions?"""
+    out = []
+    for setting in settings:
+        means = {}
+        for r in rows:
+            if r["setting"] == setting:
+                means.setdefault(r["method"], []).append((r["i2t_map"], r["t2i_map"]))
+        if "mcmfh" not in means:
+            continue
+        mc = np.mean(means["mcmfh"], axis=0)
+        worse = [
+            f"{m} {d}"
+            for m, v in means.items()
+            if m != "mcmfh"
+            for d, a, b in zip(("i2t", "t2i"), mc, np.mean(v, axis=0), strict=True)
+            if a < b
+        ]
+        best = max((np.mean(v, axis=0) for m, v in means.items() if m != "mcmfh"), key=lambda x: x.mean(), default=None)
+        ratio = "" if best is None else f" (×{mc[0] / best[0]:.2f} / ×{mc[1] / best[1]:.2f} the best other method)"
+        out.append(f"- {setting}: mcmfh {'≥ every other method' if not worse else 'BELOW ' + ', '.join(worse)}{ratio}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--features", type=Path, required=True, help="MedPix 2.0 feature cache (offline encoder)")
+    ap.add_argument("--data-root", type=Path, default=None, help="MedPix 2.0 folder (for labels_coarse)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--bits", type=int, default=16)
+    ap.add_argument("--options", default="{}", help="JSON {method: {option: value}}, e.g. to measure a change")
+    args = ap.parse_args(argv)
+    settings, methods = args.settings.split(","), args.methods.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    all_options = json.loads(args.options)
+    bad = sorted(set(settings) - set(SETTINGS))
+    if bad:
+        sys.exit(f"--settings: unknown {bad}; known: {list(SETTINGS)}")
+    features = FeatureSet.load(args.features)
+    rows: list[dict] = []
+    for setting in settings:
+        fs = None
+        for method in methods:
+            options = all_options.get(method, {})
+            for seed in seeds:
+                key = fingerprint(setting, method, args.bits, seed, options, features.manifest.get("cache_key"))
+                path = args.out / "rows" / f"{setting}-{method}-{seed}-{key[:10]}.json"
+                if path.is_file():
+                    rows.append(json.loads(path.read_text(encoding="utf-8")))
+                    continue
+                if fs is None:
+                    fs = build_setting(setting, features, args.data_root, args.out)
+                t0 = time.perf_counter()
+                row = run_row(fs, setting, method, args.bits, seed, options)
+                atomic_write_json(path, row)
+                rows.append(row)
+                print(f"{setting} {method} seed {seed}: mAP {row['i2t_map']:.3f} / {row['t2i_map']:.3f} "
+                      f"({time.perf_counter() - t0:.0f}s)", flush=True)  # fmt: skip
+    md = "\n".join([markdown(rows, settings, methods), "", *verdict(rows, settings)])
+    atomic_write_json(args.out / "robustness.json", {"rows": rows, "bits": args.bits, "seeds": seeds})
+    atomic_write_text(args.out / "robustness.md", md + "\n")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
