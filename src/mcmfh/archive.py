@@ -265,7 +265,9 @@ class Archive:
     def _encode_batch(self, encoder: Encoder, modality: str, queries: list[Any]) -> np.ndarray:
         if modality == "texts":
             return self.method.encode_texts(encoder.encode_texts(queries))
-        return self.method.encode_images(encoder.encode_images(queries))
+        # split over the cores: the image encoder runs one chunk per worker thread
+        chunk = max(1, -(-len(queries) // (os.cpu_count() or 1)))
+        return self.method.encode_images(encoder.encode_images(queries, batch_size=chunk))
 
     def get(self, item_id: str) -> Item | None:
         with self._lock:
