@@ -24,7 +24,7 @@ import re
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,8 @@ class Config:
     index: str | None
     images: str | None
     access_log: str
+    search_threads: int | None = None  # None: the service default
+    batch_queries: bool = True  # False: the engine encodes one query at a time under its lock (MCMFH_BATCH_QUERIES=0)
 
 
 # --- synthetic engine (server side) -------------------------------------------------------------------------------
@@ -107,11 +109,14 @@ def serve(config: Config, port: int, log_path: str) -> None:
     from mcmfh.service.server import make_server
     from mcmfh.service.settings import Settings
 
+    if not config.batch_queries:
+        os.environ["MCMFH_BATCH_QUERIES"] = "0"
     if config.index:
         engine, root = open_engine(config.index), Path(config.index).resolve()
     else:
         engine, root = SyntheticEngine(config.items, config.bits, config.seed), None
-    settings = Settings(image_root=root, max_k=max(config.k, 1), access_log=config.access_log)  # type: ignore[arg-type]
+    threads = {"search_threads": config.search_threads} if config.search_threads else {}
+    settings = Settings(image_root=root, max_k=max(config.k, 1), access_log=config.access_log, **threads)  # type: ignore[arg-type]
     make_server(create_app(engine, settings), "127.0.0.1", port).run()
 
 
@@ -259,14 +264,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--access-log", default="route", choices=["off", "route", "full"])
     ap.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for the server")
     ap.add_argument("--out", default="benchmarks/results/load.json")
+    ap.add_argument("--search-threads", type=int, help="service search threads (default: the service default)")
+    ap.add_argument("--compare-old", action="store_true",
+                    help="first serve the old way (one query at a time under the engine lock, 2 search threads), "
+                    "then the new way (micro-batched), back to back; prints both and the ratio")  # fmt: skip
     args = ap.parse_args(argv)
     config = Config(
         clients=args.clients, duration_s=10.0 if args.quick else args.duration, warmup_s=args.warmup,
         image_fraction=args.image_fraction, k=args.k, request_timeout_s=args.timeout, items=args.items,
         bits=args.bits, seed=args.seed, index=args.index, images=args.images, access_log=args.access_log,
+        search_threads=args.search_threads,
     )  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if not args.compare_old:
+        result = run_once(config, out, args)
+        return 0 if result["summary"]["all"]["errors"] == 0 and result["server_alive_after"] else 1
+    old_cfg = replace(config, batch_queries=False, search_threads=OLD_SEARCH_THREADS)
+    old = run_once(old_cfg, out.with_name(out.stem + ".old.json"), args)
+    new = run_once(config, out.with_name(out.stem + ".new.json"), args)
+    ratio = new["summary"]["all"]["qps"] / max(old["summary"]["all"]["qps"], 1e-9)
+    both = {"old": old, "new": new, "qps_ratio_new_over_old": ratio}
+    out.write_text(json.dumps(both, indent=2) + "\n")
+    print(f"compare  old (one at a time, {OLD_SEARCH_THREADS} threads) {old['summary']['all']['qps']:.1f} q/s, "
+          f"p99 {old['summary']['all']['p99_ms']:.0f} ms -> new (micro-batched) {new['summary']['all']['qps']:.1f} "
+          f"q/s, p99 {new['summary']['all']['p99_ms']:.0f} ms: {ratio:.2f}x; JSON {out}")  # fmt: skip
+    ok = all(r["summary"]["all"]["errors"] == 0 and r["server_alive_after"] for r in (old, new))
+    return 0 if ok else 1
+
+
+OLD_SEARCH_THREADS = min(4, os.cpu_count() or 1)  # the service default before micro-batching
+
+
+def run_once(config: Config, out: Path, args: argparse.Namespace) -> dict:
     log_path = out.with_suffix(".server.log")
     log_path.write_text("")
     port = free_port()
@@ -299,18 +329,21 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary, "machine": {"python": platform.python_version(), "cpus": mp.cpu_count(),
                                         "platform": platform.platform()},
         "server_log": str(log_path), "server_in_app": in_app, "load_average_before": load_before,
+        "load_average_after": os.getloadavg()[0],
     }  # fmt: skip
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"engine   {engine}")
+    mode = "micro-batched" if config.batch_queries else "one query at a time"
+    print(f"engine   {engine}; {mode}, {config.search_threads or 'default'} search threads")
     load = f"{config.clients} clients, {run['measured_s']:.1f} s measured after {config.warmup_s:.0f} s warm-up"
     print(f"load     {load}, {config.image_fraction:.0%} image queries, k={config.k}, server on 127.0.0.1:{port}")
     print(table(summary))
     if in_app["requests"]:
         print(f"in-app   p50 {in_app['p50_ms']:.1f} ms, p99 {in_app['p99_ms']:.1f} ms over {in_app['requests']} "
               "searches (server's own log, incl. warm-up; excludes HTTP parsing and client time)")  # fmt: skip
-    print(f"machine  {mp.cpu_count()} CPUs, load average {load_before:.1f} before the run (other work skews numbers)")
+    print(f"machine  {mp.cpu_count()} CPUs, load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after "
+          "the run (other work skews numbers)")  # fmt: skip
     print(f"server   {'still up' if alive_after else 'DIED'}; log {log_path}; JSON {out}")
-    return 0 if summary["all"]["errors"] == 0 and alive_after else 1
+    return result
 
 
 if __name__ == "__main__":

@@ -139,3 +139,29 @@ def test_service_over_archive(chain):
         assert img.status_code == 200 and img.content[:8] == b"\x89PNG\r\n\x1a\n"
         assert client.post("/search/text", json={"query": "", "k": 5}).status_code in (400, 422)
         assert client.get("/health").json()["items"] == len(chain["fs"].splits("train", "dev"))
+
+
+def test_concurrent_batched_queries_equal_one_at_a_time(chain, monkeypatch):
+    """Queries from many threads share encoder calls (micro-batching) and get exactly the one-at-a-time results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mcmfh.archive import BATCH_ENV
+
+    records = [r for r in chain["ds"].records if r.split == "test"][:12]
+    texts = [r.text for r in records] + ["bright solid nodule in the right lung"]
+    images = [r.image for r in records]
+
+    def run_all(archive):
+        with ThreadPoolExecutor(16) as pool:
+            t = [pool.submit(archive.search_text, q, 7) for q in texts]
+            i = [pool.submit(archive.search_image, q, 7) for q in images]
+            return [[(h.item.item_id, h.distance) for h in f.result()] for f in t + i]
+
+    with Archive.open(chain["idx"]) as archive:
+        monkeypatch.setenv(BATCH_ENV, "0")
+        single = run_all(archive)
+        assert archive._batchers == {}
+        monkeypatch.delenv(BATCH_ENV)
+        batched = run_all(archive)
+        assert set(archive._batchers) == {"texts", "images"}
+    assert batched == single

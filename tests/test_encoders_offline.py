@@ -122,3 +122,21 @@ def test_unreadable_image_stops_with_its_name(backend, onnx_dir, tmp_path):
     images = [*_images(), bad, *_images()]
     with pytest.raises(DataError, match="scan-17.png"):
         get_encoder("offline", backend=backend, cache_dir=onnx_dir).encode_images(images, batch_size=2)
+
+
+@needs_ort
+def test_text_onnx_matches_eager_and_padding(onnx_dir):
+    texts = [
+        "Axial CT of the chest showing a pulmonary nodule in the right upper lobe.",
+        "Chest CT.",
+        "Sagittal MRI of the knee with a torn medial meniscus and a joint effusion, T2 weighted.",
+    ]
+    onnx = get_encoder("offline", backend="onnx", cache_dir=onnx_dir)
+    eager = get_encoder("offline", backend="eager")
+    a = onnx.encode_texts(texts, batch_size=3)  # one padded batch of three lengths
+    assert onnx.text_onnx_info["max_abs_diff"] <= 1e-4 or not onnx.text_onnx_info["exported"]
+    np.testing.assert_allclose(a, eager.encode_texts(texts, batch_size=1), atol=1e-5)
+    np.testing.assert_allclose(a, np.concatenate([onnx.encode_texts([t]) for t in texts]), atol=1e-5)
+    again = get_encoder("offline", cache_dir=onnx_dir)  # auto on CPU: the cached export
+    np.testing.assert_allclose(again.encode_texts(texts), a, atol=1e-6)
+    assert not again.text_onnx_info["exported"]

@@ -193,3 +193,32 @@ def test_default_kinds() -> None:
     assert isinstance(make_index(16), BucketIndex)
     assert isinstance(make_index(8), BucketIndex)
     assert isinstance(make_index(64), MIHIndex)
+
+
+@pytest.mark.parametrize("bits", (32, 64, 128))
+@pytest.mark.parametrize("tiled", [False, True])
+def test_mih_learns_to_scan_and_stays_exact(bits: int, tiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the probe queries give up the walk, the rest of the batch (and later single queries) take the plain
+    or tiled scan; where the walk finishes it is kept. Every path equals brute force, ties included."""
+    from mcmfh.index import mih
+
+    if tiled:
+        monkeypatch.setattr(mih, "TILED_SCAN_MIN_BYTES", 0)
+    rng = np.random.default_rng(bits)
+    db = np.concatenate([random_codes(2500, bits, rng), clustered_codes(2500, bits, rng, centres=3)])
+    q = np.concatenate([random_codes(50, bits, rng), clustered_codes(30, bits, rng, centres=3)])
+    ids = rng.permutation(50_000)[: len(db)].astype(np.int64)
+    for opts, scan_first in (({"scan_fraction": 0.0}, True), ({"scan_fraction": 1e9}, False)):
+        index = MIHIndex(bits, **opts)
+        index.add(db, ids)
+        for k in (1, 37, 6000):
+            ref_d, ref_i = brute_force(q, db, ids, k)
+            d, i = index.search(q, k)
+            assert index._scan_first[k] is scan_first
+            np.testing.assert_array_equal(d, ref_d, err_msg=f"{opts} k={k}")
+            np.testing.assert_array_equal(i, ref_i, err_msg=f"{opts} k={k}")
+            d1, i1 = index.search(q[60:61], k)  # a single query follows the learned choice
+            np.testing.assert_array_equal(d1, ref_d[60:61])
+            np.testing.assert_array_equal(i1, ref_i[60:61])
+        index.remove_ids(ids[:10])
+        assert index._scan_first == {}  # any change forgets the choice

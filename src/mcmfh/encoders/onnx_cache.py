@@ -27,6 +27,8 @@ class OnnxSpec:
     key: str  # names the file: everything that changes the graph (weights digest, opset, head)
     input_shape: tuple[int, ...]  # of the check input; dim 0 (batch) is exported as dynamic
     opset: int = 17
+    dynamic_dims: tuple[int, ...] = (0,)  # input dims exported as dynamic (dim 0 of the output too)
+    int_high: int = 0  # > 0: the input is int64 token ids, checked on random ids in [0, int_high)
     tolerance: float = 1e-4
     check_seed: int = 0
 
@@ -50,7 +52,7 @@ def _session(path: Path | bytes, threads: int | None):
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
-def _export_bytes(module: Any, example: Any, opset: int) -> bytes:
+def _export_bytes(module: Any, example: Any, opset: int, dynamic_dims: tuple[int, ...] = (0,)) -> bytes:
     import torch
 
     buf = io.BytesIO()
@@ -62,7 +64,7 @@ def _export_bytes(module: Any, example: Any, opset: int) -> bytes:
             buf,
             input_names=["input"],
             output_names=["output"],
-            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            dynamic_axes={"input": {d: f"dim{d}" for d in dynamic_dims}, "output": {0: "dim0"}},
             opset_version=opset,
             dynamo=False,
         )
@@ -85,11 +87,15 @@ def load_or_export(
     import torch
 
     module = build_module().eval()
-    x = torch.from_numpy(np.random.default_rng(spec.check_seed).standard_normal(spec.input_shape).astype(np.float32))
+    rng = np.random.default_rng(spec.check_seed)
+    if spec.int_high:
+        x = torch.from_numpy(rng.integers(0, spec.int_high, spec.input_shape, dtype=np.int64))
+    else:
+        x = torch.from_numpy(rng.standard_normal(spec.input_shape).astype(np.float32))
     t0 = time.perf_counter()
     with torch.inference_mode():
         want = module(x).numpy()
-    data = _export_bytes(module, x, spec.opset)
+    data = _export_bytes(module, x, spec.opset, spec.dynamic_dims)
     session = _session(data, threads)
     got = session.run(None, {"input": x.numpy()})[0]
     diff = float(np.max(np.abs(got - want)))

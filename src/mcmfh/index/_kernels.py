@@ -444,7 +444,21 @@ def bucket_range_fill(offsets, positions, masks, level_start, q, radius, lims, o
 # -------------------------------------------------------------------------------------------------------------- MIH
 @njit(cache=True)
 def _mih_query(
-    db, sub_word, sub_shift, sub_len, table_start, offsets, positions, tcodes, q, i, kk, scan_after, out_d, out_p
+    db,
+    sub_word,
+    sub_shift,
+    sub_len,
+    table_start,
+    offsets,
+    positions,
+    tcodes,
+    q,
+    i,
+    kk,
+    scan_after,
+    out_d,
+    out_p,
+    scanned,
 ):
     """One query of ``mih_knn`` (a plain function, so the parallel loop around it stays simple)."""
     n = db.shape[0]
@@ -509,13 +523,16 @@ def _mih_query(
                 return
             if touched > scan_after or overflow:
                 # tau bounds the k-th distance (it is the k-th among items found) or is still the code length
+                scanned[i] = 1
                 _scan_query(db, q, i, kk, tau, out_d, out_p)
                 return
     _emit_sorted(cd, cp, nc, tau, kk, out_d, out_p, i)
 
 
 @njit(parallel=True, cache=True)
-def mih_knn(db, sub_word, sub_shift, sub_len, table_start, offsets, positions, tcodes, q, k, scan_after, out_d, out_p):
+def mih_knn(
+    db, sub_word, sub_shift, sub_len, table_start, offsets, positions, tcodes, q, k, scan_after, out_d, out_p, scanned
+):
     """Multi-index hashing (Norouzi, Punjani & Fleet, 2014), exact k-NN.
 
     The code is cut into m substrings, each with its own bucket table. Radius r is searched table by table; after
@@ -523,7 +540,8 @@ def mih_knn(db, sub_word, sub_shift, sub_len, table_start, offsets, positions, t
     the search stops once the k-th best distance is within that bound. An item met in table j at radius r is new
     only if its substring distance is > r in tables before j and >= r in tables after j: no visited set needed.
     A query whose walk has touched ``scan_after`` bucket entries without finishing (codes far from everything,
-    e.g. random 64-bit codes) switches to the bounded scan, starting from the k-th distance found so far.
+    e.g. random 64-bit codes) switches to the bounded scan, starting from the k-th distance found so far, and is
+    marked in ``scanned``.
     """
     kk = min(k, db.shape[0])
     if kk == 0:
@@ -544,12 +562,13 @@ def mih_knn(db, sub_word, sub_shift, sub_len, table_start, offsets, positions, t
             scan_after,
             out_d,
             out_p,
+            scanned,
         )
 
 
 @njit(cache=True)
 def mih_knn_serial(
-    db, sub_word, sub_shift, sub_len, table_start, offsets, positions, tcodes, q, k, scan_after, out_d, out_p
+    db, sub_word, sub_shift, sub_len, table_start, offsets, positions, tcodes, q, k, scan_after, out_d, out_p, scanned
 ):
     kk = min(k, db.shape[0])
     for i in range(q.shape[0]):
@@ -569,4 +588,78 @@ def mih_knn_serial(
                 scan_after,
                 out_d,
                 out_p,
+                scanned,
             )
+
+
+# ------------------------------------------------------------------------------------------------ blocked multi-query
+# A tile of queries shares each chunk of the database while the chunk is in L1/L2: one query at a time streams the
+# whole database from L3/DRAM per query (8 MB at 1e6 64-bit codes), which bounds the single-query scan by memory
+# bandwidth; tiled, the database is read once per tile and the popcounts (AVX-512 VPOPCNTQ here) become the limit.
+BLOCK_QUERIES = 16
+BLOCK_ITEMS = 8192  # 64 KiB of 64-bit codes: stays in L2 while the tile's queries scan it
+
+
+@njit(inline="always")
+def _tile_scan(db, q, i, start, end, one_word, kk, st, hist, cd, cp):
+    """Advance query i's bounded scan over [start, end) (the state of ``_scan_impl`` kept in arrays between chunks:
+    st = [tau, cnt, nc])."""
+    tau, cnt, nc = st[0], st[1], st[2]
+    cap = cd.shape[0]
+    q0 = q[i, 0]
+    for s in range(start, end, _SCAN_BLOCK):
+        e = min(end, s + _SCAN_BLOCK)
+        lim = tau + 1 if cnt < kk else tau
+        if _block_hits(db, q, i, q0, one_word, s, e, lim) == 0:
+            continue
+        for up in range(np.uint64(s), np.uint64(e)):
+            d = _ctpop(db[up, 0] ^ q0) if one_word else _dist(db, up, q, i)
+            if d < tau or (d == tau and cnt < kk):
+                if nc == cap:
+                    nc = _compact_in_place(cd, cp, nc, tau)
+                cd[nc] = d
+                cp[nc] = np.int64(up)
+                nc += 1
+                cnt, tau = _tighten(hist, cnt, tau, kk, d)
+    st[0], st[1], st[2] = tau, cnt, nc
+
+
+@njit(inline="always")
+def _tile_impl(db, q, qs, tau0, kk, out_d, out_p, one_word):
+    nq = qs.shape[0]
+    cap = max(4 * kk + 4, 1024)
+    st = np.zeros((nq, 3), np.int64)
+    hist = np.zeros((nq, db.shape[1] * 64 + 1), np.int64)
+    cd = np.empty((nq, cap), np.int64)
+    cp = np.empty((nq, cap), np.int64)
+    for t in range(nq):
+        st[t, 0] = tau0[qs[t]]
+    n = db.shape[0]
+    for start in range(0, n, BLOCK_ITEMS):
+        end = min(n, start + BLOCK_ITEMS)
+        for t in range(nq):
+            _tile_scan(db, q, qs[t], start, end, one_word, kk, st[t], hist[t], cd[t], cp[t])
+    for t in range(nq):
+        _emit_in_arrival_order(cd[t], cp[t], st[t, 2], st[t, 0], kk, out_d, out_p, qs[t])
+
+
+@njit(cache=True)
+def _tile(db, q, qs, tau0, kk, out_d, out_p):
+    if db.shape[1] == 1:
+        _tile_impl(db, q, qs, tau0, kk, out_d, out_p, True)
+    else:
+        _tile_impl(db, q, qs, tau0, kk, out_d, out_p, False)
+
+
+@njit(parallel=True, cache=True)
+def blocked_knn(db, q, qs, tau0, k, out_d, out_p):
+    """Exact top-k for the queries ``qs`` (rows of q) by one bounded scan per tile of BLOCK_QUERIES queries.
+
+    ``tau0[i]`` is an upper bound of query i's k-th distance (the code length, or what an MIH walk found). Each
+    query sees items in position order, exactly as in ``_scan_impl``, so ties follow insertion order."""
+    kk = min(k, db.shape[0])
+    if kk == 0:
+        return
+    n_tiles = -(-qs.shape[0] // BLOCK_QUERIES)
+    for b in prange(n_tiles):
+        _tile(db, q, qs[b * BLOCK_QUERIES : min(qs.shape[0], (b + 1) * BLOCK_QUERIES)], tau0, kk, out_d, out_p)

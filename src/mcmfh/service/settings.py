@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -25,7 +24,9 @@ class Settings:
     max_k: int = 100
     default_k: int = 10
     max_query_chars: int = 1000
-    search_threads: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))  # concurrent searches
+    # Concurrent searches. The archive engine gathers concurrent queries into one encoder call per modality, so
+    # these threads mostly wait for their batch: enough of them to fill a batch, not one per core.
+    search_threads: int = 32
     max_thumbnail_side: int = 2048  # upper bound of ``?max_side=`` on item images
     # "route": method, route template (e.g. /items/{item_id}), status, duration; "full" adds the raw path (ids);
     # query text and bodies are never logged.
