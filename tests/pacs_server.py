@@ -125,9 +125,11 @@ class Orthanc:
 
 class FaultProxy:
     """Forwards to Orthanc with basic auth, requiring ``Authorization: Bearer TOKEN`` from the client; can answer
-    503 to the first ``fail_wado`` WADO requests and delay each WADO answer by ``delay_s``."""
+    503 to the first ``fail_wado`` WADO requests, delay each WADO answer by ``delay_s``, and refuse (400) the
+    all-instances QIDO query as some PACS do (``no_root_instances``)."""
 
-    def __init__(self, upstream: str, token: str, fail_wado: int = 0, delay_s: float = 0.0) -> None:
+    def __init__(self, upstream: str, token: str, fail_wado: int = 0, delay_s: float = 0.0,
+                 no_root_instances: bool = False) -> None:  # fmt: skip
         import requests
 
         proxy = self
@@ -144,6 +146,11 @@ class FaultProxy:
                     proxy.seen_auth.add(self.headers.get("Authorization", ""))
                 if self.headers.get("Authorization") != f"Bearer {token}":
                     self.send_response(401)
+                    self.end_headers()
+                    return
+                if no_root_instances and self.path.startswith("/dicom-web/instances"):
+                    self.send_response(400)
+                    self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
                 wado = "/instances/" in self.path and not self.path.rstrip("/").endswith("/instances")
@@ -249,11 +256,11 @@ def sr_instance(text: str, study_uid: str, study_date: str, accession: str, cont
 
 
 def study(modality: str, body_part: str, n: int, report: str | None, study_date: str = "20240315",
-          accession: str = "", seed: int = 0):  # fmt: skip
+          accession: str = "", seed: int = 0, side: int = 32):  # fmt: skip
     """A study: ``n`` image instances plus (if ``report``) one SR. Returns (study_uid, sop_uids, datasets)."""
     from pydicom.uid import generate_uid
 
     uid = generate_uid()
-    images = image_instances(modality, body_part, n, uid, study_date, accession, seed)
+    images = image_instances(modality, body_part, n, uid, study_date, accession, seed, side)
     datasets = images + ([sr_instance(report, uid, study_date, accession)] if report else [])
     return uid, [d.SOPInstanceUID for d in images], datasets

@@ -196,7 +196,7 @@ def test_bearer_token_retries_and_errors(pacs, archive, base_archive, monkeypatc
 
     _, sops, ds = study("CT", "CHEST", 4, REPORT_A, seed=8)
     pacs.store(ds)
-    proxy = FaultProxy(pacs.url, TOKEN, fail_wado=3)
+    proxy = FaultProxy(pacs.url, TOKEN, fail_wado=3, no_root_instances=True)  # listing by the study walk
     try:
         monkeypatch.delenv("MCMFH_PACS_USER", raising=False)
         monkeypatch.setenv("MCMFH_PACS_TOKEN", "wrong-token")

@@ -84,19 +84,53 @@ STUDY_DATE, ACCESSION, MODALITY, BODY_PART = "00080020", "00080050", "00080060",
 FRAMES, INSTANCE_NUMBER = "00280008", "00200013"
 
 
+INSTANCE_FIELDS = ["StudyDate", "AccessionNumber", "Modality", "BodyPartExamined", "NumberOfFrames", "InstanceNumber",
+                   "SeriesInstanceUID"]  # fmt: skip
+
+
 def list_instances(client, filters: Filters, workers: int = 4) -> tuple[list[InstanceRef], list[InstanceRef]]:
-    """All image instances matching ``filters``, and the SR instances of the same studies (for reports)."""
+    """All image instances matching ``filters``, and the SR instances of the same studies (for reports).
+
+    One paged all-instances query (``/instances`` with study and series fields) where the server allows it, which
+    keeps a sync with nothing new to a few requests; else a walk studies -> series -> instances."""
+    import requests
+
+    study_filters = {"StudyDate": filters.date_range()} if filters.date_range() else {}
+    try:
+        found = client.search_for_instances(search_filters=study_filters, fields=INSTANCE_FIELDS, get_remaining=True)
+    except requests.HTTPError as e:
+        if e.response is None or e.response.status_code not in (400, 403, 404, 405, 501):
+            raise
+        return _walk(client, filters, study_filters, workers)
+    refs = []
+    for inst in found:
+        modality, body, date = _value(inst, MODALITY).upper(), _value(inst, BODY_PART).upper(), _value(inst, STUDY_DATE)
+        if modality == "SR" or (modality not in NON_IMAGE_MODALITIES and filters.matches(modality, body, date)):
+            refs.append(_ref(inst, inst, inst, modality, body))
+    return _split(refs)
+
+
+def _ref(study: dict, series: dict, inst: dict, modality: str, body: str) -> InstanceRef:
+    return InstanceRef(_value(study, STUDY_UID), _value(series, SERIES_UID), _value(inst, SOP_UID), modality, body,
+                       _value(study, STUDY_DATE), _value(study, ACCESSION), max(1, _int(inst, FRAMES, 1)),
+                       _int(inst, INSTANCE_NUMBER, 0))  # fmt: skip
+
+
+def _split(found: list[InstanceRef]) -> tuple[list[InstanceRef], list[InstanceRef]]:
+    studies = {r.study_uid for r in found if r.modality != "SR"}
+    images = [r for r in found if r.modality != "SR"]
+    reports = [r for r in found if r.modality == "SR" and r.study_uid in studies]
+    return _unique(images), _unique(reports)
+
+
+def _walk(client, filters: Filters, study_filters: dict, workers: int) -> tuple[list[InstanceRef], list[InstanceRef]]:
     from concurrent.futures import ThreadPoolExecutor
 
-    study_filters = {}
-    if filters.date_range():
-        study_filters["StudyDate"] = filters.date_range()
     studies = client.search_for_studies(search_filters=study_filters, fields=["StudyDate", "AccessionNumber"],
                                         get_remaining=True)  # fmt: skip
 
     def one_study(study: dict) -> list[InstanceRef]:
-        uid = _value(study, STUDY_UID)
-        date, accession = _value(study, STUDY_DATE), _value(study, ACCESSION)
+        uid, date = _value(study, STUDY_UID), _value(study, STUDY_DATE)
         out = []
         series_list = client.search_for_series(uid, fields=["Modality", "BodyPartExamined"], get_remaining=True)
         for series in series_list:
@@ -107,15 +141,11 @@ def list_instances(client, filters: Filters, workers: int = 4) -> tuple[list[Ins
             series_uid = _value(series, SERIES_UID)
             for inst in client.search_for_instances(uid, series_uid, fields=["NumberOfFrames", "InstanceNumber"],
                                                     get_remaining=True):  # fmt: skip
-                out.append(InstanceRef(uid, series_uid, _value(inst, SOP_UID), modality, body, date, accession,
-                                       max(1, _int(inst, FRAMES, 1)), _int(inst, INSTANCE_NUMBER, 0)))  # fmt: skip
+                out.append(_ref(study, series, inst, modality, body))
         return out
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        found = [ref for refs in pool.map(one_study, studies) for ref in refs]
-    images = [r for r in found if r.modality != "SR"]
-    reports = [r for r in found if r.modality == "SR"]
-    return _unique(images), _unique(reports)
+        return _split([ref for refs in pool.map(one_study, studies) for ref in refs])
 
 
 def _unique(refs: Sequence[InstanceRef]) -> list[InstanceRef]:
