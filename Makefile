@@ -2,10 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
-EXTRAS ?= offline,service,dev
+EXTRAS ?= offline,service,dev,pacs
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-scale test-biomedclip lint clean
+.PHONY: install demo test test-pacs test-scale test-biomedclip lint clean
 
 $(BIN)/mcmfh: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: install
 
 test: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest
+
+# Only the PACS group: a real Orthanc + DICOMweb plugin (apt-get install orthanc orthanc-dicomweb) on 127.0.0.1.
+# `make test` runs it too (skipped there when Orthanc is absent); here a missing Orthanc fails.
+test-pacs: install
+	MCMFH_REQUIRE_PACS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m pacs tests
 
 # Scale-out backends (Milvus, PostgreSQL, Ray) in a venv of their own, so the default install stays small.
 # Needs PostgreSQL server binaries (apt-get install postgresql); the tests start their own servers on 127.0.0.1.

@@ -67,4 +67,5 @@ from mcmfh.cli import demo as _demo  # noqa: E402,F401
 from mcmfh.cli import encode as _encode  # noqa: E402,F401
 from mcmfh.cli import index as _index  # noqa: E402,F401
 from mcmfh.cli import model as _model  # noqa: E402,F401
+from mcmfh.cli import pacs as _pacs  # noqa: E402,F401
 from mcmfh.cli import serve as _serve  # noqa: E402,F401

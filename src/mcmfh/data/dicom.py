@@ -139,7 +139,12 @@ def _grey_to_unit(arr: np.ndarray, ds) -> np.ndarray:
 def dicom_to_rgb(path: Path, max_pixels: int) -> Image.Image:
     """Decode one DICOM file to an 8-bit RGB PIL image (see the module docstring for every step)."""
     path = Path(path)
-    ds = _read(path, stop_before_pixels=False)
+    return dataset_to_rgb(_read(path, stop_before_pixels=False), path, max_pixels)
+
+
+def dataset_to_rgb(ds, where: str | Path, max_pixels: int) -> Image.Image:
+    """Decode an already-read pydicom dataset (e.g. fetched over DICOMweb); ``where`` names it in errors."""
+    path = where
     _check_size(ds, path, max_pixels)
     _ensure_transfer_syntax(ds)
     try:

@@ -1,0 +1,103 @@
+"""What a sync has indexed, kept in the archive folder (``pacs/sync.sqlite``): one row per SOPInstanceUID.
+
+Rows are written in one transaction per batch, after the archive committed that batch, so a killed sync leaves
+either both or only the archive's part (which the next run's idempotent add completes). The study-aware metadata
+lives here because the archive's item type has no field for it. No patient attribute has a column.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from mcmfh.errors import ArtefactError, MCMFHError
+from mcmfh.pacs.query import InstanceRef
+
+FOLDER = "pacs"
+DB_NAME = "sync.sqlite"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY,
+    item_id TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    body_part TEXT NOT NULL,
+    study_date TEXT NOT NULL,
+    synced_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_study ON instances (study_uid);
+"""
+COLUMNS = ("sop_uid", "item_id", "study_uid", "series_uid", "modality", "body_part", "study_date")
+
+
+class SyncState:
+    def __init__(self, archive_dir: Path) -> None:
+        folder = Path(archive_dir) / FOLDER
+        folder.mkdir(exist_ok=True)
+        self.path = folder / DB_NAME
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise ArtefactError(f"{self.path}: unreadable sync state ({e})") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def bind_source(self, url: str) -> None:
+        """An archive syncs from one PACS: refuse another URL, so a prune never removes another server's items."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'source'").fetchone()
+        if row is None:
+            with self._transaction():
+                self._db.execute("INSERT INTO meta VALUES ('source', ?)", (url,))
+        elif row[0] != url:
+            raise MCMFHError(f"this archive syncs from {row[0]}, not {url}")
+
+    def known(self) -> dict[str, tuple[str, str, str, str]]:
+        """sop_uid -> (item_id, modality, body_part, study_date)."""
+        rows = self._db.execute("SELECT sop_uid, item_id, modality, body_part, study_date FROM instances")
+        return {r[0]: tuple(r[1:]) for r in rows}
+
+    def record(self, refs: Sequence[InstanceRef], item_ids: Sequence[str]) -> None:
+        now = time.time()
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.sop_uid, i, r.study_uid, r.series_uid, r.modality, r.body_part, r.study_date, now)
+                 for r, i in zip(refs, item_ids, strict=True)],
+            )  # fmt: skip
+
+    def forget(self, sop_uids: Sequence[str]) -> None:
+        with self._transaction():
+            self._db.executemany("DELETE FROM instances WHERE sop_uid = ?", [(s,) for s in sop_uids])
+
+    def metadata(self, item_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """item_id -> the study-aware metadata of that item (for display and filters)."""
+        out = {}
+        for chunk in range(0, len(item_ids), 500):
+            part = list(item_ids[chunk : chunk + 500])
+            marks = ",".join("?" * len(part))
+            for row in self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM instances WHERE item_id IN ({marks})",
+                                        part):  # fmt: skip
+                out[row[1]] = dict(zip(COLUMNS, row, strict=True))
+        return out
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM instances").fetchone()[0])

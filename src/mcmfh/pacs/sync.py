@@ -1,0 +1,222 @@
+"""The sync loop: list (QIDO-RS), diff against the sync state, fetch new images (WADO-RS, bounded concurrency),
+encode and add them in batches through ``target``, record them; optionally prune what the PACS no longer has.
+
+Resumable: each batch is committed to the archive, then to the state, so a killed sync loses at most one batch of
+transfer; the next run skips what the state (or the archive) already holds. One sync per archive at a time (a lock
+file). Instances of studies without a report are skipped and picked up by a later sync once the report exists.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from mcmfh.data.records import Record
+from mcmfh.errors import MCMFHError
+from mcmfh.io import atomic_write_bytes
+from mcmfh.pacs.client import PacsConfig, connect
+from mcmfh.pacs.fetch import ImageFetcher
+from mcmfh.pacs.query import Filters, InstanceRef, list_instances
+from mcmfh.pacs.reports import ReportFile, fetch_error, sr_reports
+from mcmfh.pacs.state import FOLDER, SyncState
+from mcmfh.pacs.target import open_archive
+
+SOURCE = "pacs"
+LOCK_NAME = "sync.lock"
+IMAGES = "images"
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    reports: Path | None = None  # a RIS export; None with sr=False means: SR reports
+    sr: bool = False
+    filters: Filters = field(default_factory=Filters)
+    prune: bool = False
+    fetch: str = "auto"
+    batch_size: int = 32
+    image_side: int = 512  # the kept PNG's longest side: encoders read 224-384 px, so larger adds only disk
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.reports is not None and self.sr:
+            raise MCMFHError("give either --reports FILE or --sr, not both")
+        if self.batch_size < 1 or self.image_side < 16:
+            raise MCMFHError("--batch-size >= 1 and --image-side >= 16 expected")
+
+
+@dataclass
+class SyncResult:
+    listed: int = 0
+    new: int = 0
+    fetched: int = 0  # image instances retrieved (WADO-RS), successful or not
+    rendered: int = 0  # of those, served as the server's rendered frame (the rest: pixel data decoded here)
+    added: int = 0
+    no_report: int = 0
+    failed: int = 0
+    pruned: int = 0
+    list_s: float = 0.0
+    transfer_s: float = 0.0  # wall time of the WADO-RS fetches (reports and images)
+    encode_s: float = 0.0  # wall time of encoding + hashing + committing to the archive
+    total_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def item_id_of(ref: InstanceRef) -> str:
+    return ref.sop_uid
+
+
+def sync(archive_dir: str | Path, config: PacsConfig, options: SyncOptions | None = None,
+         log: Callable[[str], None] | None = None) -> SyncResult:  # fmt: skip
+    """Bring the archive at ``archive_dir`` up to date with the PACS at ``config.url``."""
+    options = options or SyncOptions(sr=True)
+    archive_dir = Path(archive_dir)
+    if not (archive_dir / "manifest.json").is_file():
+        raise MCMFHError(f"{archive_dir}: not an archive (no manifest.json); make one with `mcmfh index build`")
+    log = log or (lambda _: None)
+    t0 = time.perf_counter()
+    result = SyncResult()
+    reports = ReportFile.load(options.reports) if options.reports else None  # bad file: fail before any request
+    client = connect(config)
+    with _lock(archive_dir / FOLDER / LOCK_NAME):
+        state = SyncState(archive_dir)
+        try:
+            state.bind_source(config.public_url)
+            t = time.perf_counter()
+            images, srs = _listed(client, options.filters, config)
+            result.list_s = time.perf_counter() - t
+            result.listed = len(images)
+            known = state.known()
+            new = [r for r in images if r.sop_uid not in known]
+            result.new = len(new)
+            gone = _gone(known, images, options.filters) if options.prune else []
+            writer = open_archive(archive_dir) if new or gone else None
+            try:
+                if gone:
+                    result.pruned = writer.remove([known[s][0] for s in gone])
+                    state.forget(gone)
+                    log(f"pruned {result.pruned} item(s) deleted on the PACS")
+                if new:
+                    t = time.perf_counter()
+                    texts = _reports_for(client, new, srs, reports, result.errors)
+                    result.transfer_s += time.perf_counter() - t
+                    todo = [r for r in new if texts.get(r.study_uid)]
+                    result.no_report = len(new) - len(todo)
+                    _add_all(todo, texts, client, config, options, archive_dir, writer, state, result)
+            finally:
+                if writer is not None:
+                    writer.close()
+        finally:
+            state.close()
+    result.total_s = time.perf_counter() - t0
+    return result
+
+
+def _listed(client, filters: Filters, config: PacsConfig):
+    import requests
+
+    try:
+        return list_instances(client, filters, workers=config.workers)
+    except requests.HTTPError as e:
+        status = e.response.status_code if e.response is not None else "?"
+        hint = " (check MCMFH_PACS_TOKEN or MCMFH_PACS_USER/MCMFH_PACS_PASSWORD)" if status in (401, 403) else ""
+        raise MCMFHError(f"{config.public_url}: QIDO-RS answered HTTP {status}{hint}") from None
+    except requests.RequestException as e:
+        raise MCMFHError(f"{config.public_url}: cannot reach the PACS ({type(e).__name__})") from None
+
+
+def _gone(known: dict, listed: Sequence[InstanceRef], filters: Filters) -> list[str]:
+    """Indexed instances inside the filters' scope that the PACS no longer lists."""
+    present = {r.sop_uid for r in listed}
+    return [sop for sop, (_, modality, body, date) in known.items()
+            if sop not in present and filters.matches(modality, body, date)]  # fmt: skip
+
+
+def _reports_for(
+    client, new: Sequence[InstanceRef], srs: Sequence[InstanceRef], reports: ReportFile | None, errors: list[str]
+) -> dict[str, str]:
+    studies = {r.study_uid for r in new}
+    if reports is None:
+        return sr_reports(client, srs, studies, errors)
+    first = {}
+    for r in new:
+        first.setdefault(r.study_uid, r)
+    return {s: text for s, ref in first.items() if (text := reports.text_for(ref))}
+
+
+def _add_all(todo, texts, client, config, options, archive_dir, writer, state, result) -> None:
+    from tqdm import tqdm
+
+    fetcher = ImageFetcher(client, options.fetch)
+    image_dir = archive_dir / FOLDER / IMAGES
+    image_dir.mkdir(parents=True, exist_ok=True)
+
+    def fetch_one(ref: InstanceRef) -> tuple[InstanceRef, Path | None, str | None]:
+        try:
+            image = fetcher(ref)
+        except Exception as e:  # one bad instance must not stop the sync; messages never carry header values
+            return ref, None, f"instance {ref.sop_uid}: fetch failed ({fetch_error(e)})"
+        path = image_dir / f"{ref.sop_uid}.png"
+        atomic_write_bytes(path, _png(image, options.image_side))
+        return ref, path, None
+
+    bar = tqdm(total=len(todo), desc="sync", unit="inst", disable=not options.progress)
+    with ThreadPoolExecutor(max_workers=config.workers) as pool:
+        for batch in _chunks(todo, options.batch_size):
+            t = time.perf_counter()
+            fetched = list(pool.map(fetch_one, batch))
+            result.transfer_s += time.perf_counter() - t
+            result.fetched += len(batch)
+            ok = [(ref, path) for ref, path, err in fetched if err is None]
+            for _, _, err in fetched:
+                if err is not None:
+                    result.failed += 1
+                    result.errors.append(err)
+            records = [Record(id=item_id_of(ref), image=path, text=texts[ref.study_uid], labels=(), split="pacs")
+                       for ref, path in ok]  # fmt: skip
+            t = time.perf_counter()
+            if records:
+                result.added += writer.add(records, SOURCE)
+                state.record([ref for ref, _ in ok], [r.id for r in records])
+            result.encode_s += time.perf_counter() - t
+            bar.update(len(batch))
+    bar.close()
+    result.rendered += fetcher.rendered
+
+
+def _png(image: Image.Image, side: int) -> bytes:
+    image = image.copy()
+    image.thumbnail((side, side))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")  # PIL writes no text chunks unless asked: the PNG carries pixels only
+    return buf.getvalue()
+
+
+def _chunks(items: Sequence, n: int) -> Iterator[Sequence]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+@contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MCMFHError(f"{path.parent.parent}: another sync is running on this archive") from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock, also when the process is killed
