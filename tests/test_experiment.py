@@ -56,7 +56,7 @@ def test_cli_train_and_evaluate(tmp_path, feat_dir, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0 < metrics["i2t_map_all"] <= 1 and "t2i_map_50" in metrics
     assert (run / "pr_curve.png").stat().st_size > 0 and (run / "p_at_k.png").stat().st_size > 0
-    assert "mAP@all i2t" in capsys.readouterr().out
+    assert "mAP (tie-aware) i2t" in capsys.readouterr().out
     assert main([*args[:-1], str(tmp_path / "r2"), "--option", "nope=1"]) == 2  # one-line error, not a traceback
     assert "unknown option" in capsys.readouterr().err
 

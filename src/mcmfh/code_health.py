@@ -52,7 +52,7 @@ def code_health(codes: np.ndarray, bits: int | None = None) -> dict[str, Any]:
         raise MCMFHError("code health: no codes")
     _, counts = np.unique(np.packbits(b, axis=1), axis=0, return_counts=True)
     p = counts / n
-    entropy = float(-(p * np.log2(p)).sum())
+    entropy = max(0.0, float(-(p * np.log2(p)).sum()))  # one code: -0.0 otherwise
     share = b.mean(0)
     x = b.astype(np.float64) - share
     std = x.std(0)
