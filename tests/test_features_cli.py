@@ -39,13 +39,14 @@ def test_encode_writes_then_reuses(tmp_path, dataset, capsys):
     assert fs.image_dim == 16 and fs.manifest["encoder"] == "tiny"
     assert main(args) == 0
     assert "reused cache" in capsys.readouterr().out
-    assert main([*args[:-4], "-E", "image_dim=8", "--refuse-mismatch"]) == 2
+    assert main([*args[:-4], "-E", "image_dim=8"]) == 2  # another cache at --out: refused without --overwrite
     assert "made from something else" in capsys.readouterr().err
     assert dataset[0][0] == "gen"
 
 
 def test_bad_encoder_option_is_one_line(tmp_path, dataset, capsys):
-    args = ["encode", "--dataset", "gen", "--data-root", str(tmp_path), "--encoder", "tiny", "--out", str(tmp_path)]
+    args = ["encode", "--dataset", "gen", "--data-root", str(tmp_path), "--encoder", "tiny"]
+    args += ["--out", str(tmp_path / "F")]
     assert main([*args, "-E", "novalue"]) == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err
     assert main([*args[:-2], "--out", str(tmp_path / "x"), "--encoder", "nope"]) == 2

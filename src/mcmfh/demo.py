@@ -24,7 +24,10 @@ from mcmfh.evaluate import evaluate_method
 from mcmfh.feature_cache import encode_dataset
 from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_write_json
+from mcmfh.manifest import MANIFEST_NAME, new_manifest
 from mcmfh.train import load_run, train_run
+
+KIND = "demo"
 
 
 @dataclass
@@ -54,8 +57,14 @@ def _dataset(cfg: DemoConfig, log: Callable[[str], None]) -> Dataset:
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the chain and return the summary that is also written to ``out/demo.json``."""
+    from mcmfh.outputs import check_output
+
     t_start = time.perf_counter()
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    # A demo folder is rerun in place (features reused, runs and archive each replaced atomically); anything
+    # else at --out is refused. Its artefacts name their own paths, so it is not rebuilt elsewhere and swapped.
+    if check_output(cfg.out, KIND, resumable=True) == "new":
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cfg.out / MANIFEST_NAME, new_manifest(KIND))
     ds = _dataset(cfg, log)
     log(f"dataset {ds.name}: {len(ds)} items {ds.split_counts()}, {len(ds.label_vocab)} labels ({ds.label_set})")
 

@@ -21,13 +21,14 @@ import yaml
 from mcmfh.errors import MCMFHError
 from mcmfh.evaluate import evaluate_method, summary
 from mcmfh.features import FeatureSet
-from mcmfh.io import atomic_write_json
-from mcmfh.manifest import fingerprint
+from mcmfh.io import atomic_dir, atomic_write_json
+from mcmfh.manifest import MANIFEST_NAME, fingerprint, new_manifest
 from mcmfh.method import available_methods, create_method
 from mcmfh.metrics import RankingOptions
 from mcmfh.train import feature_identity, fit_method, save_run
 
 ROWS_DIR = "rows"
+KIND = "experiment"
 SPLITS = ("train", "dev", "test")
 
 
@@ -244,10 +245,30 @@ def run_experiment(
     out_dir: str | Path,
     log: Callable[[str], None] = print,
     overrides: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Run (or resume) the experiment; returns the path of ``results.json``. ``overrides``: see ``load_config``."""
+    """Run (or resume) the experiment; returns the path of ``results.json``. ``overrides``: see ``load_config``.
+
+    ``out_dir`` must be new, empty or an experiment folder (resumed); ``overwrite`` runs afresh in a folder beside
+    it that replaces it once finished, so the old results stay until the new ones exist (see ``mcmfh.outputs``)."""
+    from mcmfh.outputs import check_output
+
     cfg = load_config(config_path, overrides)
     out = Path(out_dir)
+    plan = check_output(out, KIND, overwrite=overwrite, resumable=True)
+    if plan == "replace":
+        with atomic_dir(out) as tmp:
+            _run(cfg, config_path, tmp, log)
+        return out / "results.json"
+    out.mkdir(parents=True, exist_ok=True)
+    if plan == "new":  # first file: marks the folder as ours, so a rerun resumes into it
+        atomic_write_json(out / MANIFEST_NAME, new_manifest(KIND, config=str(config_path)))
+    return _run(cfg, config_path, out, log)
+
+
+def _run(cfg: ExperimentConfig, config_path: str | Path, out: Path, log: Callable[[str], None]) -> Path:
+    if not (out / MANIFEST_NAME).is_file():
+        atomic_write_json(out / MANIFEST_NAME, new_manifest(KIND, config=str(config_path)))
     features = get_features(cfg, out, log)
     rows = []
     grid = cfg.grid()

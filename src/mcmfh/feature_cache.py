@@ -131,6 +131,8 @@ class _Work:
             except (OSError, ValueError):
                 found = None
         if found != work_id:  # another identity, another chunking, or a fresh start: never mix
+            if folder.exists() and not (folder / WORK_NAME).is_file() and any(folder.iterdir()):
+                raise ArtefactError(f"{folder}: not an mcmfh work folder (no {WORK_NAME}); move it away")
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
             atomic_write_json(folder / WORK_NAME, work_id)
@@ -273,7 +275,10 @@ def run_encode(
             return EncodeOutcome(fs, out, reused=True, n_items=len(fs), skipped=manifest.get("skipped", []))
         if opts.on_mismatch == "refuse":
             diffs = _differences(identity, manifest) or ["it skipped bad images, and --skip-bad is off now"]
-            raise ArtefactError(f"{out}: holds a feature cache made from something else ({'; '.join(diffs)})")
+            raise ArtefactError(
+                f"{out}: holds a feature cache made from something else ({'; '.join(diffs)}); "
+                "pass --overwrite to replace it, or choose another --out"
+            )
 
     work_id = {"cache_key": key, "chunk_size": opts.chunk_size, "skip_bad": opts.skip_bad, "n": len(dataset)}
     work = _Work(_partial_dir(out), work_id, opts.resume)

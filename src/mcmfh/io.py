@@ -47,30 +47,71 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is unavailable."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return rc == 0
+
+
+def _old_name(path: Path) -> str:
+    return f".{path.name}.old-"
+
+
+def recover_swap(path: str | os.PathLike[str]) -> bool:
+    """Undo a replacement stopped between its two renames (where ``_exchange`` is unavailable): ``path`` is
+    missing and its previous version waits at ``.NAME.old-*``; move it back. True if something was restored."""
+    path = Path(path)
+    if path.exists() or path.is_symlink() or not path.parent.is_dir():
+        return False
+    olds = sorted(p for p in path.parent.glob(_old_name(path) + "*") if p.is_dir())
+    if len(olds) != 1:
+        return False
+    os.replace(olds[0], path)
+    return True
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str], overwrite: bool = True) -> Iterator[Path]:
-    """Yield a fresh temp folder beside ``path``; on success it replaces ``path`` in one rename.
+    """Yield a fresh temp folder beside ``path``; on success it replaces ``path`` atomically.
 
-    On an exception the temp folder is removed and ``path`` is untouched. Replacing an existing folder takes two
-    renames (old aside, new in); a crash between them leaves ``path`` missing but ``path.old-*`` intact.
+    On an exception the temp folder is removed and ``path`` is untouched. An existing folder is swapped with the
+    new one in one ``renameat2(RENAME_EXCHANGE)``, so a crash leaves the old or the new, never neither; where that
+    call is missing it takes two renames, and ``recover_swap`` restores the old one after a crash between them.
+    Only folders are replaced: ``path`` being a file raises ``FileExistsError``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_swap(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if path.exists():
-        if not overwrite:
+    _fsync_dir(tmp)
+    if path.exists() or path.is_symlink():
+        if not overwrite or path.is_symlink() or not path.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
             raise FileExistsError(path)
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-        os.rmdir(old)
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        if _exchange(tmp, path):
+            shutil.rmtree(tmp, ignore_errors=True)  # now the old version
+        else:
+            old = Path(tempfile.mkdtemp(prefix=_old_name(path), dir=path.parent))
+            os.rmdir(old)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, path)
     _fsync_dir(path.parent)

@@ -43,8 +43,10 @@ def encode(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable items (listed) instead of failing."),
     device: str = typer.Option(None, "--device", help="Torch device for the encoder, e.g. cpu, cuda, auto."),
-    refuse_mismatch: bool = typer.Option(
-        False, "--refuse-mismatch", help="Fail if --out holds a cache made from something else (default: recompute)."
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace a cache at --out made from something else (default: refuse; a matching cache is always reused).",
     ),
     no_resume: bool = typer.Option(False, "--no-resume", help="Discard work left by an interrupted run."),
     encoder_opt: list[str] = typer.Option([], "--encoder-opt", "-E", help="Encoder option KEY=VALUE (repeatable)."),
@@ -61,7 +63,9 @@ def encode(
     """Encode a dataset into a feature cache; the same command again reuses it."""
     from mcmfh.encoders import get_encoder
     from mcmfh.feature_cache import EncodeOptions, run_encode
+    from mcmfh.outputs import check_output
 
+    check_output(out, "features", overwrite=overwrite, resumable=True)  # before loading anything slow
     t0 = time.perf_counter()
     ds = _load_dataset(dataset, data_root, label_set, skip_bad)
     opts = _parse_options(encoder_opt)
@@ -83,7 +87,7 @@ def encode(
             batch_size=batch_size,
             skip_bad=skip_bad,
             resume=not no_resume,
-            on_mismatch="refuse" if refuse_mismatch else "recompute",
+            on_mismatch="recompute" if overwrite else "refuse",
             progress=progress,
         ),
         chunk_runner=runner,

@@ -39,7 +39,9 @@ def build(
     from mcmfh.archive import Archive
     from mcmfh.archive_store import StoreConfig
     from mcmfh.features import FeatureSet
+    from mcmfh.outputs import check_output
 
+    check_output(out, "archive", overwrite=overwrite)  # never replaces a folder that is not an archive
     t0 = time.perf_counter()
     store = StoreConfig(backend=backend, uri=uri, metadata=metadata, dsn=dsn)  # validated before the slow load
     fs = FeatureSet.load(features)

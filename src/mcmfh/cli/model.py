@@ -28,11 +28,15 @@ def train(
     method: str = typer.Option(..., "--method", help="Registered method name (e.g. mcmfh, ucmfh, cca-itq)."),
     bits: int = typer.Option(16, "--bits", help="Code length."),
     seed: int = typer.Option(0, "--seed"),
-    out: Path = typer.Option(..., "--out", help="Run folder to write (replaced atomically)."),
+    out: Path = typer.Option(..., "--out", help="Run folder to write (must not exist, or be a run: see --overwrite)."),
     option: list[str] = typer.Option([], "--option", help="Method option key=value (repeatable)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder (atomically)."),
 ) -> None:
     """Fit a method on the train split (dev for model choice) and save it as a run folder."""
+    from mcmfh.outputs import check_output
     from mcmfh.train import train_run
+
+    check_output(out, "run", overwrite=overwrite)  # before the slow fit
 
     run = train_run(features, method, bits, seed, out, parse_kv(option))
     log = json.loads((run / "train_log.json").read_text(encoding="utf-8"))
@@ -47,6 +51,7 @@ def evaluate(
     queries: str = typer.Option("test", "--queries", help="Query splits, comma-separated."),
     database: str = typer.Option("train,dev", "--database", help="Database splits, comma-separated."),
     k: int = typer.Option(50, "--k", help="K of mAP@K (UCMFH definition)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out metrics JSON."),
 ) -> None:
     """Evaluate a run: metrics JSON plus PR and P@K plots (PNG) in the run folder."""
     from mcmfh.code_health import health_line
@@ -56,6 +61,8 @@ def evaluate(
     from mcmfh.metrics import RankingOptions
     from mcmfh.train import check_features, load_run
 
+    if out is not None:
+        _check_json_out(out, overwrite)
     method, manifest = load_run(run_dir)
     feats = FeatureSet.load(features)
     check_features(manifest, feats, run_dir)
@@ -75,6 +82,22 @@ def evaluate(
         typer.echo(f"codes: {health_line(metrics['code_health'])}")
 
 
+def _check_json_out(path: Path, overwrite: bool) -> None:
+    """A metrics file is replaced only with --overwrite, and only if it is a JSON object (what we write)."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise MCMFHError(f"--out {path}: exists and is not a file; choose another --out (nothing was changed)")
+    if not path.exists():
+        return
+    if not overwrite:
+        raise MCMFHError(f"--out {path}: already exists; pass --overwrite to replace it")
+    try:
+        ok = isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        raise MCMFHError(f"--out {path}: is not a metrics JSON file; choose another --out (it is never replaced)")
+
+
 @app.command()
 def experiment(
     config: Path = typer.Argument(..., help="Experiment YAML (e.g. configs/medpix2.yaml)."),
@@ -82,9 +105,12 @@ def experiment(
     set_: list[str] = typer.Option(
         [], "--set", help="Override a config field, KEY=VALUE (YAML value; dotted keys for nested), repeatable."
     ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Start afresh: build a new experiment beside --out and swap it in when done."
+    ),
 ) -> None:
     """Run methods x bits x seeds from a config; writes results.json, results.md and plots."""
     from mcmfh.experiment import parse_overrides, run_experiment
 
-    path = run_experiment(config, out, log=typer.echo, overrides=parse_overrides(set_))
+    path = run_experiment(config, out, log=typer.echo, overrides=parse_overrides(set_), overwrite=overwrite)
     typer.echo(f"results: {path.resolve()}\nresults.md: {(path.parent / 'results.md').resolve()}")

@@ -25,10 +25,12 @@ from mcmfh.data.archives import extract_matching
 from mcmfh.data.download import DownloadConfig, download
 from mcmfh.errors import DataError, MCMFHError
 from mcmfh.io import atomic_dir, atomic_write_json
+from mcmfh.manifest import MANIFEST_NAME, new_manifest
 
 OPENI_BASE_URL = "https://openi.nlm.nih.gov/imgs/collections/"
 OPENI_ARCHIVES = {"reports": "NLMCXR_reports.tgz", "images": "NLMCXR_png.tgz"}
 DOWNLOADS = ".downloads"
+KIND = "dataset"  # manifest kind of a prepared dataset folder
 
 
 def url_join(base: str, name: str) -> str:
@@ -102,9 +104,15 @@ def prepare(
     ``text_url``, ``images``; medpix2 ``ref``; synthetic ``n``, ``seed``.
     """
     from mcmfh.data import medpix2_convert, roco_fetch, synthetic
+    from mcmfh.outputs import artefact_kind, check_output
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if artefact_kind(out) is None and (out / "prepare.json").is_file():  # prepared before folders had manifests
+        atomic_write_json(out / MANIFEST_NAME, new_manifest(KIND, dataset=None))
+    # A prepared folder is resumed (downloads continue, finished parts are kept); anything else is refused.
+    if check_output(out, KIND, resumable=True) == "new":
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / MANIFEST_NAME, new_manifest(KIND, dataset=dataset))
     src = Path(source) if source is not None else None
     if src is not None and not src.exists():
         raise DataError(f"{src}: --source folder not found")
@@ -123,5 +131,6 @@ def prepare(
     if unknown:
         raise MCMFHError(f"prepare {dataset}: unknown option(s) {unknown}; accepted: {accepted}")
     summary = fn(*args, **options)
+    atomic_write_json(out / MANIFEST_NAME, new_manifest(KIND, dataset=dataset))
     atomic_write_json(out / "prepare.json", {"dataset": dataset, "base_url": base_url, **summary})
     return out

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from mcmfh.io import atomic_dir
+from mcmfh.manifest import MANIFEST_NAME
 
 REGIONS = ("head", "chest", "abdomen", "limb")
 FINDINGS = ("lesion", "cyst", "calcification", "fracture", "normal")
@@ -189,10 +192,11 @@ def synthetic_items(n: int, seed: int = 0) -> list[SyntheticItem]:
     return items
 
 
-def make_synthetic_dataset(out_dir: str | Path, n: int = 600, seed: int = 0) -> Path:
+def make_synthetic_dataset(out_dir: str | Path, n: int = 600, seed: int = 0, keep: Sequence[str] = ()) -> Path:
     """Write ``n`` items to ``out_dir`` (``synthetic.csv`` + ``images/``) atomically and return ``out_dir``.
 
-    Load it with ``load_dataset("csv", out_dir)``.
+    Load it with ``load_dataset("csv", out_dir)``. Files named in ``keep`` are carried over from an earlier
+    ``out_dir`` (e.g. the manifest that marks a prepared folder).
     """
     if n < len(REGIONS) * len(FINDINGS):
         raise ValueError(f"n must be at least {len(REGIONS) * len(FINDINGS)} (one item per region x finding)")
@@ -200,6 +204,9 @@ def make_synthetic_dataset(out_dir: str | Path, n: int = 600, seed: int = 0) -> 
     items = synthetic_items(n, seed)
     rng = np.random.default_rng([seed, 1])  # pixels use their own stream, so captions do not depend on drawing
     with atomic_dir(out) as tmp:
+        for name in keep:
+            if (out / name).is_file():
+                shutil.copy2(out / name, tmp / name)
         (tmp / "images").mkdir()
         with open(tmp / CSV_NAME, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
@@ -214,6 +221,6 @@ def make_synthetic_dataset(out_dir: str | Path, n: int = 600, seed: int = 0) -> 
 
 
 def prepare_synthetic(out: Path, n: int = 600, seed: int = 0) -> dict:
-    """``mcmfh prepare synthetic``: generate the dataset into ``out`` (replacing an earlier one)."""
-    make_synthetic_dataset(out, n=n, seed=seed)
+    """``mcmfh prepare synthetic``: generate the dataset into ``out`` (replacing an earlier one, manifest kept)."""
+    make_synthetic_dataset(out, n=n, seed=seed, keep=(MANIFEST_NAME,))
     return {"items": n, "seed": seed}
