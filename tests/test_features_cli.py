@@ -21,7 +21,7 @@ def dataset(tmp_path, monkeypatch):
     ds = Dataset("gen", records, "labels", ["t0", "t1"])
     calls = []
 
-    def fake_load(name, root, label_set, skip_bad):
+    def fake_load(name, root, label_set, skip_bad, encoding=None):
         calls.append((name, root, label_set, skip_bad))
         return ds
 

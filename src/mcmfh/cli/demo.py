@@ -17,7 +17,7 @@ def demo(
     encoder: str = typer.Option("offline", "--encoder", help="Frozen encoder (offline: real pretrained weights)."),
     methods: str = typer.Option("mcmfh,cca-itq", "--methods", help="Comma-separated methods; the first is indexed."),
     bits: int = typer.Option(16, "--bits"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1),
     n_synthetic: int = typer.Option(600, "--n-synthetic", min=36, help="Size of the built-in dataset."),
 ) -> None:
     """Encode -> train 16-bit MCMFH (and a baseline) -> evaluate -> example image->text and text->image searches."""

@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from mcmfh.cli import app
+from mcmfh.cli.inputs import ENCODING_HELP, SKIP_REPORT_HELP, load_input, write_skip_report
 from mcmfh.errors import MCMFHError
 
 
@@ -27,10 +28,7 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def _load_dataset(name: str, root: Path, label_set: str | None, skip_bad: bool):
-    from mcmfh.data import load_dataset
-
-    return load_dataset(name, root, label_set=label_set, skip_bad=skip_bad)
+_load_dataset = load_input  # the seam tests replace
 
 
 @app.command()
@@ -42,6 +40,8 @@ def encode(
     label_set: str = typer.Option(None, "--label-set", help="Which labels define relevance (loader default)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable items (listed) instead of failing."),
+    skip_report: Path = typer.Option(None, "--skip-report", help=SKIP_REPORT_HELP),
+    encoding: str = typer.Option(None, "--encoding", help=ENCODING_HELP),
     device: str = typer.Option(None, "--device", help="Torch device for the encoder, e.g. cpu, cuda, auto."),
     overwrite: bool = typer.Option(
         False,
@@ -67,7 +67,7 @@ def encode(
 
     check_output(out, "features", overwrite=overwrite, resumable=True)  # before loading anything slow
     t0 = time.perf_counter()
-    ds = _load_dataset(dataset, data_root, label_set, skip_bad)
+    ds = _load_dataset(dataset, data_root, label_set, skip_bad, encoding)
     opts = _parse_options(encoder_opt)
     if device is not None:
         opts["device"] = device
@@ -103,6 +103,7 @@ def encode(
     if result.skipped:
         first = "; ".join(f"{i}: {why}" for i, why in result.skipped[:3])
         typer.echo(f"skipped {len(result.skipped)} unreadable image(s) (first: {first})")
+    write_skip_report(out, skip_report, list(ds.report.skipped) + [(str(i), why) for i, why in result.skipped])
     if result.reused:
         typer.echo(f"reused cache {out} ({time.perf_counter() - t0:.1f} s)")
         return

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from mcmfh.cli import app
+from mcmfh.cli.inputs import ENCODING_HELP, SKIP_REPORT_HELP, load_input, write_skip_report
 from mcmfh.errors import MCMFHError
 
 index_app = typer.Typer(help="Build and maintain a searchable archive (run + Hamming indexes + item metadata).",
@@ -59,12 +60,16 @@ def add(
     data_root: Path = typer.Option(..., "--data-root", help="Folder or file the loader reads."),
     splits: str = typer.Option("train,dev,test", help="Which of the loaded splits to add."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable items instead of failing."),
+    skip_report: Path = typer.Option(None, "--skip-report", help=SKIP_REPORT_HELP),
+    encoding: str = typer.Option(None, "--encoding", help=ENCODING_HELP),
 ) -> None:
     """Encode new items with the archive's encoder and model, and add them (ids already present are skipped)."""
     from mcmfh.archive import Archive
-    from mcmfh.data import load_dataset
 
-    ds = load_dataset(dataset, data_root, skip_bad=skip_bad)
+    ds = load_input(dataset, data_root, None, skip_bad, encoding)
+    if ds.report.skipped:
+        typer.echo(f"loader: {ds.report.summary()}")
+    write_skip_report(archive_dir, skip_report, list(ds.report.skipped))
     wanted = set(_splits(splits))
     records = [r for r in ds.records if r.split in wanted]
     with Archive.open(archive_dir, writable=True) as archive:

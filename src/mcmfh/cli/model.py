@@ -27,7 +27,7 @@ def train(
     features: Path = typer.Option(..., "--features", help="Feature cache folder (from `mcmfh encode`)."),
     method: str = typer.Option(..., "--method", help="Registered method name (e.g. mcmfh, ucmfh, cca-itq)."),
     bits: int = typer.Option(16, "--bits", help="Code length."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Random seed (numpy accepts 0 to 2**32-1)."),
     out: Path = typer.Option(..., "--out", help="Run folder to write (must not exist, or be a run: see --overwrite)."),
     option: list[str] = typer.Option([], "--option", help="Method option key=value (repeatable)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder (atomically)."),

@@ -16,8 +16,15 @@ from mcmfh.data.images import check_image
 from mcmfh.data.records import SPLITS, Dataset, LoadReport, Record, build_vocab
 from mcmfh.errors import DataError
 
-# How many bad items an error message quotes; the rest are counted.
+# How many bad items an error message quotes; the rest are counted (``--skip-bad`` writes the full list to a file).
 _QUOTE_FIRST = 3
+
+# The longest CSV field accepted, in characters. A longer cell (a pasted 10 MB report, a binary blob) makes its row a
+# bad item; the csv module's own limit is raised past it so one such cell cannot fail the whole file.
+MAX_FIELD_CHARS = 1_000_000
+_CSV_READER_LIMIT = 2**31 - 1  # the largest value csv.field_size_limit accepts on every platform
+
+DEFAULT_ENCODING = "utf-8"
 
 
 class Issues:
@@ -142,23 +149,70 @@ def split_labels(cell: str | None, sep: str = ";") -> tuple[str, ...]:
     return tuple(dict.fromkeys(t.strip() for t in cell.split(sep) if t.strip()))
 
 
-def read_lines(path: Path) -> list[str]:
-    """The lines of a UTF-8 text file (a BOM is dropped); unreadable or non-UTF-8 files are a DataError."""
+def _codec(encoding: str) -> str:
+    """The codec to open with: a UTF-8 BOM is dropped; an unknown encoding name is a DataError."""
+    import codecs
+
     try:
-        return path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read as UTF-8 text ({e})") from None
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        raise DataError(f"--encoding {encoding!r}: unknown text encoding (e.g. utf-8, latin-1, cp1252)") from None
+    return "utf-8-sig" if name == "utf-8" else name
 
 
-def read_csv_rows(path: Path, required: tuple[str, ...], issues: Issues) -> Iterator[tuple[int, dict[str, str]]]:
+def _first_bad_line(path: Path, codec: str) -> int | None:
+    """The 1-based line of the first byte that does not decode (a text stream's error offset is per buffer)."""
+    try:
+        with open(path, "rb") as f:
+            for i, raw in enumerate(f, start=1):
+                try:
+                    raw.decode(codec)
+                except UnicodeDecodeError:
+                    return i
+    except OSError:
+        return None
+    return None
+
+
+def _decode_error(path: Path, e: UnicodeDecodeError, encoding: str, line: int | None = None) -> DataError:
+    line = _first_bad_line(path, _codec(encoding)) or line
+    where = f"{path}:{line}" if line is not None else str(path)
+    return DataError(f"{where}: not valid {encoding} text (byte {e.object[e.start:e.start + 1]!r}); save the file as "
+                     f"{encoding} or pass its encoding, e.g. --encoding latin-1")
+
+
+def read_lines(path: Path, encoding: str = DEFAULT_ENCODING) -> list[str]:
+    """The lines of a text file in ``encoding`` (a UTF-8 BOM is dropped); unreadable or mis-encoded files raise."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        return raw.decode(_codec(encoding)).splitlines()
+    except UnicodeDecodeError as e:
+        raise _decode_error(path, e, encoding, raw[: e.start].count(b"\n") + 1) from None
+
+
+def read_csv_rows(
+    path: Path,
+    required: tuple[str, ...],
+    issues: Issues,
+    encoding: str = DEFAULT_ENCODING,
+    max_field_chars: int = MAX_FIELD_CHARS,
+) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield ``(line, row)`` with the 1-based physical line where the row starts (the header is line 1).
 
-    Missing required columns raise at once (nothing would load); a row with the wrong number of fields is a bad item.
+    Missing required columns raise at once (nothing would load); a row with the wrong number of fields or a field
+    longer than ``max_field_chars`` is a bad item. Bytes that are not valid ``encoding`` raise, naming the line.
     """
+    if csv.field_size_limit() < _CSV_READER_LIMIT:
+        csv.field_size_limit(_CSV_READER_LIMIT)
+    codec = _codec(encoding)
     try:
-        f = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 (closed in finally; generator)
+        f = open(path, newline="", encoding=codec)  # noqa: SIM115 (closed in finally; generator)
     except OSError as e:
         raise DataError(f"{path}: cannot open ({e.strerror})") from None
+    start = 1
     try:
         reader = csv.reader(f)
         try:
@@ -170,16 +224,36 @@ def read_csv_rows(path: Path, required: tuple[str, ...], issues: Issues) -> Iter
         if missing:
             raise DataError(f"{path}: missing column(s) {missing}; expected {list(required)}, found {header}")
         start = reader.line_num + 1
-        try:
-            for fields in reader:
-                line, start = start, reader.line_num + 1
-                if not any(x.strip() for x in fields):
-                    continue  # blank line
-                if len(fields) != len(header):
-                    issues.bad(f"{path}:{line}", f"expected {len(header)} fields, found {len(fields)}")
-                    continue
-                yield line, dict(zip(header, fields, strict=True))
-        except (csv.Error, UnicodeDecodeError) as e:
-            raise DataError(f"{path}:{start}: malformed CSV ({e})") from None
+        for fields in reader:
+            line, start = start, reader.line_num + 1
+            if not any(x.strip() for x in fields):
+                continue  # blank line
+            if len(fields) != len(header):
+                issues.bad(f"{path}:{line}", f"expected {len(header)} fields, found {len(fields)}")
+                continue
+            long = [(h, len(v)) for h, v in zip(header, fields, strict=True) if len(v) > max_field_chars]
+            if long:
+                issues.bad(f"{path}:{line}", f"field {long[0][0]!r} has {long[0][1]} characters; "
+                                             f"the limit is {max_field_chars}")  # fmt: skip
+                continue
+            yield line, dict(zip(header, fields, strict=True))
+    except UnicodeDecodeError as e:
+        raise _decode_error(path, e, encoding, start) from None
+    except csv.Error as e:
+        raise DataError(f"{path}:{start}: malformed CSV ({e})") from None
     finally:
         f.close()
+
+
+def write_skip_report(path: Path, skipped: list[tuple[str, str]]) -> Path:
+    """Write every skipped item as ``where<TAB>why`` lines (atomically) and return the path."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.write("where\twhy\n")
+        for where, why in skipped:
+            f.write(f"{where}\t{' '.join(why.split())}\n")
+    os.replace(tmp, path)
+    return path

@@ -8,7 +8,9 @@ Each row/line is one item with the fields ``image``, ``text``, ``labels``, ``spl
 - ``split``: ``train``, ``dev`` or ``test``.
 - ``id``: unique; when the column is absent, ids are ``<file stem>-<line>``.
 
-``root`` is the CSV/JSONL file itself, or a folder holding exactly one such file.
+``root`` is the CSV/JSONL file itself, or a folder holding exactly one such file. Files are read as UTF-8 (a BOM is
+dropped) unless the ``encoding`` option names another (``--encoding latin-1`` on the CLI). A CSV field longer than
+``max_field_chars`` (default ``build.MAX_FIELD_CHARS``, one million characters) makes its row a bad item.
 """
 
 from __future__ import annotations
@@ -16,7 +18,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mcmfh.data.build import Candidate, Issues, finalize, read_csv_rows, read_lines, split_labels
+from mcmfh.data.build import (
+    DEFAULT_ENCODING,
+    MAX_FIELD_CHARS,
+    Candidate,
+    Issues,
+    finalize,
+    read_csv_rows,
+    read_lines,
+    split_labels,
+)
 from mcmfh.data.records import Dataset
 from mcmfh.data.registry import register_loader
 from mcmfh.errors import DataError
@@ -63,10 +74,17 @@ def _candidate(row: dict[str, object], label_set: str, base: Path, where: str, d
     )
 
 
-def load_rows_csv(path: Path, label_set: str, issues: Issues, require_id: bool = False) -> list[Candidate]:
+def load_rows_csv(
+    path: Path,
+    label_set: str,
+    issues: Issues,
+    require_id: bool = False,
+    encoding: str = DEFAULT_ENCODING,
+    max_field_chars: int = MAX_FIELD_CHARS,
+) -> list[Candidate]:
     required = REQUIRED + (label_set,) + (("id",) if require_id else ())
     out: list[Candidate] = []
-    for line, row in read_csv_rows(path, required, issues):
+    for line, row in read_csv_rows(path, required, issues, encoding=encoding, max_field_chars=max_field_chars):
         c = _candidate(row, label_set, path.parent, f"{path}:{line}", f"{path.stem}-{line}")
         if isinstance(c, str):
             issues.bad(f"{path}:{line}", c)
@@ -75,10 +93,10 @@ def load_rows_csv(path: Path, label_set: str, issues: Issues, require_id: bool =
     return out
 
 
-def load_rows_jsonl(path: Path, label_set: str, issues: Issues) -> list[Candidate]:
+def load_rows_jsonl(path: Path, label_set: str, issues: Issues, encoding: str = DEFAULT_ENCODING) -> list[Candidate]:
     required = REQUIRED + (label_set,)
     out: list[Candidate] = []
-    lines = read_lines(path)
+    lines = read_lines(path, encoding)
     for i, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
@@ -104,9 +122,17 @@ def load_rows_jsonl(path: Path, label_set: str, issues: Issues) -> list[Candidat
 
 
 @register_loader("csv", None, "labels", "generic CSV: image,text,labels,split[,id]; labels ';'-separated")
-def load_csv(root: Path, label_set: str, issues: Issues, min_count: int = 1, check_images: bool = True) -> Dataset:
+def load_csv(
+    root: Path,
+    label_set: str,
+    issues: Issues,
+    min_count: int = 1,
+    check_images: bool = True,
+    encoding: str = DEFAULT_ENCODING,
+    max_field_chars: int = MAX_FIELD_CHARS,
+) -> Dataset:
     path = _find_file(root, (".csv",))
-    cands = load_rows_csv(path, label_set, issues)
+    cands = load_rows_csv(path, label_set, issues, encoding=encoding, max_field_chars=max_field_chars)
     return finalize("csv", label_set, cands, issues, check_images=check_images, min_count=min_count)
 
 
@@ -122,7 +148,14 @@ def load_synthetic(
 
 
 @register_loader("jsonl", None, "labels", "generic JSON Lines: one {image,text,labels,split[,id]} object per line")
-def load_jsonl(root: Path, label_set: str, issues: Issues, min_count: int = 1, check_images: bool = True) -> Dataset:
+def load_jsonl(
+    root: Path,
+    label_set: str,
+    issues: Issues,
+    min_count: int = 1,
+    check_images: bool = True,
+    encoding: str = DEFAULT_ENCODING,
+) -> Dataset:
     path = _find_file(root, (".jsonl", ".ndjson"))
-    cands = load_rows_jsonl(path, label_set, issues)
+    cands = load_rows_jsonl(path, label_set, issues, encoding=encoding)
     return finalize("jsonl", label_set, cands, issues, check_images=check_images, min_count=min_count)

@@ -1,0 +1,147 @@
+"""The bad-input catalogue: every mistake a user can make gets one clear ``error:`` line, exit code 2, no traceback.
+
+CLI cases run ``python -m mcmfh`` in a subprocess (the real entry point, with its real exception types); faults that
+cannot be produced for real here (a full disk, a read-only file system as root) are injected into that subprocess by
+a one-line patch before ``main`` runs. HTTP cases go through the FastAPI app. Add new cases here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def run_cli(*args: str, patch: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m mcmfh ARGS`` (or, with ``patch``, the same ``main`` after running that Python snippet)."""
+    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("MCMFH_DEBUG", None)
+    if patch:
+        code = f"import sys\nfrom mcmfh.cli import main\n{patch}\nsys.exit(main(sys.argv[1:]))"
+        cmd = [sys.executable, "-c", code, *args]
+    else:
+        cmd = [sys.executable, "-m", "mcmfh", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+
+
+def one_error_line(r: subprocess.CompletedProcess[str], *named: str, code: int = 2) -> str:
+    """Assert the run failed with ``code`` and exactly one ``error:`` line naming each of ``named``; return it."""
+    assert "Traceback" not in r.stdout + r.stderr, r.stderr
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for part in named:
+        assert part in lines[0], (part, lines[0])
+    return lines[0]
+
+
+# --- usage -------------------------------------------------------------------------------------------------------
+
+
+def test_bare_command_prints_help() -> None:
+    r = run_cli()
+    assert r.returncode == 0 and "Traceback" not in r.stdout + r.stderr
+    assert "Usage:" in r.stdout and "encode" in r.stdout
+
+
+def test_bare_group_prints_its_help() -> None:
+    r = run_cli("index")
+    assert r.returncode == 0 and "Traceback" not in r.stdout + r.stderr
+    assert "build" in r.stdout and "add" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("frobnicate",), ("No such command", "frobnicate")),
+        (("search", "--frob"), ("No such option", "--frob")),
+        (("search",), ("Missing argument", "archive_dir")),
+        (("index", "add", "A", "--dataset", "csv"), ("Missing option", "--data-root")),
+        (("search", "A", "--text", "x", "--k", "0"), ("--k", "from 1 to 10000")),
+        (("search", "A", "--text", "x", "--k", "-5"), ("--k", "from 1 to 10000")),
+        (("search", "A", "--text", "x", "--k", "1000000000"), ("--k", "from 1 to 10000")),
+        (("search", "A", "--text", "x", "--k", "ten"), ("--k", "valid integer", "from 1 to 10000")),
+        (("encode", "--dataset", "csv", "--data-root", ".", "--encoder", "tiny", "--out", "F", "--batch-size", "0"),
+         ("--batch-size", "from 1 to")),
+        (("train", "--features", "F", "--method", "mcmfh", "--out", "R", "--seed", "-1"),
+         ("--seed", "from 0 to 4294967295")),
+    ],
+)
+def test_usage_errors_are_one_line(args: tuple[str, ...], named: tuple[str, ...]) -> None:
+    one_error_line(run_cli(*args), *named)
+
+
+def test_debug_shows_the_traceback() -> None:
+    r = run_cli("--debug", "search", "A", "--text", "x", "--k", "0")
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+# --- operating-system and file faults -----------------------------------------------------------------------------
+
+_RAISE_IN_ENCODE = """
+import errno, mcmfh.cli.encode as enc
+def boom(*a, **k):
+    raise OSError({errno}, __import__('os').strerror({errno}), 'F/chunk-00000.safetensors')
+enc._load_dataset = boom
+"""
+
+
+def _encode_args() -> tuple[str, ...]:
+    return ("encode", "--dataset", "csv", "--data-root", ".", "--encoder", "tiny", "--out", "F", "--no-progress")
+
+
+def test_disk_full_says_what_is_safe_and_to_rerun() -> None:
+    line = one_error_line(run_cli(*_encode_args(), patch=_RAISE_IN_ENCODE.format(errno="errno.ENOSPC")),
+                          "disk full", "F/chunk-00000.safetensors")
+    assert "committed before is safe" in line and "re-run to resume" in line
+
+
+@pytest.mark.parametrize("code", ["errno.EACCES", "errno.EROFS"])
+def test_unwritable_output_is_named_as_not_writable(code: str) -> None:
+    one_error_line(run_cli(*_encode_args(), patch=_RAISE_IN_ENCODE.format(errno=code)),
+                   "F/chunk-00000.safetensors", "not writable")
+
+
+def test_a_genuine_bug_asks_for_a_report_with_debug() -> None:
+    patch = "import mcmfh.cli.encode as enc\nenc._load_dataset = lambda *a, **k: 1 / 0"
+    line = one_error_line(run_cli(*_encode_args(), patch=patch), "bug", "--debug", code=1)
+    assert "ZeroDivisionError" in line
+
+
+# --- CSV ingest ---------------------------------------------------------------------------------------------------
+
+ROWS = ["image,text,labels,split"] + [f",caption {i} über,a;b,{('train', 'dev', 'test')[i % 3]}" for i in range(9)]
+
+
+def _encode_csv(csv_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("encode", "--dataset", "csv", "--data-root", str(csv_path), "--encoder", "tiny",
+                   "--out", str(csv_path.with_suffix("")), "--no-progress", *extra)  # fmt: skip
+
+
+def test_latin1_csv_names_file_line_and_encoding_and_encoding_option_reads_it(tmp_path: Path) -> None:
+    path = tmp_path / "latin.csv"
+    path.write_text("\n".join(ROWS) + "\n", encoding="latin-1")
+    one_error_line(_encode_csv(path), f"{path}:2", "utf-8", "--encoding latin-1")
+    r = _encode_csv(path, "--encoding", "latin-1")
+    assert r.returncode == 0 and "9 items" in r.stdout, r.stderr
+    one_error_line(_encode_csv(path, "--encoding", "klingon"), "klingon", "unknown text encoding")
+
+
+def test_huge_caption_is_one_bad_row_and_skip_bad_lists_every_row_in_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "big.csv"
+    bad = [",{},a,train".format("x" * 10_000_000)] + [",,a,train"] * 14  # one 10 MB caption + 14 empty texts
+    path.write_text("\n".join(ROWS + bad) + "\n", encoding="utf-8")
+    one_error_line(_encode_csv(path), "15 bad item(s)", f"{path}:11", "'text'", "limit is 1000000", "--skip-bad")
+    r = _encode_csv(path, "--skip-bad")
+    assert r.returncode == 0 and "Traceback" not in r.stderr and "9 items" in r.stdout, r.stderr
+    report = tmp_path / "big.skipped.tsv"
+    assert f"full list: {report}" in r.stdout
+    lines = report.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "where\twhy" and len(lines) == 16
+    assert lines[1].startswith(f"{path}:11\tfield 'text' has 10000000 characters")
+    assert lines[-1] == f"{path}:25\tempty text"
