@@ -43,6 +43,7 @@ from mcmfh.archive_store import (
     open_store,
     store_manifest,
 )
+from mcmfh.batching import MicroBatcher
 from mcmfh.data.records import Dataset, Record
 from mcmfh.encoders.base import Encoder, ImageInput
 from mcmfh.errors import ArtefactError, MCMFHError
@@ -52,7 +53,6 @@ from mcmfh.index.storage import Hit, Item, record_item
 from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.manifest import new_manifest, read_manifest, require_match
 from mcmfh.method import WEIGHTS_NAME, HashMethod
-from mcmfh.service.batching import MicroBatcher
 from mcmfh.train import check_features, load_run
 
 KIND = "archive"
@@ -251,7 +251,7 @@ class Archive:
 
     def _encode_query(self, modality: str, query: Any) -> np.ndarray:
         """One query's hash-layer output (1, bits). Concurrent queries of a modality share one encoder call
-        (mcmfh.service.batching), outside the index lock; MCMFH_BATCH_QUERIES=0 encodes one at a time under it."""
+        (mcmfh.batching), outside the index lock; MCMFH_BATCH_QUERIES=0 encodes one at a time under it."""
         with self._lock:
             encoder = self.encoder  # loaded once, under the lock
             if os.environ.get(BATCH_ENV, "1") == "0":

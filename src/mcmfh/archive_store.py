@@ -23,7 +23,7 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +33,7 @@ import numpy as np
 
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.index.storage import DB_NAME, Hit, Item, ItemIndex, _item_row
+from mcmfh.io import sqlite_transaction
 
 BACKENDS = ("local", "milvus")
 METADATA = ("sqlite", "postgres")
@@ -185,15 +186,8 @@ class SqliteMeta:
             self._db.executemany("DELETE FROM items WHERE key = ?", [(int(k),) for k in keys])
         return keys
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[None]:
+        return sqlite_transaction(self._db)
 
     def keys_of(self, item_ids: Sequence[str]) -> dict[str, int]:
         ids, out = [str(x) for x in item_ids], {}

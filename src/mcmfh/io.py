@@ -115,3 +115,15 @@ def atomic_dir(path: str | os.PathLike[str], overwrite: bool = True) -> Iterator
     else:
         os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def sqlite_transaction(db: Any) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT`` on a SQLite connection in autocommit mode; any exception rolls back."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

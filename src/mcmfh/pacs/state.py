@@ -7,13 +7,14 @@ lives here because the archive's item type has no field for it. No patient attri
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 from mcmfh.errors import ArtefactError, MCMFHError
+from mcmfh.io import sqlite_transaction
 from mcmfh.pacs.query import InstanceRef
 
 FOLDER = "pacs"
@@ -51,15 +52,8 @@ class SyncState:
     def close(self) -> None:
         self._db.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[None]:
+        return sqlite_transaction(self._db)
 
     def bind_source(self, url: str) -> None:
         """An archive syncs from one PACS: refuse another URL, so a prune never removes another server's items."""

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from mcmfh.batching import BatchingConfig, MicroBatcher
 from mcmfh.errors import MCMFHError
-from mcmfh.service.batching import BatchingConfig, MicroBatcher
 
 
 def test_concurrent_items_are_batched_and_answered_in_order() -> None:
