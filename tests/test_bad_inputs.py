@@ -145,3 +145,58 @@ def test_huge_caption_is_one_bad_row_and_skip_bad_lists_every_row_in_a_file(tmp_
     assert lines[0] == "where\twhy" and len(lines) == 16
     assert lines[1].startswith(f"{path}:11\tfield 'text' has 10000000 characters")
     assert lines[-1] == f"{path}:25\tempty text"
+
+
+# --- corrupt weights -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small fitted run and the feature cache it was trained on."""
+    from conftest import make_features
+    from mcmfh.train import train_run
+
+    root = tmp_path_factory.mktemp("weights")
+    make_features(n=60).save(root / "feats")
+    return train_run(root / "feats", "cca-itq", 16, 0, root / "run"), root / "feats"
+
+
+def _corrupt(run: Path, tmp_path: Path, how: str) -> Path:
+    import shutil
+
+    bad = tmp_path / "run"
+    shutil.copytree(run, bad)
+    weights = bad / "weights.safetensors"
+    data = weights.read_bytes()
+    if how == "truncated":
+        weights.write_bytes(data[: len(data) // 2])
+    elif how == "random":
+        weights.write_bytes(os.urandom(len(data)))
+    else:  # a valid safetensors file, but not the one the manifest recorded
+        weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    return bad
+
+
+@pytest.mark.parametrize("how", ["truncated", "random", "swapped"])
+def test_corrupt_weights_are_named_as_such(trained_run: tuple[Path, Path], tmp_path: Path, how: str) -> None:
+    run, feats = trained_run
+    bad = _corrupt(run, tmp_path, how)
+    r = run_cli("evaluate", str(bad), "--features", str(feats), "--out", str(tmp_path / "m.json"))
+    line = one_error_line(r, "weights.safetensors", "checksum mismatch")
+    assert "corrupt" in line
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_corrupt_weights_without_a_recorded_checksum_still_get_one_line(
+    trained_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Runs written before checksums were recorded: the safetensors parser's own failure, named, in one line."""
+    import json
+
+    run, feats = trained_run
+    bad = _corrupt(run, tmp_path, "random")
+    manifest = json.loads((bad / "manifest.json").read_text())
+    del manifest["weights_sha256"]
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    r = run_cli("evaluate", str(bad), "--features", str(feats), "--out", str(tmp_path / "m.json"))
+    one_error_line(r, "weights.safetensors", "not a valid safetensors file")

@@ -2,8 +2,9 @@
 
 A run folder holds the fitted method (``method.json`` + ``weights.safetensors``, see ``HashMethod.save``),
 ``train_log.json`` (the method's log plus ``train_seconds``) and ``manifest.json`` (kind "run": method, bits, seed,
-options, and the identity of the feature cache it was trained on). It is written into a temp folder renamed into
-place, so a folder with a manifest is complete. Evaluating a run on features of another encoder is refused.
+options, the weights' SHA-256 -- checked on every load -- and the identity of the feature cache it was trained on).
+It is written into a temp folder renamed into place, so a folder with a manifest is complete. Evaluating a run
+on features of another encoder is refused.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.manifest import new_manifest, read_manifest, require_match
-from mcmfh.method import HashMethod, create_method
+from mcmfh.method import HashMethod, create_method, weights_sha256
 
 # Feature-cache manifest fields copied into a run's manifest; the first group must match at evaluation.
 FEATURE_KEYS = (
@@ -60,7 +61,13 @@ def save_run(out_dir: str | Path, m: HashMethod, log: Mapping[str, Any], feature
         m.save(tmp)
         atomic_write_json(tmp / TRAIN_LOG_NAME, dict(log))
         manifest = new_manifest(
-            "run", method=m.name, bits=m.bits, seed=m.seed, options=m.options, **feature_identity(features)
+            "run",
+            method=m.name,
+            bits=m.bits,
+            seed=m.seed,
+            options=m.options,
+            weights_sha256=weights_sha256(tmp),
+            **feature_identity(features),
         )
         atomic_write_json(tmp / "manifest.json", manifest)  # last: its presence marks a complete run
     return out_dir
@@ -81,9 +88,10 @@ def train_run(
 
 
 def load_run(run_dir: str | Path) -> tuple[HashMethod, dict[str, Any]]:
-    """The fitted method of a run folder and its manifest."""
+    """The fitted method of a run folder and its manifest; the weights must match the manifest's checksum (runs
+    written before checksums were recorded load unchecked)."""
     manifest = read_manifest(run_dir, kind="run")
-    return HashMethod.load(run_dir), manifest
+    return HashMethod.load(run_dir, manifest.get("weights_sha256")), manifest
 
 
 def check_features(manifest: Mapping[str, Any], features: FeatureSet, run_dir: str | Path) -> None:
