@@ -18,6 +18,7 @@ import pytest
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.index.codes import hamming_matrix
 from mcmfh.index.storage import DB_NAME, ItemIndex
+from mcmfh.locking import LOCK_NAME
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 BITS = 32
@@ -82,7 +83,25 @@ def test_create_add_search_remove_reopen(tmp_path: Path) -> None:
         assert [it.item_id for it in back.get([51, 0])] == ["it51", "it0"]
         with pytest.raises(MCMFHError, match="read-only"):
             back.add(*items(60, 61))
-    assert sorted(p.name for p in folder.iterdir()) == sorted(["manifest.json", DB_NAME, "codes-3.npy", "keys-3.npy"])
+    assert set(own_files(folder)) <= set(listed_files(folder))  # the previous generation's are kept for readers
+    with ItemIndex.open(folder, writable=True) as idx:
+        assert idx.compact() and not idx.compact()
+        idx.remove(["it0"])  # one more commit: the pre-compaction files are no longer anyone's
+    names = {p.name for p in folder.iterdir()}
+    assert names == {"manifest.json", DB_NAME, LOCK_NAME, *listed_files(folder), *own_files(folder)}
+    assert len(own_files(folder)) == 3  # one segment (codes, keys) and the removed keys
+    assert check_consistent(folder) == 57
+
+
+def listed_files(folder: Path) -> list[str]:
+    """Files the committed manifest names."""
+    m = json.loads((folder / "manifest.json").read_text())
+    out = [seg[part]["file"] for seg in m["segments"] for part in ("codes", "keys")]
+    return out + ([m["removed"]["file"]] if m.get("removed") else [])
+
+
+def own_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*.npy"))
 
 
 def test_bad_items_are_clear_errors(tmp_path: Path) -> None:
@@ -110,7 +129,7 @@ def test_foreign_corrupt_and_truncated_folders_are_refused(tmp_path: Path) -> No
         ItemIndex.open(folder, expect={"bits": 64})
     with pytest.raises(ArtefactError, match="run: 'run-2' != 'run-1'"):
         ItemIndex.open(folder, expect={"run": "run-2"})
-    codes_file = folder / "codes-1.npy"
+    codes_file = folder / listed_files(folder)[0]
     good = codes_file.read_bytes()
 
     codes_file.write_bytes(good[:-7])
@@ -128,7 +147,7 @@ def test_foreign_corrupt_and_truncated_folders_are_refused(tmp_path: Path) -> No
     con.execute("DELETE FROM items WHERE key = 3")
     con.commit()
     con.close()
-    with pytest.raises(ArtefactError, match="99 items in items.sqlite but 100 codes"):
+    with pytest.raises(ArtefactError, match="99 items in items.sqlite and 100 codes, but 100 in the manifest"):
         ItemIndex.open(folder)
     (folder / DB_NAME).write_bytes(b"not a database" * 100)
     with pytest.raises(ArtefactError, match="unreadable item database"):
@@ -151,10 +170,11 @@ def die(*_a, **_k):
     os.kill(os.getpid(), signal.SIGKILL)
 
 if phase == "after-arrays":  # new generation files written, nothing else
-    orig = storage.ItemIndex._write_arrays
-    storage.ItemIndex._write_arrays = lambda self, gen: (orig(self, gen), die())[0]
+    orig = storage.ItemIndex._write_segment
+    storage.ItemIndex._write_segment = lambda self, *a: (orig(self, *a), die())[0]
 elif phase == "after-sql":  # rows committed in SQLite, manifest not yet renamed in
-    storage.ItemIndex._write_manifest = die
+    orig_write = storage.atomic_write_json
+    storage.atomic_write_json = lambda p, obj: die() if str(p).endswith("manifest.json") else orig_write(p, obj)
 elif phase == "mid-manifest":  # half of the manifest's temp file written
     def half(path, obj):
         tmp = os.path.join(os.path.dirname(path), ".manifest.json.crash.tmp")
@@ -165,7 +185,7 @@ elif phase == "mid-manifest":  # half of the manifest's temp file written
     storage.atomic_write_json = half
 elif phase == "before-cleanup":  # committed, old generation and removed rows not yet dropped
     orig_cleanup = storage.ItemIndex._cleanup
-    storage.ItemIndex._cleanup = lambda self: die() if self.generation > 1 else orig_cleanup(self)
+    storage.ItemIndex._cleanup = lambda self, prev: die() if self.generation > 1 else orig_cleanup(self, prev)
 
 idx = storage.ItemIndex.open(folder, writable=True)
 n = idx.manifest["next_key"]
@@ -193,10 +213,11 @@ def test_killed_writer_at_each_commit_step_leaves_last_good_index(tmp_path: Path
     with ItemIndex.create(folder, BITS, kind="flat") as idx:
         idx.add(*items(0, 40))
     before = json.loads((folder / "manifest.json").read_text())
+    committed = {"manifest.json", DB_NAME, LOCK_NAME, *listed_files(folder)}
     child = run_child(folder, phase, 25, tmp_path)
     out, _ = child.communicate(timeout=120)
     assert child.returncode == -signal.SIGKILL, out
-    leftovers = {p.name for p in folder.iterdir()} - {"manifest.json", DB_NAME, "codes-1.npy", "keys-1.npy"}
+    leftovers = {p.name for p in folder.iterdir()} - committed
     expect_count = 65 if phase == "before-cleanup" else 40  # before-cleanup died after its commit point
     assert leftovers, "the kill should have left a half-done change behind"
     assert check_consistent(folder) == expect_count
@@ -205,7 +226,7 @@ def test_killed_writer_at_each_commit_step_leaves_last_good_index(tmp_path: Path
         idx.add(*items(100, 105))
     assert check_consistent(folder) == expect_count + 5
     assert json.loads((folder / "manifest.json").read_text())["generation"] > before["generation"]
-    assert not [p for p in folder.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp")]
+    assert not [p for p in folder.iterdir() if p.name != LOCK_NAME and (p.name.startswith(".") or p.suffix == ".tmp")]
 
 
 def test_sigkill_at_random_moments_during_adds(tmp_path: Path) -> None:

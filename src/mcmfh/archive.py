@@ -15,8 +15,12 @@ Cross-modal by default: a text query is hashed by the text branch and searched a
 a clinical phrase); an image query is hashed by the image branch and searched against text codes (the report for an
 image). Each query is coded from its own modality alone, as at evaluation.
 
-``build`` writes the whole folder atomically. ``add`` commits each sub-index atomically and skips ids a sub-index
-already holds, so an ``add`` killed between the two sub-indexes is finished by running it again.
+``build`` writes the whole folder atomically. ``add``, ``remove`` and ``compact`` run under the archive's writer lock
+(``mcmfh.locking``: one writer at a time, others wait up to ``lock_timeout``; a killed writer's lock is released
+by the kernel), after catching up with what other writers committed. ``add`` commits each sub-index atomically and
+skips ids a sub-index already holds, so an ``add`` killed between the two sub-indexes is finished by running it
+again. Readers never lock. A long-lived reader (the service) polls ``state_token()`` and calls ``refresh()`` (or
+reopens) when it changes.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import hashlib
 import os
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -51,6 +55,7 @@ from mcmfh.features import FeatureSet
 from mcmfh.index.codes import pack_codes
 from mcmfh.index.storage import Hit, Item, record_item
 from mcmfh.io import atomic_dir, atomic_write_json
+from mcmfh.locking import writer_lock
 from mcmfh.manifest import new_manifest, read_manifest, require_match
 from mcmfh.method import WEIGHTS_NAME, HashMethod
 from mcmfh.train import check_features, load_run
@@ -99,15 +104,20 @@ class Batch:
 class Archive:
     """Open with ``Archive.open(folder)``; make with ``Archive.build(run_dir, features, out)``."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], writable: bool) -> None:
+    def __init__(
+        self, folder: Path, manifest: dict[str, Any], writable: bool, lock_timeout: float | None = None
+    ) -> None:
         self.folder = folder
         self.manifest = manifest
+        self.writable = writable
+        self.lock_timeout = lock_timeout
         expect = {k: manifest[k] for k in IDENTITY_KEYS}
         store = manifest.get("store", {"backend": "local"})
         self.indexes: dict[str, ArchiveStore] = {}
         try:
             for m in MODALITIES:
-                self.indexes[m] = open_store(folder / m, m, int(manifest["bits"]), store, expect, writable)
+                self.indexes[m] = open_store(folder / m, m, int(manifest["bits"]), store, expect, writable,
+                                             lock_timeout)  # fmt: skip
         except BaseException:
             self.close()
             raise
@@ -184,13 +194,33 @@ class Archive:
         return cls.open(out)
 
     @classmethod
-    def open(cls, folder: str | Path, writable: bool = False) -> Archive:
+    def open(cls, folder: str | Path, writable: bool = False, lock_timeout: float | None = None) -> Archive:
+        """Open an archive; ``writable`` allows changes, each taken under the writer lock (waiting up to
+        ``lock_timeout`` seconds, default $MCMFH_LOCK_TIMEOUT or 30)."""
         folder = Path(folder)
         manifest = read_manifest(folder, KIND)
         missing = [k for k in IDENTITY_KEYS if k not in manifest]
         if missing:
             raise ArtefactError(f"{folder}/manifest.json: missing fields {missing}")
-        return cls(folder, manifest, writable)
+        return cls(folder, manifest, writable, lock_timeout)
+
+    def state_token(self) -> tuple[Any, ...]:
+        """A cheap value that changes whenever a change to this archive is committed (poll it, then ``refresh``)."""
+        return tuple(self.indexes[m].state_token() for m in MODALITIES)
+
+    def refresh(self) -> bool:
+        """Catch up with changes other processes committed; returns whether anything changed."""
+        with self._lock:
+            changed = [self.indexes[m].refresh() for m in MODALITIES]
+        return any(changed)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        if not self.writable:
+            raise MCMFHError(f"archive {self.folder}: opened read-only (use Archive.open(..., writable=True))")
+        with writer_lock(self.folder, self.lock_timeout, what=f"archive {self.folder}"):
+            self.refresh()
+            yield
 
     def close(self) -> None:
         for batcher in getattr(self, "_batchers", {}).values():
@@ -291,10 +321,19 @@ class Archive:
         return self._add_batch(batch, self.method)
 
     def remove(self, item_ids: Sequence[str]) -> int:
-        with self._lock:
+        with self._writing(), self._lock:
             return max(self.indexes[m].remove(list(item_ids)) for m in MODALITIES)
 
+    def compact(self) -> dict[str, bool]:
+        """Fold each local sub-index's segments into one (see ``ItemIndex.compact``); server stores need none."""
+        with self._writing(), self._lock:
+            return {m: bool(getattr(ix, "compact", lambda: False)()) for m, ix in self.indexes.items()}
+
     def _add_batch(self, batch: Batch, method: HashMethod) -> dict[str, int]:
+        with self._writing():
+            return self._add_locked(batch, method)
+
+    def _add_locked(self, batch: Batch, method: HashMethod) -> dict[str, int]:
         added = {}
         for m in MODALITIES:  # each sub-index skips what it holds, so a rerun completes a half-done add
             index = self.indexes[m]

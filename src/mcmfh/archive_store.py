@@ -32,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from mcmfh.errors import ArtefactError, MCMFHError
-from mcmfh.index.storage import DB_NAME, Hit, Item, ItemIndex, _item_row
+from mcmfh.index.storage import DB_NAME, Hit, Item, ItemIndex, item_row
 from mcmfh.io import sqlite_transaction
 
 BACKENDS = ("local", "milvus")
@@ -46,6 +46,8 @@ class ArchiveStore(Protocol):
 
     def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]]) -> np.ndarray: ...
     def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]: ...
+    def refresh(self) -> bool: ...
+    def state_token(self) -> Any: ...
     def get(self, keys: Sequence[int] | np.ndarray) -> list[Item]: ...
     def keys_of(self, item_ids: Sequence[str]) -> dict[str, int]: ...
     def remove(self, item_ids: Sequence[str]) -> int: ...
@@ -129,10 +131,10 @@ def create_store(
 
 
 def open_store(folder: Path, modality: str, bits: int, store: Mapping[str, Any], expect: dict[str, Any],
-               writable: bool) -> ArchiveStore:  # fmt: skip
+               writable: bool, lock_timeout: float | None = None) -> ArchiveStore:  # fmt: skip
     backend = store.get("backend", "local")
     if backend == "local":
-        return ItemIndex.open(folder, expect=expect, writable=writable)
+        return ItemIndex.open(folder, expect=expect, writable=writable, lock_timeout=lock_timeout)
     if backend != "milvus":
         raise ArtefactError(f"{folder.parent}/manifest.json: unknown store backend {backend!r}")
     return ServerStore.connect(folder, modality, bits, store, writable=writable)
@@ -176,7 +178,7 @@ class SqliteMeta:
         return np.arange(start, start + n, dtype=np.int64)
 
     def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]], keys: np.ndarray) -> None:
-        rows = [(int(k), *_item_row(i, it)) for i, (k, it) in enumerate(zip(keys, items, strict=True))]
+        rows = [(int(k), *item_row(i, it)) for i, (k, it) in enumerate(zip(keys, items, strict=True))]
         with self._transaction():  # the commit point of an add
             self._db.executemany(f"INSERT INTO items ({self._COLS}) VALUES (?, ?, ?, ?, ?, ?)", rows)
 
@@ -208,6 +210,9 @@ class SqliteMeta:
 
     def all_keys(self) -> np.ndarray:
         return np.array([r[0] for r in self._db.execute("SELECT key FROM items ORDER BY key")], np.int64)
+
+    def max_key(self) -> int:
+        return int(self._db.execute("SELECT coalesce(max(key), -1) FROM items").fetchone()[0])
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
@@ -245,6 +250,9 @@ class PostgresMeta:
     def all_keys(self) -> np.ndarray:
         return self.store.all_keys()
 
+    def max_key(self) -> int:
+        return self.store.max_key()
+
     def __len__(self) -> int:
         return len(self.store)
 
@@ -261,9 +269,7 @@ class ServerStore:
 
     def __init__(self, codes: Any, meta: SqliteMeta | PostgresMeta, writable: bool, where: str) -> None:
         self.codes, self.meta, self.writable, self.where = codes, meta, writable, where
-        if writable:
-            self._reconcile()
-        # Codes without metadata (a change was killed and no writer has run since): ask Milvus for that many more.
+        # Codes without metadata (a change was killed, or one is under way): ask Milvus for that many more.
         self._extra = max(0, len(codes) - len(meta))
 
     @classmethod
@@ -292,10 +298,22 @@ class ServerStore:
         return cls(codes, meta, writable, f"{modality} codes in collection {name!r} at {uri}")
 
     def _reconcile(self) -> None:
-        """Delete codes a killed change left without metadata (only after a crash: the counts differ)."""
+        """Delete codes a killed change left without metadata (only after a crash: the counts differ). Runs at the
+        start of every change, so under the archive's writer lock: a concurrent writer's codes, written just before
+        its metadata commit, are never taken for a dead one's."""
         if len(self.codes) != len(self.meta):
             orphans = np.setdiff1d(self.codes.ids, self.meta.all_keys())
             self.codes.remove_ids(orphans)
+        self._extra = 0
+
+    def refresh(self) -> bool:
+        """Nothing is cached here but the orphan allowance, recomputed; returns False (state lives on servers)."""
+        self._extra = max(0, len(self.codes) - len(self.meta))
+        return False
+
+    def state_token(self) -> tuple[int, int]:
+        """Changes with the item count (server stores have no local commit file to watch)."""
+        return len(self.meta), self.meta.max_key()
 
     def __len__(self) -> int:
         return len(self.meta)
@@ -304,7 +322,7 @@ class ServerStore:
         """Add new items with their packed codes (ids must be new); codes first, then the metadata commit."""
         self._require_writable()
         codes = np.asarray(codes)
-        rows = [_item_row(i, it) for i, it in enumerate(items)]  # validate before anything is written
+        rows = [item_row(i, it) for i, it in enumerate(items)]  # validate before anything is written
         if codes.ndim != 2 or len(codes) != len(rows):
             raise MCMFHError(f"archive add: {len(rows)} items but codes of shape {codes.shape}")
         ids = [r[0] for r in rows]
@@ -315,6 +333,7 @@ class ServerStore:
             raise MCMFHError(f"archive add: item ids already in the index: {sorted(present)[:5]}")
         if not rows:
             return np.zeros(0, np.int64)
+        self._reconcile()
         keys = self.meta.reserve_keys(len(rows))
         self.codes.add(codes, keys)
         self.meta.add(codes, items, keys)
@@ -326,6 +345,7 @@ class ServerStore:
 
     def remove(self, item_ids: Sequence[str]) -> int:
         self._require_writable()
+        self._reconcile()
         keys = self.meta.remove(item_ids)  # the commit point: the items are gone for readers from here
         if len(keys):
             self.codes.remove_ids(keys)

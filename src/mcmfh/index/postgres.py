@@ -21,7 +21,7 @@ import numpy as np
 
 from mcmfh.errors import MCMFHError
 from mcmfh.index.codes import unpack_codes
-from mcmfh.index.storage import Hit, Item, _item_row
+from mcmfh.index.storage import Hit, Item, item_row
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _LOCK_ID = 0x6D636D6668  # "mcmfh": pg_advisory_xact_lock key for migrations
@@ -115,11 +115,15 @@ class PostgresItemStore:
     def __len__(self) -> int:
         return int(self._one("SELECT count(*) FROM mcmfh_items")[0])
 
+    def max_key(self) -> int:
+        """The largest key held (-1 when empty): with the count, it tells a poller whether anything changed."""
+        return int(self._one("SELECT coalesce(max(key), -1) FROM mcmfh_items")[0])
+
     def add(
         self, codes: np.ndarray, items: Sequence[Mapping[str, Any]], keys: Sequence[int] | None = None
     ) -> np.ndarray:
         """Insert items with their packed codes in one transaction; returns their keys (given or assigned)."""
-        rows = [_item_row(i, it) for i, it in enumerate(items)]
+        rows = [item_row(i, it) for i, it in enumerate(items)]
         strings = bit_strings(codes, self.bits)
         if len(strings) != len(rows) or (keys is not None and len(keys) != len(rows)):
             raise MCMFHError(f"postgres add: {len(rows)} items, {len(strings)} codes, keys {keys is not None}")

@@ -1,23 +1,33 @@
-"""A persistent, crash-safe item index: codes + ids (.npy, memory-mappable) + item metadata (SQLite) + manifest.
+"""A persistent, crash-safe item index: codes + keys in append-only segments (.npy) + item metadata (SQLite).
 
 Folder layout::
 
-    manifest.json          kind "index": bits, index kind, generation, count, file checksums, caller's fields
-    codes-<gen>.npy        packed uint8 (count, bits // 8), insertion order
-    keys-<gen>.npy         int64 (count,) item keys, same order
-    items.sqlite           items(key, item_id, caption, image, labels, source, gen, removed_gen)
+    manifest.json              kind "index": bits, index kind, generation, count, segments, removed, caller's fields
+    codes-<gen>-<tag>.npy      packed uint8 (n, bits // 8): one segment, in insertion order
+    keys-<gen>-<tag>.npy       int64 (n,) the segment's item keys, same order
+    removed-<gen>-<tag>.npy    int64 keys removed since the last compaction (absent when there are none)
+    items.sqlite               items(key, item_id, caption, image, labels, source, gen, removed_gen)
+    .writer.lock               the writer lock (``mcmfh.locking``)
 
-Every change writes a new generation: new .npy files (temp + rename), then one SQLite transaction that inserts the
-new rows tagged with that generation (or tags removed rows), then the manifest (temp + rename). The manifest rename
-is the commit point: readers only trust the generation it names and the rows visible at that generation, so a
-process killed at any moment leaves the last committed index readable. The next writer rolls back what an
-interrupted change left behind. One writer at a time; readers should not stay open across a writer's commit.
+Adding k items writes one new segment of k rows (O(k), not a rewrite of everything); small trailing segments are
+merged like a binary counter (``mcmfh.index.segments``) and ``compact`` folds everything into one segment. Search
+over the segments is exact, in the same tie order as one index over all items.
+
+Every change is one new generation, made under the folder's writer lock after re-reading the committed state:
+new files (named by generation and a random tag, so no two writers' files can collide), then one SQLite
+transaction that inserts the new rows tagged with that generation (or tags removed rows), then the manifest (temp
++ rename). The manifest rename is the commit point: readers only trust the generation it names and the rows visible
+at that generation, so a process killed at any moment leaves the last committed index readable, and the next writer
+rolls back what it left. Readers never lock: the files and rows of the previous generation are kept until the next
+commit, and an open that races a commit retries on the new manifest.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
+import secrets
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,17 +38,23 @@ import numpy as np
 
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.index import _files
-from mcmfh.index.base import HammingIndex
 from mcmfh.index.factory import default_kind, make_index
+from mcmfh.index.segments import SegmentedIndex, merge_plan
 from mcmfh.io import atomic_dir, atomic_write_json
+from mcmfh.locking import writer_lock
 from mcmfh.manifest import MANIFEST_NAME, new_manifest, read_manifest, require_match
 
 KIND = "index"
 DB_NAME = "items.sqlite"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: segments + removed keys; 1 (one codes/keys pair under "files") is still read
+READABLE_FORMATS = (1, 2)
+OPEN_RETRIES = 5  # an open that races a commit re-reads the manifest this many times before giving up
 # Manifest fields that describe the bookkeeping of the folder itself; anything else the caller passes
 # (run, model, encoder, ...) is stored as given and can be required to match on open.
-_OWN_FIELDS = ("kind", "format", "bits", "index_kind", "index_params", "generation", "count", "next_key", "files")
+_OWN_FIELDS = ("kind", "format", "bits", "index_kind", "index_params", "generation", "count", "next_key", "files",
+               "segments", "removed")  # fmt: skip
+# Files this module writes (and so may delete): generation files and atomic-write temps. Nothing else is touched.
+_OURS = re.compile(r"^(codes|keys|removed)-\d+(-[0-9a-f]+)?\.npy$|^\.(codes|keys|removed|manifest).*\.tmp$")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -74,8 +90,10 @@ class Hit:
     distance: int
 
 
-def _item_row(i: int, item: Mapping[str, Any]) -> tuple[str, str, str | None, str, str]:
-    """Validate one item mapping: id (required), caption, image, labels, source."""
+def item_row(i: int, item: Mapping[str, Any]) -> tuple[str, str, str | None, str, str]:
+    """Validate item ``i`` of an add (id required; caption, image, labels, source) into its stored columns.
+
+    Every metadata store (SQLite here, PostgreSQL, the Milvus archive's SQLite) validates items with this."""
     if not isinstance(item, Mapping) or not str(item.get("id", "")).strip():
         raise MCMFHError(f"items[{i}]: expected a mapping with a non-empty 'id', got {item!r:.80}")
     labels = item.get("labels", ())
@@ -91,15 +109,6 @@ def _item_row(i: int, item: Mapping[str, Any]) -> tuple[str, str, str | None, st
     )
 
 
-def load_index(folder: Path, manifest: Mapping[str, Any], verify: bool = True) -> HammingIndex:
-    """The Hamming index of the generation ``manifest`` names, with sizes and checksums verified."""
-    bits, count = int(manifest["bits"]), int(manifest["count"])
-    arrays = _files.read_arrays(folder, manifest, {"codes": (bits // 8,), "keys": ()}, count, verify=verify)
-    index = make_index(bits, manifest["index_kind"], **manifest.get("index_params", {}))
-    index.add(np.asarray(arrays["codes"]), np.asarray(arrays["keys"]))
-    return index
-
-
 def record_item(record: Any, source: str) -> dict[str, Any]:
     """The item mapping ``ItemIndex.add`` takes, from a ``mcmfh.data.records.Record``."""
     return {
@@ -111,20 +120,55 @@ def record_item(record: Any, source: str) -> dict[str, Any]:
     }
 
 
+def segments_of(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The manifest's segment list; a format-1 manifest's single codes/keys pair is one segment."""
+    if "segments" in manifest:
+        return list(manifest["segments"])
+    files = manifest["files"]
+    return [{"codes": files["codes"], "keys": files["keys"], "count": int(manifest["count"])}]
+
+
+def _read_segment(folder: Path, seg: Mapping[str, Any], bits: int, verify: bool) -> tuple[np.ndarray, np.ndarray]:
+    meta = {"files": {"codes": seg["codes"], "keys": seg["keys"]}}
+    arrays = _files.read_arrays(folder, meta, {"codes": (bits // 8,), "keys": ()}, int(seg["count"]), verify=verify)
+    return np.asarray(arrays["codes"]), np.asarray(arrays["keys"])
+
+
+def _read_removed(folder: Path, manifest: Mapping[str, Any], verify: bool) -> np.ndarray:
+    entry = manifest.get("removed")
+    if not entry:
+        return np.zeros(0, np.int64)
+    meta = {"files": {"removed": entry}}
+    return np.asarray(_files.read_arrays(folder, meta, {"removed": ()}, int(entry["count"]), verify=verify)["removed"])
+
+
 class ItemIndex:
     """Exact Hamming search over stored items. Create with ``ItemIndex.create``, reopen with ``ItemIndex.open``."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], index: HammingIndex, writable: bool) -> None:
+    def __init__(self, folder: Path, manifest: dict[str, Any], writable: bool, verify: bool = True,
+                 lock_timeout: float | None = None) -> None:  # fmt: skip
         self.folder = folder
-        self.manifest = manifest
-        self.index = index
         self.writable = writable
+        self.lock_timeout = lock_timeout
+        self.manifest: dict[str, Any] = {}
+        self.index = SegmentedIndex(int(manifest["bits"]), self._make_segment_for(manifest))
+        self._removed = np.zeros(0, np.int64)
         try:
             # check_same_thread=False: callers such as the service serialise access with their own lock.
-            self._db = sqlite3.connect(folder / DB_NAME, isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(folder / DB_NAME, isolation_level=None, check_same_thread=False, timeout=30)
             self._db.execute("PRAGMA synchronous = FULL")
         except sqlite3.DatabaseError as e:
             raise ArtefactError(f"{folder / DB_NAME}: unreadable item database ({e})") from e
+        try:
+            self._load(manifest, verify)
+        except BaseException:
+            self._db.close()
+            raise
+
+    @staticmethod
+    def _make_segment_for(manifest: Mapping[str, Any]) -> Any:
+        bits, kind, params = int(manifest["bits"]), manifest["index_kind"], dict(manifest.get("index_params", {}))
+        return lambda: make_index(bits, kind, **params)
 
     # ------------------------------------------------------------------------------------------ create / open
     @classmethod
@@ -145,11 +189,10 @@ class ItemIndex:
         if clash:
             raise MCMFHError(f"index manifest: fields {clash} are reserved")
         index = make_index(bits, kind, **dict(index_params or {}))  # validates bits and kind before writing
-        with atomic_dir(folder) as tmp:
+        with atomic_dir(folder, overwrite=overwrite) as tmp:
             con = sqlite3.connect(tmp / DB_NAME)
             con.executescript(_SCHEMA)
             con.close()
-            meta = _files.write_arrays(tmp, {"codes": index.codes, "keys": index.ids}, suffix="-0")
             manifest = new_manifest(
                 KIND,
                 format=FORMAT_VERSION,
@@ -159,7 +202,8 @@ class ItemIndex:
                 generation=0,
                 count=0,
                 next_key=0,
-                **meta,
+                segments=[],
+                removed=None,
                 **fields,
             )
             atomic_write_json(tmp / MANIFEST_NAME, manifest)
@@ -172,35 +216,81 @@ class ItemIndex:
         expect: Mapping[str, Any] | None = None,
         writable: bool = False,
         verify: bool = True,
+        lock_timeout: float | None = None,
     ) -> ItemIndex:
         """Open an index folder; every key of ``expect`` (e.g. {"run": ..., "bits": 64}) must match the manifest.
 
         ``verify`` checks the SHA-256 of the code files (a few ms per million 64-bit codes). A truncated, corrupt
-        or inconsistent folder raises ArtefactError. ``writable`` first rolls back any interrupted change.
-        """
+        or inconsistent folder raises ArtefactError. Opening never locks: a ``writable`` index takes the writer lock
+        for each change (waiting up to ``lock_timeout`` seconds, see ``mcmfh.locking``)."""
         folder = Path(folder)
-        manifest = read_manifest(folder, KIND)
+        for attempt in range(OPEN_RETRIES + 1):
+            manifest = read_manifest(folder, KIND)
+            try:
+                return cls._open_at(folder, manifest, expect, writable, verify, lock_timeout)
+            except ArtefactError:
+                # A commit between reading the manifest and reading its files is not damage: retry on the new one.
+                if attempt == OPEN_RETRIES or read_manifest(folder, KIND) == manifest:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _open_at(cls, folder: Path, manifest: dict[str, Any], expect: Mapping[str, Any] | None, writable: bool,
+                 verify: bool, lock_timeout: float | None) -> ItemIndex:  # fmt: skip
         if expect:
             require_match(expect, manifest, list(expect), f"index {folder}")
-        missing = [k for k in ("format", "bits", "index_kind", "generation", "count", "files") if k not in manifest]
+        fmt = manifest.get("format")
+        if fmt not in READABLE_FORMATS:
+            raise ArtefactError(f"{folder}: index format {fmt}, this mcmfh reads {list(READABLE_FORMATS)}")
+        needed = ("bits", "index_kind", "generation", "count", "segments" if fmt == 2 else "files")
+        missing = [k for k in needed if k not in manifest]
         if missing:
             raise ArtefactError(f"{folder / MANIFEST_NAME}: missing fields {missing}")
-        if manifest["format"] != FORMAT_VERSION:
-            raise ArtefactError(f"{folder}: index format {manifest['format']}, this mcmfh reads {FORMAT_VERSION}")
         if not (folder / DB_NAME).is_file():
             raise ArtefactError(f"{folder / DB_NAME}: missing")
-        self = cls(folder, manifest, load_index(folder, manifest, verify), writable)
+        return cls(folder, manifest, writable, verify, lock_timeout)
+
+    def _load(self, manifest: dict[str, Any], verify: bool) -> None:
+        """Make the in-memory index the committed state ``manifest`` names (only new segments are read when the
+        known ones are unchanged), and check it against the rows visible at that generation."""
+        new = segments_of(manifest)
+        old = segments_of(self.manifest) if self.manifest else []
+        if len(old) != len(self.index.segments):  # memory no longer mirrors the files: start over
+            old = []
+        keep = 0  # segments both states share (a later merge or a compaction replaces the ones after them)
+        while keep < min(len(old), len(new)) and old[keep] == new[keep]:
+            keep += 1
+        self.index.truncate(keep)
+        removed = _read_removed(self.folder, manifest, verify)
+        fresh = np.setdiff1d(removed, self._removed) if keep else np.zeros(0, np.int64)
+        if len(fresh):
+            self.index.remove_ids(fresh)
+        for seg in new[keep:]:
+            codes, keys = _read_segment(self.folder, seg, int(manifest["bits"]), verify)
+            alive = ~np.isin(keys, removed) if len(removed) else slice(None)
+            self.index.add_segment(codes[alive], keys[alive])
+        self._removed = removed
+        self.manifest = manifest
         try:
-            if writable:
-                self._recover()
             n_rows = self._db.execute(f"SELECT COUNT(*) FROM items WHERE {_VISIBLE}", self._gen2()).fetchone()[0]
         except sqlite3.DatabaseError as e:
-            self.close()
-            raise ArtefactError(f"{folder / DB_NAME}: unreadable item database ({e})") from e
-        if n_rows != manifest["count"]:
-            self.close()
-            raise ArtefactError(f"{folder}: {n_rows} items in {DB_NAME} but {manifest['count']} codes in the manifest")
-        return self
+            raise ArtefactError(f"{self.folder / DB_NAME}: unreadable item database ({e})") from e
+        if len(self.index) != manifest["count"] or n_rows != manifest["count"]:
+            raise ArtefactError(f"{self.folder}: {n_rows} items in {DB_NAME} and {len(self.index)} codes, but "
+                                f"{manifest['count']} in the manifest")  # fmt: skip
+
+    def refresh(self) -> bool:
+        """Catch up with the last committed state (e.g. another process's add); returns whether it changed."""
+        manifest = read_manifest(self.folder, KIND)
+        if manifest == self.manifest:
+            return False
+        self._load(manifest, verify=True)
+        return True
+
+    def state_token(self) -> tuple[int, int, int]:
+        """Changes whenever a change is committed (the manifest is replaced by a rename): cheap to poll."""
+        st = (self.folder / MANIFEST_NAME).stat()
+        return st.st_ino, st.st_mtime_ns, st.st_size
 
     # ------------------------------------------------------------------------------------------ reading
     @property
@@ -231,7 +321,7 @@ class ItemIndex:
                 rows[key] = Item(key, item_id, caption, image, tuple(json.loads(labels)), source)
         absent = [k for k in keys if k not in rows]
         if absent:
-            raise MCMFHError(f"index {self.folder}: no items with keys {absent[:5]}")
+            raise MCMFHError(f"index {self.folder.name}: no items with keys {absent[:5]}")
         return [rows[k] for k in keys]
 
     def keys_of(self, item_ids: Sequence[str]) -> dict[str, int]:
@@ -267,92 +357,140 @@ class ItemIndex:
     def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Add items (mappings with id, caption, image, labels, source) with their packed codes; returns keys.
 
-        Item ids must be new to the index. The change is committed atomically before this returns."""
-        self._require_writable()
-        rows = [_item_row(i, it) for i, it in enumerate(items)]
+        Item ids must be new to the index. The change is committed atomically before this returns; it costs
+        O(len(items)) plus an occasional merge of small segments."""
+        rows = [item_row(i, it) for i, it in enumerate(items)]
         codes = np.asarray(codes)
         if codes.ndim != 2 or len(codes) != len(rows):
             raise MCMFHError(f"index add: {len(rows)} items but codes of shape {codes.shape}")
         item_ids = [r[0] for r in rows]
         if len(set(item_ids)) != len(item_ids):
             raise MCMFHError("index add: item ids repeat within the batch")
-        present = self.keys_of(item_ids)
-        if present:
-            raise MCMFHError(f"index add: item ids already in the index: {sorted(present)[:5]}")
-        start = int(self.manifest.get("next_key", 0))
-        keys = np.arange(start, start + len(rows), dtype=np.int64)
-        self.index.add(codes, keys)  # validates the codes' width before anything is written
-        with self._change(next_key=start + len(rows)) as gen:
-            self._db.executemany(
-                "INSERT INTO items (key, item_id, caption, image, labels, source, gen) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(int(k), *r, gen) for k, r in zip(keys, rows, strict=True)],
-            )
+        with self._writing():
+            present = self.keys_of(item_ids)
+            if present:
+                raise MCMFHError(f"index add: item ids already in the index: {sorted(present)[:5]}")
+            start = int(self.manifest.get("next_key", 0))
+            keys = np.arange(start, start + len(rows), dtype=np.int64)
+            gen, tag = self.generation + 1, secrets.token_hex(4)
+            with self._change(gen, tag) as fields:
+                self.index.add_segment(codes, keys)  # validates the codes' width before anything is written
+                segments = [*segments_of(self.manifest), self._write_segment(codes, keys, gen, tag)]
+                n_merge = merge_plan([int(sg["count"]) for sg in segments])
+                if n_merge:
+                    merged = self.index.merge_tail(n_merge)
+                    segments[-n_merge:] = [self._write_segment(merged.codes, merged.ids, gen, tag + "m")]
+                fields.update(segments=segments, next_key=start + len(rows))
+                self._db.executemany(
+                    "INSERT INTO items (key, item_id, caption, image, labels, source, gen) VALUES (?,?,?,?,?,?,?)",
+                    [(int(k), *r, gen) for k, r in zip(keys, rows, strict=True)],
+                )
         return keys
 
     def remove(self, item_ids: Sequence[str]) -> int:
         """Remove items by item id (unknown ids are ignored); returns how many were removed."""
-        self._require_writable()
-        keys = list(self.keys_of(item_ids).values())
-        if not keys:
-            return 0
-        self.index.remove_ids(np.array(keys, np.int64))
-        with self._change() as gen:
-            self._db.executemany("UPDATE items SET removed_gen = ? WHERE key = ?", [(gen, k) for k in keys])
+        with self._writing():
+            keys = np.array(sorted(self.keys_of(item_ids).values()), np.int64)
+            if not len(keys):
+                return 0
+            gen, tag = self.generation + 1, secrets.token_hex(4)
+            with self._change(gen, tag) as fields:
+                self.index.remove_ids(keys)
+                removed = np.union1d(self._removed, keys)
+                entry = _files.write_arrays(self.folder, {"removed": removed}, suffix=f"-{gen}-{tag}")["files"]
+                fields["removed"] = {**entry["removed"], "count": len(removed)}
+                self._db.executemany("UPDATE items SET removed_gen = ? WHERE key = ?", [(gen, int(k)) for k in keys])
+                self._removed = removed
         return len(keys)
+
+    def compact(self) -> bool:
+        """Fold every segment into one and forget removed keys (O(N), under the lock); False if already compact."""
+        with self._writing():
+            if len(segments_of(self.manifest)) <= 1 and not self.manifest.get("removed"):
+                return False
+            gen, tag = self.generation + 1, secrets.token_hex(4)
+            with self._change(gen, tag) as fields:
+                codes, keys = self.index.codes, self.index.ids
+                self.index = SegmentedIndex(self.bits, self._make_segment_for(self.manifest))
+                self.index.add_segment(codes, keys)
+                fields.update(segments=[self._write_segment(codes, keys, gen, tag)], removed=None)
+                self._removed = np.zeros(0, np.int64)
+        return True
+
+    def _write_segment(self, codes: np.ndarray, keys: np.ndarray, gen: int, tag: str) -> dict[str, Any]:
+        files = _files.write_arrays(self.folder, {"codes": codes, "keys": keys}, suffix=f"-{gen}-{tag}")["files"]
+        return {"codes": files["codes"], "keys": files["keys"], "count": len(keys)}
 
     def _require_writable(self) -> None:
         if not self.writable:
             raise MCMFHError(f"index {self.folder}: opened read-only (use ItemIndex.open(..., writable=True))")
 
     @contextlib.contextmanager
-    def _change(self, **fields: Any) -> Iterator[int]:
-        """One committed change to the in-memory index, in three durable steps (see the module docstring):
-        write this generation's arrays, run the caller's SQL in a transaction, then rename the manifest in.
-        Any failure restores the in-memory index from the last committed generation."""
-        gen = self.generation + 1
+    def _writing(self) -> Iterator[None]:
+        """Hold the writer lock, catch up with what other writers committed, and roll back what a killed one left."""
+        self._require_writable()
+        with writer_lock(self.folder, self.lock_timeout, what=f"index {self.folder}"):
+            self.refresh()
+            self._recover()
+            yield
+
+    @contextlib.contextmanager
+    def _change(self, gen: int, tag: str) -> Iterator[dict[str, Any]]:
+        """One committed change (see the module docstring): the caller updates the in-memory index, writes its
+        files (named ``-<gen>-<tag>``), runs its SQL and fills the manifest fields to change; then the SQL commits
+        and the manifest is renamed in. Any failure rolls all of it back to the last committed generation."""
+        fields: dict[str, Any] = {}
+        committed = self.manifest
         try:
-            files = self._write_arrays(gen)
             self._db.execute("BEGIN IMMEDIATE")
-            yield gen
+            yield fields
             self._db.execute("COMMIT")
-            self._write_manifest({**self.manifest, **files, **fields, "generation": gen, "count": len(self.index)})
+            manifest = {**committed, **fields, "format": FORMAT_VERSION, "generation": gen, "count": len(self.index)}
+            manifest.pop("files", None)  # a format-1 folder becomes format 2 on its first change
+            manifest.setdefault("segments", segments_of(committed))
+            atomic_write_json(self.folder / MANIFEST_NAME, manifest)  # the commit point
         except BaseException:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            self.index = self._load_index(verify=False)
+            self.manifest = {}
+            self._load(read_manifest(self.folder, KIND), verify=False)
+            for path in self.folder.glob(f"*-{gen}-{tag}*.npy"):
+                path.unlink(missing_ok=True)
             raise
-        self._cleanup()
-
-    def _write_arrays(self, gen: int) -> dict[str, Any]:
-        return _files.write_arrays(self.folder, {"codes": self.index.codes, "keys": self.index.ids}, suffix=f"-{gen}")
-
-    def _write_manifest(self, manifest: dict[str, Any]) -> None:
-        """The commit point: once the manifest names the new generation, the change is in."""
-        atomic_write_json(self.folder / MANIFEST_NAME, manifest)
-        self.manifest = manifest
-
-    def _load_index(self, verify: bool) -> HammingIndex:
-        return load_index(self.folder, self.manifest, verify)
+        previous, self.manifest = committed, manifest
+        self._cleanup(previous)
 
     def _recover(self) -> None:
         """Undo what an interrupted change left: rows of later generations, removal marks, stray files."""
         gen = self.generation
-        self._db.executescript(_SCHEMA)
-        self._db.execute("BEGIN IMMEDIATE")
-        self._db.execute("DELETE FROM items WHERE gen > ?", (gen,))
-        self._db.execute("UPDATE items SET removed_gen = NULL WHERE removed_gen > ?", (gen,))
-        self._db.execute("COMMIT")
-        self._cleanup()
+        try:
+            self._db.executescript(_SCHEMA)
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM items WHERE gen > ?", (gen,))
+            self._db.execute("UPDATE items SET removed_gen = NULL WHERE removed_gen > ?", (gen,))
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as e:
+            if "readonly" in str(e):
+                raise MCMFHError(f"index {self.folder}: not writable (its item database is read-only)") from e
+            raise
+        self._cleanup(self.manifest)
 
-    def _cleanup(self) -> None:
+    def _cleanup(self, previous: Mapping[str, Any]) -> None:
+        """Delete our files and rows that neither the committed nor the previous generation uses: a reader that
+        opened the previous generation a moment ago can still read it."""
         gen = self.generation
-        self._db.execute("DELETE FROM items WHERE removed_gen <= ?", (gen,))
-        keep = {entry["file"] for entry in self.manifest["files"].values()}
+        self._db.execute("DELETE FROM items WHERE removed_gen <= ?", (gen - 1,))
+        keep: set[str] = set()
+        for m in (self.manifest, previous):
+            if not m:
+                continue
+            for seg in segments_of(m):
+                keep.update((seg["codes"]["file"], seg["keys"]["file"]))
+            if m.get("removed"):
+                keep.add(m["removed"]["file"])
         for path in self.folder.iterdir():
-            stray_array = path.suffix == ".npy" and path.name not in keep
-            stray_temp = path.name.startswith(".") and path.name.endswith(".tmp")
-            if (stray_array or stray_temp) and path.is_file():
-                path.unlink()
+            if _OURS.match(path.name) and path.name not in keep and path.is_file():
+                path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------------------------------ lifetime
     def close(self) -> None:
