@@ -252,3 +252,50 @@ def test_sigkill_at_random_moments_during_adds(tmp_path: Path) -> None:
             assert len(idx) == count
         committed = count
     assert committed > 0
+
+
+def test_segments_merge_like_a_binary_counter_and_search_like_one_index(tmp_path: Path) -> None:
+    from mcmfh.index.factory import make_index
+    from mcmfh.index.segments import merge_plan
+
+    assert merge_plan([1000]) == 0 and merge_plan([1000, 1]) == 0
+    assert merge_plan([1000, 1, 1]) == 2 and merge_plan([1000, 2, 1, 1]) == 3 and merge_plan([4, 2, 1, 1]) == 4
+    folder = tmp_path / "idx"
+    with ItemIndex.create(folder, 16, kind="bucket") as idx:
+        rng = np.random.default_rng(0)
+        all_codes = rng.integers(0, 4, size=(400, 2), dtype=np.uint8)  # few distinct codes: many ties
+        idx.add(all_codes[:300], [{"id": f"it{i}"} for i in range(300)])
+        for i in range(300, 400):  # single adds: segments merge, never more than about log2 of the tail + 2
+            idx.add(all_codes[i : i + 1], [{"id": f"it{i}"}])
+            assert len(idx.index.segments) <= 2 + int(np.log2(i - 299)) + 1
+        idx.remove([f"it{i}" for i in range(0, 400, 7)])
+        one = make_index(16, "bucket")
+        alive = [i for i in range(400) if i % 7]
+        one.add(all_codes[alive], np.array(alive, np.int64))
+        queries = rng.integers(0, 4, size=(20, 2), dtype=np.uint8)
+        for k in (1, 10, 57, 400):
+            d, keys = idx.search_arrays(queries, k)
+            d1, keys1 = one.search(queries, k)
+            np.testing.assert_array_equal(d, d1)
+            np.testing.assert_array_equal(keys, keys1)  # same items, same tie order (insertion order)
+    with ItemIndex.open(folder) as back:  # the files give the same index
+        np.testing.assert_array_equal(back.search_arrays(queries, 57)[1], one.search(queries, 57)[1])
+
+
+def test_format_1_folders_are_read_and_upgraded_on_the_first_change(tmp_path: Path) -> None:
+    from mcmfh.index import _files
+
+    folder = tmp_path / "idx"
+    with ItemIndex.create(folder, BITS) as idx:
+        idx.add(*items(0, 10))
+    m = json.loads((folder / "manifest.json").read_text())
+    seg = m.pop("segments")[0]
+    m.pop("removed")
+    codes, keys = np.load(folder / seg["codes"]["file"]), np.load(folder / seg["keys"]["file"])
+    m.update(format=1, **_files.write_arrays(folder, {"codes": codes, "keys": keys}, suffix=f"-{m['generation']}"))
+    (folder / "manifest.json").write_text(json.dumps(m))  # what mcmfh wrote before segments
+    assert check_consistent(folder) == 10
+    with ItemIndex.open(folder, writable=True) as idx:
+        idx.add(*items(10, 12))
+    assert json.loads((folder / "manifest.json").read_text())["format"] == 2
+    assert check_consistent(folder) == 12

@@ -1,4 +1,4 @@
-"""``mcmfh index build|add|remove|info`` (an archive of hashed items) and ``mcmfh search`` (query it)."""
+"""``mcmfh index build|add|remove|compact|info`` (an archive of hashed items) and ``mcmfh search`` (query it)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ import typer
 from mcmfh.cli import app
 from mcmfh.cli.inputs import ENCODING_HELP, SKIP_REPORT_HELP, load_input, write_skip_report
 from mcmfh.errors import MCMFHError
+
+LOCK_HELP = ("Seconds to wait for another writer of this archive to finish (default: env MCMFH_LOCK_TIMEOUT or "
+             "30); then fail with a message naming it.")  # fmt: skip
 
 index_app = typer.Typer(help="Build and maintain a searchable archive (run + Hamming indexes + item metadata).",
                         no_args_is_help=True)  # fmt: skip
@@ -62,6 +65,7 @@ def add(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable items instead of failing."),
     skip_report: Path = typer.Option(None, "--skip-report", help=SKIP_REPORT_HELP),
     encoding: str = typer.Option(None, "--encoding", help=ENCODING_HELP),
+    lock_timeout: float = typer.Option(None, "--lock-timeout", min=0, help=LOCK_HELP),
 ) -> None:
     """Encode new items with the archive's encoder and model, and add them (ids already present are skipped)."""
     from mcmfh.archive import Archive
@@ -72,7 +76,7 @@ def add(
     write_skip_report(archive_dir, skip_report, list(ds.report.skipped))
     wanted = set(_splits(splits))
     records = [r for r in ds.records if r.split in wanted]
-    with Archive.open(archive_dir, writable=True) as archive:
+    with Archive.open(archive_dir, writable=True, lock_timeout=lock_timeout) as archive:
         added = archive.add_records(records, source=ds.name)
         typer.echo(f"added {added['texts']} item(s) ({added['images']} image codes); archive holds {len(archive)}")
 
@@ -81,13 +85,30 @@ def add(
 def remove(
     archive_dir: Path = typer.Argument(..., help="Archive folder."),
     ids: list[str] = typer.Argument(..., help="Item ids to remove."),
+    lock_timeout: float = typer.Option(None, "--lock-timeout", min=0, help=LOCK_HELP),
 ) -> None:
     """Remove items by id (unknown ids are ignored)."""
     from mcmfh.archive import Archive
 
-    with Archive.open(archive_dir, writable=True) as archive:
+    with Archive.open(archive_dir, writable=True, lock_timeout=lock_timeout) as archive:
         n = archive.remove(ids)
         typer.echo(f"removed {n} item(s); archive holds {len(archive)}")
+
+
+@index_app.command("compact")
+def compact(
+    archive_dir: Path = typer.Argument(..., help="Archive folder."),
+    lock_timeout: float = typer.Option(None, "--lock-timeout", min=0, help=LOCK_HELP),
+) -> None:
+    """Fold the segments that adds append (and the keys removed since) into one segment per sub-index.
+
+    Searches are exact either way; compacting makes them a little faster and reclaims removed items' space."""
+    from mcmfh.archive import Archive
+
+    with Archive.open(archive_dir, writable=True, lock_timeout=lock_timeout) as archive:
+        done = archive.compact()
+        what = ", ".join(m for m, changed in done.items() if changed) or "nothing (already compact)"
+        typer.echo(f"compacted {what}; archive holds {len(archive)}")
 
 
 @index_app.command("info")
@@ -101,7 +122,9 @@ def info(archive_dir: Path = typer.Argument(..., help="Archive folder.")) -> Non
         # Code health of the stored codes (local sub-indexes hold them in memory; server stores are not read back).
         local = {m: ix.index.codes for m, ix in archive.indexes.items() if hasattr(ix, "index") and len(ix)}
         health = {m: code_health(c, int(archive.manifest["bits"])) for m, c in local.items()}
-        typer.echo(json.dumps({**archive.manifest, "counts": counts, "code_health": health}, indent=2, sort_keys=True))
+        segments = {m: len(ix.index.segments) for m, ix in archive.indexes.items() if hasattr(ix, "index")}
+        out = {**archive.manifest, "counts": counts, "segments": segments, "code_health": health}
+        typer.echo(json.dumps(out, indent=2, sort_keys=True))
 
 
 @app.command()
