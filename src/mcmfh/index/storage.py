@@ -40,7 +40,7 @@ from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.index import _files
 from mcmfh.index.factory import default_kind, make_index
 from mcmfh.index.segments import SegmentedIndex, merge_plan
-from mcmfh.io import atomic_dir, atomic_write_json
+from mcmfh.io import atomic_dir, atomic_write_json, sqlite_transaction
 from mcmfh.locking import writer_lock
 from mcmfh.manifest import MANIFEST_NAME, new_manifest, read_manifest, require_match
 
@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS items (
     removed_gen INTEGER
 );
 CREATE INDEX IF NOT EXISTS items_item_id ON items (item_id);
+CREATE INDEX IF NOT EXISTS items_removed ON items (removed_gen) WHERE removed_gen IS NOT NULL;
 """
 _VISIBLE = "gen <= ? AND (removed_gen IS NULL OR removed_gen > ?)"
 
@@ -153,6 +154,7 @@ class ItemIndex:
         self.manifest: dict[str, Any] = {}
         self.index = SegmentedIndex(int(manifest["bits"]), self._make_segment_for(manifest))
         self._removed = np.zeros(0, np.int64)
+        self._schema_checked = False
         try:
             # check_same_thread=False: callers such as the service serialise access with their own lock.
             self._db = sqlite3.connect(folder / DB_NAME, isolation_level=None, check_same_thread=False, timeout=30)
@@ -444,6 +446,8 @@ class ItemIndex:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             yield fields
+            # Rows removed before the previous generation are no one's any more (see _cleanup for the files).
+            self._db.execute("DELETE FROM items WHERE removed_gen <= ?", (gen - 1,))
             self._db.execute("COMMIT")
             manifest = {**committed, **fields, "format": FORMAT_VERSION, "generation": gen, "count": len(self.index)}
             manifest.pop("files", None)  # a format-1 folder becomes format 2 on its first change
@@ -462,13 +466,19 @@ class ItemIndex:
 
     def _recover(self) -> None:
         """Undo what an interrupted change left: rows of later generations, removal marks, stray files."""
-        gen = self.generation
+        gen, next_key = self.generation, int(self.manifest.get("next_key", 0))
         try:
-            self._db.executescript(_SCHEMA)
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("DELETE FROM items WHERE gen > ?", (gen,))
-            self._db.execute("UPDATE items SET removed_gen = NULL WHERE removed_gen > ?", (gen,))
-            self._db.execute("COMMIT")
+            if not self._schema_checked:  # folders made before the removal index existed get it on first write
+                self._db.executescript(_SCHEMA)
+                self._schema_checked = True
+            # An interrupted add left rows with keys from next_key on; a remove, marks above this generation.
+            sql = ("SELECT EXISTS(SELECT 1 FROM items WHERE key >= ?) "
+                   "OR EXISTS(SELECT 1 FROM items WHERE removed_gen > ?)")  # fmt: skip
+            left = self._db.execute(sql, (next_key, gen)).fetchone()[0]
+            if left:  # only after a crash: the common case costs one read, no transaction
+                with sqlite_transaction(self._db):
+                    self._db.execute("DELETE FROM items WHERE gen > ?", (gen,))
+                    self._db.execute("UPDATE items SET removed_gen = NULL WHERE removed_gen > ?", (gen,))
         except sqlite3.OperationalError as e:
             if "readonly" in str(e):
                 raise MCMFHError(f"index {self.folder}: not writable (its item database is read-only)") from e
@@ -476,10 +486,8 @@ class ItemIndex:
         self._cleanup(self.manifest)
 
     def _cleanup(self, previous: Mapping[str, Any]) -> None:
-        """Delete our files and rows that neither the committed nor the previous generation uses: a reader that
-        opened the previous generation a moment ago can still read it."""
-        gen = self.generation
-        self._db.execute("DELETE FROM items WHERE removed_gen <= ?", (gen - 1,))
+        """Delete our files that neither the committed nor the previous generation uses: a reader that opened the
+        previous generation a moment ago can still read it."""
         keep: set[str] = set()
         for m in (self.manifest, previous):
             if not m:
