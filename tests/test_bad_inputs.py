@@ -200,3 +200,39 @@ def test_corrupt_weights_without_a_recorded_checksum_still_get_one_line(
     (bad / "manifest.json").write_text(json.dumps(manifest))
     r = run_cli("evaluate", str(bad), "--features", str(feats), "--out", str(tmp_path / "m.json"))
     one_error_line(r, "weights.safetensors", "not a valid safetensors file")
+
+
+# --- read-only archive ---------------------------------------------------------------------------------------------
+
+
+_READ_ONLY_FS = """
+import errno, os
+import mcmfh.locking as locking
+real_open = os.open
+def ro_open(path, flags, *a, **k):
+    if str(path).endswith(locking.LOCK_NAME):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+    return real_open(path, flags, *a, **k)
+locking.os.open = ro_open
+"""
+
+
+def test_read_only_archive_is_named_not_writable_and_stays_searchable(tmp_path: Path) -> None:
+    """On a read-only file system (injected: root ignores file modes) a write says so; reading still works."""
+    from mcmfh.archive import Archive
+    from mcmfh.data import load_dataset
+    from mcmfh.data.synthetic import make_synthetic_dataset
+    from mcmfh.encoders import get_encoder
+    from mcmfh.feature_cache import encode_dataset
+    from mcmfh.train import train_run
+
+    data = make_synthetic_dataset(tmp_path / "syn", n=40, seed=0)
+    fs = encode_dataset(load_dataset("csv", data), get_encoder("tiny"), tmp_path / "feats")
+    run = train_run(tmp_path / "feats", "cca-itq", 16, 0, tmp_path / "run")
+    with Archive.build(run, fs, tmp_path / "arc") as archive:
+        some_id = next(iter(archive.indexes["texts"])).item_id
+    r = run_cli("index", "remove", str(tmp_path / "arc"), some_id, patch=_READ_ONLY_FS)
+    line = one_error_line(r, "arc", "not writable")
+    assert "unreadable" not in line
+    with Archive.open(tmp_path / "arc") as archive:
+        assert archive.get(some_id) is not None
