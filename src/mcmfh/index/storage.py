@@ -282,12 +282,23 @@ class ItemIndex:
                                 f"{manifest['count']} in the manifest")  # fmt: skip
 
     def refresh(self) -> bool:
-        """Catch up with the last committed state (e.g. another process's add); returns whether it changed."""
-        manifest = read_manifest(self.folder, KIND)
-        if manifest == self.manifest:
-            return False
-        self._load(manifest, verify=True)
-        return True
+        """Catch up with the last committed state (e.g. another process's add); returns whether it changed.
+
+        Reads only the segments that are new. If the files move on again mid-read (two commits in between), it
+        reloads from the newest manifest; if that keeps failing, the error is raised and the next call starts over.
+        """
+        for attempt in range(OPEN_RETRIES + 1):
+            manifest = read_manifest(self.folder, KIND)
+            if manifest == self.manifest:
+                return False
+            try:
+                self._load(manifest, verify=True)
+                return True
+            except ArtefactError:
+                self.manifest = {}  # the in-memory index may be half-updated: the next try loads it whole
+                if attempt == OPEN_RETRIES:
+                    raise
+        raise AssertionError("unreachable")
 
     def state_token(self) -> tuple[int, int, int]:
         """Changes whenever a change is committed (the manifest is replaced by a rename): cheap to poll."""

@@ -9,6 +9,7 @@ The light handlers (items, images, health) are plain ``def`` and use FastAPI's o
 from __future__ import annotations
 
 import importlib.util
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -127,6 +128,15 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+# An absolute path inside a message (e.g. "index /srv/archives/x/images: ..."): the client sees its last part only.
+_ABS_PATH = re.compile(r"(?<![\w.~:/])/(?:[^\s'\":,/]+/)+([^\s'\":,/]+)")
+
+
+def public_message(message: str) -> str:
+    """An error message fit for a client: no server paths (the last component is kept, so it still says what)."""
+    return _ABS_PATH.sub(r"\1", message)
+
+
 def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     def _http(_: Request, exc: HTTPException) -> JSONResponse:
@@ -138,12 +148,12 @@ def _error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ImageRejected)
     def _image(_: Request, exc: ImageRejected) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        return JSONResponse({"error": public_message(str(exc))}, status_code=exc.status)
 
     @app.exception_handler(MCMFHError)
     def _expected(_: Request, exc: MCMFHError) -> JSONResponse:
         # The engine's expected failures (e.g. a query it cannot encode) are the client's to fix.
-        return JSONResponse({"error": str(exc)}, status_code=422)
+        return JSONResponse({"error": public_message(str(exc))}, status_code=422)
 
 
 def _mount_docs(app: FastAPI) -> None:

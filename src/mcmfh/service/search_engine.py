@@ -2,10 +2,18 @@
 
 Text queries search image codes and image queries search text codes (cross-modal, each query coded from its own
 modality alone). The archive serialises inference and database access with its own lock.
+
+The archive stays live: a watcher thread polls ``Archive.state_token()`` (a ``stat`` per sub-index) every
+``reload_interval`` seconds and, when it changed, ``Archive.refresh()`` reads the new segments and rows under the
+archive's lock, so a search runs wholly before or wholly after the swap. A commit by ``mcmfh index add`` or
+``remove`` is therefore visible within about one interval (0.25 s by default); a refresh that fails (say, mid-way
+through a commit) keeps the old state, logs one line and is retried on the next tick.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from pathlib import Path
 
 from PIL import Image
@@ -14,10 +22,45 @@ from mcmfh.archive import Archive
 from mcmfh.index import storage
 from mcmfh.service.engine import EngineInfo, Hit, Item
 
+log = logging.getLogger(__name__)
+RELOAD_INTERVAL_S = 0.25  # how often the watcher checks for commits: well inside the one-second promise
+
 
 class ArchiveEngine:
-    def __init__(self, archive: Archive) -> None:
+    def __init__(self, archive: Archive, reload_interval: float | None = RELOAD_INTERVAL_S) -> None:
         self.archive = archive
+        self.reloads = 0  # committed changes picked up since start (for tests and /health)
+        self._stop = threading.Event()
+        self._token = archive.state_token()
+        self._watcher: threading.Thread | None = None
+        if reload_interval:
+            self._watcher = threading.Thread(target=self._watch, args=(reload_interval,), daemon=True,
+                                             name="mcmfh-archive-watcher")  # fmt: skip
+            self._watcher.start()
+
+    def _watch(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.check_for_changes()
+
+    def check_for_changes(self) -> bool:
+        """Pick up committed changes now; returns whether there were any."""
+        try:
+            token = self.archive.state_token()
+            if token == self._token:
+                return False
+            self.archive.refresh()
+        except Exception as e:  # keep serving the last good state; the next tick tries again
+            log.warning("archive reload failed (%s: %s); still serving the previous state", type(e).__name__, e)
+            return False
+        self._token = token
+        self.reloads += 1
+        return True
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        self.archive.close()
 
     @property
     def image_root(self) -> Path | None:
@@ -53,9 +96,11 @@ def _hit(h: storage.Hit) -> Hit:
     return Hit(id=it.item_id, distance=h.distance, text=it.caption, labels=it.labels, has_image=it.image is not None)
 
 
-def open_engine(index_dir: Path, warm_up: bool = True) -> ArchiveEngine:
-    """Open the archive; ``warm_up`` loads the encoder and compiles the search kernels now, not on the first query."""
+def open_engine(index_dir: Path, warm_up: bool = True, reload_interval: float | None = RELOAD_INTERVAL_S
+                ) -> ArchiveEngine:  # fmt: skip
+    """Open the archive; ``warm_up`` loads the encoder and compiles the search kernels now, not on the first query;
+    ``reload_interval`` (seconds; None: never) is how often committed changes are looked for."""
     archive = Archive.open(index_dir)
     if warm_up:
         archive.search_text("warm-up", 1)
-    return ArchiveEngine(archive)
+    return ArchiveEngine(archive, reload_interval)
