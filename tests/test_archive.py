@@ -123,7 +123,7 @@ def test_service_over_archive(chain):
     from fastapi.testclient import TestClient
 
     from mcmfh.service.app import create_app
-    from mcmfh.service.engine import open_engine
+    from mcmfh.service.search_engine import open_engine
     from mcmfh.service.settings import Settings
 
     engine = open_engine(chain["idx"])

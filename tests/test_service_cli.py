@@ -9,7 +9,7 @@ import pytest
 
 from mcmfh.cli import main
 from mcmfh.errors import MCMFHError
-from mcmfh.service import engine as engine_module
+from mcmfh.service import search_engine
 from mcmfh.service import server as server_module
 from mcmfh.service.app import create_app
 from mcmfh.service.security import bearer_matches, check_bind, is_loopback_host
@@ -55,7 +55,7 @@ def fake_open(tmp_path: Path, monkeypatch):
         opened.append(Path(index_dir))
         return FakeEngine(Path(index_dir))
 
-    monkeypatch.setattr(engine_module, "open_engine", open_engine)
+    monkeypatch.setattr(search_engine, "open_engine", open_engine)
     monkeypatch.setattr(server_module, "make_server", _StubServer)
     (tmp_path / "idx").mkdir()
     return opened
@@ -91,20 +91,6 @@ def test_serve_with_token_builds_a_protected_app(tmp_path: Path, fake_open, monk
     assert client.post("/search/image", files=big, headers=auth).status_code == 413  # --max-upload-mb applied
     image = client.get("/items/MPX0000_synpic0/image", headers=auth)  # image root defaults to the index folder
     assert image.status_code == 200
-
-
-def test_open_engine_uses_the_engine_module(tmp_path: Path, monkeypatch) -> None:
-    import sys
-    import types
-
-    module = types.ModuleType(engine_module.SEARCH_ENGINE_MODULE)
-    module.open_engine = lambda index_dir: FakeEngine(index_dir)
-    monkeypatch.setitem(sys.modules, engine_module.SEARCH_ENGINE_MODULE, module)
-    engine = engine_module.open_engine(str(tmp_path / "idx"))
-    assert isinstance(engine, FakeEngine) and engine.root == tmp_path / "idx"
-    module.open_engine = lambda index_dir: object()  # not a SearchEngine: refused with a clear message
-    with pytest.raises(MCMFHError, match="not a SearchEngine"):
-        engine_module.open_engine(tmp_path)
 
 
 @pytest.fixture

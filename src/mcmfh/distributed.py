@@ -21,7 +21,7 @@ import numpy as np
 from mcmfh.data.records import Record
 from mcmfh.encoders.base import Encoder
 from mcmfh.errors import MCMFHError
-from mcmfh.feature_cache import ChunkResult, EncodeOptions, EncodeOutcome, _ChunkEncoder
+from mcmfh.feature_cache import ChunkEncoder, ChunkResult, EncodeOptions, EncodeOutcome
 
 
 def _ray() -> Any:
@@ -40,7 +40,7 @@ class _EncodeActor:
         from mcmfh.encoders import get_encoder
 
         self.outcome = EncodeOutcome(features=None, path=Path("."), reused=False, n_items=0)  # type: ignore[arg-type]
-        self.encode = _ChunkEncoder(get_encoder(encoder_name, **encoder_opts), options, self.outcome)
+        self.encode = ChunkEncoder(get_encoder(encoder_name, **encoder_opts), options, self.outcome)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         records = [

@@ -155,7 +155,7 @@ class _Work:
         atomic_write_bytes(self.path(i), save(arrays, metadata={"skipped": json.dumps(skipped)}))
 
 
-class _ChunkEncoder:
+class ChunkEncoder:
     """Encodes one chunk of records; counts throughput; handles unreadable images per ``skip_bad``."""
 
     def __init__(self, encoder: Encoder, options: EncodeOptions, outcome: EncodeOutcome) -> None:
@@ -219,7 +219,7 @@ ChunkResult = tuple[int, dict[str, np.ndarray], list[tuple[str, str]]]
 class ChunkRunner(Protocol):
     """Encodes the missing chunks ``[(chunk index, records)]``, yielding ``(index, arrays, skipped)`` in any order.
 
-    ``arrays`` are those of ``_ChunkEncoder``: image, text, has_image, kept. The in-process runner is the default;
+    ``arrays`` are those of ``ChunkEncoder``: image, text, has_image, kept. The in-process runner is the default;
     ``mcmfh.distributed.RayChunkRunner`` spreads the work over a Ray cluster."""
 
     def __call__(
@@ -241,7 +241,7 @@ class InProcessRunner:
         options: EncodeOptions,
         outcome: EncodeOutcome,
     ) -> Iterator[ChunkResult]:
-        encode_chunk = _ChunkEncoder(encoder, options, outcome)
+        encode_chunk = ChunkEncoder(encoder, options, outcome)
         for i, part in missing:
             arrays, skipped = encode_chunk(part)
             yield i, arrays, skipped

@@ -1,4 +1,5 @@
-"""The ``mcmfh`` command. Each area registers its commands from its own module (see the imports at the end)."""
+"""The ``mcmfh`` command: its error boundary (``main``). The root command lives in ``mcmfh.cli.app``; each area
+registers its commands on it from its own module (imported at the end), so no command module imports this one."""
 
 from __future__ import annotations
 
@@ -8,31 +9,8 @@ import sys
 
 import typer
 
-from mcmfh import __version__
+from mcmfh.cli.app import app
 from mcmfh.errors import MCMFHError
-
-app = typer.Typer(
-    name="mcmfh",
-    help="Medical cross-modal hashing retrieval: encode, train, evaluate, index and search.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"mcmfh {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
-) -> None:
-    if debug:
-        os.environ["MCMFH_DEBUG"] = "1"
 
 
 def _usage_error_types() -> tuple[type[BaseException], ...]:

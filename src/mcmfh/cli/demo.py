@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from mcmfh.cli import app
+from mcmfh.cli.app import app
 
 
 @app.command()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from mcmfh.cli import app
+from mcmfh.cli.app import app
 from mcmfh.cli.inputs import ENCODING_HELP, SKIP_REPORT_HELP, load_input, write_skip_report
 from mcmfh.errors import MCMFHError
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mcmfh.cli import app
+from mcmfh.cli.app import app
 from mcmfh.errors import MCMFHError
 
 MIB = 1024 * 1024
@@ -47,9 +47,9 @@ def serve(
         from mcmfh.service.server import make_server
     except ImportError as e:
         raise MCMFHError(f"the service needs its extra: pip install 'mcmfh[service]' ({e.name} is missing)") from None
-    from mcmfh.service.engine import open_engine
+    from mcmfh.service import search_engine  # the real engine: loads the run's encoder and model
 
-    engine = open_engine(index)
+    engine = search_engine.open_engine(index)
     if image_root is None:  # item images live where the archive's dataset lives
         root = getattr(engine, "image_root", None) or index
         settings = dataclasses.replace(settings, image_root=Path(root).resolve())

@@ -1,20 +1,18 @@
 """The contract between the HTTP service and whatever answers searches.
 
 The service only talks to a ``SearchEngine``: it never loads encoders, runs or indexes itself, so it can be tested
-with a small double and the real engine (run + encoder + Hamming index) can change without touching the routes.
+with a small double and the real engine (run + encoder + Hamming index, ``mcmfh.service.search_engine``, which
+depends on this module and never the other way) can change without touching the routes.
 URLs are the service's business: an engine says whether an item has an image, the service builds its URL.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from PIL import Image
-
-from mcmfh.errors import MCMFHError
 
 
 @dataclass(frozen=True)
@@ -69,19 +67,3 @@ class SearchEngine(Protocol):
     def image_path(self, item_id: str) -> Path | None:
         """The item's image file, resolved and verified to lie inside the index's data; None when it has none."""
         ...
-
-
-SEARCH_ENGINE_MODULE = "mcmfh.service.search_engine"
-
-
-def open_engine(index_dir: str | Path) -> SearchEngine:
-    """Build the real engine for an index folder (the run's encoder and model are loaded here, once).
-
-    The implementation lives in ``mcmfh.service.search_engine`` (function ``open_engine``), imported lazily so the
-    service and its tests do not pull in torch or the encoders.
-    """
-    module = importlib.import_module(SEARCH_ENGINE_MODULE)
-    engine = module.open_engine(Path(index_dir))
-    if not isinstance(engine, SearchEngine):
-        raise MCMFHError(f"{SEARCH_ENGINE_MODULE}.open_engine returned {type(engine).__name__}, not a SearchEngine")
-    return engine
