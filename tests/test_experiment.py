@@ -134,7 +134,7 @@ def test_experiment_encodes_through_the_feature_cache_when_no_features_given(tmp
     # The loader and the cache belong to other modules; here we check the runner calls them with the config's values.
     import mcmfh.data
     import mcmfh.encoders
-    import mcmfh.features
+    import mcmfh.feature_cache
 
     calls = {}
 
@@ -151,7 +151,7 @@ def test_experiment_encodes_through_the_feature_cache_when_no_features_given(tmp
         return fs
 
     monkeypatch.setattr(mcmfh.data, "load_dataset", fake_load, raising=False)
-    monkeypatch.setattr(mcmfh.features, "encode_dataset", fake_encode, raising=False)
+    monkeypatch.setattr(mcmfh.feature_cache, "encode_dataset", fake_encode)
     monkeypatch.setattr(mcmfh.encoders, "get_encoder", lambda name, **o: f"ENC:{name}", raising=False)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(

@@ -10,8 +10,8 @@ from PIL import Image
 from mcmfh.data import Dataset, Record
 from mcmfh.encoders.tiny import TinyEncoder
 from mcmfh.errors import ArtefactError, DataError
-from mcmfh.feature_cache import EncodeOptions, run_encode
-from mcmfh.features import FeatureSet, encode_dataset
+from mcmfh.feature_cache import EncodeOptions, encode_dataset, run_encode
+from mcmfh.features import FeatureSet
 
 
 class CountingEncoder(TinyEncoder):

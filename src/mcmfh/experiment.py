@@ -181,7 +181,7 @@ def get_features(cfg: ExperimentConfig, out_dir: Path, log: Callable[[str], None
     else:
         from mcmfh.data import load_dataset
         from mcmfh.encoders import get_encoder
-        from mcmfh.features import encode_dataset
+        from mcmfh.feature_cache import encode_dataset
 
         assert cfg.dataset is not None and cfg.data_root is not None
         cache = (cfg.cache_dir or out_dir / "features") / f"{cfg.dataset}-{cfg.encoder}-{cfg.label_set or 'default'}"

@@ -122,12 +122,3 @@ class FeatureSet:
             has_image=arrays["has_image"].astype(bool),
             manifest=manifest,
         )
-
-
-def __getattr__(name: str) -> Any:
-    # ``from mcmfh.features import encode_dataset`` without importing the encoders when only FeatureSet is needed.
-    if name in ("encode_dataset", "run_encode", "EncodeOptions"):
-        from mcmfh import feature_cache
-
-        return getattr(feature_cache, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,9 @@
 """Dataset loaders: one record type (``Record``), many sources, one entry point (``load_dataset``)."""
 
 from mcmfh.data.images import check_image, load_image
+from mcmfh.data.loader_spec import register_loader
 from mcmfh.data.records import SPLITS, Dataset, LoadReport, Record, build_vocab
-from mcmfh.data.registry import available_datasets, load_dataset, register_loader
+from mcmfh.data.registry import available_datasets, load_dataset
 
 __all__ = [
     "SPLITS",

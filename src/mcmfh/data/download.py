@@ -22,6 +22,12 @@ from pathlib import Path
 from mcmfh import __version__
 from mcmfh.errors import DataError
 
+DOWNLOADS = ".downloads"  # where prepare and the converters keep fetched archives inside a dataset folder
+
+
+def url_join(base: str, name: str) -> str:
+    return base.rstrip("/") + "/" + name.lstrip("/")
+
 
 @dataclass(frozen=True)
 class DownloadConfig:

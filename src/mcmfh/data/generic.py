@@ -28,8 +28,8 @@ from mcmfh.data.build import (
     read_lines,
     split_labels,
 )
+from mcmfh.data.loader_spec import register_loader
 from mcmfh.data.records import Dataset
-from mcmfh.data.registry import register_loader
 from mcmfh.errors import DataError
 
 REQUIRED = ("image", "text", "split")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from mcmfh.data.build import Issues, finalize
 from mcmfh.data.generic import load_rows_csv
+from mcmfh.data.loader_spec import register_loader
 from mcmfh.data.records import Dataset
-from mcmfh.data.registry import register_loader
 from mcmfh.errors import DataError
 
 CSV_NAME = "medpix2.csv"

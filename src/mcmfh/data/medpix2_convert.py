@@ -20,8 +20,7 @@ import shutil
 from pathlib import Path, PurePosixPath
 
 from mcmfh.data.archives import iter_members
-from mcmfh.data.download import DownloadConfig, download
-from mcmfh.data.prepare import DOWNLOADS, url_join
+from mcmfh.data.download import DOWNLOADS, DownloadConfig, download, url_join
 from mcmfh.errors import DataError
 from mcmfh.io import atomic_dir, atomic_write_text
 

@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mcmfh.data.build import Candidate, Issues, finalize, hash_split, read_csv_rows
+from mcmfh.data.loader_spec import register_loader
 from mcmfh.data.openi_labels import LABEL_SETS, normalise_terms, split_terms
 from mcmfh.data.records import Dataset
-from mcmfh.data.registry import register_loader
 from mcmfh.errors import DataError
 
 LAYOUTS = ("nlm", "kaggle", "r2gen")

@@ -22,19 +22,14 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from mcmfh.data.archives import extract_matching
-from mcmfh.data.download import DownloadConfig, download
+from mcmfh.data.download import DOWNLOADS, DownloadConfig, download, url_join
 from mcmfh.errors import DataError, MCMFHError
 from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.manifest import MANIFEST_NAME, new_manifest
 
 OPENI_BASE_URL = "https://openi.nlm.nih.gov/imgs/collections/"
 OPENI_ARCHIVES = {"reports": "NLMCXR_reports.tgz", "images": "NLMCXR_png.tgz"}
-DOWNLOADS = ".downloads"
 KIND = "dataset"  # manifest kind of a prepared dataset folder
-
-
-def url_join(base: str, name: str) -> str:
-    return base.rstrip("/") + "/" + name.lstrip("/")
 
 
 def fetch_or_find(

@@ -1,44 +1,18 @@
-"""Loaders by name: ``load_dataset(name, root, ...)`` is the one entry point the CLI and the encoder cache use."""
+"""Loaders by name: ``load_dataset(name, root, ...)`` is the one entry point the CLI and the encoder cache use.
+
+The loaders register themselves in ``mcmfh.data.loader_spec`` (which they import, and which imports none of them);
+this module imports the built-in loaders so that they have registered before a name is looked up."""
 
 from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from mcmfh.data.build import Issues
+from mcmfh.data.loader_spec import LoaderSpec, registered
 from mcmfh.data.records import Dataset
 from mcmfh.errors import DataError, MCMFHError
-
-LoaderFn = Callable[..., Dataset]
-
-
-@dataclass(frozen=True)
-class LoaderSpec:
-    name: str
-    fn: LoaderFn
-    label_sets: tuple[str, ...] | None  # None: any (the generic loaders take a column name)
-    default_label_set: str
-    summary: str
-
-
-_LOADERS: dict[str, LoaderSpec] = {}
-
-
-def register_loader(
-    name: str, label_sets: tuple[str, ...] | None, default_label_set: str, summary: str
-) -> Callable[[LoaderFn], LoaderFn]:
-    """Register ``fn(root: Path, label_set: str, issues: Issues, **options) -> Dataset`` under ``name``."""
-
-    def deco(fn: LoaderFn) -> LoaderFn:
-        if name in _LOADERS:
-            raise ValueError(f"dataset loader {name!r} registered twice")
-        _LOADERS[name] = LoaderSpec(name, fn, label_sets, default_label_set, summary)
-        return fn
-
-    return deco
 
 
 def _import_builtin() -> None:
@@ -49,14 +23,14 @@ def _import_builtin() -> None:
 def available_datasets() -> dict[str, str]:
     """Loader name -> one-line description."""
     _import_builtin()
-    return {n: s.summary for n, s in sorted(_LOADERS.items())}
+    return {n: s.summary for n, s in sorted(registered().items())}
 
 
 def loader_spec(name: str) -> LoaderSpec:
     _import_builtin()
-    if name not in _LOADERS:
-        raise MCMFHError(f"unknown dataset {name!r}; available: {', '.join(sorted(_LOADERS))}")
-    return _LOADERS[name]
+    if name not in registered():
+        raise MCMFHError(f"unknown dataset {name!r}; available: {', '.join(sorted(registered()))}")
+    return registered()[name]
 
 
 def load_dataset(

@@ -20,8 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mcmfh.data.build import Candidate, Issues, finalize, read_lines
+from mcmfh.data.loader_spec import register_loader
 from mcmfh.data.records import Dataset
-from mcmfh.data.registry import register_loader
 from mcmfh.errors import DataError
 
 SPLIT_DIRS = {"train": "train", "validation": "dev", "test": "test"}

@@ -6,8 +6,9 @@ brute-force reference; ``ItemIndex`` (mcmfh.index.storage) is the persistent, cr
 
 from mcmfh.index.base import HammingIndex
 from mcmfh.index.bucket import BucketIndex
-from mcmfh.index.factory import INDEX_KINDS, default_kind, make_index
+from mcmfh.index.factory import INDEX_KINDS, default_kind, make_index, read_index, write_index
 from mcmfh.index.flat import FlatIndex
 from mcmfh.index.mih import MIHIndex
 
-__all__ = ["INDEX_KINDS", "BucketIndex", "FlatIndex", "HammingIndex", "MIHIndex", "default_kind", "make_index"]
+__all__ = ["INDEX_KINDS", "BucketIndex", "FlatIndex", "HammingIndex", "MIHIndex", "default_kind", "make_index",
+           "read_index", "write_index"]

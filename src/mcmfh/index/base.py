@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from mcmfh.errors import ArtefactError, MCMFHError
+from mcmfh.errors import MCMFHError
 from mcmfh.index import _files
 
 INDEX_META = "index.json"
@@ -168,31 +168,11 @@ class HammingIndex(ABC):
 
     # ---------------------------------------------------------------- files
     def write(self, path: str | Path) -> None:
-        """Write the index as a folder (codes.npy, ids.npy, index.json with checksums), atomically."""
+        """Write the index as a folder (codes.npy, ids.npy, index.json with checksums), atomically; read it back
+        with ``mcmfh.index.read_index``."""
         from mcmfh.io import atomic_dir
 
         with atomic_dir(path) as tmp:
             meta = _files.write_arrays(tmp, {"codes": self.codes, "ids": self.ids})
             meta.update(kind=self.kind, bits=self.bits, count=self._n, params=self.params())
             (tmp / INDEX_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-    @classmethod
-    def read(cls, path: str | Path) -> HammingIndex:
-        """Read a folder written by ``write`` (any kind); size and checksum mismatches raise ArtefactError."""
-        from mcmfh.index.factory import make_index
-
-        path = Path(path)
-        meta_path = path / INDEX_META
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise ArtefactError(f"{meta_path}: missing or unreadable index metadata ({e})") from e
-        missing = [key for key in ("kind", "bits", "count", "files") if key not in meta]
-        if missing:
-            raise ArtefactError(f"{meta_path}: missing fields {missing}")
-        arrays = _files.read_arrays(path, meta, {"codes": (meta["bits"] // 8,), "ids": ()}, meta["count"])
-        index = make_index(meta["bits"], kind=meta["kind"], **meta.get("params", {}))
-        if cls is not HammingIndex and not isinstance(index, cls):
-            raise ArtefactError(f"{path}: holds a {meta['kind']!r} index, not {cls.kind!r}")
-        index.add(arrays["codes"], arrays["ids"])
-        return index

@@ -1,11 +1,14 @@
-"""Pick and construct an index by name, like FAISS ``index_factory``."""
+"""Pick and construct an index by name, like FAISS ``index_factory``; ``write_index`` / ``read_index`` to files."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
-from mcmfh.errors import MCMFHError
-from mcmfh.index.base import HammingIndex
+from mcmfh.errors import ArtefactError, MCMFHError
+from mcmfh.index import _files
+from mcmfh.index.base import INDEX_META, HammingIndex
 from mcmfh.index.bucket import BucketIndex
 from mcmfh.index.flat import FlatIndex
 from mcmfh.index.mih import MIHIndex
@@ -45,3 +48,28 @@ def open_backend(kind: str | None, bits: int, uri: str | None = None, **params: 
     if uri is not None:
         raise MCMFHError(f"index: --uri applies to the {'/'.join(SERVER_KINDS)} backend, not {kind or 'local'!r}")
     return make_index(bits, kind, **params)
+
+
+def write_index(index: HammingIndex, path: str | Path) -> None:
+    """Write ``index`` as a folder (codes, ids, ``index.json`` with kind, params and checksums), atomically."""
+    index.write(path)
+
+
+def read_index(path: str | Path, kind: str | None = None) -> HammingIndex:
+    """Read a folder written by ``write_index`` (any local kind, or only ``kind``); size and checksum mismatches
+    raise ArtefactError."""
+    path = Path(path)
+    meta_path = path / INDEX_META
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ArtefactError(f"{meta_path}: missing or unreadable index metadata ({e})") from e
+    missing = [key for key in ("kind", "bits", "count", "files") if key not in meta]
+    if missing:
+        raise ArtefactError(f"{meta_path}: missing fields {missing}")
+    if kind is not None and meta["kind"] != kind:
+        raise ArtefactError(f"{path}: holds a {meta['kind']!r} index, not {kind!r}")
+    arrays = _files.read_arrays(path, meta, {"codes": (meta["bits"] // 8,), "ids": ()}, meta["count"])
+    index = make_index(meta["bits"], kind=meta["kind"], **meta.get("params", {}))
+    index.add(arrays["codes"], arrays["ids"])
+    return index
