@@ -222,3 +222,10 @@ def test_mih_learns_to_scan_and_stays_exact(bits: int, tiled: bool, monkeypatch:
             np.testing.assert_array_equal(i1, ref_i[60:61])
         index.remove_ids(ids[:10])
         assert index._scan_first == {}  # any change forgets the choice
+
+
+def test_every_local_kind_meets_the_codes_index_contract() -> None:
+    from mcmfh.index import CodesIndex
+
+    for bits, kind in ((16, "bucket"), (64, "mih"), (32, "flat")):
+        assert isinstance(make_index(bits, kind), CodesIndex)

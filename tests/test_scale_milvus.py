@@ -113,3 +113,11 @@ def test_server_down_is_a_clear_error_quickly() -> None:
     with pytest.raises(MCMFHError, match="cannot connect"):
         MilvusIndex(16, uri=f"http://127.0.0.1:{free_port()}", connect_timeout=1.0)
     assert time.perf_counter() - t0 < 10
+
+
+def test_milvus_index_is_its_own_class_meeting_the_contract(index) -> None:
+    """A remote index shares the contract, not the in-memory storage (no stubbed hooks)."""
+    from mcmfh.index import CodesIndex, HammingIndex
+
+    idx = index(16)
+    assert isinstance(idx, CodesIndex) and not isinstance(idx, HammingIndex)

@@ -1,4 +1,6 @@
-"""The FAISS-style interface every Hamming index implements, plus what they share (ids, validation, files).
+"""The FAISS-style contract every codes index meets (``CodesIndex``), and the in-memory base the local ones share
+(``HammingIndex``: ids, validation, files). A remote index (``mcmfh.index.milvus.MilvusIndex``) meets the contract
+without inheriting the in-memory storage.
 
 Codes are packed uint8 (N, bits // 8) as made by ``mcmfh.index.codes.pack_codes``. Results are exact and ordered by
 (distance, insertion order); ``search`` pads with distance -1 and id -1 when the index holds fewer than k items.
@@ -9,7 +11,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -48,6 +50,28 @@ def to_words(packed: np.ndarray, bits: int, what: str = "codes") -> np.ndarray:
 def from_words(words: np.ndarray, bits: int) -> np.ndarray:
     """Inverse of ``to_words``."""
     return np.ascontiguousarray(words.astype("<u8", copy=False)).view(np.uint8)[:, : bits // 8].copy()
+
+
+@runtime_checkable
+class CodesIndex(Protocol):
+    """Exact Hamming search over packed codes with int64 ids: what the archive, benchmarks and tools rely on."""
+
+    bits: int
+
+    def __len__(self) -> int: ...
+    @property
+    def ntotal(self) -> int: ...
+    @property
+    def ids(self) -> np.ndarray: ...
+    @property
+    def codes(self) -> np.ndarray: ...
+    def add(self, codes: np.ndarray, ids: np.ndarray | None = None) -> None: ...
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def range_search(self, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+    def remove_ids(self, ids: np.ndarray) -> int: ...
+    def nbytes(self) -> int: ...
+    def params(self) -> dict[str, Any]: ...
+    def write(self, path: str | Path) -> None: ...
 
 
 class HammingIndex(ABC):

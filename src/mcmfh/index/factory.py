@@ -8,7 +8,7 @@ from typing import Any
 
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.index import _files
-from mcmfh.index.base import INDEX_META, HammingIndex
+from mcmfh.index.base import INDEX_META, CodesIndex, HammingIndex
 from mcmfh.index.bucket import BucketIndex
 from mcmfh.index.flat import FlatIndex
 from mcmfh.index.mih import MIHIndex
@@ -26,7 +26,7 @@ def default_kind(bits: int) -> str:
 SERVER_KINDS = ("milvus",)
 
 
-def make_index(bits: int, kind: str | None = None, **params: Any) -> HammingIndex:
+def make_index(bits: int, kind: str | None = None, **params: Any) -> CodesIndex:
     """An empty index for ``bits``-bit codes; ``kind`` in {"flat", "bucket", "mih"} or None for the default.
 
     ``kind="milvus"`` (params: uri, collection, index_type, ...) opens or creates a Milvus collection instead."""
@@ -38,7 +38,7 @@ def make_index(bits: int, kind: str | None = None, **params: Any) -> HammingInde
     return INDEX_KINDS[kind](bits, **params)
 
 
-def open_backend(kind: str | None, bits: int, uri: str | None = None, **params: Any) -> HammingIndex:
+def open_backend(kind: str | None, bits: int, uri: str | None = None, **params: Any) -> CodesIndex:
     """The index for a CLI ``--backend``: a local kind (flat/bucket/mih/None = default, empty, ``uri`` must be None)
     or "milvus" at ``uri`` (``collection=`` names the collection; an existing one is reopened with its codes)."""
     if kind == "milvus":
@@ -50,12 +50,12 @@ def open_backend(kind: str | None, bits: int, uri: str | None = None, **params: 
     return make_index(bits, kind, **params)
 
 
-def write_index(index: HammingIndex, path: str | Path) -> None:
+def write_index(index: CodesIndex, path: str | Path) -> None:
     """Write ``index`` as a folder (codes, ids, ``index.json`` with kind, params and checksums), atomically."""
     index.write(path)
 
 
-def read_index(path: str | Path, kind: str | None = None) -> HammingIndex:
+def read_index(path: str | Path, kind: str | None = None) -> CodesIndex:
     """Read a folder written by ``write_index`` (any local kind, or only ``kind``); size and checksum mismatches
     raise ArtefactError."""
     path = Path(path)

@@ -1,4 +1,6 @@
-"""``MilvusIndex``: the HammingIndex interface over a Milvus collection of binary vectors (needs ``mcmfh[scale]``).
+"""``MilvusIndex``: the codes-index contract (``mcmfh.index.base.CodesIndex``) over a Milvus collection of binary
+vectors (needs ``mcmfh[scale]``). Like FAISS's remote index classes it is its own class, not a subclass of the
+in-memory ``HammingIndex``: its codes live on the server, so it shares the contract, not the storage.
 
 The collection has three fields: ``id`` (INT64 primary key, the id ``search`` returns), ``seq`` (INT64 insertion
 counter) and ``code`` (BINARY_VECTOR of ``bits`` dims, the packed bytes as made by ``pack_codes``; Hamming distance
@@ -25,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from mcmfh.errors import MCMFHError
-from mcmfh.index.base import HammingIndex, from_words, to_words
+from mcmfh.index.base import from_words, to_words
 
 MILVUS_MAX_TOPK = 16384  # Milvus 2.3 rejects a search or query limit above this
 DEFAULT_URI = "http://127.0.0.1:19530"
@@ -40,7 +42,7 @@ def _pymilvus() -> Any:
     return pymilvus
 
 
-class MilvusIndex(HammingIndex):
+class MilvusIndex:
     """Exact (BIN_FLAT) Hamming k-NN and range search in a Milvus collection; ids are non-negative int64."""
 
     kind = "milvus"
@@ -58,7 +60,9 @@ class MilvusIndex(HammingIndex):
         insert_batch: int = 50_000,
         token: str | None = None,
     ) -> None:
-        super().__init__(bits)
+        if bits <= 0 or bits % 8:
+            raise MCMFHError(f"index: bits must be a positive multiple of 8, got {bits}")
+        self.bits = int(bits)
         if index_type not in INDEX_TYPES:
             raise MCMFHError(f"milvus: index_type must be one of {INDEX_TYPES}, got {index_type!r}")
         self.uri, self.collection_name, self.index_type = uri, collection, index_type
@@ -178,11 +182,17 @@ class MilvusIndex(HammingIndex):
         with _errors("list ids"):
             return np.array([r["id"] for r in self._query_all(["id"])], dtype=np.int64)
 
-    def _words(self) -> np.ndarray:
+    @property
+    def codes(self) -> np.ndarray:
+        """Every stored code, packed uint8 (N, bits // 8), in insertion order (read back from the server)."""
         with _errors("read codes"):
             rows = self._query_all(["code"])
         packed = np.array([np.frombuffer(_as_bytes(r["code"]), np.uint8) for r in rows], np.uint8)
-        return to_words(packed.reshape(len(rows), self.bits // 8), self.bits)
+        return packed.reshape(len(rows), self.bits // 8)
+
+    def nbytes(self) -> int:
+        """Memory held in this process: none (the codes are on the server)."""
+        return 0
 
     # ---------------------------------------------------------------- changes
     def add(self, codes: np.ndarray, ids: np.ndarray | None = None) -> None:
@@ -229,12 +239,6 @@ class MilvusIndex(HammingIndex):
                 self._coll.delete(expr=f"id in {present[lo : lo + MILVUS_MAX_TOPK].tolist()}")
         return int(present.size)
 
-    def _append(self, words: np.ndarray) -> None:
-        raise NotImplementedError("MilvusIndex stores codes on the server; add() does not call _append")
-
-    def _keep(self, keep: np.ndarray) -> None:
-        raise NotImplementedError("MilvusIndex stores codes on the server; remove_ids() does not call _keep")
-
     # ---------------------------------------------------------------- search
     def _candidates(self, packed: np.ndarray, limit: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per query: (distances, ids, seqs) of the ``limit`` nearest, sorted by (distance, seq)."""
@@ -273,10 +277,14 @@ class MilvusIndex(HammingIndex):
             todo, limit = np.array(again, np.int64), min(limit * 2, MILVUS_MAX_TOPK)
         return results
 
-    def _knn(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        packed = from_words(q, self.bits)
-        out_d = np.full((q.shape[0], k), -1, np.int32)
-        out_i = np.full((q.shape[0], k), -1, np.int64)
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact k nearest per packed query: distances int32 (Q, k), ids int64 (Q, k), -1 where fewer than k;
+        ties in insertion order (see the module docstring)."""
+        if k < 1:
+            raise MCMFHError(f"search: k must be >= 1, got {k}")
+        packed = from_words(to_words(queries, self.bits, "queries"), self.bits)
+        out_d = np.full((packed.shape[0], k), -1, np.int32)
+        out_i = np.full((packed.shape[0], k), -1, np.int64)
         if k > MILVUS_MAX_TOPK:
             raise MCMFHError(f"milvus: k must be <= {MILVUS_MAX_TOPK}, got {k}")
         # Exact once the last candidate is strictly farther than the k-th: no tie at the k-th was left out.
@@ -284,10 +292,14 @@ class MilvusIndex(HammingIndex):
         for j, (d, i, _) in enumerate(cands):
             m = min(k, len(d))
             out_d[j, :m], out_i[j, :m] = d[:m], i[:m]
-        return out_d, out_i  # ids in the "positions" slot: self._ids stays None, so base passes them through
+        return out_d, out_i
 
-    def _range(self, q: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        packed = from_words(q, self.bits)
+    def range_search(self, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All items within ``radius`` per packed query: (lims (Q+1,), distances, ids), as ``HammingIndex``."""
+        if radius < 0:
+            raise MCMFHError(f"range_search: radius must be >= 0, got {radius}")
+        radius = min(int(radius), self.bits)
+        packed = from_words(to_words(queries, self.bits, "queries"), self.bits)
         cands = self._widen(packed, 64 + self.tie_slack, lambda c: c[0][-1] > radius)
         keep = [c[0] <= radius for c in cands]
         lims = np.concatenate([[0], np.cumsum([int(m.sum()) for m in keep])]).astype(np.int64)

@@ -1,7 +1,7 @@
 """An index made of append-only segments, so adding k items costs O(k) instead of rebuilding one big index.
 
-Each segment is an ordinary ``HammingIndex`` holding a contiguous run of insertions; segments are kept in insertion
-order. A search asks every segment for its k nearest and merges them with a *stable* sort on distance: each
+Each segment is an ordinary local index (``make_index``) holding a contiguous run of insertions; segments are kept
+in insertion order. A search asks every segment for its k nearest and merges them with a *stable* sort on distance: each
 segment's answer is ordered by (distance, insertion order) and the segments themselves are in insertion order, so
 the merged top k is exactly what one big index over all items would return, ties included.
 
@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from mcmfh.errors import MCMFHError
-from mcmfh.index.base import HammingIndex
+from mcmfh.index.base import CodesIndex
 
-IndexMaker = Callable[[], HammingIndex]
+IndexMaker = Callable[[], CodesIndex]
 
 
 def merge_plan(counts: Sequence[int]) -> int:
@@ -38,11 +38,11 @@ class SegmentedIndex:
     def __init__(self, bits: int, make: IndexMaker) -> None:
         self.bits = int(bits)
         self._make = make
-        self.segments: list[HammingIndex] = []
+        self.segments: list[CodesIndex] = []
         self._maxes: list[int] = []  # largest id per segment: ids above all of them are new without a scan
 
     # ------------------------------------------------------------------------------------------ building
-    def add_segment(self, codes: np.ndarray, ids: np.ndarray) -> HammingIndex:
+    def add_segment(self, codes: np.ndarray, ids: np.ndarray) -> CodesIndex:
         """Append one segment holding ``codes`` with ``ids`` (which must be new); returns it."""
         ids = np.asarray(ids, np.int64)
         if len(ids) and ids.min() <= self._max_id() and np.isin(ids, self.ids).any():
@@ -60,7 +60,7 @@ class SegmentedIndex:
         """Keep only the first ``n`` segments."""
         del self.segments[n:], self._maxes[n:]
 
-    def merge_tail(self, n: int) -> HammingIndex:
+    def merge_tail(self, n: int) -> CodesIndex:
         """Replace the last ``n`` segments by one holding their items in the same order."""
         if n < 2 or n > len(self.segments):
             raise MCMFHError(f"index: cannot merge the last {n} of {len(self.segments)} segments")
@@ -97,7 +97,7 @@ class SegmentedIndex:
         return sum(s.nbytes() for s in self.segments)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact k nearest per query as ``HammingIndex.search``: (distances, ids), -1 where fewer than k."""
+        """Exact k nearest per query as ``CodesIndex.search``: (distances, ids), -1 where fewer than k."""
         live = [s for s in self.segments if len(s)]
         if len(live) <= 1:
             return (live[0] if live else self._make()).search(queries, k)

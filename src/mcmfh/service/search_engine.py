@@ -44,6 +44,9 @@ class ArchiveEngine:
 
     def check_for_changes(self) -> bool:
         """Pick up committed changes now; returns whether there were any."""
+        if not self.archive.indexes:  # closed under us (e.g. by its owner): nothing left to follow
+            self._stop.set()
+            return False
         try:
             token = self.archive.state_token()
             if token == self._token:
