@@ -217,8 +217,9 @@ locking.os.open = ro_open
 """
 
 
-def test_read_only_archive_is_named_not_writable_and_stays_searchable(tmp_path: Path) -> None:
-    """On a read-only file system (injected: root ignores file modes) a write says so; reading still works."""
+@pytest.fixture(scope="module")
+def small_archive(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 16-bit archive of synthetic train items, and the dataset folder whose test split is not in it yet."""
     from mcmfh.archive import Archive
     from mcmfh.data import load_dataset
     from mcmfh.data.synthetic import make_synthetic_dataset
@@ -226,13 +227,58 @@ def test_read_only_archive_is_named_not_writable_and_stays_searchable(tmp_path: 
     from mcmfh.feature_cache import encode_dataset
     from mcmfh.train import train_run
 
-    data = make_synthetic_dataset(tmp_path / "syn", n=40, seed=0)
-    fs = encode_dataset(load_dataset("csv", data), get_encoder("tiny"), tmp_path / "feats")
-    run = train_run(tmp_path / "feats", "cca-itq", 16, 0, tmp_path / "run")
-    with Archive.build(run, fs, tmp_path / "arc") as archive:
+    root = tmp_path_factory.mktemp("small-archive")
+    data = make_synthetic_dataset(root / "syn", n=40, seed=0)
+    fs = encode_dataset(load_dataset("csv", data), get_encoder("tiny"), root / "feats")
+    run = train_run(root / "feats", "cca-itq", 16, 0, root / "run")
+    Archive.build(run, fs, root / "arc", splits=("train",)).close()
+    return {"arc": root / "arc", "data": data}
+
+
+def _copy(archive: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    shutil.copytree(archive, tmp_path / "arc")
+    return tmp_path / "arc"
+
+
+def test_read_only_archive_is_named_not_writable_and_stays_searchable(small_archive, tmp_path: Path) -> None:
+    """On a read-only file system (injected: root ignores file modes) a write says so; reading still works."""
+    from mcmfh.archive import Archive
+
+    arc = _copy(small_archive["arc"], tmp_path)
+    with Archive.open(arc) as archive:
         some_id = next(iter(archive.indexes["texts"])).item_id
-    r = run_cli("index", "remove", str(tmp_path / "arc"), some_id, patch=_READ_ONLY_FS)
+    r = run_cli("index", "remove", str(arc), some_id, patch=_READ_ONLY_FS)
     line = one_error_line(r, "arc", "not writable")
     assert "unreadable" not in line
-    with Archive.open(tmp_path / "arc") as archive:
+    with Archive.open(arc) as archive:
         assert archive.get(some_id) is not None
+
+
+_FULL_DISK_ON_CODES = """
+import errno, os
+import mcmfh.index._files as files
+real = files.atomic_write_bytes
+def full(path, data):
+    if os.path.basename(str(path)).startswith("codes-"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    real(path, data)
+files.atomic_write_bytes = full
+"""
+
+
+def test_disk_full_during_index_add_loses_nothing_and_a_rerun_completes(small_archive, tmp_path: Path) -> None:
+    from mcmfh.archive import Archive
+
+    arc = _copy(small_archive["arc"], tmp_path)
+    n0 = len(Archive.open(arc))
+    args = ("index", "add", str(arc), "--dataset", "csv", "--data-root", str(small_archive["data"]), "--splits", "test")
+    line = one_error_line(run_cli(*args, patch=_FULL_DISK_ON_CODES), "disk full", "codes-")
+    assert "committed before is safe" in line and "re-run to resume" in line
+    with Archive.open(arc) as archive:
+        assert len(archive) == n0  # nothing half-added
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    with Archive.open(arc) as archive:
+        assert len(archive) > n0
