@@ -13,22 +13,25 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, TypeVar
+from urllib.parse import quote
 
 import anyio
 import anyio.to_thread
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware import Middleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, field_validator
 from starlette.exceptions import HTTPException
 
 from mcmfh import __version__
 from mcmfh.errors import MCMFHError
-from mcmfh.service.engine import Hit, Item, SearchEngine
+from mcmfh.index.storage import Hit, Item
+from mcmfh.locking import LockTimeout
+from mcmfh.service.engine import SearchEngine
 from mcmfh.service.imaging import SNIFF_BYTES, ImageRejected, decode_image, read_image_file, sniff, to_png
 from mcmfh.service.middleware import (
     AccessLogMiddleware,
@@ -44,10 +47,32 @@ _RAW_MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 T = TypeVar("T")
 
 
+def valid_unicode(text: str) -> str:
+    """JSON may carry a lone surrogate ("\\ud800"), which Python decodes but no encoder or tokenizer can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid Unicode text (it holds a lone surrogate)") from None
+    return text
+
+
+def _whole_number(value: object) -> object:
+    # Form fields and query parameters arrive as text; pydantic's lax int would take "1.0", " 3" or "1_000".
+    if isinstance(value, str) and not re.fullmatch(r"-?[0-9]{1,18}", value):
+        raise ValueError("must be a whole number")
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+
+
 class TextQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
     query: str = Field(description="Free text, e.g. 'axial CT, ring-enhancing lesion in the right frontal lobe'.")
-    k: int | None = Field(default=None, description="How many results (1..max_k; default from the settings).")
+    # Strict: JSON true or 1.5 is not a count (lax pydantic reads true as 1).
+    k: StrictInt | None = Field(default=None, description="How many results (1..max_k; default from the settings).")
+
+    _unicode = field_validator("query")(valid_unicode)
 
 
 class HitOut(BaseModel):
@@ -98,19 +123,23 @@ class _WorkerPool:
         return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
 
-def _image_url(item_id: str, has_image: bool) -> str | None:
-    return f"/items/{item_id}/image" if has_image else None
+def item_url(item_id: str) -> str:
+    """The item's API path; the id is percent-encoded whole ("/" too), so any id ingest accepts round-trips."""
+    return "/items/" + quote(item_id, safe="")
 
 
-def _hit_out(hit: Hit) -> HitOut:
-    return HitOut(
-        id=hit.id, distance=hit.distance, text=hit.text, labels=list(hit.labels),
-        image_url=_image_url(hit.id, hit.has_image),
-    )  # fmt: skip
+def _image_url(item: Item) -> str | None:
+    return None if item.image is None else "/images/" + quote(item.item_id, safe="")
 
 
 def _item_out(item: Item) -> ItemOut:
-    return ItemOut(id=item.id, text=item.text, labels=list(item.labels), image_url=_image_url(item.id, item.has_image))
+    return ItemOut(id=item.item_id, text=item.caption, labels=list(item.labels), image_url=_image_url(item))
+
+
+def _hit_out(hit: Hit) -> HitOut:
+    it = hit.item
+    return HitOut(id=it.item_id, distance=hit.distance, text=it.caption, labels=list(it.labels),
+                  image_url=_image_url(it))  # fmt: skip
 
 
 def _fail(status: int, message: str) -> HTTPException:
@@ -149,6 +178,12 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ImageRejected)
     def _image(_: Request, exc: ImageRejected) -> JSONResponse:
         return JSONResponse({"error": public_message(str(exc))}, status_code=exc.status)
+
+    @app.exception_handler(LockTimeout)
+    def _busy(_: Request, exc: LockTimeout) -> JSONResponse:
+        # Another writer (a CLI add, a PACS sync) holds the archive: a retry will do.
+        return JSONResponse({"error": "the archive is busy with another writer; retry shortly"}, status_code=503,
+                            headers={"Retry-After": "5"})  # fmt: skip
 
     @app.exception_handler(MCMFHError)
     def _expected(_: Request, exc: MCMFHError) -> JSONResponse:
@@ -203,8 +238,14 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
 
     def checked_id(item_id: str) -> str:
         if not settings.id_is_valid(item_id):
-            raise _fail(400, "item id has characters or a length that ids never have")
+            raise _fail(400, "item id has control characters or a length that ids never have")
         return item_id
+
+    def item_of(item_id: str) -> Item:
+        item = engine.get_item(checked_id(item_id))
+        if item is None:
+            raise _fail(404, "no item with that id")  # the id is not echoed: it may be anything, e.g. a path
+        return item
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -223,9 +264,11 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
             max_k=settings.max_k,
         )
 
+    # Monitors probe with HEAD; one operation in the schema (GET) keeps the operation ids unique.
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
     workers = _WorkerPool(settings.search_threads)
 
-    @app.post("/search/text", response_model=SearchOut)
+    @app.post("/search/text", response_model=SearchOut, dependencies=[Depends(json_only)])
     async def search_text(body: TextQuery) -> SearchOut:
         k, query = bounded_k(body.k), body.query.strip()
         if not query:
@@ -239,7 +282,7 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
     @app.post("/search/image", response_model=SearchOut)
     async def search_image(
         file: UploadFile = File(description="PNG, JPEG or DICOM; the type is read from the bytes."),
-        k: int | None = Form(default=None),
+        k: WholeNumber | None = Form(default=None),
     ) -> SearchOut:
         k = bounded_k(k)
         start = time.perf_counter()
@@ -249,19 +292,18 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
         hits = await workers.run(lambda: engine.search_image(decode_image(data, settings.max_pixels), k))
         return SearchOut(results=[_hit_out(h) for h in hits], took_ms=(time.perf_counter() - start) * 1000)
 
-    @app.get("/items/{item_id}", response_model=ItemOut)
+    # ``:path`` so an id with "/" (percent-encoded by clients, decoded before routing) still names one item. Images
+    # live under their own prefix: "/items/{id}/image" could not tell id "x/image" from the image of "x".
+    @app.get("/items/{item_id:path}", response_model=ItemOut)
     def get_item(item_id: str) -> ItemOut:
-        item = engine.get_item(checked_id(item_id))
-        if item is None:
-            raise _fail(404, f"no item with id {item_id}")
-        return _item_out(item)
+        return _item_out(item_of(item_id))
 
-    @app.get("/items/{item_id}/image", responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}})
+    @app.get("/images/{item_id:path}", responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}})
     def get_image(
         item_id: str,
-        max_side: int | None = Query(default=None, ge=16, le=settings.max_thumbnail_side, description="Thumbnail"),
+        max_side: WholeNumber | None = Query(default=None, ge=16, le=settings.max_thumbnail_side, description="Thumb"),
     ) -> Response:
-        path = _image_file(engine, settings, checked_id(item_id))
+        path = _image_file(engine, settings, item_of(item_id))
         with path.open("rb") as f:
             kind = sniff(f.read(SNIFF_BYTES))
         headers = {"Cache-Control": "private, max-age=300"}
@@ -273,17 +315,22 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
     return app
 
 
-def _image_file(engine: SearchEngine, settings: Settings, item_id: str) -> Path:
+def json_only(request: Request) -> None:
+    """415 for a body that is not declared JSON (FastAPI would try to parse it anyway and answer 422)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json" and not (kind.startswith("application/") and kind.endswith("+json")):
+        raise _fail(415, f"the body must be JSON (content-type application/json), not {kind[:60] or 'undeclared'}")
+
+
+def _image_file(engine: SearchEngine, settings: Settings, item: Item) -> Path:
     """The item's image file, re-checked here to lie inside the configured root whatever the engine says."""
-    if engine.get_item(item_id) is None:
-        raise _fail(404, f"no item with id {item_id}")
-    path = engine.image_path(item_id)
+    path = engine.image_path(item.item_id)
     if path is None or settings.image_root is None:
-        raise _fail(404, f"item {item_id} has no image")
+        raise _fail(404, "the item has no image")
     resolved, root = Path(path).resolve(), settings.image_root.resolve()
     if not resolved.is_relative_to(root):
         error_logger.warning("engine gave an image path outside the image root; refused")
         raise _fail(403, "the item's image is outside the served image folder")
     if not resolved.is_file():
-        raise _fail(404, f"image file of item {item_id} is missing")
+        raise _fail(404, "the item's image file is missing")
     return resolved
