@@ -142,6 +142,18 @@ class FakeEngine:
         self.calls = 0
         self._lock = threading.Lock()
 
+    def add(self, item_id: str, text: str, image_seed: int | None = None) -> None:
+        """One more item (for id tests): its image, if any, under a file name of its own, never the id."""
+        path = None
+        if image_seed is not None:
+            path = self.root / "images" / f"extra-{len(self.ids)}.png"
+            path.write_bytes(png_bytes(pattern_image(image_seed)))
+            self.paths[item_id] = path
+        self.items[item_id] = Item(len(self.ids), item_id, text, None if path is None else str(path), (), "fake")
+        self.ids.append(item_id)
+        self.text_codes = np.vstack([self.text_codes, text_code(text)])
+        self.image_codes = np.vstack([self.image_codes, image_code(pattern_image(image_seed or 0))])
+
     def info(self) -> EngineInfo:
         return EngineInfo(method="fake-simhash", bits=BITS, encoder="words+8x8", items=len(self.ids), name="fake")
 

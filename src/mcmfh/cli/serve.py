@@ -50,7 +50,6 @@ def serve(
         token=token, max_upload_bytes=int(max_upload_mb * MIB), max_k=max_k, access_log=access_log,  # type: ignore[arg-type]
         image_root=image_root.resolve() if image_root else None, header_timeout_s=header_timeout,
         keep_alive_s=keep_alive, max_connections=max_connections, allow_writes=allow_writes,
-        write_lock_timeout_s=lock_timeout,
     )  # fmt: skip
     if port < PRIVILEGED_PORTS:  # fine as root or with CAP_NET_BIND_SERVICE, but say so: it is rarely meant
         typer.echo(f"note: port {port} is a privileged port (below {PRIVILEGED_PORTS}); binding it needs root or "

@@ -13,8 +13,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
-from urllib.parse import quote
+from typing import TypeVar
 
 import anyio
 import anyio.to_thread
@@ -24,14 +23,13 @@ from fastapi.middleware import Middleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, field_validator
 from starlette.exceptions import HTTPException
 
 from mcmfh import __version__
 from mcmfh.errors import MCMFHError
 from mcmfh.index.storage import Hit, Item
 from mcmfh.locking import LockTimeout
-from mcmfh.service.engine import SearchEngine
+from mcmfh.service.engine import SearchEngine, WritableEngine
 from mcmfh.service.imaging import SNIFF_BYTES, ImageRejected, decode_image, read_image_file, sniff, to_png
 from mcmfh.service.middleware import (
     AccessLogMiddleware,
@@ -40,73 +38,23 @@ from mcmfh.service.middleware import (
     SecurityHeadersMiddleware,
     error_logger,
 )
+from mcmfh.service.schemas import (
+    ErrorOut,
+    HealthOut,
+    HitOut,
+    ItemOut,
+    SearchOut,
+    TextQuery,
+    WholeNumber,
+    image_url,
+    json_only,
+)
 from mcmfh.service.settings import Settings
+from mcmfh.service.writes import write_routes
 
 STATIC_DIR = Path(__file__).parent / "static"
 _RAW_MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 T = TypeVar("T")
-
-
-def valid_unicode(text: str) -> str:
-    """JSON may carry a lone surrogate ("\\ud800"), which Python decodes but no encoder or tokenizer can take."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("is not valid Unicode text (it holds a lone surrogate)") from None
-    return text
-
-
-def _whole_number(value: object) -> object:
-    # Form fields and query parameters arrive as text; pydantic's lax int would take "1.0", " 3" or "1_000".
-    if isinstance(value, str) and not re.fullmatch(r"-?[0-9]{1,18}", value):
-        raise ValueError("must be a whole number")
-    return value
-
-
-WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
-
-
-class TextQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    query: str = Field(description="Free text, e.g. 'axial CT, ring-enhancing lesion in the right frontal lobe'.")
-    # Strict: JSON true or 1.5 is not a count (lax pydantic reads true as 1).
-    k: StrictInt | None = Field(default=None, description="How many results (1..max_k; default from the settings).")
-
-    _unicode = field_validator("query")(valid_unicode)
-
-
-class HitOut(BaseModel):
-    id: str
-    distance: int = Field(description="Hamming distance between the query code and the item code.")
-    text: str
-    labels: list[str]
-    image_url: str | None
-
-
-class SearchOut(BaseModel):
-    results: list[HitOut]
-    took_ms: float
-
-
-class ItemOut(BaseModel):
-    id: str
-    text: str
-    labels: list[str]
-    image_url: str | None
-
-
-class HealthOut(BaseModel):
-    status: str
-    model: str
-    bits: int
-    encoder: str
-    items: int
-    name: str
-    max_k: int
-
-
-class ErrorOut(BaseModel):
-    error: str
 
 
 class _WorkerPool:
@@ -123,13 +71,8 @@ class _WorkerPool:
         return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
 
-def item_url(item_id: str) -> str:
-    """The item's API path; the id is percent-encoded whole ("/" too), so any id ingest accepts round-trips."""
-    return "/items/" + quote(item_id, safe="")
-
-
 def _image_url(item: Item) -> str | None:
-    return None if item.image is None else "/images/" + quote(item.item_id, safe="")
+    return None if item.image is None else image_url(item.item_id)
 
 
 def _item_out(item: Item) -> ItemOut:
@@ -312,14 +255,11 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
         image = read_image_file(path, settings.max_pixels)  # DICOM (rendered), another format, or a thumbnail
         return Response(content=to_png(image, max_side), media_type="image/png", headers=headers)
 
+    if settings.allow_writes:
+        if not isinstance(engine, WritableEngine):
+            raise MCMFHError(f"write endpoints are on but the engine ({type(engine).__name__}) cannot write")
+        app.include_router(write_routes(engine, settings))
     return app
-
-
-def json_only(request: Request) -> None:
-    """415 for a body that is not declared JSON (FastAPI would try to parse it anyway and answer 422)."""
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind != "application/json" and not (kind.startswith("application/") and kind.endswith("+json")):
-        raise _fail(415, f"the body must be JSON (content-type application/json), not {kind[:60] or 'undeclared'}")
 
 
 def _image_file(engine: SearchEngine, settings: Settings, item: Item) -> Path:

@@ -41,10 +41,9 @@ class Settings:
     header_timeout_s: float = 10.0
     keep_alive_s: float = 5.0
     max_connections: int = 512
-    # Write endpoints (POST /items, DELETE /items/{id}); off by default and refused without a token. A write waits
-    # at most write_lock_timeout_s for another writer (e.g. a CLI `mcmfh index add`) before answering 503.
+    # Write endpoints (POST /items, DELETE /items/{id}); off by default and refused without a token. How long a
+    # write waits for another writer is the engine's (``mcmfh serve --lock-timeout``); past it the answer is 503.
     allow_writes: bool = False
-    write_lock_timeout_s: float = 10.0
     debug: bool = False  # log tracebacks of server errors (may contain request data)
 
     def __post_init__(self) -> None:
@@ -57,7 +56,7 @@ class Settings:
             raise MCMFHError(f"service setting default_k must be in 1..max_k={self.max_k}, got {self.default_k}")
         if self.token is not None and len(self.token) < MIN_TOKEN_CHARS:
             raise MCMFHError(f"the bearer token must be at least {MIN_TOKEN_CHARS} characters long")
-        for name in ("header_timeout_s", "keep_alive_s", "write_lock_timeout_s"):
+        for name in ("header_timeout_s", "keep_alive_s"):
             if not getattr(self, name) > 0:
                 raise MCMFHError(f"service setting {name} must be positive, got {getattr(self, name)}")
         if self.allow_writes and self.token is None:
