@@ -76,12 +76,13 @@ class SyntheticEngine:
 
     def _rank(self, bits: np.ndarray, k: int):
         from mcmfh.index.codes import hamming_matrix, pack_codes
-        from mcmfh.service.engine import Hit
+        from mcmfh.index.storage import Hit, Item
 
         distances = hamming_matrix(pack_codes(bits[None]), self.codes)[0]
         top = np.argpartition(distances, min(k, len(distances) - 1))[:k]
         top = top[np.lexsort((top, distances[top]))]
-        return [Hit(f"item{j}", int(distances[j]), f"synthetic item {j}", ("tag",), False) for j in top]
+        items = [Item(int(j), f"item{j}", f"synthetic item {j}", None, ("tag",), "bench") for j in top]
+        return [Hit(item, int(distances[j])) for item, j in zip(items, top, strict=True)]
 
     def search_text(self, query: str, k: int):
         total = np.zeros(self.bits)

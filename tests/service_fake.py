@@ -20,7 +20,8 @@ import numpy as np
 from PIL import Image
 
 from mcmfh.index.codes import hamming_matrix, pack_codes
-from mcmfh.service.engine import EngineInfo, Hit, Item
+from mcmfh.index.storage import Hit, Item
+from mcmfh.service.engine import EngineInfo
 
 BITS = 16
 THUMB = 8
@@ -114,11 +115,11 @@ class FakeEngine:
             item_id = f"MPX{i:04d}_synpic{i}"
             has_image = i < len(TEXTS) - 1
             labels = (f"loc:region{i % 3}", f"cat:kind{i % 2}")
-            self.items[item_id] = Item(id=item_id, text=text, labels=labels, has_image=has_image)
             text_codes.append(text_code(text))
             image = pattern_image(i)
             image_codes.append(image_code(image))
             if not has_image:
+                self.items[item_id] = Item(i, item_id, text, None, labels, "fake")
                 continue
             if i == 1:
                 path = images / f"{item_id}.jpg"
@@ -130,8 +131,9 @@ class FakeEngine:
                 path = images / f"{item_id}.png"
                 path.write_bytes(png_bytes(image))
             self.paths[item_id] = path
+            self.items[item_id] = Item(i, item_id, text, str(path), labels, "fake")
         if escape_path is not None:  # an engine bug the service must catch: a path outside the image root
-            self.items["escape"] = Item(id="escape", text="outside", labels=(), has_image=True)
+            self.items["escape"] = Item(len(TEXTS), "escape", "outside", str(escape_path), (), "fake")
             self.paths["escape"] = escape_path
             text_codes.append(text_code("outside"))
             image_codes.append(image_code(pattern_image(99)))
@@ -139,6 +141,18 @@ class FakeEngine:
         self.text_codes, self.image_codes = np.stack(text_codes), np.stack(image_codes)
         self.calls = 0
         self._lock = threading.Lock()
+
+    def add(self, item_id: str, text: str, image_seed: int | None = None) -> None:
+        """One more item (for id tests): its image, if any, under a file name of its own, never the id."""
+        path = None
+        if image_seed is not None:
+            path = self.root / "images" / f"extra-{len(self.ids)}.png"
+            path.write_bytes(png_bytes(pattern_image(image_seed)))
+            self.paths[item_id] = path
+        self.items[item_id] = Item(len(self.ids), item_id, text, None if path is None else str(path), (), "fake")
+        self.ids.append(item_id)
+        self.text_codes = np.vstack([self.text_codes, text_code(text)])
+        self.image_codes = np.vstack([self.image_codes, image_code(pattern_image(image_seed or 0))])
 
     def info(self) -> EngineInfo:
         return EngineInfo(method="fake-simhash", bits=BITS, encoder="words+8x8", items=len(self.ids), name="fake")
@@ -148,11 +162,7 @@ class FakeEngine:
             self.calls += 1
         distances = hamming_matrix(code[None], database)[0]
         order = np.argsort(distances, kind="stable")[:k]
-        items = [self.items[self.ids[j]] for j in order]
-        return [
-            Hit(id=it.id, distance=int(distances[j]), text=it.text, labels=it.labels, has_image=it.has_image)
-            for it, j in zip(items, order, strict=True)
-        ]
+        return [Hit(self.items[self.ids[j]], int(distances[j])) for j in order]
 
     def search_text(self, query: str, k: int) -> list[Hit]:
         return self._rank(text_code(query), self.text_codes, k)
@@ -175,12 +185,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(app, start_timeout_s: float = 10.0) -> Iterator[str]:
+def running_server(app, start_timeout_s: float = 10.0, settings=None) -> Iterator[str]:
     """A real uvicorn server for ``app`` in a thread on a free loopback port; yields its base URL, stops (bounded)."""
     from mcmfh.service.server import make_server
 
     port = free_port()
-    server = make_server(app, "127.0.0.1", port)
+    server = make_server(app, "127.0.0.1", port, settings)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + start_timeout_s

@@ -80,7 +80,7 @@ def test_docs_use_local_assets(client: TestClient) -> None:
     assert "/docs-assets/swagger-ui-bundle.js" in r.text and "cdn" not in r.text.lower()
     assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/search/text", "/search/image", "/items/{item_id}", "/items/{item_id}/image", "/health"} <= set(paths)
+    assert {"/search/text", "/search/image", "/items/{item_id}", "/images/{item_id}", "/health"} <= set(paths)
     assert client.get("/redoc").status_code == 404
 
 
@@ -97,7 +97,7 @@ def test_text_search_finds_the_item_with_that_text(client: TestClient, engine: F
     assert results[0]["id"] == item_id(3) and results[0]["distance"] == 0
     assert [h["distance"] for h in results] == sorted(h["distance"] for h in results)
     assert results[0]["text"] == TEXTS[3] and results[0]["labels"] == ["loc:region0", "cat:kind1"]
-    assert results[0]["image_url"] == f"/items/{item_id(3)}/image"
+    assert results[0]["image_url"] == f"/images/{item_id(3)}"
 
 
 def test_text_search_default_k_and_item_without_image(client: TestClient, engine: FakeEngine) -> None:
@@ -135,7 +135,7 @@ def test_text_search_bad_json_and_body_limits(engine: FakeEngine) -> None:
     r = client.post("/search/text", content=b'{"query": "brain"', headers={"content-type": "application/json"})
     assert r.status_code == 422 and "JSON" in error_of(r)
     r = client.post("/search/text", content=b"query=brain", headers={"content-type": "text/plain"})
-    assert r.status_code == 422
+    assert r.status_code == 415 and "JSON" in error_of(r)
     r = client.post("/search/text", json={"query": "x" * 5000})
     assert r.status_code == 413 and "2000 bytes" in error_of(r)
 
@@ -234,7 +234,7 @@ def test_get_item(client: TestClient) -> None:
     assert r.status_code == 200
     assert r.json() == {
         "id": item_id(1), "text": TEXTS[1], "labels": ["loc:region1", "cat:kind1"],
-        "image_url": f"/items/{item_id(1)}/image",
+        "image_url": f"/images/{item_id(1)}",
     }  # fmt: skip
     r = client.get("/items/MPX9999_nothing")
     assert r.status_code == 404 and "no item" in error_of(r)
@@ -246,8 +246,8 @@ def test_get_item(client: TestClient) -> None:
         "/items/%2e%2e",
         "/items/..%2F..%2Fetc%2Fpasswd",
         "/items/..%5C..%5Cwindows",
-        "/items/%2Fetc%2Fpasswd/image",
-        "/items/.hidden/image",
+        "/images/%2Fetc%2Fpasswd",
+        "/images/.hidden",
         "/items/a%00b",
         "/items/" + "a" * 200,
         "/items/caf%C3%A9",
@@ -260,36 +260,36 @@ def test_bad_item_ids_never_reach_files(client: TestClient, path: str) -> None:
 
 
 def test_item_images(client: TestClient, engine: FakeEngine) -> None:
-    r = client.get(f"/items/{item_id(0)}/image")
+    r = client.get(f"/images/{item_id(0)}")
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     assert r.content == engine.paths[item_id(0)].read_bytes()
-    r = client.get(f"/items/{item_id(1)}/image")
+    r = client.get(f"/images/{item_id(1)}")
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
-    r = client.get(f"/items/{item_id(2)}/image")  # DICOM is rendered to PNG
+    r = client.get(f"/images/{item_id(2)}")  # DICOM is rendered to PNG
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     rendered = Image.open(io.BytesIO(r.content))
     assert rendered.size == (64, 48) and rendered.mode == "RGB"
-    r = client.get(f"/items/{item_id(0)}/image", params={"max_side": 32})
+    r = client.get(f"/images/{item_id(0)}", params={"max_side": 32})
     assert r.status_code == 200 and max(Image.open(io.BytesIO(r.content)).size) == 32
     for bad in (0, 15, 10**6, "big"):
-        r = client.get(f"/items/{item_id(0)}/image", params={"max_side": bad})
+        r = client.get(f"/images/{item_id(0)}", params={"max_side": bad})
         assert r.status_code == 422 and "max_side" in error_of(r)
 
 
 def test_item_image_errors(engine: FakeEngine, tmp_path: Path) -> None:
     (tmp_path / "secret.png").write_bytes(png_bytes(pattern_image(0)))
     client = client_for(engine)
-    r = client.get(f"/items/{item_id(len(TEXTS) - 1)}/image")
+    r = client.get(f"/images/{item_id(len(TEXTS) - 1)}")
     assert r.status_code == 404 and "has no image" in error_of(r)
-    r = client.get("/items/escape/image")  # the engine points outside the image root: refused
+    r = client.get("/images/escape")  # the engine points outside the image root: refused
     assert r.status_code == 403 and "outside" in error_of(r)
-    r = client.get("/items/nope/image")
+    r = client.get("/images/nope")
     assert r.status_code == 404
     engine.paths[item_id(0)].unlink()
-    r = client.get(f"/items/{item_id(0)}/image")
+    r = client.get(f"/images/{item_id(0)}")
     assert r.status_code == 404 and "missing" in error_of(r)
     no_root = client_for(engine, image_root=None)
-    assert no_root.get(f"/items/{item_id(3)}/image").status_code == 404
+    assert no_root.get(f"/images/{item_id(3)}").status_code == 404
 
 
 def test_symlink_out_of_the_root_is_refused(engine: FakeEngine, tmp_path: Path) -> None:
@@ -298,7 +298,7 @@ def test_symlink_out_of_the_root_is_refused(engine: FakeEngine, tmp_path: Path) 
     link = engine.root / "images" / "link.png"
     link.symlink_to(outside)
     engine.paths[item_id(0)] = link
-    r = client_for(engine).get(f"/items/{item_id(0)}/image")
+    r = client_for(engine).get(f"/images/{item_id(0)}")
     assert r.status_code == 403
 
 
@@ -311,7 +311,7 @@ def test_bearer_token(engine: FakeEngine) -> None:
         lambda h: client.get("/health", headers=h),
         lambda h: client.post("/search/text", json={"query": "brain"}, headers=h),
         lambda h: client.get(f"/items/{item_id(0)}", headers=h),
-        lambda h: client.get(f"/items/{item_id(0)}/image", headers=h),
+        lambda h: client.get(f"/images/{item_id(0)}", headers=h),
         lambda h: upload_with(client, h),
     ):
         for headers in ({}, {"Authorization": "Bearer wrong-token-xxxxxxxxxx"}, {"Authorization": f"Basic {TOKEN}"}):

@@ -182,3 +182,32 @@ def test_token_protected_server(tmp_path: Path) -> None:
             wait_image_loaded(page, "#results img")
         finally:
             browser.close()
+
+
+def test_odd_ids_open_from_the_page(tmp_path: Path) -> None:
+    """Ids with spaces, slashes, dots and percent signs: the page quotes them (encodeURIComponent) and the API's
+    image URLs are quoted, so the card's image and the item view load."""
+    engine = FakeEngine(tmp_path / "idx")
+    odd = ["../../etc/passwd", "a b/c %2e%2e ünï"]
+    for n, item_id in enumerate(odd):
+        engine.add(item_id, f"odd identifier zebra{n}", image_seed=60 + n)
+    app = create_app(engine, Settings(image_root=engine.root))
+    with running_server(app) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url + "/")
+            for n, item_id in enumerate(odd):
+                page.fill("#k", "1")
+                page.fill("#query", f"odd identifier zebra{n}")
+                page.keyboard.press("Enter")
+                card = page.locator("#results li button.card").first
+                sync_api.expect(card).to_contain_text(item_id)
+                wait_image_loaded(page, "#results img")
+                card.click()
+                sync_api.expect(page.locator("#item-title")).to_have_text(item_id)
+                wait_image_loaded(page, "#item-image")
+                page.keyboard.press("Escape")
+        finally:
+            browser.close()

@@ -40,8 +40,8 @@ def test_check_bind_and_bearer() -> None:
 class _StubServer:
     """Stands in for uvicorn in CLI tests: records the app instead of listening."""
 
-    def __init__(self, app, host: str, port: int) -> None:
-        self.app, self.host, self.port = app, host, port
+    def __init__(self, app, host: str, port: int, settings=None) -> None:
+        self.app, self.host, self.port, self.settings = app, host, port, settings
 
     def run(self) -> None:
         _StubServer.last = self
@@ -51,7 +51,7 @@ class _StubServer:
 def fake_open(tmp_path: Path, monkeypatch):
     opened = []
 
-    def open_engine(index_dir):
+    def open_engine(index_dir, **options):
         opened.append(Path(index_dir))
         return FakeEngine(Path(index_dir))
 
@@ -89,7 +89,7 @@ def test_serve_with_token_builds_a_protected_app(tmp_path: Path, fake_open, monk
     assert client.get("/health", headers=auth).json()["items"] == len(TEXTS)
     big = {"file": ("a.png", b"\x89PNG\r\n\x1a\n" + bytes(20_000))}
     assert client.post("/search/image", files=big, headers=auth).status_code == 413  # --max-upload-mb applied
-    image = client.get("/items/MPX0000_synpic0/image", headers=auth)  # image root defaults to the index folder
+    image = client.get("/images/MPX0000_synpic0", headers=auth)  # image root defaults to the index folder
     assert image.status_code == 200
 
 

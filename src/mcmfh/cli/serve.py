@@ -11,6 +11,7 @@ from mcmfh.cli.app import app
 from mcmfh.errors import MCMFHError
 
 MIB = 1024 * 1024
+PRIVILEGED_PORTS = 1024
 
 
 @app.command()
@@ -30,6 +31,13 @@ def serve(
         None, help="Folder item images must lie in (default: the archive's dataset folder); others are refused."
     ),
     access_log: str = typer.Option("route", help="off | route (method, route, status, time) | full (adds paths)."),
+    header_timeout: float = typer.Option(10.0, min=0.1, help="Seconds a client has to send its request headers."),
+    keep_alive: float = typer.Option(5.0, min=0.1, help="Seconds an idle kept-alive connection stays open."),
+    max_connections: int = typer.Option(512, min=1, help="Open connections beyond which requests get a 503."),
+    allow_writes: bool = typer.Option(
+        False, "--allow-writes", help="Enable POST /items and DELETE /items/{id} (needs --token)."
+    ),
+    lock_timeout: float = typer.Option(10.0, min=0.1, help="Seconds a write waits for another writer, then 503."),
 ) -> None:
     """Serve text and image search over INDEX at http://HOST:PORT/ (API docs at /docs)."""
     from mcmfh.service.security import check_bind
@@ -40,8 +48,12 @@ def serve(
         raise MCMFHError(f"index folder {index} does not exist")
     settings = Settings(  # validates the token and limits before anything slow is loaded
         token=token, max_upload_bytes=int(max_upload_mb * MIB), max_k=max_k, access_log=access_log,  # type: ignore[arg-type]
-        image_root=image_root.resolve() if image_root else None,
+        image_root=image_root.resolve() if image_root else None, header_timeout_s=header_timeout,
+        keep_alive_s=keep_alive, max_connections=max_connections, allow_writes=allow_writes,
     )  # fmt: skip
+    if port < PRIVILEGED_PORTS:  # fine as root or with CAP_NET_BIND_SERVICE, but say so: it is rarely meant
+        typer.echo(f"note: port {port} is a privileged port (below {PRIVILEGED_PORTS}); binding it needs root or "
+                   "CAP_NET_BIND_SERVICE", err=True)  # fmt: skip
     try:
         from mcmfh.service.app import create_app
         from mcmfh.service.server import make_server
@@ -49,10 +61,10 @@ def serve(
         raise MCMFHError(f"the service needs its extra: pip install 'mcmfh[service]' ({e.name} is missing)") from None
     from mcmfh.service import search_engine  # the real engine: loads the run's encoder and model
 
-    engine = search_engine.open_engine(index)
+    engine = search_engine.open_engine(index, writable=allow_writes, lock_timeout=lock_timeout)
     if image_root is None:  # item images live where the archive's dataset lives
         root = getattr(engine, "image_root", None) or index
         settings = dataclasses.replace(settings, image_root=Path(root).resolve())
     info = engine.info()
     typer.echo(f"serving {info.items} items ({info.method}, {info.bits} bits, {info.encoder}) at http://{host}:{port}/")
-    make_server(create_app(engine, settings), host, port).run()
+    make_server(create_app(engine, settings), host, port, settings).run()

@@ -17,18 +17,19 @@ from typing import TypeVar
 
 import anyio
 import anyio.to_thread
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware import Middleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from mcmfh import __version__
 from mcmfh.errors import MCMFHError
-from mcmfh.service.engine import Hit, Item, SearchEngine
+from mcmfh.index.storage import Hit, Item
+from mcmfh.locking import LockTimeout
+from mcmfh.service.engine import SearchEngine, WritableEngine
 from mcmfh.service.imaging import SNIFF_BYTES, ImageRejected, decode_image, read_image_file, sniff, to_png
 from mcmfh.service.middleware import (
     AccessLogMiddleware,
@@ -37,51 +38,23 @@ from mcmfh.service.middleware import (
     SecurityHeadersMiddleware,
     error_logger,
 )
+from mcmfh.service.schemas import (
+    ErrorOut,
+    HealthOut,
+    HitOut,
+    ItemOut,
+    SearchOut,
+    TextQuery,
+    WholeNumber,
+    image_url,
+    json_only,
+)
 from mcmfh.service.settings import Settings
+from mcmfh.service.writes import write_routes
 
 STATIC_DIR = Path(__file__).parent / "static"
 _RAW_MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 T = TypeVar("T")
-
-
-class TextQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    query: str = Field(description="Free text, e.g. 'axial CT, ring-enhancing lesion in the right frontal lobe'.")
-    k: int | None = Field(default=None, description="How many results (1..max_k; default from the settings).")
-
-
-class HitOut(BaseModel):
-    id: str
-    distance: int = Field(description="Hamming distance between the query code and the item code.")
-    text: str
-    labels: list[str]
-    image_url: str | None
-
-
-class SearchOut(BaseModel):
-    results: list[HitOut]
-    took_ms: float
-
-
-class ItemOut(BaseModel):
-    id: str
-    text: str
-    labels: list[str]
-    image_url: str | None
-
-
-class HealthOut(BaseModel):
-    status: str
-    model: str
-    bits: int
-    encoder: str
-    items: int
-    name: str
-    max_k: int
-
-
-class ErrorOut(BaseModel):
-    error: str
 
 
 class _WorkerPool:
@@ -98,19 +71,18 @@ class _WorkerPool:
         return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
 
-def _image_url(item_id: str, has_image: bool) -> str | None:
-    return f"/items/{item_id}/image" if has_image else None
-
-
-def _hit_out(hit: Hit) -> HitOut:
-    return HitOut(
-        id=hit.id, distance=hit.distance, text=hit.text, labels=list(hit.labels),
-        image_url=_image_url(hit.id, hit.has_image),
-    )  # fmt: skip
+def _image_url(item: Item) -> str | None:
+    return None if item.image is None else image_url(item.item_id)
 
 
 def _item_out(item: Item) -> ItemOut:
-    return ItemOut(id=item.id, text=item.text, labels=list(item.labels), image_url=_image_url(item.id, item.has_image))
+    return ItemOut(id=item.item_id, text=item.caption, labels=list(item.labels), image_url=_image_url(item))
+
+
+def _hit_out(hit: Hit) -> HitOut:
+    it = hit.item
+    return HitOut(id=it.item_id, distance=hit.distance, text=it.caption, labels=list(it.labels),
+                  image_url=_image_url(it))  # fmt: skip
 
 
 def _fail(status: int, message: str) -> HTTPException:
@@ -149,6 +121,12 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ImageRejected)
     def _image(_: Request, exc: ImageRejected) -> JSONResponse:
         return JSONResponse({"error": public_message(str(exc))}, status_code=exc.status)
+
+    @app.exception_handler(LockTimeout)
+    def _busy(_: Request, exc: LockTimeout) -> JSONResponse:
+        # Another writer (a CLI add, a PACS sync) holds the archive: a retry will do.
+        return JSONResponse({"error": "the archive is busy with another writer; retry shortly"}, status_code=503,
+                            headers={"Retry-After": "5"})  # fmt: skip
 
     @app.exception_handler(MCMFHError)
     def _expected(_: Request, exc: MCMFHError) -> JSONResponse:
@@ -203,8 +181,14 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
 
     def checked_id(item_id: str) -> str:
         if not settings.id_is_valid(item_id):
-            raise _fail(400, "item id has characters or a length that ids never have")
+            raise _fail(400, "item id has control characters or a length that ids never have")
         return item_id
+
+    def item_of(item_id: str) -> Item:
+        item = engine.get_item(checked_id(item_id))
+        if item is None:
+            raise _fail(404, "no item with that id")  # the id is not echoed: it may be anything, e.g. a path
+        return item
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -223,9 +207,11 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
             max_k=settings.max_k,
         )
 
+    # Monitors probe with HEAD; one operation in the schema (GET) keeps the operation ids unique.
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
     workers = _WorkerPool(settings.search_threads)
 
-    @app.post("/search/text", response_model=SearchOut)
+    @app.post("/search/text", response_model=SearchOut, dependencies=[Depends(json_only)])
     async def search_text(body: TextQuery) -> SearchOut:
         k, query = bounded_k(body.k), body.query.strip()
         if not query:
@@ -239,7 +225,7 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
     @app.post("/search/image", response_model=SearchOut)
     async def search_image(
         file: UploadFile = File(description="PNG, JPEG or DICOM; the type is read from the bytes."),
-        k: int | None = Form(default=None),
+        k: WholeNumber | None = Form(default=None),
     ) -> SearchOut:
         k = bounded_k(k)
         start = time.perf_counter()
@@ -249,19 +235,18 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
         hits = await workers.run(lambda: engine.search_image(decode_image(data, settings.max_pixels), k))
         return SearchOut(results=[_hit_out(h) for h in hits], took_ms=(time.perf_counter() - start) * 1000)
 
-    @app.get("/items/{item_id}", response_model=ItemOut)
+    # ``:path`` so an id with "/" (percent-encoded by clients, decoded before routing) still names one item. Images
+    # live under their own prefix: "/items/{id}/image" could not tell id "x/image" from the image of "x".
+    @app.get("/items/{item_id:path}", response_model=ItemOut)
     def get_item(item_id: str) -> ItemOut:
-        item = engine.get_item(checked_id(item_id))
-        if item is None:
-            raise _fail(404, f"no item with id {item_id}")
-        return _item_out(item)
+        return _item_out(item_of(item_id))
 
-    @app.get("/items/{item_id}/image", responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}})
+    @app.get("/images/{item_id:path}", responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}})
     def get_image(
         item_id: str,
-        max_side: int | None = Query(default=None, ge=16, le=settings.max_thumbnail_side, description="Thumbnail"),
+        max_side: WholeNumber | None = Query(default=None, ge=16, le=settings.max_thumbnail_side, description="Thumb"),
     ) -> Response:
-        path = _image_file(engine, settings, checked_id(item_id))
+        path = _image_file(engine, settings, item_of(item_id))
         with path.open("rb") as f:
             kind = sniff(f.read(SNIFF_BYTES))
         headers = {"Cache-Control": "private, max-age=300"}
@@ -270,20 +255,22 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
         image = read_image_file(path, settings.max_pixels)  # DICOM (rendered), another format, or a thumbnail
         return Response(content=to_png(image, max_side), media_type="image/png", headers=headers)
 
+    if settings.allow_writes:
+        if not isinstance(engine, WritableEngine):
+            raise MCMFHError(f"write endpoints are on but the engine ({type(engine).__name__}) cannot write")
+        app.include_router(write_routes(engine, settings))
     return app
 
 
-def _image_file(engine: SearchEngine, settings: Settings, item_id: str) -> Path:
+def _image_file(engine: SearchEngine, settings: Settings, item: Item) -> Path:
     """The item's image file, re-checked here to lie inside the configured root whatever the engine says."""
-    if engine.get_item(item_id) is None:
-        raise _fail(404, f"no item with id {item_id}")
-    path = engine.image_path(item_id)
+    path = engine.image_path(item.item_id)
     if path is None or settings.image_root is None:
-        raise _fail(404, f"item {item_id} has no image")
+        raise _fail(404, "the item has no image")
     resolved, root = Path(path).resolve(), settings.image_root.resolve()
     if not resolved.is_relative_to(root):
         error_logger.warning("engine gave an image path outside the image root; refused")
         raise _fail(403, "the item's image is outside the served image folder")
     if not resolved.is_file():
-        raise _fail(404, f"image file of item {item_id} is missing")
+        raise _fail(404, "the item's image file is missing")
     return resolved

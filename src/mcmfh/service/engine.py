@@ -3,7 +3,8 @@
 The service only talks to a ``SearchEngine``: it never loads encoders, runs or indexes itself, so it can be tested
 with a small double and the real engine (run + encoder + Hamming index, ``mcmfh.service.search_engine``, which
 depends on this module and never the other way) can change without touching the routes.
-URLs are the service's business: an engine says whether an item has an image, the service builds its URL.
+Items and hits are the library's own ``mcmfh.index.storage.Item`` / ``Hit`` up to the HTTP edge, where pydantic models
+(``mcmfh.service.app``) shape the JSON. URLs are the service's business: it builds them from the item id.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from PIL import Image
+
+from mcmfh.data.records import Record
+from mcmfh.index.storage import Hit, Item
 
 
 @dataclass(frozen=True)
@@ -24,27 +28,6 @@ class EngineInfo:
     encoder: str
     items: int
     name: str = ""  # e.g. the index folder's name or dataset; free text for people
-
-
-@dataclass(frozen=True)
-class Item:
-    """One database entry as shown to users."""
-
-    id: str
-    text: str
-    labels: tuple[str, ...]
-    has_image: bool
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result: an item and its Hamming distance to the query code (smaller is closer)."""
-
-    id: str
-    distance: int
-    text: str
-    labels: tuple[str, ...]
-    has_image: bool
 
 
 @runtime_checkable
@@ -66,4 +49,18 @@ class SearchEngine(Protocol):
 
     def image_path(self, item_id: str) -> Path | None:
         """The item's image file, resolved and verified to lie inside the index's data; None when it has none."""
+        ...
+
+
+@runtime_checkable
+class WritableEngine(SearchEngine, Protocol):
+    """An engine that can also change its items (the optional write endpoints). Writes may block on another
+    writer's lock and then raise ``mcmfh.locking.LockTimeout``."""
+
+    def add_records(self, records: list[Record]) -> int:
+        """Add items (their image paths already checked by the service); returns how many were new."""
+        ...
+
+    def remove(self, item_ids: list[str]) -> int:
+        """Remove items by id; returns how many there were."""
         ...

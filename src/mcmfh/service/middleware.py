@@ -39,7 +39,8 @@ async def send_json(send: Send, status: int, payload: dict, headers: list[tuple[
 
 def _route_template(scope: Scope) -> str:
     route = scope.get("route")
-    return getattr(route, "path", None) or "<no route>"  # an unmatched raw path may carry data: not logged
+    # path_format: "/items/{item_id}" without the ":path" convertor; an unmatched raw path may carry data: not logged
+    return getattr(route, "path_format", None) or getattr(route, "path", None) or "<no route>"
 
 
 class AccessLogMiddleware:

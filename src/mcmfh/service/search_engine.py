@@ -19,8 +19,9 @@ from pathlib import Path
 from PIL import Image
 
 from mcmfh.archive import Archive
-from mcmfh.index import storage
-from mcmfh.service.engine import EngineInfo, Hit, Item
+from mcmfh.data.records import Record
+from mcmfh.index.storage import Hit, Item
+from mcmfh.service.engine import EngineInfo
 
 log = logging.getLogger(__name__)
 RELOAD_INTERVAL_S = 0.25  # how often the watcher checks for commits: well inside the one-second promise
@@ -29,6 +30,7 @@ RELOAD_INTERVAL_S = 0.25  # how often the watcher checks for commits: well insid
 class ArchiveEngine:
     def __init__(self, archive: Archive, reload_interval: float | None = RELOAD_INTERVAL_S) -> None:
         self.archive = archive
+        self._write_lock = threading.Lock()
         self.reloads = 0  # committed changes picked up since start (for tests and /health)
         self._stop = threading.Event()
         self._token = archive.state_token()
@@ -76,16 +78,23 @@ class ArchiveEngine:
                           items=len(self.archive), name=self.archive.folder.name)  # fmt: skip
 
     def search_text(self, query: str, k: int) -> list[Hit]:
-        return [_hit(h) for h in self.archive.search_text(query, k)]
+        return self.archive.search_text(query, k)
 
     def search_image(self, image: Image.Image, k: int) -> list[Hit]:
-        return [_hit(h) for h in self.archive.search_image(image, k)]
+        return self.archive.search_image(image, k)
 
     def get_item(self, item_id: str) -> Item | None:
-        item = self.archive.get(item_id)
-        if item is None:
-            return None
-        return Item(id=item.item_id, text=item.caption, labels=item.labels, has_image=item.image is not None)
+        return self.archive.get(item_id)
+
+    def add_records(self, records: list[Record]) -> int:
+        """Add through the served archive (opened writable, see ``open_engine``): the archive takes the writer
+        lock per change, so this waits for (and excludes) CLI writers; one API write at a time in this process."""
+        with self._write_lock:
+            return self.archive.add_records(records, source="api")["texts"]
+
+    def remove(self, item_ids: list[str]) -> int:
+        with self._write_lock:
+            return self.archive.remove(item_ids)
 
     def image_path(self, item_id: str) -> Path | None:
         item = self.archive.get(item_id)
@@ -94,16 +103,12 @@ class ArchiveEngine:
         return Path(item.image).resolve()
 
 
-def _hit(h: storage.Hit) -> Hit:
-    it = h.item
-    return Hit(id=it.item_id, distance=h.distance, text=it.caption, labels=it.labels, has_image=it.image is not None)
-
-
-def open_engine(index_dir: Path, warm_up: bool = True, reload_interval: float | None = RELOAD_INTERVAL_S
-                ) -> ArchiveEngine:  # fmt: skip
+def open_engine(index_dir: Path, warm_up: bool = True, reload_interval: float | None = RELOAD_INTERVAL_S,
+                writable: bool = False, lock_timeout: float | None = None) -> ArchiveEngine:  # fmt: skip
     """Open the archive; ``warm_up`` loads the encoder and compiles the search kernels now, not on the first query;
-    ``reload_interval`` (seconds; None: never) is how often committed changes are looked for."""
-    archive = Archive.open(index_dir)
+    ``reload_interval`` (seconds; None: never) is how often committed changes are looked for. ``writable`` allows
+    ``add_records`` / ``remove`` (opening writable takes no lock: each change does, waiting ``lock_timeout`` s)."""
+    archive = Archive.open(index_dir, writable=writable, lock_timeout=lock_timeout)
     if warm_up:
         archive.search_text("warm-up", 1)
     return ArchiveEngine(archive, reload_interval)

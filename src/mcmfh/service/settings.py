@@ -32,17 +32,35 @@ class Settings:
     # query text and bodies are never logged.
     access_log: AccessLogPolicy = "route"
     image_root: Path | None = None  # item images must resolve inside it; None = no image is served
-    id_pattern: str = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+    # Ids are looked up in the item database, never used as file names, so any id ingest accepts is served
+    # (quoted in URLs); only control characters and absurd lengths are refused before the lookup.
+    id_pattern: str = r"[^\x00-\x1f\x7f]{1,1024}"
+    # Connection limits, wired into uvicorn (mcmfh.service.server): a client must finish its request headers within
+    # header_timeout_s of connecting (or of starting the next request on a kept-alive connection); an idle kept-alive
+    # connection is closed after keep_alive_s; beyond max_connections open connections new requests get a 503.
+    header_timeout_s: float = 10.0
+    keep_alive_s: float = 5.0
+    max_connections: int = 512
+    # Write endpoints (POST /items, DELETE /items/{id}); off by default and refused without a token. How long a
+    # write waits for another writer is the engine's (``mcmfh serve --lock-timeout``); past it the answer is 503.
+    allow_writes: bool = False
     debug: bool = False  # log tracebacks of server errors (may contain request data)
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_body_bytes", "max_pixels", "max_k", "max_query_chars", "search_threads"):
+        positive = ("max_upload_bytes", "max_body_bytes", "max_pixels", "max_k", "max_query_chars", "search_threads",
+                    "max_connections")  # fmt: skip
+        for name in positive:
             if getattr(self, name) < 1:
                 raise MCMFHError(f"service setting {name} must be at least 1, got {getattr(self, name)}")
         if not 1 <= self.default_k <= self.max_k:
             raise MCMFHError(f"service setting default_k must be in 1..max_k={self.max_k}, got {self.default_k}")
         if self.token is not None and len(self.token) < MIN_TOKEN_CHARS:
             raise MCMFHError(f"the bearer token must be at least {MIN_TOKEN_CHARS} characters long")
+        for name in ("header_timeout_s", "keep_alive_s"):
+            if not getattr(self, name) > 0:
+                raise MCMFHError(f"service setting {name} must be positive, got {getattr(self, name)}")
+        if self.allow_writes and self.token is None:
+            raise MCMFHError("write endpoints need a bearer token: give --token (or MCMFH_TOKEN) with --allow-writes")
         if self.access_log not in ("off", "route", "full"):
             raise MCMFHError(f"access_log must be off, route or full, got {self.access_log!r}")
         re.compile(self.id_pattern)

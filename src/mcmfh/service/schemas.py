@@ -1,0 +1,113 @@
+"""The JSON shapes of the HTTP API (pydantic, only here at the edge) and the input rules every field shares."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import Request
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, field_validator
+from starlette.exceptions import HTTPException
+
+
+def item_url(item_id: str) -> str:
+    """The item's API path; the id is percent-encoded whole ("/" too), so any id ingest accepts round-trips."""
+    return "/items/" + quote(item_id, safe="")
+
+
+def image_url(item_id: str) -> str:
+    return "/images/" + quote(item_id, safe="")
+
+
+def json_only(request: Request) -> None:
+    """415 for a body that is not declared JSON (FastAPI would try to parse it anyway and answer 422)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json" and not (kind.startswith("application/") and kind.endswith("+json")):
+        raise HTTPException(415, f"the body must be JSON (content-type application/json), not {kind[:60] or 'none'}")
+
+
+def valid_unicode(text: str) -> str:
+    """JSON may carry a lone surrogate ("\\ud800"), which Python decodes but no encoder or tokenizer can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid Unicode text (it holds a lone surrogate)") from None
+    return text
+
+
+def _whole_number(value: object) -> object:
+    # Form fields and query parameters arrive as text; pydantic's lax int would take "1.0", " 3" or "1_000".
+    if isinstance(value, str) and not re.fullmatch(r"-?[0-9]{1,18}", value):
+        raise ValueError("must be a whole number")
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+
+
+class TextQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str = Field(description="Free text, e.g. 'axial CT, ring-enhancing lesion in the right frontal lobe'.")
+    # Strict: JSON true or 1.5 is not a count (lax pydantic reads true as 1).
+    k: StrictInt | None = Field(default=None, description="How many results (1..max_k; default from the settings).")
+
+    _unicode = field_validator("query")(valid_unicode)
+
+
+class HitOut(BaseModel):
+    id: str
+    distance: int = Field(description="Hamming distance between the query code and the item code.")
+    text: str
+    labels: list[str]
+    image_url: str | None
+
+
+class SearchOut(BaseModel):
+    results: list[HitOut]
+    took_ms: float
+
+
+class ItemOut(BaseModel):
+    id: str
+    text: str
+    labels: list[str]
+    image_url: str | None
+
+
+class HealthOut(BaseModel):
+    status: str
+    model: str
+    bits: int
+    encoder: str
+    items: int
+    name: str
+    max_k: int
+
+
+class ErrorOut(BaseModel):
+    error: str
+
+
+class NewItem(BaseModel):
+    """``POST /items``: one item to add. The image is a file already on the server, named relative to the served
+    image root (uploading image files is left to the data pipeline: it keeps one copy of each study)."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=1024, description="Unique item id; any text without control characters.")
+    caption: str = Field(min_length=1, max_length=100_000, description="The report or caption text.")
+    image: str | None = Field(default=None, description="Image file path relative to the image root, e.g. 'a/b.png'.")
+    labels: list[str] = Field(default_factory=list, max_length=1000)
+
+    _unicode = field_validator("id", "caption", "image")(valid_unicode)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_unicode(cls, labels: list[str]) -> list[str]:
+        return [valid_unicode(x) for x in labels]
+
+
+class WriteOut(BaseModel):
+    id: str
+    changed: bool = Field(description="Whether the archive changed (false: the id was already there / not there).")
+    url: str = Field(description="The item's API path (percent-encoded id).")
