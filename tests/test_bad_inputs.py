@@ -2,7 +2,7 @@
 
 CLI cases run ``python -m mcmfh`` in a subprocess (the real entry point, with its real exception types); faults that
 cannot be produced for real here (a full disk, a read-only file system as root) are injected into that subprocess by
-a one-line patch before ``main`` runs. HTTP cases go through the FastAPI app. Add new cases here.
+a one-line patch before ``main`` runs. The HTTP cases are in ``tests/test_http_errors.py``. Add new CLI cases here.
 """
 
 from __future__ import annotations
