@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -107,3 +109,35 @@ def test_server_down_is_a_clear_error() -> None:
 
     with pytest.raises(MCMFHError, match="cannot connect"):
         PostgresItemStore(f"host=127.0.0.1 port={free_port()} user=x password=secret dbname=x", 16, connect_timeout=2)
+
+
+def test_writer_lock_serialises_stores_on_one_schema_and_dies_with_its_holder(postgres_dsn: str) -> None:  # noqa: F811
+    """Two processes (here: two connections) writing one schema: the second waits, then fails with one line; when
+    the holder's session ends, as when its process is killed, the lock is free at once."""
+    import time
+
+    from mcmfh.index.postgres import PostgresItemStore
+    from mcmfh.locking import LockTimeout
+
+    a = PostgresItemStore(postgres_dsn, 16, schema="locktest")
+    b = PostgresItemStore(postgres_dsn, 16, schema="locktest")
+    other = PostgresItemStore(postgres_dsn, 16, schema="locktest_other")
+    try:
+        with a.writer_lock(5, "archive A"):
+            t0 = time.monotonic()
+            with pytest.raises(LockTimeout, match="another writer holds its PostgreSQL lock"), b.writer_lock(0.3, "B"):
+                pass
+            assert time.monotonic() - t0 >= 0.3
+            with other.writer_lock(0.3, "other schema"):  # another archive's schema is not blocked
+                pass
+        with b.writer_lock(0.3, "B"):  # released on exit
+            pass
+        cm = a.writer_lock(5, "A")
+        cm.__enter__()
+        a.close()  # the holder's session ends without unlocking
+        with b.writer_lock(2, "B"):
+            pass
+    finally:
+        for s in (a, b, other):
+            with contextlib.suppress(Exception):
+                s.close()

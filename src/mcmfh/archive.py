@@ -55,7 +55,7 @@ from mcmfh.features import FeatureSet
 from mcmfh.index.codes import pack_codes
 from mcmfh.index.storage import Hit, Item, record_item
 from mcmfh.io import atomic_dir, atomic_write_json
-from mcmfh.locking import writer_lock
+from mcmfh.locking import lock_timeout, writer_lock
 from mcmfh.manifest import new_manifest, read_manifest, require_match
 from mcmfh.method import WEIGHTS_NAME, HashMethod
 from mcmfh.train import check_features, load_run
@@ -218,7 +218,11 @@ class Archive:
     def _writing(self) -> Iterator[None]:
         if not self.writable:
             raise MCMFHError(f"archive {self.folder}: opened read-only (use Archive.open(..., writable=True))")
-        with writer_lock(self.folder, self.lock_timeout, what=f"archive {self.folder}"):
+        what = f"archive {self.folder}"
+        with writer_lock(self.folder, self.lock_timeout, what=what), contextlib.ExitStack() as servers:
+            for index in self.indexes.values():
+                if isinstance(index, ServerStore):
+                    servers.enter_context(index.writer_lock(lock_timeout(self.lock_timeout), what))
             self.refresh()
             yield
 

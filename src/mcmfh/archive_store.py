@@ -311,6 +311,13 @@ class ServerStore:
         self._extra = max(0, len(self.codes) - len(self.meta))
         return False
 
+    def writer_lock(self, timeout: float, what: str) -> contextlib.AbstractContextManager[None]:
+        """Held with the archive's file lock by every change: with metadata in PostgreSQL, writers on other
+        machines (another copy of the archive folder) are serialised too."""
+        if isinstance(self.meta, PostgresMeta):
+            return self.meta.store.writer_lock(timeout, what)
+        return contextlib.nullcontext()
+
     def state_token(self) -> tuple[int, int]:
         """Changes with the item count (server stores have no local commit file to watch)."""
         return len(self.meta), self.meta.max_key()

@@ -12,9 +12,12 @@ transaction: it happens entirely or not at all.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +25,7 @@ import numpy as np
 from mcmfh.errors import MCMFHError
 from mcmfh.index.codes import unpack_codes
 from mcmfh.index.storage import Hit, Item, item_row
+from mcmfh.locking import LockTimeout
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _LOCK_ID = 0x6D636D6668  # "mcmfh": pg_advisory_xact_lock key for migrations
@@ -114,6 +118,22 @@ class PostgresItemStore:
 
     def __len__(self) -> int:
         return int(self._one("SELECT count(*) FROM mcmfh_items")[0])
+
+    @contextlib.contextmanager
+    def writer_lock(self, timeout: float, what: str) -> Iterator[None]:
+        """One writer at a time for this store across machines: a session-level PostgreSQL advisory lock keyed by
+        the schema (released by the server if this process dies). Waits up to ``timeout`` seconds."""
+        key = int.from_bytes(hashlib.sha256(f"mcmfh-writer:{self.schema}".encode()).digest()[:8], "big", signed=True)
+        deadline = time.monotonic() + timeout
+        while not self._one("SELECT pg_try_advisory_lock(%s)", (key,))[0]:
+            if time.monotonic() >= deadline:
+                raise LockTimeout(f"{what}: another writer holds its PostgreSQL lock (schema {self.schema}); "
+                                  f"waited {timeout:g} s")  # fmt: skip
+            time.sleep(0.05)
+        try:
+            yield
+        finally:
+            self._one("SELECT pg_advisory_unlock(%s)", (key,))
 
     def max_key(self) -> int:
         """The largest key held (-1 when empty): with the count, it tells a poller whether anything changed."""
