@@ -30,3 +30,16 @@ def test_demo_runs_whole_chain(tmp_path, capsys):
     # a second run reuses the cached features (the archive and runs are rebuilt)
     assert main(args) == 0
     assert "encode:" not in capsys.readouterr().err
+
+
+def test_verdict_says_plainly_when_mcmfh_is_behind():
+    from mcmfh.demo import verdict
+
+    def row(m, i2t, t2i):
+        return {"method": m, "i2t_map": i2t, "t2i_map": t2i}
+
+    assert verdict([row("mcmfh", 0.9, 0.9), row("cca-itq", 0.8, 0.85)], builtin=True).startswith("mcmfh leads")
+    line = verdict([row("mcmfh", 0.856, 0.858), row("cca-itq", 0.875, 0.850)], builtin=True)
+    assert line.startswith("mcmfh is below cca-itq i2t") and "templates" in line and "t2i" not in line.split(".")[0]
+    assert "templates" not in verdict([row("mcmfh", 0.1, 0.1), row("lsh", 0.2, 0.2)], builtin=False)
+    assert verdict([row("cca-itq", 0.1, 0.1)], builtin=True) is None
