@@ -37,7 +37,7 @@ from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_write_json, atomic_write_text
 from mcmfh.manifest import fingerprint
 from mcmfh.report import mean_std, row_flags
-from mcmfh.train import fit_method
+from mcmfh.runs import fit_method
 
 METHODS = ("mcmfh", "cca-itq", "ucmfh")
 SETTINGS = (

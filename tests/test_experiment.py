@@ -11,7 +11,7 @@ from conftest import make_features
 from mcmfh.cli import main
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.experiment import load_config, run_experiment
-from mcmfh.train import check_features, load_run, train_run
+from mcmfh.runs import check_features, load_run, train_run
 
 CONFIG = """
 features: feats

@@ -41,7 +41,7 @@ def base_archive(tmp_path_factory):
     from mcmfh.data.synthetic import make_synthetic_dataset
     from mcmfh.encoders import get_encoder
     from mcmfh.feature_cache import encode_dataset
-    from mcmfh.train import train_run
+    from mcmfh.runs import train_run
 
     root = tmp_path_factory.mktemp("pacs-archive")
     ds = load_dataset("csv", make_synthetic_dataset(root / "syn", n=48, seed=0))

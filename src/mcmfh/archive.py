@@ -58,7 +58,7 @@ from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.locking import lock_timeout, writer_lock
 from mcmfh.manifest import new_manifest, read_manifest, require_match
 from mcmfh.method import WEIGHTS_NAME, HashMethod
-from mcmfh.train import check_features, load_run
+from mcmfh.runs import check_features, load_run
 
 KIND = "archive"
 MODALITIES = ("images", "texts")

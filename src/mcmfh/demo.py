@@ -25,7 +25,7 @@ from mcmfh.feature_cache import encode_dataset
 from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_write_json
 from mcmfh.manifest import MANIFEST_NAME, new_manifest
-from mcmfh.train import load_run, train_run
+from mcmfh.runs import load_run, train_run
 
 KIND = "demo"
 

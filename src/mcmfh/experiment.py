@@ -25,7 +25,7 @@ from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.manifest import MANIFEST_NAME, fingerprint, new_manifest
 from mcmfh.method import available_methods, create_method
 from mcmfh.metrics import RankingOptions
-from mcmfh.train import feature_identity, fit_method, save_run
+from mcmfh.runs import feature_identity, fit_method, save_run
 
 ROWS_DIR = "rows"
 KIND = "experiment"

@@ -34,7 +34,7 @@ def train(
 ) -> None:
     """Fit a method on the train split (dev for model choice) and save it as a run folder."""
     from mcmfh.outputs import check_output
-    from mcmfh.train import train_run
+    from mcmfh.runs import train_run
 
     check_output(out, "run", overwrite=overwrite)  # before the slow fit
 
@@ -59,7 +59,7 @@ def evaluate(
     from mcmfh.features import FeatureSet
     from mcmfh.io import atomic_write_json
     from mcmfh.metrics import RankingOptions
-    from mcmfh.train import check_features, load_run
+    from mcmfh.runs import check_features, load_run
 
     if out is not None:
         _check_json_out(out, overwrite)

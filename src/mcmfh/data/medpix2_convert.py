@@ -19,8 +19,8 @@ import json
 import shutil
 from pathlib import Path, PurePosixPath
 
-from mcmfh.data.archives import iter_members
 from mcmfh.data.download import DOWNLOADS, DownloadConfig, download, url_join
+from mcmfh.data.tarzip import iter_members
 from mcmfh.errors import DataError
 from mcmfh.io import atomic_dir, atomic_write_text
 

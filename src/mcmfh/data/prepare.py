@@ -21,8 +21,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from mcmfh.data.archives import extract_matching
 from mcmfh.data.download import DOWNLOADS, DownloadConfig, download, url_join
+from mcmfh.data.tarzip import extract_matching
 from mcmfh.errors import DataError, MCMFHError
 from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.manifest import MANIFEST_NAME, new_manifest

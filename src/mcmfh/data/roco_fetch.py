@@ -15,10 +15,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mcmfh.data.archives import extract_matching, iter_members
 from mcmfh.data.build import Issues
 from mcmfh.data.download import DOWNLOADS, DownloadConfig, download, url_join
 from mcmfh.data.roco import IMAGES_DIR, SPLIT_DIRS, image_file_name, parse_dlink, pmc_id, read_tsv
+from mcmfh.data.tarzip import extract_matching, iter_members
 from mcmfh.errors import DataError
 from mcmfh.io import atomic_write_bytes
 

@@ -1,4 +1,5 @@
-"""Train any registered method on a feature cache into a run folder, and load it back.
+"""Run folders: fit any registered method on a feature cache into one, and load it back (``model/trainer.py`` is
+MCMFH's own two-stage training loop; this module is the method-independent part).
 
 A run folder holds the fitted method (``method.json`` + ``weights.safetensors``, see ``HashMethod.save``),
 ``train_log.json`` (the method's log plus ``train_seconds``) and ``manifest.json`` (kind "run": method, bits, seed,
