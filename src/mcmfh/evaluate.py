@@ -18,6 +18,8 @@ from mcmfh.errors import MCMFHError
 from mcmfh.features import FeatureSet
 from mcmfh.method import HashMethod
 from mcmfh.metrics import RankingOptions, cosine_distances, hamming_distances, ranking_metrics, relevance
+from mcmfh.two_stage import REPORTED_P_AT_K, RerankOptions, evaluate_two_stage, strip_per_query
+from mcmfh.two_stage import flat_keys as two_stage_flat_keys
 
 # Keys of one direction's metrics that are copied to the flat top level as "<dir>_<key>".
 _FLAT = {
@@ -67,13 +69,19 @@ def evaluate_method(
     queries: Sequence[str] = ("test",),
     database: Sequence[str] = ("train", "dev"),
     options: RankingOptions | None = None,
+    rerank: RerankOptions | None = None,
+    companions: Mapping[int, HashMethod] | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``method`` for image->text and text->image, nested per direction plus flat summary keys.
 
     Flat keys: ``<dir>_map`` is the headline (tie-aware mAP@all); ``<dir>_map_all`` breaks ties by database order
     (stable, secondary); ``<dir>_map_all_tie_aware`` equals ``<dir>_map``; ``<dir>_map_<K>`` (stable) and
     ``<dir>_map_<K>_tie_aware`` are UCMFH's mAP@K. ``code_health`` describes the database codes (None for
-    continuous methods)."""
+    continuous methods). ``<dir>_p10`` / ``<dir>_p20`` are the tie-aware P@10 / P@20.
+
+    With ``rerank`` (hashing methods with a relaxed output only), ``two_stage`` holds the two-stage ranking per
+    payload (``mcmfh.two_stage``) and flat keys ``<dir>_map_2s_<payload>`` etc. sit beside the one-stage ones;
+    ``companions`` are the same method fitted at the code lengths of ``code<B>`` payloads."""
     opts = options or RankingOptions()
     q = features.splits(*queries)
     db = features.splits(*database)
@@ -82,8 +90,9 @@ def evaluate_method(
     q_img, db_img = q.subset(q.has_image), db.subset(db.has_image)
     db_text = method.encode_texts(db.text)
     db_image = method.encode_images(db_img.image)
-    i2t = _direction(method, method.encode_images(q_img.image), db_text, q_img.labels, db.labels, opts)
-    t2i = _direction(method, method.encode_texts(q.text), db_image, q.labels, db_img.labels, opts)
+    q_image_codes, q_text_codes = method.encode_images(q_img.image), method.encode_texts(q.text)
+    i2t = _direction(method, q_image_codes, db_text, q_img.labels, db.labels, opts)
+    t2i = _direction(method, q_text_codes, db_image, q.labels, db_img.labels, opts)
     out: dict[str, Any] = {
         "method": method.name,
         "bits": method.bits,
@@ -101,6 +110,17 @@ def evaluate_method(
     for direction, m in (("i2t", i2t), ("t2i", t2i)):
         for key, flat in _FLAT.items():
             out[f"{direction}_{flat.format(k=opts.map_k)}"] = m[key]
+        for k in REPORTED_P_AT_K:
+            if str(k) in m["p_at_k"]:
+                out[f"{direction}_p{k}"] = m["p_at_k"][str(k)]
+    if rerank is not None and not method.continuous and method.has_relaxed:
+        codes = {"q_image": q_image_codes, "q_text": q_text_codes, "db_image": db_image, "db_text": db_text}
+        rel_i2t, rel_t2i = relevance(q_img.labels, db.labels), relevance(q.labels, db_img.labels)
+        two = evaluate_two_stage(
+            method, q_img.image, q.text, db_img.image, db.text, rel_i2t, rel_t2i, codes, rerank, opts, companions
+        )
+        out["two_stage"] = two
+        out.update(two_stage_flat_keys(two))
     return out
 
 
@@ -110,6 +130,8 @@ def summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
     for k, v in metrics.items():
         if k in ("i2t", "t2i"):
             v = {kk: vv for kk, vv in v.items() if not kk.startswith("ap_")}
+        elif k == "two_stage":
+            v = strip_per_query(v)
         elif k == "code_health" and v is not None:  # per-bit lists stay in metrics.json, not in every row
             v = {
                 m: ({kk: vv for kk, vv in h.items() if kk != "bit_balance"} if isinstance(h, dict) else h)

@@ -3,6 +3,9 @@
 A method is fitted on training features, then codes each modality *alone*: ``encode_images`` never sees texts and
 ``encode_texts`` never sees images, which is what makes it a cross-modal retrieval model (see ucmfh.md: the leak).
 Hashing methods return boolean codes (N, bits); ``continuous`` methods return float embeddings ranked by cosine.
+A hashing method may also expose its *relaxed* output (``relaxed_images`` / ``relaxed_texts``): the real values
+whose signs are the codes, which two-stage search (``mcmfh.index.rerank``) stores as a small payload to re-score
+Hamming candidates.
 """
 
 from __future__ import annotations
@@ -45,6 +48,19 @@ class HashMethod(ABC):
     @abstractmethod
     def encode_texts(self, text: np.ndarray) -> np.ndarray:
         """(N, bits) bool codes (or (N, D) float for continuous methods) from text embeddings alone."""
+
+    @property
+    def has_relaxed(self) -> bool:
+        """Whether ``relaxed_images`` / ``relaxed_texts`` exist (overridden by methods that have them)."""
+        return False
+
+    def relaxed_images(self, image: np.ndarray) -> np.ndarray:
+        """(N, D) float32 real-valued outputs whose signs are the image codes (D = bits for most methods)."""
+        raise MCMFHError(f"method {self.name!r} has no relaxed output (two-stage payloads need one)")
+
+    def relaxed_texts(self, text: np.ndarray) -> np.ndarray:
+        """(N, D) float32 real-valued outputs whose signs are the text codes."""
+        raise MCMFHError(f"method {self.name!r} has no relaxed output (two-stage payloads need one)")
 
     @abstractmethod
     def state_dict(self) -> dict[str, np.ndarray]:

@@ -87,20 +87,33 @@ class LinearHashMethod(HashMethod):
         self.proj_image, self.proj_text = pi.astype(np.float64), pt.astype(np.float64)
         return {"n_train_pairs": len(pairs), **log}
 
-    def _encode(self, x: np.ndarray, mean: np.ndarray | None, proj: np.ndarray | None) -> np.ndarray:
+    def _encode(
+        self, x: np.ndarray, mean: np.ndarray | None, proj: np.ndarray | None, relaxed: bool = False
+    ) -> np.ndarray:
         if mean is None or proj is None:
             raise MCMFHError(f"method {self.name!r}: not fitted")
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != proj.shape[0]:
             raise MCMFHError(f"method {self.name!r}: expected input (N, {proj.shape[0]}), got {x.shape}")
         z = (x - mean) @ proj
-        return z.astype(np.float32) if self.continuous else z > 0
+        return z.astype(np.float32) if self.continuous or relaxed else z > 0
 
     def encode_images(self, image: np.ndarray) -> np.ndarray:
         return self._encode(image, self.mean_image, self.proj_image)
 
     def encode_texts(self, text: np.ndarray) -> np.ndarray:
         return self._encode(text, self.mean_text, self.proj_text)
+
+    @property
+    def has_relaxed(self) -> bool:
+        return not self.continuous  # a continuous baseline's output already is its real-valued vector
+
+    def relaxed_images(self, image: np.ndarray) -> np.ndarray:
+        """The pre-sign projection (x - mean) @ P, whose signs are the codes."""
+        return self._encode(image, self.mean_image, self.proj_image, relaxed=True)
+
+    def relaxed_texts(self, text: np.ndarray) -> np.ndarray:
+        return self._encode(text, self.mean_text, self.proj_text, relaxed=True)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         if self.proj_image is None:

@@ -38,11 +38,7 @@ class ContinuousMCMFH(MCMFH):
 @register_method("continuous-mcmfh-relaxed")
 class RelaxedMCMFH(ContinuousMCMFH):
     def _output_fn(self, image: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-        net = self.net
-        assert net is not None
-        if image:
-            return lambda x: net.hash_img(net.image_tokens(x))
-        return lambda x: net.hash_txt(net.text_tokens(x))
+        return self._relaxed_fn(image)
 
     def output_dim(self) -> int:
         return self.bits

@@ -65,7 +65,7 @@ class MCMFH(HashMethod):
         log["parameters"] = sum(p.numel() for p in self.net.parameters())
         return log
 
-    def _encode(self, x: np.ndarray, image: bool) -> np.ndarray:
+    def _encode(self, x: np.ndarray, image: bool, relaxed: bool = False) -> np.ndarray:
         if self.net is None:
             raise MCMFHError(f"{self.name}: not fitted (call fit or load a saved model first)")
         want = self.net.pre_img.mean.shape[0] if image else self.net.pre_txt.mean.shape[0]
@@ -74,10 +74,22 @@ class MCMFH(HashMethod):
             kind = "image" if image else "text"
             raise MCMFHError(f"{self.name}: {kind} embeddings must be (N, {want}), got {x.shape}")
         self.net.eval()
-        fn = self._output_fn(image)
+        fn = self._relaxed_fn(image) if relaxed else self._output_fn(image)
         with torch.no_grad():
             parts = [fn(torch.from_numpy(x[i : i + ENCODE_BATCH])).numpy() for i in range(0, len(x), ENCODE_BATCH)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.output_dim()), dtype=self._output_dtype())
+        if parts:
+            return np.concatenate(parts)
+        if relaxed:
+            return np.zeros((0, self.bits), np.float32)
+        return np.zeros((0, self.output_dim()), dtype=self._output_dtype())
+
+    def _relaxed_fn(self, image: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The hashing MLP's tanh(h): what the losses train and what sign() binarises into the codes."""
+        net = self.net
+        assert net is not None
+        if image:
+            return lambda x: net.hash_img(net.image_tokens(x))
+        return lambda x: net.hash_txt(net.text_tokens(x))
 
     def _output_fn(self, image: bool) -> Callable[[torch.Tensor], torch.Tensor]:
         assert self.net is not None
@@ -95,6 +107,16 @@ class MCMFH(HashMethod):
 
     def encode_texts(self, text: np.ndarray) -> np.ndarray:
         return self._encode(text, image=False)
+
+    @property
+    def has_relaxed(self) -> bool:
+        return True
+
+    def relaxed_images(self, image: np.ndarray) -> np.ndarray:
+        return self._encode(image, image=True, relaxed=True)
+
+    def relaxed_texts(self, text: np.ndarray) -> np.ndarray:
+        return self._encode(text, image=False, relaxed=True)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         if self.net is None:
