@@ -40,6 +40,7 @@ def test_verdict_says_plainly_when_mcmfh_is_behind():
 
     assert verdict([row("mcmfh", 0.9, 0.9), row("cca-itq", 0.8, 0.85)], builtin=True).startswith("mcmfh leads")
     line = verdict([row("mcmfh", 0.856, 0.858), row("cca-itq", 0.875, 0.850)], builtin=True)
-    assert line.startswith("mcmfh is below cca-itq i2t") and "templates" in line and "t2i" not in line.split(".")[0]
-    assert "templates" not in verdict([row("mcmfh", 0.1, 0.1), row("lsh", 0.2, 0.2)], builtin=False)
+    assert line.startswith("mcmfh is below cca-itq i2t") and "not yet established" in line
+    assert "t2i" not in line.split(".")[0]
+    assert "established" not in verdict([row("mcmfh", 0.1, 0.1), row("lsh", 0.2, 0.2)], builtin=False)
     assert verdict([row("cca-itq", 0.1, 0.1)], builtin=True) is None

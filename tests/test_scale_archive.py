@@ -220,3 +220,16 @@ def _service_answers_like(engine, local) -> None:
             answers.append([(x["id"], x["distance"]) for x in r.json()["results"]])
             assert client.get("/health").json()["items"] == eng.info().items
     assert answers[0] == answers[1] and len(answers[0]) == 5
+
+
+def test_two_long_lived_writers_keep_insertion_order(chain, built) -> None:  # noqa: F811
+    """Two writers taking turns (each holding its archive open, as the service or a sync does): each change starts
+    from the server's counters, so insertion order (the tie order) stays that of the commits."""
+    test = [r for r in chain["ds"].records if r.split == "test"]
+    batches = [[dataclasses.replace(r, id=f"turn{j}-{r.id}") for r in test[3 * j : 3 * j + 3]] for j in range(3)]
+    with Archive.open(built, writable=True) as a, Archive.open(built, writable=True) as b:
+        a.add_records(batches[0], source="a")
+        b.add_records(batches[1], source="b")
+        a.add_records(batches[2], source="a")  # a's cached counter would be stale here
+        ids = a.indexes["texts"].codes.ids  # in insertion (seq) order
+    assert list(ids) == sorted(ids), "insertion order broken: keys are handed out in commit order"

@@ -301,6 +301,7 @@ class ServerStore:
         """Delete codes a killed change left without metadata (only after a crash: the counts differ). Runs at the
         start of every change, so under the archive's writer lock: a concurrent writer's codes, written just before
         its metadata commit, are never taken for a dead one's."""
+        self.codes.refresh()  # its insertion counter may be stale: other processes add between our changes
         if len(self.codes) != len(self.meta):
             orphans = np.setdiff1d(self.codes.ids, self.meta.all_keys())
             self.codes.remove_ids(orphans)

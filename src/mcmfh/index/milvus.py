@@ -15,7 +15,8 @@ the same widening until a candidate lies beyond the radius. Milvus caps one requ
 a query whose ties (or range) need more raises MCMFHError rather than return an inexact answer.
 
 ``BIN_IVF_FLAT`` (``index_type="BIN_IVF_FLAT"``, ``nlist``, ``nprobe``) probes only some clusters, so it is not
-exact; ``benchmarks/scale.py`` measures its recall. One writer at a time: the next id/seq are cached client-side.
+exact; ``benchmarks/scale.py`` measures its recall. One writer at a time: the next id/seq are cached client-side,
+so a writer calls ``refresh()`` under the archive's writer lock before each change.
 """
 
 from __future__ import annotations
@@ -195,6 +196,10 @@ class MilvusIndex:
         return 0
 
     # ---------------------------------------------------------------- changes
+    def refresh(self) -> None:
+        """Forget the cached next seq/id: another process may have added since (call under the writer lock)."""
+        self._next_seq = self._next_id = None
+
     def add(self, codes: np.ndarray, ids: np.ndarray | None = None) -> None:
         packed = from_words(to_words(codes, self.bits), self.bits)  # validates shape and dtype
         n_new = packed.shape[0]
