@@ -13,12 +13,16 @@ from mcmfh.method import HashMethod, create_method
 
 # Small UCMFH so the whole file runs in seconds; the architecture is the real one, only narrower.
 UCMFH_SMALL = {"epochs": 4, "batch_size": 64, "half_dim": 32, "ffn_dim": 64, "head_hidden": 64}
-HASHING = ["cca-itq", "cca-sign", "lsh", "ucmfh"]
+# The deep CMH baselines (DJSRH, JDSH, DGCPN, UCCH, DCMHT / DSPH heads) with narrow towers and few epochs.
+DEEP = ["djsrh", "jdsh", "dgcpn", "ucch", "dcmht-head", "dsph-head"]
+DEEP_SMALL = {"epochs": 8, "hidden": 64, "batch_size": 64, "num_threads": 1}
+SMALL = {"ucmfh": UCMFH_SMALL, **{d: DEEP_SMALL for d in DEEP}, "ucch": {**DEEP_SMALL, "lr": 1e-3, "negatives": 256}}
+HASHING = ["cca-itq", "cca-sign", "lsh", "ucmfh", *DEEP]
 ALL = [*HASHING, "continuous-cca", "chance"]
 
 
 def _make(name: str, bits: int = 16, seed: int = 0) -> HashMethod:
-    return create_method(name, bits, seed, **(UCMFH_SMALL if name == "ucmfh" else {}))
+    return create_method(name, bits, seed, **SMALL.get(name, {}))
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +76,7 @@ def test_save_load_roundtrip_gives_identical_codes(tmp_path, feats, fitted, name
     assert np.array_equal(back.encode_texts(feats.text), m.encode_texts(feats.text))
 
 
-@pytest.mark.parametrize("name", ["cca-itq", "lsh", "ucmfh"])
+@pytest.mark.parametrize("name", ["cca-itq", "lsh", "ucmfh", *DEEP])
 def test_same_seed_same_codes(feats, fitted, name):
     again = _make(name)
     again.fit(feats.splits("train"), feats.splits("dev"))

@@ -1,3 +1,17 @@
 """Baseline hashing methods on the same frozen features (each module registers one method)."""
 
-from mcmfh.baselines import cca_itq, cca_sign, chance, continuous_cca, lsh, ucmfh  # noqa: F401
+from mcmfh.baselines import (  # noqa: F401
+    cca_itq,
+    cca_sign,
+    chance,
+    continuous_cca,
+    dcmht,
+    dgcpn,
+    djsrh,
+    dsph,
+    jdsh,
+    lsh,
+    mcmfh_supervised,
+    ucch,
+    ucmfh,
+)
