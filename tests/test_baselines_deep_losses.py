@@ -15,6 +15,7 @@ from mcmfh.baselines.djsrh import DJSRHOptions, djsrh_loss
 from mcmfh.baselines.dsph import proxy_loss
 from mcmfh.baselines.jdsh import JDSHOptions, jdsh_loss, jdsh_similarity
 from mcmfh.baselines.ucch import memory_contrast_loss, ranking_loss
+from mcmfh.errors import MCMFHError
 from mcmfh.method import create_method
 
 G = torch.Generator().manual_seed(0)
@@ -180,3 +181,23 @@ def test_mcmfh_supervised_turns_the_label_term_on_and_keeps_the_option():
     assert create_method("mcmfh-supervised", 16).cfg.lambda_label == 1.0
     assert create_method("mcmfh-supervised", 16, lambda_label=0.3).cfg.lambda_label == 0.3
     assert create_method("mcmfh", 16).cfg.lambda_label == 0.0
+
+
+def test_eval_every_only_thins_the_dev_checks():
+    """A coarser dev check leaves training unchanged (same losses, same dev scores at the checked epochs) and
+    chooses among the checked epochs (always including the last)."""
+    f = make_features(n=300, di=16, dt=12, n_labels=4, seed=3)
+    kw = dict(epochs=5, hidden=32, batch_size=64, num_threads=1)
+    every = create_method("jdsh", 16, 0, **kw).fit(f.splits("train"), f.splits("dev"))
+    sparse = create_method("jdsh", 16, 0, eval_every=2, **kw).fit(f.splits("train"), f.splits("dev"))
+    assert every["dev_epochs"] == [1, 2, 3, 4, 5] and sparse["dev_epochs"] == [2, 4, 5]
+    assert sparse["loss"] == every["loss"]
+    assert sparse["dev_map_tie_aware"] == [every["dev_map_tie_aware"][e - 1] for e in (2, 4, 5)]
+    best = int(np.argmax(sparse["dev_map_tie_aware"]))
+    assert sparse["chosen_epoch"] == sparse["dev_epochs"][best]
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_eval_every_must_be_a_positive_integer(bad):
+    with pytest.raises(MCMFHError, match="eval_every"):
+        create_method("djsrh", 16, 0, eval_every=bad)

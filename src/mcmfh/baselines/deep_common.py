@@ -8,7 +8,9 @@ same frozen features, so the comparison is about the objectives:
   text networks are 1-2 hidden-layer MLPs; their image networks are CNNs whose last layers play this role);
 - inputs centred on the training mean (evaluation.md protocol), seeded initialisation and batch order;
 - the epoch is chosen on dev with ``mcmfh.selection.dev_map`` (tie-aware mAP@all, dev queries vs the train set),
-  evaluated after every epoch, the best state kept (never the test set);
+  evaluated every ``eval_every`` epochs (default 1) and after the last one, the best state kept (never the test set);
+  a larger ``eval_every`` only makes the choice coarser (it never changes what an epoch computes: the training
+  batches, their order and the random draws are the same whatever it is), which makes UCCH's 100 epochs affordable;
 - each modality is coded alone: an image code is sign(tower_image(image)), no text involved.
 
 A subclass supplies ``options_class`` and ``batch_loss``; it may override ``prepare`` (precomputation on the whole
@@ -43,6 +45,7 @@ class DeepHashOptions:
     hidden: int = 1024
     grad_clip: float = 0.0  # >0: clip the gradient norm (UCCH clips at 1)
     num_threads: int = 2  # the shared machine has two cores; 0 = leave torch's setting alone
+    eval_every: int = 1  # dev evaluation every N epochs (and after the last); the choice is among those epochs
     encode_batch: int = 4096
 
 
@@ -78,6 +81,10 @@ class DeepHashMethod(HashMethod):
     def __init__(self, bits: int, seed: int = 0, **options: Any) -> None:
         super().__init__(bits, seed, **options)
         self.opts = parse_options(self.options_class, options, f"method {self.name!r}")
+        for key in ("epochs", "eval_every", "batch_size"):
+            value = getattr(self.opts, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise MCMFHError(f"method {self.name!r}: option {key!r} must be a positive integer, got {value!r}")
         self.tower_image: Tower | None = None
         self.tower_text: Tower | None = None
         self.mean_image: np.ndarray | None = None
@@ -125,6 +132,7 @@ class DeepHashMethod(HashMethod):
         dev_pairs = dev.subset(np.flatnonzero(dev.has_image)) if use_dev and dev is not None else None
         losses: list[float] = []
         dev_scores: list[float] = []
+        dev_epochs: list[int] = []
         best: tuple[float, int, dict[str, Any]] | None = None
         t0 = time.perf_counter()
         for epoch in range(o.epochs):
@@ -143,9 +151,10 @@ class DeepHashMethod(HashMethod):
                 opt.step()
                 total, steps = total + float(loss.detach()), steps + 1
             losses.append(total / max(steps, 1))
-            if dev_pairs is not None:
+            if dev_pairs is not None and ((epoch + 1) % o.eval_every == 0 or epoch + 1 == o.epochs):
                 score = self._dev_score(pairs, dev_pairs)
                 dev_scores.append(score)
+                dev_epochs.append(epoch + 1)
                 if best is None or score > best[0]:  # strict: ties keep the earlier (shorter-trained) epoch
                     best = (score, epoch + 1, self._snapshot())
         chosen = o.epochs
@@ -159,6 +168,7 @@ class DeepHashMethod(HashMethod):
             "chosen_epoch": chosen,
             "loss": losses,
             "dev_map_tie_aware": dev_scores,
+            "dev_epochs": dev_epochs,
             "n_train_pairs": len(pairs),
             "fit_seconds": time.perf_counter() - t0,
         }
