@@ -81,3 +81,18 @@ def test_overrides_parse_yaml_values_dotted_keys_and_cwd_paths(tmp_path, monkeyp
         load_config(CONFIGS / "openi.yaml", {"methods": ["nope"]})
     with pytest.raises(MCMFHError, match="'dataset_options'"):
         load_config(CONFIGS / "openi.yaml", {"dataset_options": 3})
+
+
+DEEP_UNSUPERVISED = ["djsrh", "jdsh", "dgcpn", "ucch"]
+SUPERVISED_BLOCK = ["dcmht-head", "dsph-head", "mcmfh-supervised"]
+
+
+@pytest.mark.parametrize("config", ["medpix2.yaml", "medpix2-deep-baselines.yaml", "openi.yaml", "roco.yaml"])
+def test_dataset_configs_carry_the_deep_baselines(config) -> None:
+    cfg = load_config(CONFIGS / config)  # validates every method's options by building it
+    want = [m for m in DEEP_UNSUPERVISED if not (config == "roco.yaml" and m == "dgcpn")] + SUPERVISED_BLOCK
+    assert set(want) <= set(cfg.methods), (config, cfg.methods)
+    assert {"mcmfh", "cca-itq"} <= set(cfg.methods)
+    assert cfg.method_options["ucch"]["eval_every"] > 1  # UCCH's 100 epochs are checked on dev every N only
+    if config.startswith("medpix2"):
+        assert cfg.bits == [16, 32, 64] and cfg.seeds == [0, 1, 2] and not cfg.seeds_by_bits
