@@ -90,6 +90,19 @@ def test_experiment_writes_results_and_resumes(tmp_path, feat_dir):
     assert len(redone) == 3 and all("cca-itq" in line for line in redone)
 
 
+def test_experiment_rows_keep_a_deep_baselines_dev_choice(tmp_path, feat_dir):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(
+        "features: feats\nlabel_set: null\nbits: [16]\nseeds: [0]\nmethods: [jdsh, cca-itq]\n"
+        "method_options: {jdsh: {epochs: 3, eval_every: 2, hidden: 16, batch_size: 32, num_threads: 1}}\n"
+    )
+    run_experiment(cfg, tmp_path / "out", log=lambda _: None)
+    rows = {r["method"]: r for r in json.loads((tmp_path / "out" / "results.json").read_text())["rows"]}
+    choice = rows["jdsh"]["dev_choice"]
+    assert choice["dev_epochs"] == [2, 3] and choice["chosen_epoch"] in (2, 3)
+    assert len(choice["dev_map_tie_aware"]) == 2 and "dev_choice" not in rows["cca-itq"]
+
+
 @pytest.mark.parametrize(
     ("text", "match"),
     [

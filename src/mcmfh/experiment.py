@@ -237,6 +237,10 @@ def run_row(cfg: ExperimentConfig, features: FeatureSet, method: str, bits: int,
         n_queries={d: s[d]["n_queries"] for d in ("i2t", "t2i")},
         n_database={d: s[d]["n_database"] for d in ("i2t", "t2i")},
     )
+    # the dev choice of methods that pick an epoch themselves (the deep baselines), so a table can show it
+    dev_choice = {k: log[k] for k in ("chosen_epoch", "dev_epochs", "dev_map_tie_aware") if k in log}
+    if dev_choice:
+        row["dev_choice"] = dev_choice
     return row
 
 
