@@ -1,0 +1,45 @@
+"""benchmarks/deep_baselines.py: the comparison table and the 16-bit verdict from generated experiment rows."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _row(method: str, bits: int, seed: int, i2t: float, t2i: float, epoch: int | None = None) -> dict:
+    row = {"method": method, "bits": bits, "seed": seed, "i2t_map": i2t, "t2i_map": t2i, "train_seconds": 2.0,
+           "bytes_per_item": bits // 8}  # fmt: skip
+    if epoch is not None:
+        row["dev_choice"] = {"chosen_epoch": epoch, "dev_epochs": [2, 4], "dev_map_tie_aware": [0.1, 0.2]}
+    return row
+
+
+def test_table_and_verdict(tmp_path) -> None:
+    rows = [_row("mcmfh", 16, s, 0.36 + 0.01 * s, 0.40) for s in (0, 1, 2)]
+    rows += [_row("jdsh", 16, s, 0.33, 0.30, epoch=4) for s in (0, 1, 2)]  # best unsupervised i2t: x1.12, misses
+    rows += [_row("djsrh", 16, s, 0.20, 0.34, epoch=6) for s in (0, 1, 2)]  # best unsupervised t2i: x1.18, meets
+    rows += [_row("dsph-head", 16, 0, 0.50, 0.50, epoch=2)]  # supervised: never the rival in the verdict
+    rows += [_row("mcmfh", 32, 0, 0.4, 0.4)]
+    (tmp_path / "results.json").write_text(json.dumps({"rows": rows}))
+    out = tmp_path / "table"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "deep_baselines.py"), str(tmp_path / "results.json"),
+                    "--out", str(out)], check=True, capture_output=True)  # fmt: skip
+    md = out.with_suffix(".md").read_text()
+    assert "| jdsh | unsupervised | 3 | 0.330 ± 0.000 | 0.300 ± 0.000 | ×1.12 / ×1.33 | 2.0 | 2 | 4, 4, 4 |" in md
+    assert "| mcmfh | reference | 3 | 0.370 ± 0.010 | 0.400 ± 0.000 | – / – |" in md
+    assert "| dsph-head | supervised | 1 |" in md and "### 32 bits" in md
+    assert "- i2t: mcmfh 0.370 vs best unsupervised jdsh 0.330: ×1.12 — misses the target" in md
+    assert "- t2i: mcmfh 0.400 vs best unsupervised djsrh 0.340: ×1.18 — meets the target" in md
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert len(data["summary"]) == 5 and len(data["dev_choice"]) == 7
+
+
+def test_bad_input_is_one_line(tmp_path) -> None:
+    (tmp_path / "results.json").write_text("{}")
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "deep_baselines.py"), str(tmp_path / "results.json"),
+                        "--out", str(tmp_path / "t")], capture_output=True, text=True)  # fmt: skip
+    assert p.returncode != 0 and "not an experiment results.json" in p.stderr and "Traceback" not in p.stderr
