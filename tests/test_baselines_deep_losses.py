@@ -14,7 +14,7 @@ from mcmfh.baselines.dgcpn import coherence_target, dgcpn_loss
 from mcmfh.baselines.djsrh import DJSRHOptions, djsrh_loss
 from mcmfh.baselines.dsph import proxy_loss
 from mcmfh.baselines.jdsh import JDSHOptions, jdsh_loss, jdsh_similarity
-from mcmfh.baselines.ucch import memory_contrast_loss, ranking_loss
+from mcmfh.baselines.ucch import indexed_contrast_loss, memory_contrast_loss, ranking_loss
 from mcmfh.errors import MCMFHError
 from mcmfh.method import create_method
 
@@ -134,6 +134,22 @@ def test_ucch_memory_contrast_loss_equals_loop(toy):
         logits = [float(targets[i, j] @ hi[i]) / temp for j in range(5)]
         want += -(logits[0] - math.log(sum(math.exp(v) for v in logits))) / N
     assert float(memory_contrast_loss(hi, targets, temp)) == pytest.approx(want, rel=1e-9)
+
+
+def test_ucch_indexed_contrast_loss_is_the_memory_contrast_loss(toy):
+    """The fast form (logits gathered from b bank^T) against the loop over explicit targets bank[index]."""
+    hi, *_ = toy
+    bank = _rand(7, B).sign()
+    index = torch.randint(7, (N, 5), generator=G)
+    index[:, 0] = torch.arange(N)  # column 0: the item's own entry (repeats allowed among the negatives)
+    temp = 0.9 * math.sqrt(B)
+    want = 0.0
+    for i in range(N):
+        logits = [float(bank[index[i, j]] @ hi[i]) / temp for j in range(5)]
+        want += -(logits[0] - math.log(sum(math.exp(v) for v in logits))) / N
+    got = indexed_contrast_loss(hi, bank, index, temp)
+    assert float(got) == pytest.approx(want, rel=1e-9)
+    assert float(got) == pytest.approx(float(memory_contrast_loss(hi, bank[index], temp)), rel=1e-12)
 
 
 def test_dcmht_loss_equals_loop(toy):
