@@ -44,7 +44,7 @@ class DeepHashOptions:
     weight_decay: float = 0.0
     hidden: int = 1024
     grad_clip: float = 0.0  # >0: clip the gradient norm (UCCH clips at 1)
-    num_threads: int = 1  # 0 = leave torch's setting alone; 1: on two shared, loaded cores a 2-thread step was ~6x slower
+    num_threads: int = 1  # 0: leave torch's setting; 1: on two shared, loaded cores 2 threads made a step ~6x slower
     eval_every: int = 1  # dev evaluation every N epochs (and after the last); the choice is among those epochs
     encode_batch: int = 4096
 
