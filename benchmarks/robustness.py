@@ -52,8 +52,8 @@ SUPERVISED = ("dcmht-head", "dsph-head", "mcmfh-supervised")  # read training la
 METHOD_GROUPS = {"default": METHODS, "deep": DEEP_UNSUPERVISED, "supervised": SUPERVISED}
 # The epoch budgets of configs/medpix2-deep-baselines.yaml (``--options`` replaces a method's entry).
 DEEP_OPTIONS: dict[str, dict[str, Any]] = {
-    **{m: {"epochs": 20, "eval_every": 2} for m in ("djsrh", "jdsh", "dgcpn", "dcmht-head", "dsph-head")},
-    "ucch": {"eval_every": 10},
+    **{m: {"epochs": 60, "eval_every": 2} for m in ("djsrh", "jdsh", "dgcpn", "dcmht-head", "dsph-head")},
+    "ucch": {"epochs": 300, "eval_every": 10},
 }
 SETTINGS = (
     "medpix-full",
