@@ -4,7 +4,8 @@
     python benchmarks/deep_baselines.py DIR/results.json --out benchmarks/results/medpix2_deep_baselines
 
 Writes ``OUT.md`` (per code length: tie-aware mAP mean ± std per direction, MCMFH's ratio to the method, train
-seconds, bytes per item, the dev-chosen epochs; then the verdict at 16 bits) and ``OUT.json`` (the same numbers
+seconds, bytes per item, the dev-chosen epochs, the database codes' effective bits and how many seeds fail the
+code-health rule of ``mcmfh.code_health``; then the verdict at 16 bits) and ``OUT.json`` (the same numbers
 and each row's dev choice, without the curves). Works on a partial run: a method or code length that has no rows
 yet is left out, and the number of seeds is shown.
 """
@@ -48,6 +49,12 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         entry["train_seconds"] = mean_std([float(r["train_seconds"]) for r in rs])[0]
         entry["bytes_per_item"] = rs[0]["bytes_per_item"]
         entry["chosen_epochs"] = [(r.get("dev_choice") or {}).get("chosen_epoch") for r in rs]
+        health = [r["code_health"] for r in rs if r.get("code_health")]
+        entry["collapsed_seeds"] = sum(bool(h.get("collapsed")) for h in health)
+        entry["effective_bits"] = {  # mean over seeds of the database codes' entropy, image / text
+            m: mean_std([float(h[m]["effective_bits"]) for h in health])[0] if health else None
+            for m in ("image", "text")
+        }
         out.append(entry)
     return out
 
@@ -71,16 +78,19 @@ def markdown(entries: Sequence[Mapping[str, Any]]) -> str:
             f"### {bits} bits",
             "",
             "| method | block | seeds | i2t mAP | t2i mAP | mcmfh ÷ method i2t / t2i | train s | bytes/item | "
-            "dev epoch |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "dev epoch | effective bits i / t | collapsed |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for e in at:
             cells = [f"{e[f'{d}_mean']:.3f} ± {e[f'{d}_std']:.3f}" for d in DIRECTIONS]
             epochs = ", ".join(str(x) for x in e["chosen_epochs"] if x is not None) or "–"
+            eff = e["effective_bits"]
+            eff_cell = "–" if eff["image"] is None else f"{eff['image']:.1f} / {eff['text']:.1f}"
+            collapsed = f"{e['collapsed_seeds']} of {len(e['seeds'])}" if e["collapsed_seeds"] else ""
             lines.append(
                 f"| {e['method']} | {e['block']} | {len(e['seeds'])} | {cells[0]} | {cells[1]} | "
                 f"{_ratio(mc, e, 'i2t')} / {_ratio(mc, e, 't2i')} | {e['train_seconds']:.1f} | "
-                f"{e['bytes_per_item']} | {epochs} |"
+                f"{e['bytes_per_item']} | {epochs} | {eff_cell} | {collapsed} |"
             )
         lines.append("")
     lines += verdict(entries)

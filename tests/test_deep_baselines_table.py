@@ -13,6 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 def _row(method: str, bits: int, seed: int, i2t: float, t2i: float, epoch: int | None = None) -> dict:
     row = {"method": method, "bits": bits, "seed": seed, "i2t_map": i2t, "t2i_map": t2i, "train_seconds": 2.0,
            "bytes_per_item": bits // 8}  # fmt: skip
+    row["code_health"] = {"collapsed": method == "jdsh" and seed == 0, "image": {"effective_bits": 5.0},
+                          "text": {"effective_bits": 6.0}}  # fmt: skip
     if epoch is not None:
         row["dev_choice"] = {"chosen_epoch": epoch, "dev_epochs": [2, 4], "dev_map_tie_aware": [0.1, 0.2]}
     return row
@@ -29,7 +31,8 @@ def test_table_and_verdict(tmp_path) -> None:
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "deep_baselines.py"), str(tmp_path / "results.json"),
                     "--out", str(out)], check=True, capture_output=True)  # fmt: skip
     md = out.with_suffix(".md").read_text()
-    assert "| jdsh | unsupervised | 3 | 0.330 ± 0.000 | 0.300 ± 0.000 | ×1.12 / ×1.33 | 2.0 | 2 | 4, 4, 4 |" in md
+    jdsh = "| jdsh | unsupervised | 3 | 0.330 ± 0.000 | 0.300 ± 0.000 | ×1.12 / ×1.33 | 2.0 | 2 | 4, 4, 4 | 5.0 / 6.0 |"
+    assert jdsh + " 1 of 3 |" in md
     assert "| mcmfh | reference | 3 | 0.370 ± 0.010 | 0.400 ± 0.000 | – / – |" in md
     assert "| dsph-head | supervised | 1 |" in md and "### 32 bits" in md
     assert "- i2t: mcmfh 0.370 vs best unsupervised jdsh 0.330: ×1.12 — misses the target" in md
