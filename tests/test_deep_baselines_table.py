@@ -46,3 +46,19 @@ def test_bad_input_is_one_line(tmp_path) -> None:
     p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "deep_baselines.py"), str(tmp_path / "results.json"),
                         "--out", str(tmp_path / "t")], capture_output=True, text=True)  # fmt: skip
     assert p.returncode != 0 and "not an experiment results.json" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_robustness_methods_take_groups_and_refuse_unknown_names(tmp_path) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import robustness
+    finally:
+        sys.path.pop(0)
+    assert robustness.expand_methods("default") == ["mcmfh", "cca-itq", "ucmfh"]
+    assert robustness.expand_methods("mcmfh,deep,supervised,jdsh") == [
+        "mcmfh", "djsrh", "jdsh", "dgcpn", "ucch", "dcmht-head", "dsph-head", "mcmfh-supervised",
+    ]  # fmt: skip
+    cmd = [sys.executable, str(REPO / "benchmarks" / "robustness.py"), "--features", str(tmp_path),
+           "--out", str(tmp_path / "o"), "--methods", "default,nope"]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    assert p.returncode != 0 and "--methods: unknown ['nope']" in p.stderr and "Traceback" not in p.stderr
