@@ -76,7 +76,8 @@ def test_overrides_parse_yaml_values_dotted_keys_and_cwd_paths(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     cfg = load_config(CONFIGS / "openi.yaml", {"data_root": "here/openi", "method_options.mcmfh.epochs_stage2": 2})
     assert cfg.data_root == (tmp_path / "here" / "openi").resolve()  # relative to the cwd, not configs/
-    assert cfg.method_options == {"mcmfh": {"epochs_stage2": 2}}
+    assert cfg.method_options["mcmfh"] == {"epochs_stage2": 2}  # added beside the config's own options
+    assert cfg.method_options["jdsh"] == {"epochs": 60, "eval_every": 2}
     with pytest.raises(MCMFHError, match="'methods'.*not registered.*nope"):
         load_config(CONFIGS / "openi.yaml", {"methods": ["nope"]})
     with pytest.raises(MCMFHError, match="'dataset_options'"):
@@ -96,3 +97,12 @@ def test_dataset_configs_carry_the_deep_baselines(config) -> None:
     assert cfg.method_options["ucch"]["eval_every"] > 1  # UCCH's 100 epochs are checked on dev every N only
     if config.startswith("medpix2"):
         assert cfg.bits == [16, 32, 64] and cfg.seeds == [0, 1, 2] and not cfg.seeds_by_bits
+
+
+def test_narrowing_methods_from_the_command_line_drops_the_other_methods_options(tmp_path) -> None:
+    cfg = load_config(CONFIGS / "medpix2-deep-baselines.yaml", parse_overrides(["methods=[ucch, cca-itq]"]))
+    assert cfg.methods == ["ucch", "cca-itq"] and set(cfg.method_options) == {"ucch"}
+    bad = tmp_path / "x.yaml"  # in a file, options for a method that is not listed are still a mistake
+    bad.write_text("methods: [cca-itq]\nfeatures: f\nmethod_options: {jdsh: {epochs: 2}}\n")
+    with pytest.raises(MCMFHError, match="options for methods not in 'methods'"):
+        load_config(bad)

@@ -163,6 +163,8 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
     missing = [m for m in cfg.methods if m not in registered]
     if missing:
         raise _err(path, f"field 'methods': not registered: {missing}; available: {sorted(registered)}")
+    if "methods" in (overrides or {}):  # narrowing a config's methods from the command line keeps only theirs
+        cfg.method_options = {k: v for k, v in cfg.method_options.items() if k in cfg.methods}
     stray = sorted(set(cfg.method_options) - set(cfg.methods))
     if stray:
         raise _err(path, f"field 'method_options': options for methods not in 'methods': {stray}")
