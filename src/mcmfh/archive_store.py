@@ -131,10 +131,12 @@ def create_store(
 
 
 def open_store(folder: Path, modality: str, bits: int, store: Mapping[str, Any], expect: dict[str, Any],
-               writable: bool, lock_timeout: float | None = None) -> ArchiveStore:  # fmt: skip
+               writable: bool, lock_timeout: float | None = None,
+               at: Mapping[str, Any] | None = None) -> ArchiveStore:  # fmt: skip
+    """Open a sub-index; ``at`` pins a local one to the manifest snapshot of the archive's commit record."""
     backend = store.get("backend", "local")
     if backend == "local":
-        return ItemIndex.open(folder, expect=expect, writable=writable, lock_timeout=lock_timeout)
+        return ItemIndex.open(folder, expect=expect, writable=writable, lock_timeout=lock_timeout, at=at)
     if backend != "milvus":
         raise ArtefactError(f"{folder.parent}/manifest.json: unknown store backend {backend!r}")
     return ServerStore.connect(folder, modality, bits, store, writable=writable)

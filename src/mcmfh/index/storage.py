@@ -219,13 +219,18 @@ class ItemIndex:
         writable: bool = False,
         verify: bool = True,
         lock_timeout: float | None = None,
+        at: Mapping[str, Any] | None = None,
     ) -> ItemIndex:
         """Open an index folder; every key of ``expect`` (e.g. {"run": ..., "bits": 64}) must match the manifest.
 
         ``verify`` checks the SHA-256 of the code files (a few ms per million 64-bit codes). A truncated, corrupt
         or inconsistent folder raises ArtefactError. Opening never locks: a ``writable`` index takes the writer lock
-        for each change (waiting up to ``lock_timeout`` seconds, see ``mcmfh.locking``)."""
+        for each change (waiting up to ``lock_timeout`` seconds, see ``mcmfh.locking``). ``at`` opens the state a
+        manifest snapshot names instead of the newest (an archive's commit record pins its sub-indexes this way;
+        the committed and the previous generation are readable)."""
         folder = Path(folder)
+        if at is not None:
+            return cls._open_at(folder, dict(at), expect, writable, verify, lock_timeout)
         for attempt in range(OPEN_RETRIES + 1):
             manifest = read_manifest(folder, KIND)
             try:
@@ -281,12 +286,22 @@ class ItemIndex:
             raise ArtefactError(f"{self.folder}: {n_rows} items in {DB_NAME} and {len(self.index)} codes, but "
                                 f"{manifest['count']} in the manifest")  # fmt: skip
 
-    def refresh(self) -> bool:
+    def refresh(self, at: Mapping[str, Any] | None = None) -> bool:
         """Catch up with the last committed state (e.g. another process's add); returns whether it changed.
 
         Reads only the segments that are new. If the files move on again mid-read (two commits in between), it
         reloads from the newest manifest; if that keeps failing, the error is raised and the next call starts over.
+        ``at``: move to the state this manifest snapshot names instead (no retry: the caller owns the snapshot).
         """
+        if at is not None:
+            if dict(at) == self.manifest:
+                return False
+            try:
+                self._load(dict(at), verify=True)
+            except ArtefactError:
+                self.manifest = {}
+                raise
+            return True
         for attempt in range(OPEN_RETRIES + 1):
             manifest = read_manifest(self.folder, KIND)
             if manifest == self.manifest:
@@ -428,6 +443,23 @@ class ItemIndex:
                 self.index.add_segment(codes, keys)
                 fields.update(segments=[self._write_segment(codes, keys, gen, tag)], removed=None)
                 self._removed = np.zeros(0, np.int64)
+        return True
+
+    def roll_back_to(self, snapshot: Mapping[str, Any]) -> bool:
+        """Make ``snapshot`` (this generation or the previous one) the committed state again, under the lock.
+
+        An archive commits its two sub-indexes one after the other and then its own record; a writer killed in
+        between left one sub-index a generation ahead of the record. Its rows, marks and files are undone exactly
+        as after a crash (``_recover``). Returns whether anything was rolled back."""
+        self._require_writable()
+        snapshot = dict(snapshot)
+        with writer_lock(self.folder, self.lock_timeout, what=f"index {self.folder}"):
+            if read_manifest(self.folder, KIND) == snapshot:
+                return False
+            atomic_write_json(self.folder / MANIFEST_NAME, snapshot)
+            self.manifest = {}
+            self._load(snapshot, verify=True)
+            self._recover()
         return True
 
     def _write_segment(self, codes: np.ndarray, keys: np.ndarray, gen: int, tag: str) -> dict[str, Any]:
