@@ -179,7 +179,8 @@ def _copy_with_new(chain, tmp_path, n=3):
 def test_a_writer_killed_between_sub_indexes_is_never_seen_half_done(chain, tmp_path):
     """Images committed, texts and the record not (a kill between them): readers see neither; the next writer
     rolls the images back and a rerun adds both."""
-    from mcmfh.index.storage import ItemIndex, record_item
+    from mcmfh.index.items import record_item
+    from mcmfh.index.storage import ItemIndex
 
     idx, new = _copy_with_new(chain, tmp_path)
     with Archive.open(idx) as before:

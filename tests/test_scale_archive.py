@@ -16,7 +16,7 @@ from mcmfh.archive_store import ServerStore, StoreConfig
 from mcmfh.cli import main
 from mcmfh.errors import MCMFHError
 from mcmfh.index.codes import pack_codes
-from mcmfh.index.storage import Item
+from mcmfh.index.items import Item
 from scale_servers import free_port
 from test_archive import chain  # noqa: F401 (fixture: synthetic data -> tiny encoder -> 16-bit cca-itq run)
 

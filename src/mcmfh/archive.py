@@ -59,7 +59,8 @@ from mcmfh.encoders.base import Encoder, ImageInput
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.features import FeatureSet
 from mcmfh.index.codes import pack_codes
-from mcmfh.index.storage import Hit, Item, ItemIndex, record_item
+from mcmfh.index.items import Hit, Item, record_item
+from mcmfh.index.storage import ItemIndex
 from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.locking import lock_timeout, writer_lock
 from mcmfh.manifest import new_manifest, read_manifest, require_match

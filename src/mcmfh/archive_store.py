@@ -20,7 +20,6 @@ password are stripped. On open, the Milvus token comes from ``MCMFH_MILVUS_TOKEN
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -32,7 +31,8 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from mcmfh.errors import ArtefactError, MCMFHError
-from mcmfh.index.storage import DB_NAME, Hit, Item, ItemIndex, item_row
+from mcmfh.index.items import NAMES, SQL_CHUNK, Hit, Item, item_from_row, item_row, sqlite_table
+from mcmfh.index.storage import DB_NAME, ItemIndex
 from mcmfh.io import sqlite_transaction
 
 BACKENDS = ("local", "milvus")
@@ -153,13 +153,11 @@ def drop_store(store: ArchiveStore) -> None:
 class SqliteMeta:
     """Item metadata in ``items.sqlite`` beside nothing else: the codes are on the server."""
 
-    _SCHEMA = """
-    CREATE TABLE IF NOT EXISTS items (key INTEGER PRIMARY KEY, item_id TEXT NOT NULL UNIQUE, caption TEXT NOT NULL,
-                                      image TEXT, labels TEXT NOT NULL, source TEXT NOT NULL);
-    CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-    INSERT OR IGNORE INTO counters VALUES ('next_key', 0);
-    """
-    _COLS = "key, item_id, caption, image, labels, source"
+    _SCHEMA = "\n".join([
+        sqlite_table("items", unique_ids=True),
+        "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
+        "INSERT OR IGNORE INTO counters VALUES ('next_key', 0);",
+    ])
 
     def __init__(self, path: Path, create: bool) -> None:
         if not create and not path.is_file():
@@ -182,7 +180,7 @@ class SqliteMeta:
     def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]], keys: np.ndarray) -> None:
         rows = [(int(k), *item_row(i, it)) for i, (k, it) in enumerate(zip(keys, items, strict=True))]
         with self._transaction():  # the commit point of an add
-            self._db.executemany(f"INSERT INTO items ({self._COLS}) VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany(f"INSERT INTO items ({NAMES}) VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     def remove(self, item_ids: Sequence[str]) -> np.ndarray:
         keys = np.array(sorted(self.keys_of(item_ids).values()), np.int64)
@@ -195,19 +193,19 @@ class SqliteMeta:
 
     def keys_of(self, item_ids: Sequence[str]) -> dict[str, int]:
         ids, out = [str(x) for x in item_ids], {}
-        for start in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
-            chunk = ids[start : start + 500]
+        for start in range(0, len(ids), SQL_CHUNK):
+            chunk = ids[start : start + SQL_CHUNK]
             sql = f"SELECT item_id, key FROM items WHERE item_id IN ({','.join('?' * len(chunk))})"
             out.update(self._db.execute(sql, chunk).fetchall())
         return out
 
     def lookup(self, keys: Sequence[int] | np.ndarray) -> dict[int, Item]:
         keys, out = [int(k) for k in keys], {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            sql = f"SELECT {self._COLS} FROM items WHERE key IN ({','.join('?' * len(chunk))})"
-            for key, item_id, caption, image, labels, source in self._db.execute(sql, chunk):
-                out[key] = Item(key, item_id, caption, image, tuple(json.loads(labels)), source)
+        for start in range(0, len(keys), SQL_CHUNK):
+            chunk = keys[start : start + SQL_CHUNK]
+            sql = f"SELECT {NAMES} FROM items WHERE key IN ({','.join('?' * len(chunk))})"
+            for row in self._db.execute(sql, chunk):
+                out[int(row[0])] = item_from_row(row)
         return out
 
     def all_keys(self) -> np.ndarray:
