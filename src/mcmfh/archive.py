@@ -8,7 +8,7 @@ Folder layout::
     texts/          sub-index of text codes (every item)
 
 A sub-index is an ``ItemIndex`` in the folder (``--backend local``, the default) or a ``ServerStore``: codes in a
-Milvus collection, metadata in the folder's SQLite or in PostgreSQL (``mcmfh.archive_store``). The manifest's
+Milvus collection, metadata in the folder's SQLite or in PostgreSQL (``mcmfh.index.stores``). The manifest's
 ``store`` entry says which (without secrets), so ``Archive.open`` reconnects.
 
 Cross-modal by default: a text query is hashed by the text branch and searched against image codes (the images for
@@ -23,7 +23,7 @@ sub-index manifests, replaced by one rename. Readers open the sub-indexes at the
 newer sub-index state, so they see a change in both modalities or in neither. A writer killed between the
 sub-indexes and the record left one sub-index ahead; the next writer rolls it back to the record
 (``ItemIndex.roll_back_to``), and rerunning the ``add`` completes it (ids already present are skipped). Server
-stores (Milvus) are not pinned: their codes and metadata keep their own invariant (``mcmfh.archive_store``).
+stores (Milvus) are not pinned: their codes and metadata keep their own invariant (``mcmfh.index.stores``).
 Readers never lock. A long-lived reader (the service) polls ``state_token()`` and calls ``refresh()`` (or
 reopens) when it changes.
 """
@@ -44,15 +44,6 @@ from typing import Any
 
 import numpy as np
 
-from mcmfh.archive_store import (
-    ArchiveStore,
-    ServerStore,
-    StoreConfig,
-    create_store,
-    drop_store,
-    open_store,
-    store_manifest,
-)
 from mcmfh.batching import MicroBatcher
 from mcmfh.data.records import Dataset, Record
 from mcmfh.encoders.base import Encoder, ImageInput
@@ -60,7 +51,16 @@ from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.features import FeatureSet
 from mcmfh.index.codes import pack_codes
 from mcmfh.index.items import Hit, Item, record_item
+from mcmfh.index.server_store import ServerStore
 from mcmfh.index.storage import ItemIndex
+from mcmfh.index.stores import (
+    ItemStore,
+    StoreConfig,
+    create_store,
+    drop_store,
+    open_store,
+    store_manifest,
+)
 from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.locking import lock_timeout, writer_lock
 from mcmfh.manifest import new_manifest, read_manifest, require_match
@@ -122,7 +122,7 @@ class Archive:
         self.lock_timeout = lock_timeout
         expect = {k: manifest[k] for k in IDENTITY_KEYS}
         store = manifest.get("store", {"backend": "local"})
-        self.indexes: dict[str, ArchiveStore] = {}
+        self.indexes: dict[str, ItemStore] = {}
         for attempt in range(OPEN_RETRIES + 1):
             self.record = read_record(folder)
             try:
@@ -181,7 +181,7 @@ class Archive:
         with atomic_dir(out, overwrite=overwrite) as tmp:
             shutil.copytree(run_dir, tmp / "run")
             fields = {k: v for k, v in identity.items() if k != "bits"}  # bits is the index's own field
-            made: list[ArchiveStore] = []
+            made: list[ItemStore] = []
             try:
                 for m in MODALITIES:
                     made.append(create_store(tmp / m, m, identity["bits"], where, config, fields))
