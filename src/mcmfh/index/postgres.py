@@ -132,7 +132,8 @@ class PostgresItemStore:
         try:
             yield
         finally:
-            self._one("SELECT pg_advisory_unlock(%s)", (key,))
+            if not self._db.closed:  # a closed session's locks were released by the server with it
+                self._one("SELECT pg_advisory_unlock(%s)", (key,))
 
     def max_key(self) -> int:
         """The largest key held (-1 when empty): with the count, it tells a poller whether anything changed."""
