@@ -211,6 +211,7 @@ def _row_key(cfg: ExperimentConfig, features: FeatureSet, method: str, bits: int
         bits,
         seed,
         cfg.method_options.get(method, {}),
+        create_method(method, bits, seed, **cfg.method_options.get(method, {})).recipe(),
         cfg.queries,
         cfg.database,
         cfg.map_k,
