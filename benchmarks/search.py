@@ -199,7 +199,7 @@ def fastest_faiss(
                 probe_s, (fd, _) = timed(index.search, q[:nq], k, clock=CPU_CLOCK)
             per_q = max(probe_s / nq, 1e-9)
             if distances_exact(fd, brute, k):
-                nf = int(min(cfg.faiss_queries, max(nq, cfg.faiss_budget_s / per_q)))
+                nf = int(min(cfg.faiss_queries, len(q), max(nq, cfg.faiss_budget_s / per_q)))  # never past q
                 with one_thread():
                     cpu_s, _ = best_of(cfg.faiss_repeats, index.search, q[:nf], k, clock=CPU_CLOCK)
                 row = {"config": name if nflip is None else f"{name} nflip={nflip}", "cpu_qps_1t": nf / cpu_s,
@@ -428,6 +428,7 @@ def latencies_ms(fn: Any, n: int) -> np.ndarray:
 
 
 def budget_queries(per_q_s: float, cfg: Config, most: int) -> int:
+    """Queries to time a slow configuration on: about ``faiss_budget_s`` of work, at least 5, at most ``most``."""
     return int(min(most, max(5, cfg.faiss_budget_s / max(per_q_s, 1e-9))))
 
 
@@ -486,7 +487,7 @@ def bench_two_stage(n: int, kind: str, cfg: Config, rng: np.random.Generator) ->
         # (a) native FAISS two-stage: IndexRefineFlat over the same sign bits (IndexLSH, flat Hamming scan).
         refine.k_factor = float(cfg.oversample)
         probe_s, _ = timed(refine.search, qn[:ne], k)
-        nf = budget_queries(probe_s / ne, cfg, cfg.faiss_queries)
+        nf = budget_queries(probe_s / ne, cfg, min(cfg.faiss_queries, len(qc)))
         _, fi = refine.search(qn[:ne], k)
         name = f"IndexRefineFlat(IndexLSH) k_factor={cfg.oversample:g}"
         faiss_rows.append(
@@ -508,7 +509,7 @@ def bench_two_stage(n: int, kind: str, cfg: Config, rng: np.random.Generator) ->
                 return float_rescore(cand, xn, qn[a:b], k)
 
             probe_s, _ = timed(search, 0, ne)
-            nf = budget_queries(probe_s / ne, cfg, cfg.faiss_queries)
+            nf = budget_queries(probe_s / ne, cfg, min(cfg.faiss_queries, len(qc)))
             faiss_rows.append(faiss_row(f"{name} + numpy float32 re-score", cfg, nf, search, search(0, ne), truth,
                                         k, d, 0.0))  # fmt: skip
         row["faiss"] = faiss_rows
