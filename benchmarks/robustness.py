@@ -36,6 +36,7 @@ from mcmfh.evaluate import evaluate_method, summary
 from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_write_json, atomic_write_text
 from mcmfh.manifest import fingerprint
+from mcmfh.method import create_method
 from mcmfh.report import mean_std, row_flags
 from mcmfh.runs import fit_method
 
@@ -248,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         for method in methods:
             options = all_options.get(method, {})
             for seed in seeds:
-                key = fingerprint(setting, method, args.bits, seed, options, features.manifest.get("cache_key"))
+                key = fingerprint(setting, method, args.bits, seed, options, features.manifest.get("cache_key"),
+                                  create_method(method, args.bits, seed, **options).recipe())
                 path = args.out / "rows" / f"{setting}-{method}-{seed}-{key[:10]}.json"
                 if path.is_file():
                     rows.append(json.loads(path.read_text(encoding="utf-8")))

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from mcmfh.index.codes import hamming_matrix, pack_codes
-from mcmfh.index.storage import Hit, Item
+from mcmfh.index.items import Hit, Item
 from mcmfh.service.engine import EngineInfo
 
 BITS = 16

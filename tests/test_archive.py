@@ -165,3 +165,106 @@ def test_concurrent_batched_queries_equal_one_at_a_time(chain, monkeypatch):
         batched = run_all(archive)
         assert set(archive._batchers) == {"texts", "images"}
     assert batched == single
+
+
+def _copy_with_new(chain, tmp_path, n=3):
+    import shutil
+
+    idx = tmp_path / "idx"
+    shutil.copytree(chain["idx"], idx)
+    test = [r for r in chain["ds"].records if r.split == "test" and r.image is not None]
+    return idx, [dataclasses.replace(r, id=f"half-{r.id}") for r in test[:n]]
+
+
+def test_a_writer_killed_between_sub_indexes_is_never_seen_half_done(chain, tmp_path):
+    """Images committed, texts and the record not (a kill between them): readers see neither; the next writer
+    rolls the images back and a rerun adds both."""
+    from mcmfh.index.items import record_item
+    from mcmfh.index.storage import ItemIndex
+
+    idx, new = _copy_with_new(chain, tmp_path)
+    with Archive.open(idx) as before:
+        n0, n0_images = len(before), len(before.indexes["images"])
+        query = new[0].text
+        hits_before = [(h.item.item_id, h.distance) for h in before.search_text(query, k=n0_images)]
+    with Archive.open(idx) as archive:  # the codes the add would write
+        codes = archive.method.encode_images(archive.encoder.encode_images([r.image for r in new]))
+    with ItemIndex.open(idx / "images", writable=True) as images:  # what a writer did before it was killed
+        images.add(pack_codes(codes), [record_item(r, "ward") for r in new])
+    with Archive.open(idx) as reader:  # a reader opening now is pinned to the record
+        assert len(reader.indexes["images"]) == n0_images and len(reader) == n0
+        assert [(h.item.item_id, h.distance) for h in reader.search_text(query, k=n0_images)] == hits_before
+        with Archive.open(idx, writable=True) as writer:
+            assert writer.add_records(new, source="ward") == {"images": 3, "texts": 3}
+        assert reader.refresh()  # now both modalities show the new items together
+        assert len(reader.indexes["images"]) == n0_images + 3 and len(reader) == n0 + 3
+        assert {h.item.item_id for h in reader.search_text(query, k=n0_images + 3)} >= {r.id for r in new}
+    assert ItemIndex.open(idx / "images").manifest == json.loads((idx / "commit.json").read_text())["images"]
+
+
+def test_a_change_that_fails_half_way_leaves_the_committed_archive(chain, tmp_path, monkeypatch):
+    from mcmfh.index.storage import ItemIndex
+
+    idx, new = _copy_with_new(chain, tmp_path)
+    with Archive.open(idx, writable=True) as archive:
+        n0, n0_images = len(archive), len(archive.indexes["images"])
+        record = (idx / "commit.json").read_text()
+
+        def texts_fail(*a, **k):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(archive.indexes["texts"], "add", texts_fail)
+        with pytest.raises(OSError):
+            archive.add_records(new, source="ward")
+        assert len(archive.indexes["images"]) == n0_images  # rolled back in memory ...
+    assert (idx / "commit.json").read_text() == record
+    with ItemIndex.open(idx / "images") as images:  # ... and on disk
+        assert len(images) == n0_images and not images.keys_of([r.id for r in new])
+    monkeypatch.undo()
+    with Archive.open(idx, writable=True) as archive:
+        assert archive.add_records(new, source="ward") == {"images": 3, "texts": 3}
+        assert len(archive) == n0 + 3
+
+
+def test_an_archive_without_a_commit_record_opens_and_gets_one(chain, tmp_path):
+    idx, new = _copy_with_new(chain, tmp_path)
+    (idx / "commit.json").unlink()  # archives made before commit records existed
+    with Archive.open(idx, writable=True) as archive:
+        n0 = len(archive)
+        archive.add_records(new[:1], source="ward")
+    record = json.loads((idx / "commit.json").read_text())
+    assert record["texts"]["count"] == n0 + 1
+    (idx / "commit.json").write_text("{not json")
+    with pytest.raises(ArtefactError, match="commit.json: unreadable commit record"):
+        Archive.open(idx)
+
+
+def test_refresh_from_another_thread_during_a_change_does_not_undo_it(chain, tmp_path):
+    """The service's reload thread refreshes while a write endpoint changes the same Archive object."""
+    import threading
+
+    from mcmfh.index.storage import ItemIndex
+
+    idx, new = _copy_with_new(chain, tmp_path, n=6)
+    stop = threading.Event()
+    with Archive.open(idx, writable=True) as archive:
+        n0, i0 = len(archive), len(archive.indexes["images"])
+
+        def refresh_forever():
+            while not stop.is_set():
+                archive.refresh()
+
+        thread = threading.Thread(target=refresh_forever)
+        thread.start()
+        try:
+            for r in new:
+                assert archive.add_records([r], source="ward") == {"images": 1, "texts": 1}
+        finally:
+            stop.set()
+            thread.join()
+        assert len(archive) == n0 + 6 and len(archive.indexes["images"]) == i0 + 6
+    record = json.loads((idx / "commit.json").read_text())
+    for m in ("images", "texts"):
+        assert ItemIndex.open(idx / m).manifest == record[m]
+    with Archive.open(idx) as archive:
+        assert len(archive) == n0 + 6 and all(archive.get(r.id) for r in new)

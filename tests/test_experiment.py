@@ -90,6 +90,24 @@ def test_experiment_writes_results_and_resumes(tmp_path, feat_dir):
     assert len(redone) == 3 and all("cca-itq" in line for line in redone)
 
 
+def test_a_changed_default_reruns_the_rows_it_shapes(tmp_path, feat_dir, monkeypatch):
+    """Rows key on the method's resolved recipe, not only on the options the config spells out."""
+    import dataclasses
+
+    from mcmfh.baselines.cca_sign import CCASign
+
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(CONFIG)
+    out = tmp_path / "out"
+    run_experiment(cfg, out, log=lambda _: None)
+    assert CCASign(16).recipe() == dataclasses.asdict(CCASign(16).opts)  # every field, defaults included
+    monkeypatch.setattr(CCASign, "recipe", lambda self: {**dataclasses.asdict(self.opts), "ridge": 0.5})
+    logs: list[str] = []
+    run_experiment(cfg, out, log=logs.append)
+    redone = [line for line in logs if "skipped" not in line]
+    assert len(redone) == 3 and all("cca-sign" in line for line in redone)
+
+
 @pytest.mark.parametrize(
     ("text", "match"),
     [

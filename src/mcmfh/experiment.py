@@ -270,6 +270,7 @@ def _row_key(
         bits,
         seed,
         cfg.method_options.get(method, {}),
+        create_method(method, bits, seed, **cfg.method_options.get(method, {})).recipe(),
         cfg.queries,
         cfg.database,
         cfg.map_k,

@@ -72,6 +72,11 @@ class HashMethod(ABC):
     def config(self) -> dict[str, Any]:
         return {"method": self.name, "bits": self.bits, "seed": self.seed, "options": self.options}
 
+    def recipe(self) -> dict[str, Any]:
+        """Every choice that shapes a fit, defaults included: result caches key on it, so changing a method's
+        default refits the rows it affects. Methods with an options dataclass return all of its fields."""
+        return dict(self.options)
+
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

@@ -41,8 +41,8 @@ def build(
 ) -> None:
     """Hash the database split with the run's model and store codes plus item metadata."""
     from mcmfh.archive import Archive
-    from mcmfh.archive_store import StoreConfig
     from mcmfh.features import FeatureSet
+    from mcmfh.index.stores import StoreConfig
     from mcmfh.outputs import check_output
 
     check_output(out, "archive", overwrite=overwrite)  # never replaces a folder that is not an archive

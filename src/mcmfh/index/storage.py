@@ -25,12 +25,10 @@ commit, and an open that races a commit retries on the new manifest.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import secrets
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ import numpy as np
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.index import _files
 from mcmfh.index.factory import default_kind, make_index
+from mcmfh.index.items import NAMES, SQL_CHUNK, Hit, Item, item_from_row, item_row, sqlite_table
 from mcmfh.index.segments import SegmentedIndex, merge_plan
 from mcmfh.io import atomic_dir, atomic_write_json, sqlite_transaction
 from mcmfh.locking import writer_lock
@@ -56,69 +55,13 @@ _OWN_FIELDS = ("kind", "format", "bits", "index_kind", "index_params", "generati
 # Files this module writes (and so may delete): generation files and atomic-write temps. Nothing else is touched.
 _OURS = re.compile(r"^(codes|keys|removed)-\d+(-[0-9a-f]+)?\.npy$|^\.(codes|keys|removed|manifest).*\.tmp$")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    key INTEGER PRIMARY KEY,
-    item_id TEXT NOT NULL,
-    caption TEXT NOT NULL,
-    image TEXT,
-    labels TEXT NOT NULL,
-    source TEXT NOT NULL,
-    gen INTEGER NOT NULL,
-    removed_gen INTEGER
-);
-CREATE INDEX IF NOT EXISTS items_item_id ON items (item_id);
-CREATE INDEX IF NOT EXISTS items_removed ON items (removed_gen) WHERE removed_gen IS NOT NULL;
-"""
+# The record (mcmfh.index.items) plus the generation that added a row and the one that removed it.
+_SCHEMA = "\n".join([
+    sqlite_table("items", extra=("gen INTEGER NOT NULL", "removed_gen INTEGER")),
+    "CREATE INDEX IF NOT EXISTS items_item_id ON items (item_id);",
+    "CREATE INDEX IF NOT EXISTS items_removed ON items (removed_gen) WHERE removed_gen IS NOT NULL;",
+])
 _VISIBLE = "gen <= ? AND (removed_gen IS NULL OR removed_gen > ?)"
-
-
-@dataclass(frozen=True)
-class Item:
-    """Metadata of one indexed item; ``key`` is the int64 id the Hamming index returns."""
-
-    key: int
-    item_id: str
-    caption: str
-    image: str | None
-    labels: tuple[str, ...]
-    source: str
-
-
-@dataclass(frozen=True)
-class Hit:
-    item: Item
-    distance: int
-
-
-def item_row(i: int, item: Mapping[str, Any]) -> tuple[str, str, str | None, str, str]:
-    """Validate item ``i`` of an add (id required; caption, image, labels, source) into its stored columns.
-
-    Every metadata store (SQLite here, PostgreSQL, the Milvus archive's SQLite) validates items with this."""
-    if not isinstance(item, Mapping) or not str(item.get("id", "")).strip():
-        raise MCMFHError(f"items[{i}]: expected a mapping with a non-empty 'id', got {item!r:.80}")
-    labels = item.get("labels", ())
-    if isinstance(labels, str) or not all(isinstance(x, str) for x in labels):
-        raise MCMFHError(f"items[{i}] ({item['id']}): 'labels' must be a list of strings, got {labels!r:.80}")
-    image = item.get("image")
-    return (
-        str(item["id"]),
-        str(item.get("caption", "")),
-        None if image is None else str(image),
-        json.dumps(list(labels)),
-        str(item.get("source", "")),
-    )
-
-
-def record_item(record: Any, source: str) -> dict[str, Any]:
-    """The item mapping ``ItemIndex.add`` takes, from a ``mcmfh.data.records.Record``."""
-    return {
-        "id": record.id,
-        "caption": record.text,
-        "image": None if record.image is None else str(record.image),
-        "labels": list(record.labels),
-        "source": source,
-    }
 
 
 def segments_of(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -219,13 +162,18 @@ class ItemIndex:
         writable: bool = False,
         verify: bool = True,
         lock_timeout: float | None = None,
+        at: Mapping[str, Any] | None = None,
     ) -> ItemIndex:
         """Open an index folder; every key of ``expect`` (e.g. {"run": ..., "bits": 64}) must match the manifest.
 
         ``verify`` checks the SHA-256 of the code files (a few ms per million 64-bit codes). A truncated, corrupt
         or inconsistent folder raises ArtefactError. Opening never locks: a ``writable`` index takes the writer lock
-        for each change (waiting up to ``lock_timeout`` seconds, see ``mcmfh.locking``)."""
+        for each change (waiting up to ``lock_timeout`` seconds, see ``mcmfh.locking``). ``at`` opens the state a
+        manifest snapshot names instead of the newest (an archive's commit record pins its sub-indexes this way;
+        the committed and the previous generation are readable)."""
         folder = Path(folder)
+        if at is not None:
+            return cls._open_at(folder, dict(at), expect, writable, verify, lock_timeout)
         for attempt in range(OPEN_RETRIES + 1):
             manifest = read_manifest(folder, KIND)
             try:
@@ -281,12 +229,22 @@ class ItemIndex:
             raise ArtefactError(f"{self.folder}: {n_rows} items in {DB_NAME} and {len(self.index)} codes, but "
                                 f"{manifest['count']} in the manifest")  # fmt: skip
 
-    def refresh(self) -> bool:
+    def refresh(self, at: Mapping[str, Any] | None = None) -> bool:
         """Catch up with the last committed state (e.g. another process's add); returns whether it changed.
 
         Reads only the segments that are new. If the files move on again mid-read (two commits in between), it
         reloads from the newest manifest; if that keeps failing, the error is raised and the next call starts over.
+        ``at``: move to the state this manifest snapshot names instead (no retry: the caller owns the snapshot).
         """
+        if at is not None:
+            if dict(at) == self.manifest:
+                return False
+            try:
+                self._load(dict(at), verify=True)
+            except ArtefactError:
+                self.manifest = {}
+                raise
+            return True
         for attempt in range(OPEN_RETRIES + 1):
             manifest = read_manifest(self.folder, KIND)
             if manifest == self.manifest:
@@ -324,14 +282,11 @@ class ItemIndex:
         """Items by key, in the given order; unknown keys raise MCMFHError."""
         keys = [int(k) for k in keys]
         rows: dict[int, Item] = {}
-        for start in range(0, len(keys), 500):  # stay under SQLite's bound-parameter limit
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            sql = (
-                f"SELECT key, item_id, caption, image, labels, source FROM items WHERE key IN ({marks}) AND {_VISIBLE}"
-            )
-            for key, item_id, caption, image, labels, source in self._db.execute(sql, (*chunk, *self._gen2())):
-                rows[key] = Item(key, item_id, caption, image, tuple(json.loads(labels)), source)
+        for start in range(0, len(keys), SQL_CHUNK):
+            chunk = keys[start : start + SQL_CHUNK]
+            sql = f"SELECT {NAMES} FROM items WHERE key IN ({','.join('?' * len(chunk))}) AND {_VISIBLE}"
+            for row in self._db.execute(sql, (*chunk, *self._gen2())):
+                rows[int(row[0])] = item_from_row(row)
         absent = [k for k in keys if k not in rows]
         if absent:
             raise MCMFHError(f"index {self.folder.name}: no items with keys {absent[:5]}")
@@ -341,8 +296,8 @@ class ItemIndex:
         """Keys of the given item ids that are in the index."""
         out: dict[str, int] = {}
         ids = [str(x) for x in item_ids]
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
+        for start in range(0, len(ids), SQL_CHUNK):
+            chunk = ids[start : start + SQL_CHUNK]
             sql = f"SELECT item_id, key FROM items WHERE item_id IN ({','.join('?' * len(chunk))}) AND {_VISIBLE}"
             out.update(self._db.execute(sql, (*chunk, *self._gen2())).fetchall())
         return out
@@ -362,9 +317,9 @@ class ItemIndex:
         ]
 
     def __iter__(self) -> Iterator[Item]:
-        sql = f"SELECT key, item_id, caption, image, labels, source FROM items WHERE {_VISIBLE} ORDER BY key"
-        for key, item_id, caption, image, labels, source in self._db.execute(sql, self._gen2()):
-            yield Item(key, item_id, caption, image, tuple(json.loads(labels)), source)
+        sql = f"SELECT {NAMES} FROM items WHERE {_VISIBLE} ORDER BY key"
+        for row in self._db.execute(sql, self._gen2()):
+            yield item_from_row(row)
 
     # ------------------------------------------------------------------------------------------ writing
     def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]]) -> np.ndarray:
@@ -395,7 +350,7 @@ class ItemIndex:
                     segments[-n_merge:] = [self._write_segment(merged.codes, merged.ids, gen, tag + "m")]
                 fields.update(segments=segments, next_key=start + len(rows))
                 self._db.executemany(
-                    "INSERT INTO items (key, item_id, caption, image, labels, source, gen) VALUES (?,?,?,?,?,?,?)",
+                    f"INSERT INTO items ({NAMES}, gen) VALUES (?,?,?,?,?,?,?)",
                     [(int(k), *r, gen) for k, r in zip(keys, rows, strict=True)],
                 )
         return keys
@@ -428,6 +383,23 @@ class ItemIndex:
                 self.index.add_segment(codes, keys)
                 fields.update(segments=[self._write_segment(codes, keys, gen, tag)], removed=None)
                 self._removed = np.zeros(0, np.int64)
+        return True
+
+    def roll_back_to(self, snapshot: Mapping[str, Any]) -> bool:
+        """Make ``snapshot`` (this generation or the previous one) the committed state again, under the lock.
+
+        An archive commits its two sub-indexes one after the other and then its own record; a writer killed in
+        between left one sub-index a generation ahead of the record. Its rows, marks and files are undone exactly
+        as after a crash (``_recover``). Returns whether anything was rolled back."""
+        self._require_writable()
+        snapshot = dict(snapshot)
+        with writer_lock(self.folder, self.lock_timeout, what=f"index {self.folder}"):
+            if read_manifest(self.folder, KIND) == snapshot:
+                return False
+            atomic_write_json(self.folder / MANIFEST_NAME, snapshot)
+            self.manifest = {}
+            self._load(snapshot, verify=True)
+            self._recover()
         return True
 
     def _write_segment(self, codes: np.ndarray, keys: np.ndarray, gen: int, tag: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException
 
 from mcmfh import __version__
 from mcmfh.errors import MCMFHError
-from mcmfh.index.storage import Hit, Item
+from mcmfh.index.items import Hit, Item
 from mcmfh.locking import LockTimeout
 from mcmfh.service.engine import SearchEngine, WritableEngine
 from mcmfh.service.imaging import SNIFF_BYTES, ImageRejected, decode_image, read_image_file, sniff, to_png

@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 from PIL import Image
 
 from mcmfh.data.records import Record
-from mcmfh.index.storage import Hit, Item
+from mcmfh.index.items import Hit, Item
 
 
 @dataclass(frozen=True)

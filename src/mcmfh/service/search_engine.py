@@ -20,7 +20,7 @@ from PIL import Image
 
 from mcmfh.archive import Archive
 from mcmfh.data.records import Record
-from mcmfh.index.storage import Hit, Item
+from mcmfh.index.items import Hit, Item
 from mcmfh.service.engine import EngineInfo
 
 log = logging.getLogger(__name__)
