@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 
 from mcmfh.evaluate import evaluate_method, summary
+from mcmfh.factory import create_method
 from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_write_json, atomic_write_text
 from mcmfh.manifest import fingerprint
-from mcmfh.method import create_method
 from mcmfh.report import mean_std, row_flags
 from mcmfh.runs import fit_method
 

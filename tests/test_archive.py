@@ -51,21 +51,49 @@ def test_text_search_equals_bruteforce_over_image_codes(chain):
     fs = chain["fs"]
     query = "bright solid nodule in the right lung"
     with Archive.open(chain["idx"]) as archive:
-        hits = archive.search_text(query, k=10)
+        hits = archive.search_text(query, k=10, rerank="none")
         db = fs.splits("train", "dev")
         q = pack_codes(archive.method.encode_texts(archive.encoder.encode_texts([query])))
         dist = hamming_matrix(q, pack_codes(archive.method.encode_images(db.image)))[0]
     order = np.argsort(dist, kind="stable")[:10]  # ties: insertion (database) order
     assert [h.item.item_id for h in hits] == [db.ids[i] for i in order]
     assert [h.distance for h in hits] == dist[order].tolist()
+    assert all(h.score is None for h in hits)
+
+
+def test_two_stage_is_the_default_and_equals_rescoring_the_stored_payload(chain):
+    """Stage 1 = whole Hamming tie groups, stage 2 = int8 relaxed outputs stored at build (mcmfh.index.rerank)."""
+    from mcmfh.index.payload import make_codec
+    from mcmfh.index.rerank import two_stage_arrays
+
+    fs = chain["fs"]
+    query = "bright solid nodule in the right lung"
+    with Archive.open(chain["idx"]) as archive:
+        assert archive.manifest["payload"] == {"codec": "int8", "dim": 16} and archive.default_rerank() == "int8"
+        hits = archive.search_text(query, k=10)
+        db = fs.splits("train", "dev")
+        emb = archive.encoder.encode_texts([query])
+        codec = make_codec("int8", 16)
+        expected = two_stage_arrays(
+            pack_codes(archive.method.encode_images(db.image)), codec.encode(archive.method.relaxed_images(db.image)),
+            pack_codes(archive.method.encode_texts(emb)), archive.method.relaxed_texts(emb), codec, 10,
+        )  # fmt: skip
+        with pytest.raises(MCMFHError, match="stores int8 payloads"):
+            archive.search_text(query, k=10, rerank="float16")
+    assert [h.item.item_id for h in hits] == [db.ids[i] for i in expected.ids[0]]
+    assert [h.distance for h in hits] == expected.distances[0].tolist()
+    assert np.allclose([h.score for h in hits], expected.similarities[0], atol=1e-6)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
 def test_image_search_returns_ranked_reports(chain):
     image = next(r.image for r in chain["ds"].records if r.split == "test")
     with Archive.open(chain["idx"]) as archive:
-        hits = archive.search_image(image, k=5)
+        hits = archive.search_image(image, k=5, rerank="none")
         assert len(hits) == 5
         assert [h.distance for h in hits] == sorted(h.distance for h in hits)
+        rescored = archive.search_image(image, k=5)  # two-stage: ordered by re-scored similarity
+        assert [h.score for h in rescored] == sorted((h.score for h in rescored), reverse=True)
         with pytest.raises(MCMFHError, match="empty text query"):
             archive.search_text("   ", 5)
 
@@ -112,6 +140,12 @@ def test_cli_search_and_info(chain, capsys):
     assert main(["search", str(chain["idx"]), "--text", "cyst in the liver", "--k", "3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["results"]) == 3 and out["results"][0]["rank"] == 1
+    assert all(isinstance(r["score"], float) for r in out["results"])  # two-stage by default
+    assert main(["search", str(chain["idx"]), "--text", "cyst in the liver", "--k", "3", "--rerank", "none"]) == 0
+    table = capsys.readouterr().out
+    assert "d=" in table and "s=" not in table
+    assert main(["search", str(chain["idx"]), "--text", "cyst", "--rerank", "float16"]) == 2
+    assert "stores int8 payloads" in capsys.readouterr().err
     assert main(["search", str(chain["idx"])]) == 2
     assert "exactly one of" in capsys.readouterr().err
     assert main(["index", "info", str(chain["idx"])]) == 0
@@ -133,6 +167,11 @@ def test_service_over_archive(chain):
         assert r.status_code == 200, r.text
         results = r.json()["results"]
         assert len(results) == 5
+        scores = [h["score"] for h in results]  # two-stage by default: ordered by the re-scored similarity
+        assert all(isinstance(x, float) for x in scores) and scores == sorted(scores, reverse=True)
+        with Archive.open(chain["idx"]) as archive:
+            direct = archive.search_text("fracture of the chest wall", 5)
+        assert [(h["id"], h["distance"]) for h in results] == [(h.item.item_id, h.distance) for h in direct]
         first = results[0]
         assert client.get(f"/items/{first['id']}").json()["text"] == first["text"]
         img = client.get(first["image_url"])

@@ -15,7 +15,7 @@ from mcmfh.baselines.djsrh import DJSRHOptions, djsrh_loss
 from mcmfh.baselines.dsph import proxy_loss
 from mcmfh.baselines.jdsh import JDSHOptions, jdsh_loss, jdsh_similarity
 from mcmfh.baselines.ucch import memory_contrast_loss, ranking_loss
-from mcmfh.method import create_method
+from mcmfh.factory import create_method
 
 G = torch.Generator().manual_seed(0)
 N, B, DI, DT, C = 6, 8, 5, 4, 3

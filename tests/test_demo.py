@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mcmfh.cli import main
-from mcmfh.method import available_methods
+from mcmfh.factory import available_methods
 
 
 @pytest.mark.slow

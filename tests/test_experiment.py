@@ -136,7 +136,7 @@ def test_relative_paths_resolve_against_config_folder(tmp_path):
 def test_shipped_configs_parse_when_their_methods_are_registered():
     from pathlib import Path
 
-    from mcmfh.method import available_methods
+    from mcmfh.factory import available_methods
 
     for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("medpix2*.yaml")):
         try:

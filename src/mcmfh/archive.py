@@ -51,6 +51,8 @@ from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.features import FeatureSet
 from mcmfh.index.codes import pack_codes
 from mcmfh.index.items import Hit, Item, record_item
+from mcmfh.index.payload import PayloadCodec, make_codec
+from mcmfh.index.rerank import candidates, rescore
 from mcmfh.index.server_store import ServerStore
 from mcmfh.index.storage import ItemIndex
 from mcmfh.index.stores import (
@@ -73,6 +75,7 @@ OPEN_RETRIES = 5  # an open or refresh that races two commits re-reads the recor
 MODALITIES = ("images", "texts")
 # Manifest fields every sub-index must share with the archive: an index made by another model is refused.
 IDENTITY_KEYS = ("run_id", "method", "bits", "encoder", "encoder_version")
+PAYLOAD_CODEC = "int8"  # two-stage payload: the model's relaxed outputs, bits bytes per item (issue 17's choice)
 BATCH_ENV = "MCMFH_BATCH_QUERIES"  # "0": encode queries one at a time under the archive lock (the old behaviour)
 
 
@@ -193,6 +196,7 @@ class Archive:
                     splits=list(splits),
                     image_root=(dataset.source or {}).get("root"),
                     store=where,
+                    payload=_payload_entry(method, where, part.text[:1]),
                 )
                 atomic_write_json(tmp / "manifest.json", manifest)
                 archive = cls(tmp, manifest, writable=True)
@@ -335,39 +339,83 @@ class Archive:
         return self._encoder
 
     # ---------------------------------------------------------------------------------------------- search
-    def search_text(self, query: str, k: int = 10, target: str = "images") -> list[Hit]:
-        """Items nearest to a text query, by their ``target`` codes (images: cross-modal; texts: same modality)."""
+    @property
+    def payload_codec(self) -> PayloadCodec | None:
+        """The per-item payload two-stage search re-scores with (archives built with a relaxed-output model)."""
+        entry = self.manifest.get("payload")
+        return make_codec(entry["codec"], int(entry["dim"])) if entry else None
+
+    def default_rerank(self) -> str:
+        """``int8`` (or the archive's payload) when it has one, else ``none``: two-stage search is the default."""
+        codec = self.payload_codec
+        return codec.name if codec else "none"
+
+    def search_text(self, query: str, k: int = 10, target: str = "images", rerank: str | None = None) -> list[Hit]:
+        """Items nearest to a text query, by their ``target`` codes (images: cross-modal; texts: same modality).
+
+        ``rerank``: ``none`` (Hamming order only) or the archive's payload (two-stage: candidates re-scored, hits
+        carry ``score``); default: two-stage when the archive has a payload."""
         if not query.strip():
             raise MCMFHError("empty text query")
-        code = self._encode_query("texts", query)
-        with self._lock:
-            return self.indexes[_target(target)].search(pack_codes(code), k)[0]
+        return self._search("texts", query, k, target, rerank)
 
-    def search_image(self, image: ImageInput, k: int = 10, target: str = "texts") -> list[Hit]:
-        """Items nearest to an image query (a path or a PIL image), by their ``target`` codes."""
-        code = self._encode_query("images", image)
-        with self._lock:
-            return self.indexes[_target(target)].search(pack_codes(code), k)[0]
+    def search_image(
+        self, image: ImageInput, k: int = 10, target: str = "texts", rerank: str | None = None
+    ) -> list[Hit]:
+        """Items nearest to an image query (a path or a PIL image), by their ``target`` codes (see search_text)."""
+        return self._search("images", image, k, target, rerank)
 
-    def _encode_query(self, modality: str, query: Any) -> np.ndarray:
-        """One query's hash-layer output (1, bits). Concurrent queries of a modality share one encoder call
-        (mcmfh.batching), outside the index lock; MCMFH_BATCH_QUERIES=0 encodes one at a time under it."""
+    def _search(self, modality: str, query: Any, k: int, target: str, rerank: str | None) -> list[Hit]:
+        mode = self._rerank_mode(rerank)
+        code, relaxed = self._encode_query(modality, query)
+        with self._lock:
+            index = self.indexes[_target(target)]
+            if mode == "none":
+                return index.search(pack_codes(code[None, :]), k)[0]
+            assert isinstance(index, ItemIndex) and relaxed is not None and self.payload_codec is not None
+            return _two_stage(index, code, relaxed, self.payload_codec, k)
+
+    def _rerank_mode(self, rerank: str | None) -> str:
+        mode = self.default_rerank() if rerank is None else rerank
+        if mode == "none":
+            return mode
+        codec = self.payload_codec
+        if codec is None:
+            raise MCMFHError(
+                f"--rerank {mode}: this archive has no payload to re-score with (built by a model without relaxed "
+                "outputs, on a server store, or before payloads existed); use --rerank none"
+            )
+        if mode != codec.name:
+            raise MCMFHError(f"--rerank {mode}: this archive stores {codec.name} payloads; use {codec.name} or none")
+        return mode
+
+    def _encode_query(self, modality: str, query: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """One query's code (bits,) and relaxed output (bits,) (None without a payload). Concurrent queries of a
+        modality share one encoder call (mcmfh.batching), outside the index lock; MCMFH_BATCH_QUERIES=0 encodes
+        one at a time under it."""
         with self._lock:
             encoder = self.encoder  # loaded once, under the lock
             if os.environ.get(BATCH_ENV, "1") == "0":
-                return self._encode_batch(encoder, modality, [query])
+                return self._encode_batch(encoder, modality, [query])[0]
             if modality not in self._batchers:
                 fn = partial(self._encode_batch, encoder, modality)
                 self._batchers[modality] = MicroBatcher(fn, name=f"encode-{modality}")
             batcher = self._batchers[modality]
-        return batcher.submit(query)[None, :]
+        return batcher.submit(query)
 
-    def _encode_batch(self, encoder: Encoder, modality: str, queries: list[Any]) -> np.ndarray:
+    def _encode_batch(self, encoder: Encoder, modality: str, queries: list[Any]) -> list[tuple[Any, Any]]:
         if modality == "texts":
-            return self.method.encode_texts(encoder.encode_texts(queries))
-        # One image per encoder task, spread over its worker threads: the image network costs the same per image at
-        # any batch size here (measured 16-20 ms CPU per image for batches of 1..16), so only cores add throughput.
-        return self.method.encode_images(encoder.encode_images(queries, batch_size=1))
+            emb = encoder.encode_texts(queries)
+            codes = self.method.encode_texts(emb)
+            relaxed = self.method.relaxed_texts(emb) if self.payload_codec else None
+        else:
+            # One image per encoder task, spread over its worker threads: the image network costs the same per
+            # image at any batch size here (measured 16-20 ms CPU per image for batches of 1..16), so only cores
+            # add throughput.
+            emb = encoder.encode_images(queries, batch_size=1)
+            codes = self.method.encode_images(emb)
+            relaxed = self.method.relaxed_images(emb) if self.payload_codec else None
+        return [(codes[i], None if relaxed is None else relaxed[i]) for i in range(len(queries))]
 
     def get(self, item_id: str) -> Item | None:
         with self._lock:
@@ -413,10 +461,17 @@ class Archive:
             if not len(rows):
                 added[m] = 0
                 continue
-            codes = method.encode_images(batch.image[rows]) if m == "images" else method.encode_texts(batch.text[rows])
+            x = batch.image[rows] if m == "images" else batch.text[rows]
+            codes = method.encode_images(x) if m == "images" else method.encode_texts(x)
             items = [record_item(batch.records[i], batch.source) for i in rows]
+            codec = self.payload_codec
             with self._lock:
-                index.add(pack_codes(codes), items)
+                if codec is None:
+                    index.add(pack_codes(codes), items)
+                else:
+                    relaxed = method.relaxed_images(x) if m == "images" else method.relaxed_texts(x)
+                    assert isinstance(index, ItemIndex)
+                    index.add(pack_codes(codes), items, payload=codec.encode(relaxed))
             added[m] = len(rows)
         return added
 
@@ -447,6 +502,31 @@ def drop_server_stores(folder: Path) -> None:
         return
     for m in MODALITIES:
         drop_store(open_store(folder / m, m, int(old["bits"]), store, {}, writable=True))
+
+
+def _payload_entry(method: HashMethod, store: dict[str, Any], probe: np.ndarray) -> dict[str, Any] | None:
+    """The manifest's ``payload`` entry: int8 relaxed outputs (one byte per output, i.e. bits bytes for most
+    methods) for two-stage search, where the model has relaxed outputs and the store is local (server stores keep
+    codes only). ``probe``: one text embedding, to read the width of the relaxed output."""
+    if store.get("backend", "local") != "local" or not method.has_relaxed:
+        return None
+    return {"codec": PAYLOAD_CODEC, "dim": int(method.relaxed_texts(probe).shape[1])}
+
+
+def _two_stage(index: ItemIndex, code: np.ndarray, relaxed: np.ndarray, codec: PayloadCodec, k: int) -> list[Hit]:
+    """Stage 1 from the Hamming index (whole tie groups, mcmfh.index.rerank), stage 2 from the stored payloads."""
+    cands = candidates(index.index, pack_codes(code[None, :]), k)
+    ids = cands.ids[0, : int(cands.count[0])]
+    if not len(ids):
+        return []
+    rows = index.payloads(ids, codec.bytes_per_item)
+    position = {int(key): i for i, key in enumerate(ids)}
+    rows_of = np.vectorize(lambda key: position.get(int(key), 0))  # padding slots (-1 -> 0) are masked by rescore
+    result = rescore(cands, rows, relaxed[None, :], codec, k, rows_of=rows_of)
+    keep = result.ids[0] >= 0
+    keys, dist, sims = result.ids[0][keep], result.distances[0][keep], result.similarities[0][keep]
+    items = {it.key: it for it in index.get(np.unique(keys))}
+    return [Hit(items[int(c)], int(d), float(s)) for c, d, s in zip(keys, dist, sims, strict=True)]
 
 
 def _quietly(fn: Any, *args: Any) -> None:

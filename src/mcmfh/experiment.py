@@ -26,10 +26,10 @@ import yaml
 
 from mcmfh.errors import MCMFHError
 from mcmfh.evaluate import evaluate_method, summary
+from mcmfh.factory import available_methods, create_method
 from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.manifest import MANIFEST_NAME, fingerprint, new_manifest
-from mcmfh.method import available_methods, create_method
 from mcmfh.metrics import RankingOptions
 from mcmfh.runs import feature_identity, fit_method, save_run
 from mcmfh.two_stage import RerankOptions, needed_code_bits

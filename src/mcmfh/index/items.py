@@ -31,8 +31,12 @@ class Item:
 
 @dataclass(frozen=True)
 class Hit:
+    """One result: the item, its Hamming distance to the query code, and, after two-stage search, the re-scored
+    similarity the results are ordered by (``None`` for one-stage search)."""
+
     item: Item
     distance: int
+    score: float | None = None
 
 
 @dataclass(frozen=True)

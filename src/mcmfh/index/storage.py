@@ -6,7 +6,7 @@ Folder layout::
     codes-<gen>-<tag>.npy      packed uint8 (n, bits // 8): one segment, in insertion order
     keys-<gen>-<tag>.npy       int64 (n,) the segment's item keys, same order
     removed-<gen>-<tag>.npy    int64 keys removed since the last compaction (absent when there are none)
-    items.sqlite               items(key, item_id, caption, image, labels, source, gen, removed_gen)
+    items.sqlite               items(key, item_id, caption, image, labels, source, gen, removed_gen, payload)
     .writer.lock               the writer lock (``mcmfh.locking``)
 
 Adding k items writes one new segment of k rows (O(k), not a rewrite of everything); small trailing segments are
@@ -57,7 +57,7 @@ _OURS = re.compile(r"^(codes|keys|removed)-\d+(-[0-9a-f]+)?\.npy$|^\.(codes|keys
 
 # The record (mcmfh.index.items) plus the generation that added a row and the one that removed it.
 _SCHEMA = "\n".join([
-    sqlite_table("items", extra=("gen INTEGER NOT NULL", "removed_gen INTEGER")),
+    sqlite_table("items", extra=("gen INTEGER NOT NULL", "removed_gen INTEGER", "payload BLOB")),
     "CREATE INDEX IF NOT EXISTS items_item_id ON items (item_id);",
     "CREATE INDEX IF NOT EXISTS items_removed ON items (removed_gen) WHERE removed_gen IS NOT NULL;",
 ])
@@ -292,6 +292,27 @@ class ItemIndex:
             raise MCMFHError(f"index {self.folder.name}: no items with keys {absent[:5]}")
         return [rows[k] for k in keys]
 
+    def payloads(self, keys: Sequence[int] | np.ndarray, width: int) -> np.ndarray:
+        """The stored payload rows of ``keys`` as (len(keys), width) uint8, in the given order; a key without a
+        payload of that width (added without one, or unknown) raises MCMFHError."""
+        keys = [int(k) for k in keys]
+        found: dict[int, bytes] = {}
+        if not self._has_payload_column():
+            raise MCMFHError(f"index {self.folder.name}: made before payloads existed (rebuild it for two-stage)")
+        for start in range(0, len(keys), SQL_CHUNK):
+            chunk = keys[start : start + SQL_CHUNK]
+            sql = f"SELECT key, payload FROM items WHERE key IN ({','.join('?' * len(chunk))}) AND {_VISIBLE}"
+            found.update(self._db.execute(sql, (*chunk, *self._gen2())).fetchall())
+        bad = [k for k in keys if not isinstance(found.get(k), bytes) or len(found[k]) != width]
+        if bad:
+            raise MCMFHError(f"index {self.folder.name}: no {width}-byte payload for keys {bad[:5]}")
+        out = np.frombuffer(b"".join(found[k] for k in keys), dtype=np.uint8)
+        return out.reshape(len(keys), width)
+
+    def _has_payload_column(self) -> bool:
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(items)")}
+        return "payload" in cols
+
     def keys_of(self, item_ids: Sequence[str]) -> dict[str, int]:
         """Keys of the given item ids that are in the index."""
         out: dict[str, int] = {}
@@ -322,15 +343,24 @@ class ItemIndex:
             yield item_from_row(row)
 
     # ------------------------------------------------------------------------------------------ writing
-    def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    def add(
+        self, codes: np.ndarray, items: Sequence[Mapping[str, Any]], payload: np.ndarray | None = None
+    ) -> np.ndarray:
         """Add items (mappings with id, caption, image, labels, source) with their packed codes; returns keys.
 
-        Item ids must be new to the index. The change is committed atomically before this returns; it costs
-        O(len(items)) plus an occasional merge of small segments."""
+        ``payload``: optional (n, B) uint8 rows stored with the items, for two-stage search (``payloads``). Item ids
+        must be new to the index. The change is committed atomically before this returns; it costs O(len(items))
+        plus an occasional merge of small segments."""
         rows = [item_row(i, it) for i, it in enumerate(items)]
         codes = np.asarray(codes)
         if codes.ndim != 2 or len(codes) != len(rows):
             raise MCMFHError(f"index add: {len(rows)} items but codes of shape {codes.shape}")
+        blobs: list[bytes | None] = [None] * len(rows)
+        if payload is not None:
+            payload = np.ascontiguousarray(payload, dtype=np.uint8)
+            if payload.ndim != 2 or len(payload) != len(rows):
+                raise MCMFHError(f"index add: {len(rows)} items but payload of shape {payload.shape}")
+            blobs = [row.tobytes() for row in payload]
         item_ids = [r[0] for r in rows]
         if len(set(item_ids)) != len(item_ids):
             raise MCMFHError("index add: item ids repeat within the batch")
@@ -350,8 +380,8 @@ class ItemIndex:
                     segments[-n_merge:] = [self._write_segment(merged.codes, merged.ids, gen, tag + "m")]
                 fields.update(segments=segments, next_key=start + len(rows))
                 self._db.executemany(
-                    f"INSERT INTO items ({NAMES}, gen) VALUES (?,?,?,?,?,?,?)",
-                    [(int(k), *r, gen) for k, r in zip(keys, rows, strict=True)],
+                    f"INSERT INTO items ({NAMES}, gen, payload) VALUES (?,?,?,?,?,?,?,?)",
+                    [(int(k), *r, gen, b) for k, r, b in zip(keys, rows, blobs, strict=True)],
                 )
         return keys
 
@@ -451,8 +481,10 @@ class ItemIndex:
         """Undo what an interrupted change left: rows of later generations, removal marks, stray files."""
         gen, next_key = self.generation, int(self.manifest.get("next_key", 0))
         try:
-            if not self._schema_checked:  # folders made before the removal index existed get it on first write
+            if not self._schema_checked:  # folders made before the removal index / payloads get them on first write
                 self._db.executescript(_SCHEMA)
+                if not self._has_payload_column():
+                    self._db.execute("ALTER TABLE items ADD COLUMN payload BLOB")
                 self._schema_checked = True
             # An interrupted add left rows with keys from next_key on; a remove, marks above this generation.
             sql = ("SELECT EXISTS(SELECT 1 FROM items WHERE key >= ?) "

@@ -1,9 +1,9 @@
 """Every MCMFH choice in one typed, flat dataclass (see ../shared/reference/mcmfh.md: the paper leaves them open).
 
-Options given to ``create_method("mcmfh", bits, seed, **options)`` override these fields by name; an unknown name or
-a wrong type is refused with the field named. The defaults are the recipe chosen on the MedPix 2.0 *dev* split,
-revised on the robustness suite (docs/model.md, "Recipe revision"): batches of 128, no pair-distillation term, and a
-longer stage-2 floor for small training sets.
+Options given to ``mcmfh.factory.create_method("mcmfh", bits, seed, **options)`` override these fields by name; an
+unknown name or a wrong type is refused with the field named. The defaults are the recipe chosen on the MedPix 2.0
+*dev* split, revised on the robustness suite (docs/model.md, "Recipe revision"): batches of 128, no
+pair-distillation term, and a longer stage-2 floor for small training sets.
 """
 
 from __future__ import annotations

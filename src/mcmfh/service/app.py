@@ -81,7 +81,7 @@ def _item_out(item: Item) -> ItemOut:
 
 def _hit_out(hit: Hit) -> HitOut:
     it = hit.item
-    return HitOut(id=it.item_id, distance=hit.distance, text=it.caption, labels=list(it.labels),
+    return HitOut(id=it.item_id, distance=hit.distance, score=hit.score, text=it.caption, labels=list(it.labels),
                   image_url=_image_url(it))  # fmt: skip
 
 

@@ -58,6 +58,10 @@ class TextQuery(BaseModel):
 class HitOut(BaseModel):
     id: str
     distance: int = Field(description="Hamming distance between the query code and the item code.")
+    score: float | None = Field(
+        None, description="Two-stage search: the re-scored similarity (cosine of the stored payload and the query's "
+        "own relaxed output) the results are ordered by; null for one-stage (Hamming order)."
+    )
     text: str
     labels: list[str]
     image_url: str | None

@@ -62,7 +62,8 @@ function card(hit, rank) {
   button.type = "button";
   button.className = "card";
   button.dataset.id = hit.id;
-  button.setAttribute("aria-label", `Result ${rank}: ${hit.id}, Hamming distance ${hit.distance}. Open item.`);
+  const scored = hit.score === null || hit.score === undefined ? "" : ` · similarity ${hit.score.toFixed(3)}`;
+  button.setAttribute("aria-label", `Result ${rank}: ${hit.id}, Hamming distance ${hit.distance}${scored}. Open item.`);
   if (hit.image_url) {
     const img = document.createElement("img");
     img.alt = `Image of ${hit.id}`;
@@ -76,7 +77,8 @@ function card(hit, rank) {
   }
   const distance = document.createElement("span");
   distance.className = "distance";
-  distance.textContent = `#${rank} · distance ${hit.distance} · ${hit.id}`;
+  // Results arrive in the order to show: by re-scored similarity (two-stage), else by Hamming distance.
+  distance.textContent = `#${rank}${scored} · distance ${hit.distance} · ${hit.id}`;
   const caption = document.createElement("span");
   caption.className = "caption";
   caption.textContent = hit.text;
