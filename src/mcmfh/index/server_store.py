@@ -17,7 +17,7 @@ import os
 import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -55,6 +55,21 @@ def redact_dsn(dsn: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- metadata
+class MetadataStore(Protocol):
+    """Item metadata beside codes kept elsewhere: ``SqliteMeta`` (a file in the archive) and ``PostgresMeta``."""
+
+    def reserve_keys(self, n: int) -> np.ndarray: ...
+    def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]], keys: np.ndarray) -> None: ...
+    def remove(self, item_ids: Sequence[str]) -> np.ndarray: ...
+    def keys_of(self, item_ids: Sequence[str]) -> dict[str, int]: ...
+    def lookup(self, keys: Sequence[int] | np.ndarray) -> dict[int, Item]: ...
+    def all_keys(self) -> np.ndarray: ...
+    def max_key(self) -> int: ...
+    def __len__(self) -> int: ...
+    def drop(self) -> None: ...
+    def close(self) -> None: ...
+
+
 class SqliteMeta:
     """Item metadata in ``items.sqlite`` beside nothing else: the codes are on the server."""
 
@@ -172,7 +187,7 @@ class PostgresMeta:
 class ServerStore:
     """Codes in Milvus, metadata in SQLite or PostgreSQL; see the module docstring for the add/remove order."""
 
-    def __init__(self, codes: Any, meta: SqliteMeta | PostgresMeta, writable: bool, where: str) -> None:
+    def __init__(self, codes: Any, meta: MetadataStore, writable: bool, where: str) -> None:
         self.codes, self.meta, self.writable, self.where = codes, meta, writable, where
         # Codes without metadata (a change was killed, or one is under way): ask Milvus for that many more.
         self._extra = max(0, len(codes) - len(meta))
@@ -190,7 +205,7 @@ class ServerStore:
         token = os.environ.get(TOKEN_ENV) or token
         if create:
             folder.mkdir(parents=True, exist_ok=True)
-        meta: SqliteMeta | PostgresMeta
+        meta: MetadataStore
         if kind == "postgres":
             meta = PostgresMeta(dsn or os.environ.get(DSN_ENV) or store["dsn"], bits, store["schemas"][modality])
         else:
