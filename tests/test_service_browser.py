@@ -261,3 +261,35 @@ def test_page_over_a_medpix_archive_shows_the_first_screen_by_rescored_similarit
     assert sims == sorted(sims, reverse=True), lines  # the order on screen is the re-scored similarity
     assert len(set(sims)) > 1, lines  # and it separates items a Hamming tie group would leave in insertion order
     assert shot.stat().st_size > 1000
+
+
+def test_pacs_filters_and_viewer_links(tmp_path: Path) -> None:
+    """An archive synced from a PACS: the page offers modality / body-part filters and links each result's study
+    to the PACS viewer (a plain link beside the card, opened in a new tab without an opener)."""
+    engine = FakeEngine(tmp_path / "idx")
+    engine.study = {item_id: {"study_uid": f"1.2.{i}", "series_uid": f"1.2.{i}.1", "sop_uid": f"1.2.{i}.1.1",
+                              "modality": "CT" if i % 2 else "MR", "body_part": "CHEST", "study_date": "20240102"}
+                    for i, item_id in enumerate(engine.ids)}  # fmt: skip
+    viewer = "https://pacs.example/viewer?StudyInstanceUID={study_uid}"
+    app = create_app(engine, Settings(image_root=engine.root, viewer_url=viewer))
+    expect = sync_api.expect
+    with running_server(app) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url + "/")
+            expect(page.locator("#filters")).to_be_visible()
+            expect(page.locator("#modality option")).to_have_text(["any", "CT", "MR"])
+            page.select_option("#modality", "CT")
+            page.fill("#query", TEXTS[3])
+            page.keyboard.press("Enter")
+            cards = page.locator("#results > li")
+            expect(cards).to_have_count(3)  # items 1, 3, 5 are CT
+            expect(cards.locator(".study")).to_have_text(["CT · CHEST · 20240102"] * 3)
+            links = cards.locator("a.viewer")
+            expect(links).to_have_count(3)
+            assert links.first.get_attribute("href").startswith("https://pacs.example/viewer?StudyInstanceUID=1.2.")
+            assert links.first.get_attribute("rel") == "noopener noreferrer"
+        finally:
+            browser.close()

@@ -51,6 +51,15 @@ class SearchEngine(Protocol):
         """The item's image file, resolved and verified to lie inside the index's data; None when it has none."""
         ...
 
+    def study_metadata(self, item_ids: list[str]) -> dict[str, dict[str, str]]:
+        """Study-aware metadata of items synced from a PACS (study_uid, series_uid, sop_uid, modality, body_part,
+        study_date), by item id; items without any are absent (an archive built from files has none)."""
+        ...
+
+    def facets(self) -> dict[str, list[str]]:
+        """The values results can be filtered by (``modality``, ``body_part``); empty lists when there are none."""
+        ...
+
 
 @runtime_checkable
 class WritableEngine(SearchEngine, Protocol):
