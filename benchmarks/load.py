@@ -76,7 +76,7 @@ class SyntheticEngine:
 
     def _rank(self, bits: np.ndarray, k: int):
         from mcmfh.index.codes import hamming_matrix, pack_codes
-        from mcmfh.index.storage import Hit, Item
+        from mcmfh.index.items import Hit, Item
 
         distances = hamming_matrix(pack_codes(bits[None]), self.codes)[0]
         top = np.argpartition(distances, min(k, len(distances) - 1))[:k]

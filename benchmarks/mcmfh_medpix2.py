@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mcmfh.factory import create_method
 from mcmfh.features import FeatureSet
 from mcmfh.index.codes import hamming_matrix, pack_codes
 from mcmfh.io import atomic_write_json
-from mcmfh.method import create_method
 from mcmfh.metrics import map_all, relevance
 
 

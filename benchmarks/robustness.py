@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from mcmfh.evaluate import evaluate_method, summary
+from mcmfh.factory import create_method
 from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_write_json, atomic_write_text
 from mcmfh.manifest import fingerprint
@@ -179,7 +180,7 @@ def _need(data_root: Path | None) -> Path:
 
 def expand_methods(spec: str) -> list[str]:
     """``"default,deep,lsh"`` -> method names in order, groups expanded, duplicates dropped; unknown -> exit."""
-    from mcmfh.method import available_methods
+    from mcmfh.factory import available_methods
 
     names: list[str] = []
     for item in (x.strip() for x in spec.split(",") if x.strip()):
@@ -278,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         for method in methods:
             options = all_options.get(method, {})
             for seed in seeds:
-                key = fingerprint(setting, method, args.bits, seed, options, features.manifest.get("cache_key"))
+                key = fingerprint(setting, method, args.bits, seed, options, features.manifest.get("cache_key"),
+                                  create_method(method, args.bits, seed, **options).recipe())
                 path = args.out / "rows" / f"{setting}-{method}-{seed}-{key[:10]}.json"
                 if path.is_file():
                     rows.append(json.loads(path.read_text(encoding="utf-8")))

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from mcmfh.index.codes import hamming_matrix, pack_codes
-from mcmfh.index.storage import Hit, Item
+from mcmfh.index.items import Hit, Item
 from mcmfh.service.engine import EngineInfo
 
 BITS = 16
@@ -141,6 +141,7 @@ class FakeEngine:
         self.text_codes, self.image_codes = np.stack(text_codes), np.stack(image_codes)
         self.calls = 0
         self._lock = threading.Lock()
+        self.study: dict[str, dict[str, str]] = {}  # PACS metadata by item id (tests fill it)
 
     def add(self, item_id: str, text: str, image_seed: int | None = None) -> None:
         """One more item (for id tests): its image, if any, under a file name of its own, never the id."""
@@ -176,6 +177,12 @@ class FakeEngine:
 
     def image_path(self, item_id: str) -> Path | None:
         return self.paths.get(item_id)
+
+    def study_metadata(self, item_ids: list[str]) -> dict[str, dict[str, str]]:
+        return {i: self.study[i] for i in item_ids if i in self.study}
+
+    def facets(self) -> dict[str, list[str]]:
+        return {f: sorted({m[f] for m in self.study.values() if m.get(f)}) for f in ("modality", "body_part")}
 
 
 def free_port() -> int:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mcmfh.archive_store import DSN_ENV, StoreConfig, redact_dsn, split_uri, store_manifest
 from mcmfh.errors import MCMFHError
+from mcmfh.index.server_store import DSN_ENV, redact_dsn, split_uri
+from mcmfh.index.stores import StoreConfig, store_manifest
 
 
 def test_split_uri_moves_credentials_out_of_the_uri() -> None:

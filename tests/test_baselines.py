@@ -9,7 +9,8 @@ import torch
 from conftest import make_features
 from mcmfh.errors import MCMFHError
 from mcmfh.evaluate import evaluate_method
-from mcmfh.method import HashMethod, create_method
+from mcmfh.factory import create_method, load_method
+from mcmfh.method import HashMethod
 
 # Small UCMFH so the whole file runs in seconds; the architecture is the real one, only narrower.
 UCMFH_SMALL = {"epochs": 4, "batch_size": 64, "half_dim": 32, "ffn_dim": 64, "head_hidden": 64}
@@ -71,7 +72,7 @@ def test_codes_do_not_depend_on_batch_mates_or_pairs(feats, fitted, name):
 def test_save_load_roundtrip_gives_identical_codes(tmp_path, feats, fitted, name):
     m = fitted[name]
     m.save(tmp_path / name)
-    back = HashMethod.load(tmp_path / name)
+    back = load_method(tmp_path / name)
     assert np.array_equal(back.encode_images(feats.image), m.encode_images(feats.image))
     assert np.array_equal(back.encode_texts(feats.text), m.encode_texts(feats.text))
 

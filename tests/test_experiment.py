@@ -103,6 +103,24 @@ def test_experiment_rows_keep_a_deep_baselines_dev_choice(tmp_path, feat_dir):
     assert len(choice["dev_map_tie_aware"]) == 2 and "dev_choice" not in rows["cca-itq"]
 
 
+def test_a_changed_default_reruns_the_rows_it_shapes(tmp_path, feat_dir, monkeypatch):
+    """Rows key on the method's resolved recipe, not only on the options the config spells out."""
+    import dataclasses
+
+    from mcmfh.baselines.cca_sign import CCASign
+
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(CONFIG)
+    out = tmp_path / "out"
+    run_experiment(cfg, out, log=lambda _: None)
+    assert CCASign(16).recipe() == dataclasses.asdict(CCASign(16).opts)  # every field, defaults included
+    monkeypatch.setattr(CCASign, "recipe", lambda self: {**dataclasses.asdict(self.opts), "ridge": 0.5})
+    logs: list[str] = []
+    run_experiment(cfg, out, log=logs.append)
+    redone = [line for line in logs if "skipped" not in line]
+    assert len(redone) == 3 and all("cca-sign" in line for line in redone)
+
+
 @pytest.mark.parametrize(
     ("text", "match"),
     [
@@ -131,7 +149,7 @@ def test_relative_paths_resolve_against_config_folder(tmp_path):
 def test_shipped_configs_parse_when_their_methods_are_registered():
     from pathlib import Path
 
-    from mcmfh.method import available_methods
+    from mcmfh.factory import available_methods
 
     for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("medpix2*.yaml")):
         try:

@@ -11,8 +11,9 @@ import pytest
 from conftest import make_features
 from mcmfh.code_health import code_health, is_collapsed, method_code_health
 from mcmfh.evaluate import evaluate_method
+from mcmfh.factory import create_method
 from mcmfh.features import FeatureSet
-from mcmfh.method import HashMethod, create_method
+from mcmfh.method import HashMethod
 
 HEADLINE = ("map", "map_all_tie_aware", "map_50_tie_aware", "precision_radius", "chance_map")
 

@@ -1,7 +1,8 @@
 """The package's import graph, read from the source with ``ast`` (nothing is imported): no cycles, no private names
 imported across modules, no machine paths. A new cycle or private import fails here with the edges named.
 
-Imports inside functions count: a lazy import that closes a cycle still ties the two modules together. A private
+Imports inside functions count: a lazy import that closes a cycle still ties the two modules together, and so does
+``importlib.import_module("mcmfh...")`` with a literal name (a registry that loads its plug-ins). A private
 *module* of a package (``mcmfh.index._kernels``) may be imported by modules of that package; a private *name* from
 another module may not.
 """
@@ -47,6 +48,8 @@ def read_graph(root: Path, package: str) -> tuple[dict[str, set[str]], list[tupl
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
             if isinstance(node, ast.Import):
                 targets = [(a.name, None) for a in node.names]
+            elif _dynamic_import(node):  # importlib.import_module("mcmfh.x"): an import by another spelling
+                targets = [(node.args[0].value, None)]  # type: ignore[attr-defined]
             elif isinstance(node, ast.ImportFrom):
                 src = resolve(mod, is_pkg, node.level, node.module)
                 targets = []
@@ -68,6 +71,15 @@ def read_graph(root: Path, package: str) -> tuple[dict[str, set[str]], list[tupl
                     private.append((mod, target, name))
             private.extend((mod, t, "module") for t, _ in targets if _private_module_outside(mod, t, files))
     return graph, private
+
+
+def _dynamic_import(node: ast.AST) -> bool:
+    """``importlib.import_module("<literal>")`` or ``import_module("<literal>")``."""
+    if not isinstance(node, ast.Call) or not node.args or not isinstance(node.args[0], ast.Constant):
+        return False
+    fn = node.func
+    name = fn.attr if isinstance(fn, ast.Attribute) else fn.id if isinstance(fn, ast.Name) else ""
+    return name == "import_module" and isinstance(node.args[0].value, str)
 
 
 def _private_module_outside(importer: str, target: str, files: dict[str, Path]) -> bool:

@@ -6,7 +6,7 @@ import numpy as np
 
 from conftest import make_features
 from mcmfh.evaluate import evaluate_method
-from mcmfh.method import HashMethod, create_method
+from mcmfh.factory import create_method, load_method
 
 TINY = dict(width=32, dv_hidden=32, ffn_hidden=32, hash_hidden=32, epochs_stage1=2, epochs_stage2=2, batch_size=48,
             num_threads=1)  # fmt: skip
@@ -33,7 +33,7 @@ def test_continuous_mcmfh_is_the_fused_space_of_the_same_model(tmp_path) -> None
     assert m["continuous"] and m["bytes_per_item"] == 4 * 32  # float32 x width, not x bits
     assert m["i2t_map_all"] > m["i2t_chance_map"] and m["t2i_map_all"] > m["t2i_chance_map"]
     cont.save(tmp_path / "run")
-    again = HashMethod.load(tmp_path / "run")
+    again = load_method(tmp_path / "run")
     assert np.array_equal(again.encode_texts(test.text), txt)
 
 

@@ -9,7 +9,7 @@ import torch
 
 from conftest import make_features
 from mcmfh.errors import ArtefactError, MCMFHError
-from mcmfh.method import HashMethod, available_methods, create_method
+from mcmfh.factory import available_methods, create_method, load_method
 from mcmfh.metrics import hamming_distances, map_all, relevance
 from mcmfh.model.config import MCMFHConfig
 from mcmfh.model.dv_mlp import DropoutVotingMLP
@@ -183,7 +183,7 @@ def test_save_load_roundtrip_gives_identical_codes(tmp_path, data, fitted) -> No
     _, _, test = data
     method, _ = fitted
     method.save(tmp_path / "run")
-    loaded = HashMethod.load(tmp_path / "run")
+    loaded = load_method(tmp_path / "run")
     assert type(loaded) is type(method)
     assert np.array_equal(loaded.encode_images(test.image), method.encode_images(test.image))
     assert np.array_equal(loaded.encode_texts(test.text), method.encode_texts(test.text))

@@ -8,6 +8,7 @@ import pytest
 from conftest import make_features
 from mcmfh.errors import MCMFHError
 from mcmfh.evaluate import evaluate_method
+from mcmfh.factory import create_method
 from mcmfh.index import BucketIndex, FlatIndex
 from mcmfh.index.codes import hamming_matrix, pack_codes
 from mcmfh.index.payload import PAYLOADS, CodeCodec, make_codec
@@ -18,7 +19,6 @@ from mcmfh.index.rerank import (
     two_stage_arrays,
     two_stage_search,
 )
-from mcmfh.method import create_method
 from mcmfh.metrics import cosine_distances, ranking_metrics, relevance
 from mcmfh.two_stage import RerankOptions
 

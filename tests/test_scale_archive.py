@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from mcmfh.archive import Archive, drop_server_stores
-from mcmfh.archive_store import ServerStore, StoreConfig
 from mcmfh.cli import main
 from mcmfh.errors import MCMFHError
 from mcmfh.index.codes import pack_codes
-from mcmfh.index.storage import Item
+from mcmfh.index.items import Item
+from mcmfh.index.server_store import ServerStore
+from mcmfh.index.stores import StoreConfig
 from scale_servers import free_port
 from test_archive import chain  # noqa: F401 (fixture: synthetic data -> tiny encoder -> 16-bit cca-itq run)
 
@@ -129,7 +130,7 @@ def test_add_remove_reopen(chain, built) -> None:  # noqa: F811
 
 
 def test_cli_build_search_and_service_engine(chain, milvus_uri, postgres_dsn, tmp_path, capsys, monkeypatch) -> None:  # noqa: F811
-    from mcmfh.archive_store import DSN_ENV
+    from mcmfh.index.server_store import DSN_ENV
 
     monkeypatch.setenv(DSN_ENV, f"{postgres_dsn} password={SECRET}")  # the DSN from the environment, as documented
     out = tmp_path / "cli"

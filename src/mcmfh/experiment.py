@@ -5,6 +5,12 @@ everything that determines it (feature identity, method options, protocol), so a
 and recomputes only rows whose inputs changed. Features come from ``features:`` (an existing cache) or are encoded
 once through the feature cache (``cache_dir``, default ``DIR/features``) and never recomputed when they match.
 Relative paths in the config resolve against the config file's folder.
+
+``rerank:`` adds the two-stage ranking (``mcmfh.two_stage``) to every row of a hashing method with a relaxed output:
+``{payloads: [int8], k: 100, oversample: 10}`` (the default when the key is absent), or ``none`` to turn it off.
+Rows of other methods (continuous, ``chance``, ``ucmfh``) get none. A row's two-stage settings are part of its
+cache key only for methods it applies to, so a resumed experiment recomputes exactly the rows whose two-stage
+figures are missing or were made with other settings, and keeps every other row.
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ import yaml
 
 from mcmfh.errors import MCMFHError
 from mcmfh.evaluate import evaluate_method, summary
+from mcmfh.factory import available_methods, create_method
 from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.manifest import MANIFEST_NAME, fingerprint, new_manifest
-from mcmfh.method import available_methods, create_method
 from mcmfh.metrics import RankingOptions
 from mcmfh.runs import feature_identity, fit_method, save_run
+from mcmfh.two_stage import RerankOptions, needed_code_bits
 
 ROWS_DIR = "rows"
 KIND = "experiment"
@@ -54,6 +61,7 @@ class ExperimentConfig:
     map_k: int = 50
     plot_bits: int = 16  # bits of the all-methods PR-curve plot
     save_runs: bool = False  # also keep each fitted method as a run folder (UCMFH weighs ~90 MB)
+    rerank: RerankOptions | None = field(default_factory=RerankOptions)  # None: one-stage only
 
     def grid(self) -> list[tuple[str, int, int]]:
         return [(m, b, s) for b in self.bits for m in self.methods for s in self.seeds_by_bits.get(b, self.seeds)]
@@ -71,6 +79,40 @@ def _list(value: Any, typ: type, key: str, path: Path) -> list[Any]:
 
 
 PATH_FIELDS = ("data_root", "features", "cache_dir")
+RERANK_KEYS = ("payloads", "k", "oversample")
+
+
+def parse_rerank(value: Any, path: Path) -> RerankOptions | None:
+    """The ``rerank:`` field: ``none`` / ``false`` / null (off), ``true`` (defaults), or a mapping of
+    ``payloads`` (a name or a list), ``k`` and ``oversample``."""
+    if value is None or value is False or (isinstance(value, str) and value.strip().lower() == "none"):
+        return None
+    if value is True:
+        return RerankOptions()
+    if not isinstance(value, dict):
+        raise _err(path, f"field 'rerank': expected none or a mapping {{payloads: [int8], k: 100}}, got {value!r}")
+    unknown = sorted(set(value) - set(RERANK_KEYS))
+    if unknown:
+        raise _err(
+            path, f"field 'rerank': unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(RERANK_KEYS)}"
+        )
+    kwargs: dict[str, Any] = {}
+    if "payloads" in value:
+        kwargs["payloads"] = tuple(_list(value["payloads"], str, "rerank.payloads", path))
+    if "k" in value:
+        k = value["k"]
+        if not isinstance(k, int) or isinstance(k, bool):
+            raise _err(path, f"field 'rerank.k': expected a positive integer, got {k!r}")
+        kwargs["k"] = k
+    if "oversample" in value:
+        o = value["oversample"]
+        if not isinstance(o, (int, float)) or isinstance(o, bool):
+            raise _err(path, f"field 'rerank.oversample': expected a number >= 1, got {o!r}")
+        kwargs["oversample"] = float(o)
+    try:
+        return RerankOptions(**kwargs)
+    except MCMFHError as e:
+        raise _err(path, f"field {e}") from e
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -151,6 +193,8 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
         elif key in ("map_k", "plot_bits", "encode_batch_size"):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise _err(path, f"field {key!r}: expected a positive integer, got {value!r}")
+        elif key == "rerank":
+            value = parse_rerank(value, path)
         elif key in ("save_runs", "skip_bad"):
             if not isinstance(value, bool):
                 raise _err(path, f"field {key!r}: expected true or false, got {value!r}")
@@ -205,24 +249,50 @@ def get_features(cfg: ExperimentConfig, out_dir: Path, log: Callable[[str], None
     return features
 
 
-def _row_key(cfg: ExperimentConfig, features: FeatureSet, method: str, bits: int, seed: int) -> str:
-    return fingerprint(
+def rerank_applies(cfg: ExperimentConfig, method: str, bits: int) -> bool:
+    """Whether rows of ``method`` get two-stage figures: rerank is on and the method has a relaxed output."""
+    if cfg.rerank is None:
+        return False
+    m = create_method(method, bits=bits, seed=0, **cfg.method_options.get(method, {}))
+    return not m.continuous and m.has_relaxed
+
+
+def rerank_settings(options: RerankOptions) -> dict[str, Any]:
+    """The two-stage settings as stored in a row (``rerank``) and in its cache key."""
+    return {"payloads": list(options.payloads), "k": int(options.k), "oversample": float(options.oversample)}
+
+
+def _row_key(
+    cfg: ExperimentConfig, features: FeatureSet, method: str, bits: int, seed: int, with_rerank: bool = True
+) -> str:
+    parts: list[Any] = [
         feature_identity(features),
         len(features),
         method,
         bits,
         seed,
         cfg.method_options.get(method, {}),
+        create_method(method, bits, seed, **cfg.method_options.get(method, {})).recipe(),
         cfg.queries,
         cfg.database,
         cfg.map_k,
-    )
+    ]
+    if with_rerank and cfg.rerank is not None and rerank_applies(cfg, method, bits):
+        # Only where it applies: rows of other methods (and every row with rerank off) keep their old keys.
+        parts.append({"rerank": rerank_settings(cfg.rerank)})
+    return fingerprint(*parts)
 
 
 def run_row(cfg: ExperimentConfig, features: FeatureSet, method: str, bits: int, seed: int, out: Path) -> dict:
     """Fit and evaluate one (method, bits, seed); returns the row (metrics summary + curves)."""
-    m, log = fit_method(features, method, bits, seed, cfg.method_options.get(method, {}))
-    metrics = evaluate_method(m, features, cfg.queries, cfg.database, RankingOptions(map_k=cfg.map_k))
+    opts = cfg.method_options.get(method, {})
+    m, log = fit_method(features, method, bits, seed, opts)
+    rerank = cfg.rerank if cfg.rerank is not None and not m.continuous and m.has_relaxed else None
+    # ``code<B>`` payloads re-score with the same method fitted at B bits (same seed and options).
+    companions = {b: fit_method(features, method, b, seed, opts)[0] for b in needed_code_bits(rerank) if b != bits}
+    metrics = evaluate_method(
+        m, features, cfg.queries, cfg.database, RankingOptions(map_k=cfg.map_k), rerank=rerank, companions=companions
+    )
     if cfg.save_runs:
         save_run(out / "runs" / f"{method}-{bits}-{seed}", m, log, features)
     s = summary(metrics)
@@ -238,12 +308,25 @@ def run_row(cfg: ExperimentConfig, features: FeatureSet, method: str, bits: int,
         queries_without_relevant={d: s[d]["queries_without_relevant"] for d in ("i2t", "t2i")},
         n_queries={d: s[d]["n_queries"] for d in ("i2t", "t2i")},
         n_database={d: s[d]["n_database"] for d in ("i2t", "t2i")},
+        rerank=None if rerank is None else rerank_settings(rerank),
     )
     # the dev choice of methods that pick an epoch themselves (the deep baselines), so a table can show it
     dev_choice = {k: log[k] for k in ("chosen_epoch", "dev_epochs", "dev_map_tie_aware") if k in log}
     if dev_choice:
         row["dev_choice"] = dev_choice
     return row
+
+
+def two_stage_log(row: Mapping[str, Any]) -> str:
+    """The log's two-stage part (bounded depth, e.g. ``| two-stage int8 i2t 0.412 t2i 0.405``), or ""."""
+    if not row.get("rerank"):
+        return ""
+    cells = [
+        f"{p} i2t {row[f'i2t_map_2s_{p}']:.3f} t2i {row[f't2i_map_2s_{p}']:.3f}"
+        for p in row["rerank"]["payloads"]
+        if f"i2t_map_2s_{p}" in row
+    ]
+    return f"| two-stage {', '.join(cells)} " if cells else ""
 
 
 def run_experiment(
@@ -290,12 +373,18 @@ def _run(cfg: ExperimentConfig, config_path: str | Path, out: Path, log: Callabl
                 log(f"[{i}/{len(grid)}] {method} {bits} bits seed {seed}: done, skipped")
                 rows.append(row)
                 continue
+            if row.get("row_key") == _row_key(cfg, features, method, bits, seed, with_rerank=False):
+                log(
+                    f"[{i}/{len(grid)}] {method} {bits} bits seed {seed}: two-stage figures missing or made with "
+                    "other rerank settings, recomputing the row"
+                )
         row = {**run_row(cfg, features, method, bits, seed, out), "row_key": key}
         atomic_write_json(path, row)
         rows.append(row)
         log(
             f"[{i}/{len(grid)}] {method} {bits} bits seed {seed}: mAP i2t {row['i2t_map']:.3f} "
             f"t2i {row['t2i_map']:.3f} (stable order {row['i2t_map_all']:.3f} / {row['t2i_map_all']:.3f}) "
+            f"{two_stage_log(row)}"
             f"({row['train_seconds']:.1f}s){' COLLAPSED' if (row.get('code_health') or {}).get('collapsed') else ''}"
         )
     atomic_write_json(out / "results.json", {"rows": rows})

@@ -11,16 +11,15 @@ Hamming candidates.
 from __future__ import annotations
 
 import hashlib
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from safetensors.numpy import load, save_file
+from safetensors.numpy import save_file
 
-from mcmfh.errors import ArtefactError, MCMFHError
+from mcmfh.errors import MCMFHError
 from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_write_bytes, atomic_write_json
 
@@ -72,6 +71,11 @@ class HashMethod(ABC):
     def config(self) -> dict[str, Any]:
         return {"method": self.name, "bits": self.bits, "seed": self.seed, "options": self.options}
 
+    def recipe(self) -> dict[str, Any]:
+        """Every choice that shapes a fit, defaults included: result caches key on it, so changing a method's
+        default refits the rows it affects. Methods with an options dataclass return all of its fields."""
+        return dict(self.options)
+
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -81,65 +85,20 @@ class HashMethod(ABC):
         tmp.unlink()
         atomic_write_json(folder / CONFIG_NAME, self.config())
 
-    @classmethod
-    def load(cls, folder: str | Path, weights_sha256: str | None = None) -> HashMethod:
-        """The fitted method saved in ``folder``. ``weights_sha256`` (a run manifest records it) is checked before
-        the weights are parsed, so a truncated, corrupt or swapped file is named as such, not parsed into nonsense."""
-        folder = Path(folder)
-        weights = folder / WEIGHTS_NAME
-        try:
-            cfg = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-            data = weights.read_bytes()
-        except (OSError, ValueError) as e:
-            raise ArtefactError(f"{folder}: cannot load method ({e})") from e
-        if weights_sha256 is not None:
-            digest = hashlib.sha256(data).hexdigest()
-            if digest != weights_sha256:
-                raise ArtefactError(
-                    f"{weights}: checksum mismatch (the run manifest records sha256 {weights_sha256[:12]}…, the file "
-                    f"has {digest[:12]}…): the weights are corrupt or were replaced; re-train or restore the run"
-                )
-        try:
-            state = load(data)
-        except Exception as e:  # safetensors raises its own SafetensorError for any malformed header or body
-            raise ArtefactError(f"{weights}: corrupt or truncated weights (not a valid safetensors file: {e})") from e
-        method = create_method(cfg["method"], bits=cfg["bits"], seed=cfg["seed"], **cfg.get("options", {}))
-        method.load_state_dict(state)
-        return method
-
 
 def weights_sha256(folder: str | Path) -> str:
     """SHA-256 of a saved method's weights file, as run manifests record it."""
     return hashlib.sha256((Path(folder) / WEIGHTS_NAME).read_bytes()).hexdigest()
 
 
-_REGISTRY: dict[str, type[HashMethod]] = {}
+# Filled by ``register_method`` as implementations are imported; ``mcmfh.factory`` builds methods from it.
+REGISTRY: dict[str, type[HashMethod]] = {}
 
 
 def register_method(name: str) -> Callable[[type[HashMethod]], type[HashMethod]]:
     def deco(cls: type[HashMethod]) -> type[HashMethod]:
         cls.name = name
-        _REGISTRY[name] = cls
+        REGISTRY[name] = cls
         return cls
 
     return deco
-
-
-def _import_builtin_methods() -> None:
-    # Importing these modules registers their methods; kept lazy so `import mcmfh.method` stays light.
-    import importlib
-
-    for mod in ("mcmfh.baselines", "mcmfh.model"):
-        importlib.import_module(mod)
-
-
-def available_methods() -> list[str]:
-    _import_builtin_methods()
-    return sorted(_REGISTRY)
-
-
-def create_method(name: str, bits: int, seed: int = 0, **options: Any) -> HashMethod:
-    _import_builtin_methods()
-    if name not in _REGISTRY:
-        raise MCMFHError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](bits=bits, seed=seed, **options)

@@ -15,10 +15,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mcmfh.factory import create_method, load_method
 from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.manifest import new_manifest, read_manifest, require_match
-from mcmfh.method import HashMethod, create_method, weights_sha256
+from mcmfh.method import HashMethod, weights_sha256
 
 # Feature-cache manifest fields copied into a run's manifest; the first group must match at evaluation.
 FEATURE_KEYS = (
@@ -92,7 +93,7 @@ def load_run(run_dir: str | Path) -> tuple[HashMethod, dict[str, Any]]:
     """The fitted method of a run folder and its manifest; the weights must match the manifest's checksum (runs
     written before checksums were recorded load unchecked)."""
     manifest = read_manifest(run_dir, kind="run")
-    return HashMethod.load(run_dir, manifest.get("weights_sha256")), manifest
+    return load_method(run_dir, manifest.get("weights_sha256")), manifest
 
 
 def check_features(manifest: Mapping[str, Any], features: FeatureSet, run_dir: str | Path) -> None:

@@ -20,6 +20,7 @@ training set, e.g. DGCPN's neighbour graph) and add extra trainable parameters (
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -101,6 +102,9 @@ class DeepHashMethod(HashMethod):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ training
+    def recipe(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.opts)
+
     def fit(self, train: FeatureSet, dev: FeatureSet | None = None) -> dict[str, Any]:
         o = self.opts
         pairs = train.subset(np.flatnonzero(train.has_image))

@@ -7,6 +7,7 @@ loading live here once.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,9 @@ class LinearHashMethod(HashMethod):
 
     def _fit_projections(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         raise NotImplementedError
+
+    def recipe(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.opts)
 
     def fit(self, train: FeatureSet, dev: FeatureSet | None = None) -> dict[str, Any]:
         # Image-less items would pair a zero image with a text and distort the covariances: train on real pairs.

@@ -18,6 +18,7 @@ Decisions where our inputs or the official code's quirks force a choice (each do
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +122,9 @@ class UCMFH(HashMethod):
         assert self.net is not None
         fi, ft, hi, ht = self.net(image, text)
         return nt_xent(fi, ft, self.opts.tau) + self.opts.hash_weight * nt_xent(hi, ht, self.opts.tau)
+
+    def recipe(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.opts)
 
     def fit(self, train: FeatureSet, dev: FeatureSet | None = None) -> dict[str, Any]:
         o = self.opts

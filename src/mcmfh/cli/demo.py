@@ -18,6 +18,7 @@ def demo(
     methods: str = typer.Option("mcmfh,cca-itq", "--methods", help="Comma-separated methods; the first is indexed."),
     bits: int = typer.Option(16, "--bits"),
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1),
+    seeds: int = typer.Option(3, "--seeds", min=1, max=20, help="Training seeds per method (the table: mean ± std)."),
     n_synthetic: int = typer.Option(600, "--n-synthetic", min=36, help="Size of the built-in dataset."),
 ) -> None:
     """Encode -> train 16-bit MCMFH (and a baseline) -> evaluate -> example image->text and text->image searches."""
@@ -27,4 +28,4 @@ def demo(
     if data_root is not None and dataset is None:
         dataset = "csv"
     run_demo(DemoConfig(out=out, dataset=dataset, data_root=data_root, encoder=encoder, methods=names,
-                        bits=bits, seed=seed, n_synthetic=n_synthetic), log=typer.echo)  # fmt: skip
+                        bits=bits, seed=seed, n_seeds=seeds, n_synthetic=n_synthetic), log=typer.echo)  # fmt: skip

@@ -41,8 +41,8 @@ def build(
 ) -> None:
     """Hash the database split with the run's model and store codes plus item metadata."""
     from mcmfh.archive import Archive
-    from mcmfh.archive_store import StoreConfig
     from mcmfh.features import FeatureSet
+    from mcmfh.index.stores import StoreConfig
     from mcmfh.outputs import check_output
 
     check_output(out, "archive", overwrite=overwrite)  # never replaces a folder that is not an archive
@@ -135,8 +135,13 @@ def search(
     k: int = typer.Option(10, "--k", min=1, max=10_000),
     target: str = typer.Option(None, help="Search image or text codes (default: the other modality)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    rerank: str = typer.Option(
+        None, "--rerank", help="int8: two-stage (Hamming candidates re-scored by the stored payload; the default when "
+        "the archive has one); none: Hamming order only."
+    ),
 ) -> None:
-    """Search an archive with a text or an image; prints ranked items with Hamming distances."""
+    """Search an archive with a text or an image; prints ranked items with Hamming distances (and, two-stage, the
+    re-scored similarity they are ordered by)."""
     from mcmfh.archive import Archive
 
     if (text is None) == (image is None):
@@ -144,18 +149,19 @@ def search(
     with Archive.open(archive_dir) as archive:
         t0 = time.perf_counter()
         if text is not None:
-            hits = archive.search_text(text, k, target=target or "images")
+            hits = archive.search_text(text, k, target=target or "images", rerank=rerank)
         else:
-            hits = archive.search_image(image, k, target=target or "texts")
+            hits = archive.search_image(image, k, target=target or "texts", rerank=rerank)
         took_ms = (time.perf_counter() - t0) * 1000
-    rows = [{"rank": r + 1, "id": h.item.item_id, "distance": h.distance, "labels": list(h.item.labels),
-             "text": h.item.caption} for r, h in enumerate(hits)]  # fmt: skip
+    rows = [{"rank": r + 1, "id": h.item.item_id, "distance": h.distance, "score": h.score,
+             "labels": list(h.item.labels), "text": h.item.caption} for r, h in enumerate(hits)]  # fmt: skip
     if as_json:
         typer.echo(json.dumps({"results": rows, "took_ms": took_ms}, indent=2))
         return
     for row in rows:
         caption = row["text"] if len(row["text"]) <= 90 else row["text"][:87] + "..."
-        typer.echo(f"{row['rank']:>3}  d={row['distance']:<3} {row['id']:<24} {caption}")
+        score = "" if row["score"] is None else f"s={row['score']:.3f} "
+        typer.echo(f"{row['rank']:>3}  d={row['distance']:<3} {score}{row['id']:<24} {caption}")
         typer.echo(f"{'':>10}labels: {', '.join(row['labels']) or '-'}")
     typer.echo(f"{len(rows)} result(s) in {took_ms:.1f} ms (encode + search)")
 

@@ -52,22 +52,45 @@ def evaluate(
     database: str = typer.Option("train,dev", "--database", help="Database splits, comma-separated."),
     k: int = typer.Option(50, "--k", help="K of mAP@K (UCMFH definition)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out metrics JSON."),
+    rerank: str = typer.Option(
+        "int8",
+        "--rerank",
+        help="Two-stage payloads, comma-separated (int8, int4, float16, float32), or none. Hashing methods with a "
+        "relaxed output only; others are evaluated one-stage.",
+    ),
+    rerank_k: int = typer.Option(100, "--rerank-k", help="Results per query of the bounded two-stage search."),
+    oversample: float = typer.Option(10.0, "--oversample", help="Stage-1 candidate budget, in multiples of k."),
 ) -> None:
     """Evaluate a run: metrics JSON plus PR and P@K plots (PNG) in the run folder."""
     from mcmfh.code_health import health_line
     from mcmfh.evaluate import evaluate_method, plot_curves
     from mcmfh.features import FeatureSet
+    from mcmfh.index.payload import code_bits
     from mcmfh.io import atomic_write_json
     from mcmfh.metrics import RankingOptions
     from mcmfh.runs import check_features, load_run
+    from mcmfh.two_stage import RerankOptions
 
+    payloads = [p.strip() for p in rerank.split(",") if p.strip()]
+    if not payloads:
+        raise MCMFHError("--rerank: give payload names (e.g. int8) or none")
+    options = None if payloads == ["none"] else RerankOptions(tuple(payloads), rerank_k, oversample)
     if out is not None:
         _check_json_out(out, overwrite)
     method, manifest = load_run(run_dir)
+    for p in payloads:
+        b = code_bits(p)
+        if b is not None and b != method.bits:  # before the features are read
+            raise MCMFHError(
+                f"--rerank {p}: needs the same method fitted at {b} bits; `mcmfh experiment` fits it "
+                f"(rerank: {{payloads: [{p}]}})"
+            )
     feats = FeatureSet.load(features)
     check_features(manifest, feats, run_dir)
+    if method.continuous or not method.has_relaxed:
+        options = None  # nothing to re-score with: one-stage only (said below)
     metrics = evaluate_method(
-        method, feats, tuple(queries.split(",")), tuple(database.split(",")), RankingOptions(map_k=k)
+        method, feats, tuple(queries.split(",")), tuple(database.split(",")), RankingOptions(map_k=k), rerank=options
     )
     atomic_write_json(out or run_dir / "metrics.json", metrics)
     plot_curves({method.name: metrics}, run_dir, title=f"{method.name} {method.bits} bits")
@@ -80,6 +103,16 @@ def evaluate(
     )
     if metrics.get("code_health"):
         typer.echo(f"codes: {health_line(metrics['code_health'])}")
+    for name in metrics.get("two_stage", {}):
+        typer.echo(
+            f"two-stage {name} ({metrics[f'bytes_2s_{name}']} bytes/item, k {rerank_k}, oversample {oversample:g}):"
+            f" mAP i2t {metrics[f'i2t_map_2s_{name}']:.4f} t2i {metrics[f't2i_map_2s_{name}']:.4f}"
+            f" | P@10 {metrics[f'i2t_p10_2s_{name}']:.4f} / {metrics[f't2i_p10_2s_{name}']:.4f}"
+            f" | P@20 {metrics[f'i2t_p20_2s_{name}']:.4f} / {metrics[f't2i_p20_2s_{name}']:.4f}"
+            f" | every item re-scored {metrics[f'i2t_map_2s_{name}_all']:.4f} / {metrics[f't2i_map_2s_{name}_all']:.4f}"
+        )
+    if payloads != ["none"] and "two_stage" not in metrics:
+        typer.echo(f"two-stage: none ({method.name} has no relaxed output to re-score with)")
 
 
 def _check_json_out(path: Path, overwrite: bool) -> None:

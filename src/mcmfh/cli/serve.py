@@ -38,6 +38,10 @@ def serve(
         False, "--allow-writes", help="Enable POST /items and DELETE /items/{id} (needs --token)."
     ),
     lock_timeout: float = typer.Option(10.0, min=0.1, help="Seconds a write waits for another writer, then 503."),
+    viewer_url: str | None = typer.Option(
+        None, "--viewer-url", help="Link results to the PACS viewer, e.g. "
+        "'https://pacs.example/viewer?StudyInstanceUID={study_uid}' ({study_uid}, {series_uid}, {sop_uid})."
+    ),
 ) -> None:
     """Serve text and image search over INDEX at http://HOST:PORT/ (API docs at /docs)."""
     from mcmfh.service.security import check_bind
@@ -49,7 +53,7 @@ def serve(
     settings = Settings(  # validates the token and limits before anything slow is loaded
         token=token, max_upload_bytes=int(max_upload_mb * MIB), max_k=max_k, access_log=access_log,  # type: ignore[arg-type]
         image_root=image_root.resolve() if image_root else None, header_timeout_s=header_timeout,
-        keep_alive_s=keep_alive, max_connections=max_connections, allow_writes=allow_writes,
+        keep_alive_s=keep_alive, max_connections=max_connections, allow_writes=allow_writes, viewer_url=viewer_url,
     )  # fmt: skip
     if port < PRIVILEGED_PORTS:  # fine as root or with CAP_NET_BIND_SERVICE, but say so: it is rarely meant
         typer.echo(f"note: port {port} is a privileged port (below {PRIVILEGED_PORTS}); binding it needs root or "

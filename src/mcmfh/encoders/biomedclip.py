@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from mcmfh.encoders import register_encoder
 from mcmfh.encoders.base import Encoder, ImageInput, l2_normalize
 from mcmfh.encoders.common import batched, cache_root, file_digest, progress_bar, read_image, resolve_device
+from mcmfh.encoders.registry import register_encoder
 from mcmfh.errors import MCMFHError
 from mcmfh.io import atomic_write_json
 from mcmfh.manifest import fingerprint

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from mcmfh.encoders import register_encoder
 from mcmfh.encoders.base import Encoder, ImageInput, l2_normalize
 from mcmfh.encoders.common import batched, cache_root, file_digest, progress_bar, read_image, resolve_device
 from mcmfh.encoders.onnx_cache import OnnxMismatch, OnnxSpec, load_or_export, onnxruntime_available
+from mcmfh.encoders.registry import register_encoder
 from mcmfh.errors import MCMFHError
 from mcmfh.manifest import fingerprint
 

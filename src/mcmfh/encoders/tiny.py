@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from mcmfh.encoders import register_encoder
 from mcmfh.encoders.base import Encoder, ImageInput, l2_normalize
 from mcmfh.encoders.common import batched, progress_bar, read_image, resolve_device
+from mcmfh.encoders.registry import register_encoder
 from mcmfh.manifest import fingerprint
 
 _TOKEN = re.compile(r"[a-z0-9]+")

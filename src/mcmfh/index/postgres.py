@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,7 +23,7 @@ import numpy as np
 
 from mcmfh.errors import MCMFHError
 from mcmfh.index.codes import unpack_codes
-from mcmfh.index.storage import Hit, Item, item_row
+from mcmfh.index.items import Hit, Item, item_from_row, item_row
 from mcmfh.locking import LockTimeout
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -133,7 +132,8 @@ class PostgresItemStore:
         try:
             yield
         finally:
-            self._one("SELECT pg_advisory_unlock(%s)", (key,))
+            if not self._db.closed:  # a closed session's locks were released by the server with it
+                self._one("SELECT pg_advisory_unlock(%s)", (key,))
 
     def max_key(self) -> int:
         """The largest key held (-1 when empty): with the count, it tells a poller whether anything changed."""
@@ -202,7 +202,7 @@ class PostgresItemStore:
                 "SELECT key, item_id, caption, image, labels, source FROM mcmfh_items WHERE key = ANY(%s)",
                 ([int(k) for k in keys],),
             )
-            return {r[0]: _item(r) for r in cur.fetchall()}
+            return {r[0]: item_from_row(r) for r in cur.fetchall()}
 
     def drop(self) -> None:
         """Delete this store's schema (``schema`` stores only) with everything in it."""
@@ -244,7 +244,7 @@ class PostgresItemStore:
                 (query, int(radius), int(limit)),
             )
             rows = cur.fetchall()
-        return [Hit(_item(r[:6]), int(r[6])) for r in rows]
+        return [Hit(item_from_row(r[:6]), int(r[6])) for r in rows]
 
     def close(self) -> None:
         self._db.close()
@@ -254,11 +254,6 @@ class PostgresItemStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _item(r: Sequence[Any]) -> Item:
-    labels = r[4] if isinstance(r[4], list) else json.loads(r[4])
-    return Item(int(r[0]), r[1], r[2], r[3], tuple(labels), r[5])
 
 
 def _redact(dsn: str) -> str:

@@ -6,7 +6,7 @@ Folder layout::
     codes-<gen>-<tag>.npy      packed uint8 (n, bits // 8): one segment, in insertion order
     keys-<gen>-<tag>.npy       int64 (n,) the segment's item keys, same order
     removed-<gen>-<tag>.npy    int64 keys removed since the last compaction (absent when there are none)
-    items.sqlite               items(key, item_id, caption, image, labels, source, gen, removed_gen)
+    items.sqlite               items(key, item_id, caption, image, labels, source, gen, removed_gen, payload)
     .writer.lock               the writer lock (``mcmfh.locking``)
 
 Adding k items writes one new segment of k rows (O(k), not a rewrite of everything); small trailing segments are
@@ -25,12 +25,10 @@ commit, and an open that races a commit retries on the new manifest.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import secrets
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ import numpy as np
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.index import _files
 from mcmfh.index.factory import default_kind, make_index
+from mcmfh.index.items import NAMES, SQL_CHUNK, Hit, Item, item_from_row, item_row, sqlite_table
 from mcmfh.index.segments import SegmentedIndex, merge_plan
 from mcmfh.io import atomic_dir, atomic_write_json, sqlite_transaction
 from mcmfh.locking import writer_lock
@@ -56,69 +55,13 @@ _OWN_FIELDS = ("kind", "format", "bits", "index_kind", "index_params", "generati
 # Files this module writes (and so may delete): generation files and atomic-write temps. Nothing else is touched.
 _OURS = re.compile(r"^(codes|keys|removed)-\d+(-[0-9a-f]+)?\.npy$|^\.(codes|keys|removed|manifest).*\.tmp$")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    key INTEGER PRIMARY KEY,
-    item_id TEXT NOT NULL,
-    caption TEXT NOT NULL,
-    image TEXT,
-    labels TEXT NOT NULL,
-    source TEXT NOT NULL,
-    gen INTEGER NOT NULL,
-    removed_gen INTEGER
-);
-CREATE INDEX IF NOT EXISTS items_item_id ON items (item_id);
-CREATE INDEX IF NOT EXISTS items_removed ON items (removed_gen) WHERE removed_gen IS NOT NULL;
-"""
+# The record (mcmfh.index.items) plus the generation that added a row and the one that removed it.
+_SCHEMA = "\n".join([
+    sqlite_table("items", extra=("gen INTEGER NOT NULL", "removed_gen INTEGER", "payload BLOB")),
+    "CREATE INDEX IF NOT EXISTS items_item_id ON items (item_id);",
+    "CREATE INDEX IF NOT EXISTS items_removed ON items (removed_gen) WHERE removed_gen IS NOT NULL;",
+])
 _VISIBLE = "gen <= ? AND (removed_gen IS NULL OR removed_gen > ?)"
-
-
-@dataclass(frozen=True)
-class Item:
-    """Metadata of one indexed item; ``key`` is the int64 id the Hamming index returns."""
-
-    key: int
-    item_id: str
-    caption: str
-    image: str | None
-    labels: tuple[str, ...]
-    source: str
-
-
-@dataclass(frozen=True)
-class Hit:
-    item: Item
-    distance: int
-
-
-def item_row(i: int, item: Mapping[str, Any]) -> tuple[str, str, str | None, str, str]:
-    """Validate item ``i`` of an add (id required; caption, image, labels, source) into its stored columns.
-
-    Every metadata store (SQLite here, PostgreSQL, the Milvus archive's SQLite) validates items with this."""
-    if not isinstance(item, Mapping) or not str(item.get("id", "")).strip():
-        raise MCMFHError(f"items[{i}]: expected a mapping with a non-empty 'id', got {item!r:.80}")
-    labels = item.get("labels", ())
-    if isinstance(labels, str) or not all(isinstance(x, str) for x in labels):
-        raise MCMFHError(f"items[{i}] ({item['id']}): 'labels' must be a list of strings, got {labels!r:.80}")
-    image = item.get("image")
-    return (
-        str(item["id"]),
-        str(item.get("caption", "")),
-        None if image is None else str(image),
-        json.dumps(list(labels)),
-        str(item.get("source", "")),
-    )
-
-
-def record_item(record: Any, source: str) -> dict[str, Any]:
-    """The item mapping ``ItemIndex.add`` takes, from a ``mcmfh.data.records.Record``."""
-    return {
-        "id": record.id,
-        "caption": record.text,
-        "image": None if record.image is None else str(record.image),
-        "labels": list(record.labels),
-        "source": source,
-    }
 
 
 def segments_of(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -219,13 +162,18 @@ class ItemIndex:
         writable: bool = False,
         verify: bool = True,
         lock_timeout: float | None = None,
+        at: Mapping[str, Any] | None = None,
     ) -> ItemIndex:
         """Open an index folder; every key of ``expect`` (e.g. {"run": ..., "bits": 64}) must match the manifest.
 
         ``verify`` checks the SHA-256 of the code files (a few ms per million 64-bit codes). A truncated, corrupt
         or inconsistent folder raises ArtefactError. Opening never locks: a ``writable`` index takes the writer lock
-        for each change (waiting up to ``lock_timeout`` seconds, see ``mcmfh.locking``)."""
+        for each change (waiting up to ``lock_timeout`` seconds, see ``mcmfh.locking``). ``at`` opens the state a
+        manifest snapshot names instead of the newest (an archive's commit record pins its sub-indexes this way;
+        the committed and the previous generation are readable)."""
         folder = Path(folder)
+        if at is not None:
+            return cls._open_at(folder, dict(at), expect, writable, verify, lock_timeout)
         for attempt in range(OPEN_RETRIES + 1):
             manifest = read_manifest(folder, KIND)
             try:
@@ -281,12 +229,22 @@ class ItemIndex:
             raise ArtefactError(f"{self.folder}: {n_rows} items in {DB_NAME} and {len(self.index)} codes, but "
                                 f"{manifest['count']} in the manifest")  # fmt: skip
 
-    def refresh(self) -> bool:
+    def refresh(self, at: Mapping[str, Any] | None = None) -> bool:
         """Catch up with the last committed state (e.g. another process's add); returns whether it changed.
 
         Reads only the segments that are new. If the files move on again mid-read (two commits in between), it
         reloads from the newest manifest; if that keeps failing, the error is raised and the next call starts over.
+        ``at``: move to the state this manifest snapshot names instead (no retry: the caller owns the snapshot).
         """
+        if at is not None:
+            if dict(at) == self.manifest:
+                return False
+            try:
+                self._load(dict(at), verify=True)
+            except ArtefactError:
+                self.manifest = {}
+                raise
+            return True
         for attempt in range(OPEN_RETRIES + 1):
             manifest = read_manifest(self.folder, KIND)
             if manifest == self.manifest:
@@ -324,25 +282,43 @@ class ItemIndex:
         """Items by key, in the given order; unknown keys raise MCMFHError."""
         keys = [int(k) for k in keys]
         rows: dict[int, Item] = {}
-        for start in range(0, len(keys), 500):  # stay under SQLite's bound-parameter limit
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            sql = (
-                f"SELECT key, item_id, caption, image, labels, source FROM items WHERE key IN ({marks}) AND {_VISIBLE}"
-            )
-            for key, item_id, caption, image, labels, source in self._db.execute(sql, (*chunk, *self._gen2())):
-                rows[key] = Item(key, item_id, caption, image, tuple(json.loads(labels)), source)
+        for start in range(0, len(keys), SQL_CHUNK):
+            chunk = keys[start : start + SQL_CHUNK]
+            sql = f"SELECT {NAMES} FROM items WHERE key IN ({','.join('?' * len(chunk))}) AND {_VISIBLE}"
+            for row in self._db.execute(sql, (*chunk, *self._gen2())):
+                rows[int(row[0])] = item_from_row(row)
         absent = [k for k in keys if k not in rows]
         if absent:
             raise MCMFHError(f"index {self.folder.name}: no items with keys {absent[:5]}")
         return [rows[k] for k in keys]
 
+    def payloads(self, keys: Sequence[int] | np.ndarray, width: int) -> np.ndarray:
+        """The stored payload rows of ``keys`` as (len(keys), width) uint8, in the given order; a key without a
+        payload of that width (added without one, or unknown) raises MCMFHError."""
+        keys = [int(k) for k in keys]
+        found: dict[int, bytes] = {}
+        if not self._has_payload_column():
+            raise MCMFHError(f"index {self.folder.name}: made before payloads existed (rebuild it for two-stage)")
+        for start in range(0, len(keys), SQL_CHUNK):
+            chunk = keys[start : start + SQL_CHUNK]
+            sql = f"SELECT key, payload FROM items WHERE key IN ({','.join('?' * len(chunk))}) AND {_VISIBLE}"
+            found.update(self._db.execute(sql, (*chunk, *self._gen2())).fetchall())
+        bad = [k for k in keys if not isinstance(found.get(k), bytes) or len(found[k]) != width]
+        if bad:
+            raise MCMFHError(f"index {self.folder.name}: no {width}-byte payload for keys {bad[:5]}")
+        out = np.frombuffer(b"".join(found[k] for k in keys), dtype=np.uint8)
+        return out.reshape(len(keys), width)
+
+    def _has_payload_column(self) -> bool:
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(items)")}
+        return "payload" in cols
+
     def keys_of(self, item_ids: Sequence[str]) -> dict[str, int]:
         """Keys of the given item ids that are in the index."""
         out: dict[str, int] = {}
         ids = [str(x) for x in item_ids]
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
+        for start in range(0, len(ids), SQL_CHUNK):
+            chunk = ids[start : start + SQL_CHUNK]
             sql = f"SELECT item_id, key FROM items WHERE item_id IN ({','.join('?' * len(chunk))}) AND {_VISIBLE}"
             out.update(self._db.execute(sql, (*chunk, *self._gen2())).fetchall())
         return out
@@ -362,20 +338,29 @@ class ItemIndex:
         ]
 
     def __iter__(self) -> Iterator[Item]:
-        sql = f"SELECT key, item_id, caption, image, labels, source FROM items WHERE {_VISIBLE} ORDER BY key"
-        for key, item_id, caption, image, labels, source in self._db.execute(sql, self._gen2()):
-            yield Item(key, item_id, caption, image, tuple(json.loads(labels)), source)
+        sql = f"SELECT {NAMES} FROM items WHERE {_VISIBLE} ORDER BY key"
+        for row in self._db.execute(sql, self._gen2()):
+            yield item_from_row(row)
 
     # ------------------------------------------------------------------------------------------ writing
-    def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    def add(
+        self, codes: np.ndarray, items: Sequence[Mapping[str, Any]], payload: np.ndarray | None = None
+    ) -> np.ndarray:
         """Add items (mappings with id, caption, image, labels, source) with their packed codes; returns keys.
 
-        Item ids must be new to the index. The change is committed atomically before this returns; it costs
-        O(len(items)) plus an occasional merge of small segments."""
+        ``payload``: optional (n, B) uint8 rows stored with the items, for two-stage search (``payloads``). Item ids
+        must be new to the index. The change is committed atomically before this returns; it costs O(len(items))
+        plus an occasional merge of small segments."""
         rows = [item_row(i, it) for i, it in enumerate(items)]
         codes = np.asarray(codes)
         if codes.ndim != 2 or len(codes) != len(rows):
             raise MCMFHError(f"index add: {len(rows)} items but codes of shape {codes.shape}")
+        blobs: list[bytes | None] = [None] * len(rows)
+        if payload is not None:
+            payload = np.ascontiguousarray(payload, dtype=np.uint8)
+            if payload.ndim != 2 or len(payload) != len(rows):
+                raise MCMFHError(f"index add: {len(rows)} items but payload of shape {payload.shape}")
+            blobs = [row.tobytes() for row in payload]
         item_ids = [r[0] for r in rows]
         if len(set(item_ids)) != len(item_ids):
             raise MCMFHError("index add: item ids repeat within the batch")
@@ -395,8 +380,8 @@ class ItemIndex:
                     segments[-n_merge:] = [self._write_segment(merged.codes, merged.ids, gen, tag + "m")]
                 fields.update(segments=segments, next_key=start + len(rows))
                 self._db.executemany(
-                    "INSERT INTO items (key, item_id, caption, image, labels, source, gen) VALUES (?,?,?,?,?,?,?)",
-                    [(int(k), *r, gen) for k, r in zip(keys, rows, strict=True)],
+                    f"INSERT INTO items ({NAMES}, gen, payload) VALUES (?,?,?,?,?,?,?,?)",
+                    [(int(k), *r, gen, b) for k, r, b in zip(keys, rows, blobs, strict=True)],
                 )
         return keys
 
@@ -428,6 +413,23 @@ class ItemIndex:
                 self.index.add_segment(codes, keys)
                 fields.update(segments=[self._write_segment(codes, keys, gen, tag)], removed=None)
                 self._removed = np.zeros(0, np.int64)
+        return True
+
+    def roll_back_to(self, snapshot: Mapping[str, Any]) -> bool:
+        """Make ``snapshot`` (this generation or the previous one) the committed state again, under the lock.
+
+        An archive commits its two sub-indexes one after the other and then its own record; a writer killed in
+        between left one sub-index a generation ahead of the record. Its rows, marks and files are undone exactly
+        as after a crash (``_recover``). Returns whether anything was rolled back."""
+        self._require_writable()
+        snapshot = dict(snapshot)
+        with writer_lock(self.folder, self.lock_timeout, what=f"index {self.folder}"):
+            if read_manifest(self.folder, KIND) == snapshot:
+                return False
+            atomic_write_json(self.folder / MANIFEST_NAME, snapshot)
+            self.manifest = {}
+            self._load(snapshot, verify=True)
+            self._recover()
         return True
 
     def _write_segment(self, codes: np.ndarray, keys: np.ndarray, gen: int, tag: str) -> dict[str, Any]:
@@ -479,8 +481,10 @@ class ItemIndex:
         """Undo what an interrupted change left: rows of later generations, removal marks, stray files."""
         gen, next_key = self.generation, int(self.manifest.get("next_key", 0))
         try:
-            if not self._schema_checked:  # folders made before the removal index existed get it on first write
+            if not self._schema_checked:  # folders made before the removal index / payloads get them on first write
                 self._db.executescript(_SCHEMA)
+                if not self._has_payload_column():
+                    self._db.execute("ALTER TABLE items ADD COLUMN payload BLOB")
                 self._schema_checked = True
             # An interrupted add left rows with keys from next_key on; a remove, marks above this generation.
             sql = ("SELECT EXISTS(SELECT 1 FROM items WHERE key >= ?) "

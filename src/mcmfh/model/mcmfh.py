@@ -41,6 +41,9 @@ class MCMFH(HashMethod):
     def _build(self, image_dim: int, text_dim: int) -> MCMFHNet:
         return MCMFHNet(self.cfg, image_dim, text_dim, self.bits)
 
+    def recipe(self) -> dict[str, Any]:
+        return self.cfg.model_fields()
+
     def fit(self, train: FeatureSet, dev: FeatureSet | None = None) -> dict[str, Any]:
         if len(train) < 2:
             raise MCMFHError(f"{self.name}: need at least 2 training pairs, got {len(train)}")

@@ -36,6 +36,13 @@ CREATE INDEX IF NOT EXISTS instances_study ON instances (study_uid);
 COLUMNS = ("sop_uid", "item_id", "study_uid", "series_uid", "modality", "body_part", "study_date")
 
 
+FACETS = ("modality", "body_part")  # what the web page can filter results by
+
+
+def state_path(archive_dir: Path) -> Path:
+    return Path(archive_dir) / FOLDER / DB_NAME
+
+
 class SyncState:
     def __init__(self, archive_dir: Path) -> None:
         folder = Path(archive_dir) / FOLDER
@@ -91,6 +98,14 @@ class SyncState:
             for row in self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM instances WHERE item_id IN ({marks})",
                                         part):  # fmt: skip
                 out[row[1]] = dict(zip(COLUMNS, row, strict=True))
+        return out
+
+    def facets(self) -> dict[str, list[str]]:
+        """The distinct non-empty values of each facet column (``FACETS``), sorted: the page's filter choices."""
+        out = {}
+        for col in FACETS:
+            rows = self._db.execute(f"SELECT DISTINCT {col} FROM instances WHERE {col} != '' ORDER BY {col}")
+            out[col] = [r[0] for r in rows]
         return out
 
     def __len__(self) -> int:

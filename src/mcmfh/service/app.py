@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException
 
 from mcmfh import __version__
 from mcmfh.errors import MCMFHError
-from mcmfh.index.storage import Hit, Item
+from mcmfh.index.items import Hit, Item
 from mcmfh.locking import LockTimeout
 from mcmfh.service.engine import SearchEngine, WritableEngine
 from mcmfh.service.imaging import SNIFF_BYTES, ImageRejected, decode_image, read_image_file, sniff, to_png
@@ -40,6 +40,7 @@ from mcmfh.service.middleware import (
 )
 from mcmfh.service.schemas import (
     ErrorOut,
+    FacetsOut,
     HealthOut,
     HitOut,
     ItemOut,
@@ -49,7 +50,7 @@ from mcmfh.service.schemas import (
     image_url,
     json_only,
 )
-from mcmfh.service.settings import Settings
+from mcmfh.service.settings import Settings, viewer_link
 from mcmfh.service.writes import write_routes
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -79,10 +80,34 @@ def _item_out(item: Item) -> ItemOut:
     return ItemOut(id=item.item_id, text=item.caption, labels=list(item.labels), image_url=_image_url(item))
 
 
-def _hit_out(hit: Hit) -> HitOut:
-    it = hit.item
-    return HitOut(id=it.item_id, distance=hit.distance, text=it.caption, labels=list(it.labels),
-                  image_url=_image_url(it))  # fmt: skip
+def _hit_out(hit: Hit, study: dict[str, str] | None, viewer_url: str | None) -> HitOut:
+    it, study = hit.item, study or {}
+    return HitOut(id=it.item_id, distance=hit.distance, score=hit.score, text=it.caption, labels=list(it.labels),
+                  image_url=_image_url(it), modality=study.get("modality") or None,
+                  body_part=study.get("body_part") or None, study_date=study.get("study_date") or None,
+                  viewer_url=viewer_link(viewer_url, study) if viewer_url and study else None)  # fmt: skip
+
+
+def _filtered(
+    engine: SearchEngine, search: Callable[[int], list[Hit]], k: int, filters: dict[str, str]
+) -> tuple[list[Hit], dict[str, dict[str, str]]]:
+    """The k best hits whose PACS metadata matches ``filters`` (exact values), with every hit's metadata.
+
+    Filtering after the search keeps results exact: the request widens (x4 each round) until k hits match or
+    every item has been ranked."""
+    want = k
+    n_items = max(1, engine.info().items)
+    while True:
+        hits = search(want)
+        study = engine.study_metadata([h.item.item_id for h in hits])
+        keep = [h for h in hits if all(study.get(h.item.item_id, {}).get(f) == v for f, v in filters.items())]
+        if len(keep) >= k or len(hits) < want or want >= n_items:
+            return keep[:k], study
+        want = min(n_items, want * 4)
+
+
+def _filters(modality: str | None, body_part: str | None) -> dict[str, str]:
+    return {k: v for k, v in (("modality", modality), ("body_part", body_part)) if v}
 
 
 def _fail(status: int, message: str) -> HTTPException:
@@ -219,21 +244,38 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
         if len(query) > settings.max_query_chars:
             raise _fail(422, f"query is {len(query)} characters, over the limit of {settings.max_query_chars}")
         start = time.perf_counter()
-        hits = await workers.run(engine.search_text, query, k)
-        return SearchOut(results=[_hit_out(h) for h in hits], took_ms=(time.perf_counter() - start) * 1000)
+        filters = _filters(body.modality, body.body_part)
+        hits, study = await workers.run(_filtered, engine, lambda n: engine.search_text(query, n), k, filters)
+        return SearchOut(results=[_hit_out(h, study.get(h.item.item_id), settings.viewer_url) for h in hits],
+                         took_ms=(time.perf_counter() - start) * 1000)  # fmt: skip
 
     @app.post("/search/image", response_model=SearchOut)
     async def search_image(
         file: UploadFile = File(description="PNG, JPEG or DICOM; the type is read from the bytes."),
         k: WholeNumber | None = Form(default=None),
+        modality: str | None = Form(default=None, max_length=64),
+        body_part: str | None = Form(default=None, max_length=64),
     ) -> SearchOut:
         k = bounded_k(k)
         start = time.perf_counter()
         data = await file.read()  # already bounded by BodyLimitMiddleware
         if not data:
             raise _fail(422, "file is empty")
-        hits = await workers.run(lambda: engine.search_image(decode_image(data, settings.max_pixels), k))
-        return SearchOut(results=[_hit_out(h) for h in hits], took_ms=(time.perf_counter() - start) * 1000)
+        filters = _filters(modality, body_part)
+
+        def run() -> tuple[list[Hit], dict[str, dict[str, str]]]:
+            image = decode_image(data, settings.max_pixels)
+            return _filtered(engine, lambda n: engine.search_image(image, n), k, filters)
+
+        hits, study = await workers.run(run)
+        return SearchOut(results=[_hit_out(h, study.get(h.item.item_id), settings.viewer_url) for h in hits],
+                         took_ms=(time.perf_counter() - start) * 1000)  # fmt: skip
+
+    @app.get("/facets", response_model=FacetsOut)
+    def facets() -> FacetsOut:
+        """Values results can be filtered by (from a PACS sync); empty lists for an archive built from files."""
+        values = engine.facets()
+        return FacetsOut(modality=values.get("modality", []), body_part=values.get("body_part", []))
 
     # ``:path`` so an id with "/" (percent-encoded by clients, decoded before routing) still names one item. Images
     # live under their own prefix: "/items/{id}/image" could not tell id "x/image" from the image of "x".

@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 from PIL import Image
 
 from mcmfh.data.records import Record
-from mcmfh.index.storage import Hit, Item
+from mcmfh.index.items import Hit, Item
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,15 @@ class SearchEngine(Protocol):
 
     def image_path(self, item_id: str) -> Path | None:
         """The item's image file, resolved and verified to lie inside the index's data; None when it has none."""
+        ...
+
+    def study_metadata(self, item_ids: list[str]) -> dict[str, dict[str, str]]:
+        """Study-aware metadata of items synced from a PACS (study_uid, series_uid, sop_uid, modality, body_part,
+        study_date), by item id; items without any are absent (an archive built from files has none)."""
+        ...
+
+    def facets(self) -> dict[str, list[str]]:
+        """The values results can be filtered by (``modality``, ``body_part``); empty lists when there are none."""
         ...
 
 

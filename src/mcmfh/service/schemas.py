@@ -51,6 +51,8 @@ class TextQuery(BaseModel):
     query: str = Field(description="Free text, e.g. 'axial CT, ring-enhancing lesion in the right frontal lobe'.")
     # Strict: JSON true or 1.5 is not a count (lax pydantic reads true as 1).
     k: StrictInt | None = Field(default=None, description="How many results (1..max_k; default from the settings).")
+    modality: str | None = Field(default=None, max_length=64, description="Only items of this modality (PACS sync).")
+    body_part: str | None = Field(default=None, max_length=64, description="Only items of this body part.")
 
     _unicode = field_validator("query")(valid_unicode)
 
@@ -58,9 +60,22 @@ class TextQuery(BaseModel):
 class HitOut(BaseModel):
     id: str
     distance: int = Field(description="Hamming distance between the query code and the item code.")
+    score: float | None = Field(
+        None, description="Two-stage search: the re-scored similarity (cosine of the stored payload and the query's "
+        "own relaxed output) the results are ordered by; null for one-stage (Hamming order)."
+    )
     text: str
     labels: list[str]
     image_url: str | None
+    modality: str | None = Field(None, description="From the PACS (items synced with `mcmfh index sync`).")
+    body_part: str | None = None
+    study_date: str | None = None
+    viewer_url: str | None = Field(None, description="The study in the PACS viewer (`mcmfh serve --viewer-url`).")
+
+
+class FacetsOut(BaseModel):
+    modality: list[str]
+    body_part: list[str]
 
 
 class SearchOut(BaseModel):

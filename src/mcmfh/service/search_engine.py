@@ -20,7 +20,8 @@ from PIL import Image
 
 from mcmfh.archive import Archive
 from mcmfh.data.records import Record
-from mcmfh.index.storage import Hit, Item
+from mcmfh.index.items import Hit, Item
+from mcmfh.pacs.state import FACETS, SyncState, state_path
 from mcmfh.service.engine import EngineInfo
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ class ArchiveEngine:
     def __init__(self, archive: Archive, reload_interval: float | None = RELOAD_INTERVAL_S) -> None:
         self.archive = archive
         self._write_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._state: SyncState | None = None
         self.reloads = 0  # committed changes picked up since start (for tests and /health)
         self._stop = threading.Event()
         self._token = archive.state_token()
@@ -65,6 +68,8 @@ class ArchiveEngine:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
+        if self._state is not None:
+            self._state.close()
         self.archive.close()
 
     @property
@@ -101,6 +106,21 @@ class ArchiveEngine:
         if item is None or item.image is None:
             return None
         return Path(item.image).resolve()
+
+    def study_metadata(self, item_ids: list[str]) -> dict[str, dict[str, str]]:
+        state = self._sync_state()
+        return state.metadata(item_ids) if state is not None else {}
+
+    def facets(self) -> dict[str, list[str]]:
+        state = self._sync_state()
+        return state.facets() if state is not None else {name: [] for name in FACETS}
+
+    def _sync_state(self) -> SyncState | None:
+        """The archive's PACS sync state (``mcmfh index sync``), opened once it exists: a sync may start later."""
+        with self._state_lock:
+            if self._state is None and state_path(self.archive.folder).is_file():
+                self._state = SyncState(self.archive.folder)
+            return self._state
 
 
 def open_engine(index_dir: Path, warm_up: bool = True, reload_interval: float | None = RELOAD_INTERVAL_S,

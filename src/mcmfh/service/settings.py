@@ -10,6 +10,7 @@ from typing import Literal
 from mcmfh.errors import MCMFHError
 
 AccessLogPolicy = Literal["off", "route", "full"]
+VIEWER_FIELDS = ("study_uid", "series_uid", "sop_uid")  # what a viewer URL template may name
 MIN_TOKEN_CHARS = 16  # a bearer token shorter than this is guessable; refuse it rather than pretend it protects
 
 
@@ -44,6 +45,9 @@ class Settings:
     # Write endpoints (POST /items, DELETE /items/{id}); off by default and refused without a token. How long a
     # write waits for another writer is the engine's (``mcmfh serve --lock-timeout``); past it the answer is 503.
     allow_writes: bool = False
+    # Link from a result to its study in the hospital's PACS viewer, e.g.
+    # "https://pacs.example/viewer?StudyInstanceUID={study_uid}"; placeholders VIEWER_FIELDS; None = no link.
+    viewer_url: str | None = None
     debug: bool = False  # log tracebacks of server errors (may contain request data)
 
     def __post_init__(self) -> None:
@@ -64,6 +68,29 @@ class Settings:
         if self.access_log not in ("off", "route", "full"):
             raise MCMFHError(f"access_log must be off, route or full, got {self.access_log!r}")
         re.compile(self.id_pattern)
+        if self.viewer_url is not None:
+            check_viewer_url(self.viewer_url)
 
     def id_is_valid(self, item_id: str) -> bool:
         return re.fullmatch(self.id_pattern, item_id) is not None
+
+
+def check_viewer_url(template: str) -> None:
+    """A viewer URL template must be http(s) and name only ``VIEWER_FIELDS`` (at least one), as {field}."""
+    if not re.match(r"https?://[^/\s{}]+", template):
+        raise MCMFHError(f"--viewer-url must start with http:// or https:// and a host, got {template[:80]!r}")
+    named = re.findall(r"{([^{}]*)}", template)
+    unknown = sorted(set(named) - set(VIEWER_FIELDS))
+    if unknown or not named:
+        raise MCMFHError(f"--viewer-url: placeholders must be among {{{'}, {'.join(VIEWER_FIELDS)}}}, "
+                         f"got {named or 'none'}")  # fmt: skip
+
+
+def viewer_link(template: str, study: dict[str, str]) -> str | None:
+    """The template filled with the item's (percent-encoded) UIDs; None when the item lacks one it names."""
+    from urllib.parse import quote
+
+    named = re.findall(r"{([^{}]*)}", template)
+    if not all(study.get(name) for name in named):
+        return None
+    return template.format(**{name: quote(study[name], safe="") for name in named})

@@ -62,7 +62,8 @@ function card(hit, rank) {
   button.type = "button";
   button.className = "card";
   button.dataset.id = hit.id;
-  button.setAttribute("aria-label", `Result ${rank}: ${hit.id}, Hamming distance ${hit.distance}. Open item.`);
+  const scored = hit.score === null || hit.score === undefined ? "" : ` · similarity ${hit.score.toFixed(3)}`;
+  button.setAttribute("aria-label", `Result ${rank}: ${hit.id}, Hamming distance ${hit.distance}${scored}. Open item.`);
   if (hit.image_url) {
     const img = document.createElement("img");
     img.alt = `Image of ${hit.id}`;
@@ -76,13 +77,32 @@ function card(hit, rank) {
   }
   const distance = document.createElement("span");
   distance.className = "distance";
-  distance.textContent = `#${rank} · distance ${hit.distance} · ${hit.id}`;
+  // Results arrive in the order to show: by re-scored similarity (two-stage), else by Hamming distance.
+  distance.textContent = `#${rank}${scored} · distance ${hit.distance} · ${hit.id}`;
   const caption = document.createElement("span");
   caption.className = "caption";
   caption.textContent = hit.text;
-  button.append(distance, caption, labelList(hit.labels));
+  const study = [hit.modality, hit.body_part, hit.study_date].filter(Boolean).join(" · ");
+  const parts = [distance, caption, labelList(hit.labels)];
+  if (study) {
+    const meta = document.createElement("span");
+    meta.className = "study";
+    meta.textContent = study;
+    parts.splice(2, 0, meta);
+  }
+  button.append(...parts);
   button.addEventListener("click", () => openItem(hit.id, button));
   li.appendChild(button);
+  if (hit.viewer_url && /^https?:\/\//.test(hit.viewer_url)) {  // a link beside the card: no link in a button
+    const link = document.createElement("a");
+    link.className = "viewer";
+    link.href = hit.viewer_url;
+    link.target = "_blank";
+    link.rel = "noopener noreferrer";
+    link.textContent = "Open study in the PACS viewer";
+    link.setAttribute("aria-label", `Open the study of ${hit.id} in the PACS viewer`);
+    li.appendChild(link);
+  }
   return li;
 }
 
@@ -97,6 +117,32 @@ function render(payload, what, seq) {
 
 function k() { return Number.parseInt($("k").value, 10) || 12; }
 
+function filters() {
+  const out = {};
+  if ($("modality").value) out.modality = $("modality").value;
+  if ($("body-part").value) out.body_part = $("body-part").value;
+  return out;
+}
+
+async function loadFacets() {
+  try {
+    const f = await (await api("/facets")).json();
+    for (const [id, values] of [["modality", f.modality], ["body-part", f.body_part]]) {
+      const select = $(id);
+      select.replaceChildren(select.options[0]);
+      for (const v of values) {
+        const option = document.createElement("option");
+        option.value = v;
+        option.textContent = v;
+        select.appendChild(option);
+      }
+    }
+    $("filters").hidden = !(f.modality.length || f.body_part.length);
+  } catch (_) {
+    $("filters").hidden = true;  // an older server without /facets, or no token yet: search works unfiltered
+  }
+}
+
 async function searchText(event) {
   event.preventDefault();
   const query = $("query").value.trim();
@@ -107,7 +153,7 @@ async function searchText(event) {
     const response = await api("/search/text", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ query, k: k() }),
+      body: JSON.stringify({ query, k: k(), ...filters() }),
     });
     render(await response.json(), "the text query", seq);
   } catch (error) {
@@ -121,6 +167,7 @@ async function searchImage(file) {
   const form = new FormData();
   form.append("file", file);
   form.append("k", String(k()));
+  for (const [name, value] of Object.entries(filters())) form.append(name, value);
   const seq = ++searchSeq;
   try {
     const response = await api("/search/image", { method: "POST", body: form });
@@ -183,9 +230,11 @@ document.addEventListener("DOMContentLoaded", () => {
     $("token-form").hidden = true;
     setStatus("Token set.");
     loadHealth();
+    loadFacets();
   });
   $("item-view").addEventListener("close", () => { if (lastCard) lastCard.focus(); });
   setupDrop();
   loadHealth();
+  loadFacets();
   $("query").focus();
 });

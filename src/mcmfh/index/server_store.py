@@ -1,30 +1,21 @@
-"""Where an archive's sub-indexes keep their codes and item metadata.
+"""``ServerStore``: an archive sub-index with its codes in Milvus and its item metadata in SQLite or PostgreSQL.
 
-``local`` (the default) is ``ItemIndex``: codes and SQLite metadata in the archive folder, crash-safe by
-generations. ``milvus`` keeps the codes in a Milvus collection (``MilvusIndex``, exact, ties in insertion order) and
-the metadata either in SQLite in the archive folder or in PostgreSQL (``PostgresItemStore``, one schema per
-sub-index, its codes kept as ``bit(n)`` as well for SQL audits).
-
-Codes and metadata then live in two systems without a shared transaction, so ``ServerStore`` keeps one invariant:
-the keys in Milvus are a superset of the keys with metadata, and equal once a change completes. An add writes the
-codes first, then commits the metadata (the commit point); a remove commits the metadata deletion first, then
-deletes the codes. A process killed mid-change leaves extra codes without metadata: readers ask Milvus for that many
-more candidates and drop them (so results stay exact), and the next writer deletes them. An item counts as present
-only once its metadata is committed, so rerunning an interrupted add completes it.
-
-The archive manifest records the store (``store_manifest``) without secrets: a URI's user:password and a DSN's
-password are stripped. On open, the Milvus token comes from ``MCMFH_MILVUS_TOKEN`` and the PostgreSQL DSN from
-``MCMFH_POSTGRES_DSN`` when set (otherwise the recorded DSN, with libpq's ``PGPASSWORD`` / ``~/.pgpass``).
+Codes (``MilvusIndex``, exact, ties in insertion order) and metadata then live in two systems without a shared
+transaction, so ``ServerStore`` keeps one invariant: the keys in Milvus are a superset of the keys with metadata,
+and equal once a change completes. An add writes the codes first, then commits the metadata (the commit point); a
+remove commits the metadata deletion first, then deletes the codes. A process killed mid-change leaves extra codes
+without metadata: readers ask Milvus for that many more candidates and drop them (so results stay exact), and the
+next writer deletes them. An item counts as present only once its metadata is committed, so rerunning an
+interrupted add completes it. PostgreSQL metadata lives in one schema per sub-index (``PostgresItemStore``, codes
+kept as ``bit(n)`` as well for SQL audits).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -32,61 +23,12 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from mcmfh.errors import ArtefactError, MCMFHError
-from mcmfh.index.storage import DB_NAME, Hit, Item, ItemIndex, item_row
+from mcmfh.index.items import NAMES, SQL_CHUNK, Hit, Item, item_from_row, item_row, sqlite_table
+from mcmfh.index.storage import DB_NAME
 from mcmfh.io import sqlite_transaction
 
-BACKENDS = ("local", "milvus")
-METADATA = ("sqlite", "postgres")
 TOKEN_ENV = "MCMFH_MILVUS_TOKEN"
 DSN_ENV = "MCMFH_POSTGRES_DSN"
-
-
-class ArchiveStore(Protocol):
-    """What ``Archive`` needs of a sub-index: ``ItemIndex`` (local) and ``ServerStore`` (milvus) provide it."""
-
-    def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]]) -> np.ndarray: ...
-    def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]: ...
-    def refresh(self) -> bool: ...
-    def state_token(self) -> Any: ...
-    def get(self, keys: Sequence[int] | np.ndarray) -> list[Item]: ...
-    def keys_of(self, item_ids: Sequence[str]) -> dict[str, int]: ...
-    def remove(self, item_ids: Sequence[str]) -> int: ...
-    def __len__(self) -> int: ...
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class StoreConfig:
-    """The CLI's ``--backend/--uri/--metadata/--dsn``: where a new archive keeps its sub-indexes."""
-
-    backend: str = "local"
-    uri: str | None = None
-    metadata: str = "sqlite"
-    dsn: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise MCMFHError(f"--backend: expected one of {BACKENDS}, got {self.backend!r}")
-        if self.metadata not in METADATA:
-            raise MCMFHError(f"--metadata: expected one of {METADATA}, got {self.metadata!r}")
-        if self.backend == "local" and (self.uri or self.metadata != "sqlite"):
-            raise MCMFHError("--uri and --metadata postgres need --backend milvus (local keeps everything in SQLite)")
-        if self.metadata == "postgres" and not (self.dsn or os.environ.get(DSN_ENV)):
-            raise MCMFHError(f"--metadata postgres needs --dsn or the {DSN_ENV} environment variable")
-
-
-def store_manifest(config: StoreConfig, run_id: str) -> dict[str, Any]:
-    """The manifest's ``store`` entry: backend, secret-free URI/DSN, and per-modality collection/schema names."""
-    if config.backend == "local":
-        return {"backend": "local"}
-    from mcmfh.index.milvus import DEFAULT_URI
-
-    names = {m: f"mcmfh_{run_id}_{m}" for m in ("images", "texts")}  # run_id is hex: valid names in both
-    out: dict[str, Any] = {"backend": "milvus", "uri": split_uri(config.uri or DEFAULT_URI)[0], "collections": names}
-    out["metadata"] = config.metadata
-    if config.metadata == "postgres":
-        out["dsn"], out["schemas"] = redact_dsn(config.dsn or os.environ[DSN_ENV]), names
-    return out
 
 
 def split_uri(uri: str) -> tuple[str, str | None]:
@@ -111,53 +53,31 @@ def redact_dsn(dsn: str) -> str:
     return " ".join(p for p in dsn.split() if not p.startswith("password="))
 
 
-# ---------------------------------------------------------------------------------------------------- open / create
-def create_store(
-    folder: Path, modality: str, bits: int, store: Mapping[str, Any], config: StoreConfig, fields: dict[str, Any]
-) -> ArchiveStore:
-    """A new, empty sub-index; a server collection or schema that already holds items is refused."""
-    if store["backend"] == "local":
-        return ItemIndex.create(folder, bits, **fields)
-    uri = config.uri or store["uri"]
-    dsn = config.dsn or os.environ.get(DSN_ENV)
-    # Read-only until checked: a writer would reconcile, i.e. delete codes another archive's metadata describes.
-    made = ServerStore.connect(folder, modality, bits, store, writable=False, uri=uri, dsn=dsn, create=True)
-    if len(made.codes) or len(made.meta):
-        where = f"collection {made.codes.collection_name!r} at {store['uri']}"
-        made.close()
-        raise MCMFHError(f"{where} already holds items (an archive of this run exists); use --overwrite to replace it")
-    made.writable = True
-    return made
-
-
-def open_store(folder: Path, modality: str, bits: int, store: Mapping[str, Any], expect: dict[str, Any],
-               writable: bool, lock_timeout: float | None = None) -> ArchiveStore:  # fmt: skip
-    backend = store.get("backend", "local")
-    if backend == "local":
-        return ItemIndex.open(folder, expect=expect, writable=writable, lock_timeout=lock_timeout)
-    if backend != "milvus":
-        raise ArtefactError(f"{folder.parent}/manifest.json: unknown store backend {backend!r}")
-    return ServerStore.connect(folder, modality, bits, store, writable=writable)
-
-
-def drop_store(store: ArchiveStore) -> None:
-    """Delete what a server store holds on its servers (used when a build fails or is overwritten)."""
-    if isinstance(store, ServerStore):
-        store.drop()
-    store.close()
-
 
 # ---------------------------------------------------------------------------------------------------- metadata
+class MetadataStore(Protocol):
+    """Item metadata beside codes kept elsewhere: ``SqliteMeta`` (a file in the archive) and ``PostgresMeta``."""
+
+    def reserve_keys(self, n: int) -> np.ndarray: ...
+    def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]], keys: np.ndarray) -> None: ...
+    def remove(self, item_ids: Sequence[str]) -> np.ndarray: ...
+    def keys_of(self, item_ids: Sequence[str]) -> dict[str, int]: ...
+    def lookup(self, keys: Sequence[int] | np.ndarray) -> dict[int, Item]: ...
+    def all_keys(self) -> np.ndarray: ...
+    def max_key(self) -> int: ...
+    def __len__(self) -> int: ...
+    def drop(self) -> None: ...
+    def close(self) -> None: ...
+
+
 class SqliteMeta:
     """Item metadata in ``items.sqlite`` beside nothing else: the codes are on the server."""
 
-    _SCHEMA = """
-    CREATE TABLE IF NOT EXISTS items (key INTEGER PRIMARY KEY, item_id TEXT NOT NULL UNIQUE, caption TEXT NOT NULL,
-                                      image TEXT, labels TEXT NOT NULL, source TEXT NOT NULL);
-    CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-    INSERT OR IGNORE INTO counters VALUES ('next_key', 0);
-    """
-    _COLS = "key, item_id, caption, image, labels, source"
+    _SCHEMA = "\n".join([
+        sqlite_table("items", unique_ids=True),
+        "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
+        "INSERT OR IGNORE INTO counters VALUES ('next_key', 0);",
+    ])
 
     def __init__(self, path: Path, create: bool) -> None:
         if not create and not path.is_file():
@@ -180,7 +100,7 @@ class SqliteMeta:
     def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]], keys: np.ndarray) -> None:
         rows = [(int(k), *item_row(i, it)) for i, (k, it) in enumerate(zip(keys, items, strict=True))]
         with self._transaction():  # the commit point of an add
-            self._db.executemany(f"INSERT INTO items ({self._COLS}) VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany(f"INSERT INTO items ({NAMES}) VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     def remove(self, item_ids: Sequence[str]) -> np.ndarray:
         keys = np.array(sorted(self.keys_of(item_ids).values()), np.int64)
@@ -193,19 +113,19 @@ class SqliteMeta:
 
     def keys_of(self, item_ids: Sequence[str]) -> dict[str, int]:
         ids, out = [str(x) for x in item_ids], {}
-        for start in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
-            chunk = ids[start : start + 500]
+        for start in range(0, len(ids), SQL_CHUNK):
+            chunk = ids[start : start + SQL_CHUNK]
             sql = f"SELECT item_id, key FROM items WHERE item_id IN ({','.join('?' * len(chunk))})"
             out.update(self._db.execute(sql, chunk).fetchall())
         return out
 
     def lookup(self, keys: Sequence[int] | np.ndarray) -> dict[int, Item]:
         keys, out = [int(k) for k in keys], {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            sql = f"SELECT {self._COLS} FROM items WHERE key IN ({','.join('?' * len(chunk))})"
-            for key, item_id, caption, image, labels, source in self._db.execute(sql, chunk):
-                out[key] = Item(key, item_id, caption, image, tuple(json.loads(labels)), source)
+        for start in range(0, len(keys), SQL_CHUNK):
+            chunk = keys[start : start + SQL_CHUNK]
+            sql = f"SELECT {NAMES} FROM items WHERE key IN ({','.join('?' * len(chunk))})"
+            for row in self._db.execute(sql, chunk):
+                out[int(row[0])] = item_from_row(row)
         return out
 
     def all_keys(self) -> np.ndarray:
@@ -267,7 +187,7 @@ class PostgresMeta:
 class ServerStore:
     """Codes in Milvus, metadata in SQLite or PostgreSQL; see the module docstring for the add/remove order."""
 
-    def __init__(self, codes: Any, meta: SqliteMeta | PostgresMeta, writable: bool, where: str) -> None:
+    def __init__(self, codes: Any, meta: MetadataStore, writable: bool, where: str) -> None:
         self.codes, self.meta, self.writable, self.where = codes, meta, writable, where
         # Codes without metadata (a change was killed, or one is under way): ask Milvus for that many more.
         self._extra = max(0, len(codes) - len(meta))
@@ -285,7 +205,7 @@ class ServerStore:
         token = os.environ.get(TOKEN_ENV) or token
         if create:
             folder.mkdir(parents=True, exist_ok=True)
-        meta: SqliteMeta | PostgresMeta
+        meta: MetadataStore
         if kind == "postgres":
             meta = PostgresMeta(dsn or os.environ.get(DSN_ENV) or store["dsn"], bits, store["schemas"][modality])
         else:
