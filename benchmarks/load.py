@@ -101,6 +101,12 @@ class SyntheticEngine:
     def image_path(self, item_id: str):
         return None
 
+    def study_metadata(self, item_ids: list[str]) -> dict[str, dict[str, str]]:
+        return {}
+
+    def facets(self) -> dict[str, list[str]]:
+        return {"modality": [], "body_part": []}
+
 
 def serve(config: Config, port: int, log_path: str) -> None:
     """Server process: build the engine, then run uvicorn until terminated; its logs go to ``log_path``."""

@@ -104,3 +104,11 @@ def test_archive_engine_reads_the_sync_state(chain, tmp_path) -> None:  # noqa: 
         assert {h["id"] for h in hits} == set(ids[:2]) and all(h["viewer_url"] for h in hits)
     finally:
         engine.close()
+
+
+def test_an_engine_without_the_whole_contract_is_refused_at_start_up(tmp_path) -> None:
+    class Old(FakeEngine):
+        facets = None  # an engine written before the study-metadata methods existed
+
+    with pytest.raises(TypeError, match="lacks facets"):
+        create_app(Old(tmp_path), Settings())

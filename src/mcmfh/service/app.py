@@ -177,9 +177,15 @@ def _mount_docs(app: FastAPI) -> None:
         )  # fmt: skip
 
 
+_ENGINE_METHODS = ("info", "search_text", "search_image", "get_item", "image_path", "study_metadata", "facets")
+
+
 def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAPI:
     """The service app; ``engine`` answers searches, ``settings`` bounds every input."""
     settings = settings or Settings()
+    missing = [name for name in _ENGINE_METHODS if not callable(getattr(engine, name, None))]
+    if missing:  # fail at start-up, not with a 500 on every request
+        raise TypeError(f"{type(engine).__name__} is not a SearchEngine: it lacks {', '.join(missing)}")
     app = FastAPI(
         title="mcmfh search",
         version=__version__,
