@@ -7,6 +7,7 @@ import math
 import torch
 
 from mcmfh.losses import (
+    bank_contrastive_loss,
     bit_balance_loss,
     gate_loss,
     hash_contrastive_loss,
@@ -46,6 +47,23 @@ def test_hash_contrastive_matches_loop_on_tanh_outputs() -> None:
     g = torch.Generator().manual_seed(1)
     h1, h2 = torch.tanh(torch.randn(6, 16, generator=g)), torch.tanh(torch.randn(6, 16, generator=g))
     assert math.isclose(float(hash_contrastive_loss(h1, h2, 0.3)), _info_nce_loop(h1, h2, 0.3), rel_tol=1e-5)
+
+
+def test_bank_contrastive_matches_loop_and_sends_no_gradient_into_the_bank() -> None:
+    g = torch.Generator().manual_seed(7)
+    h = torch.tanh(torch.randn(4, 8, generator=g)).requires_grad_(True)
+    bank = (torch.randn(10, 8, generator=g) > 0).float() * 2 - 1  # the whole training set's ±1 codes
+    bank.requires_grad_(True)
+    index = torch.tensor([3, 0, 9, 5])  # each batch row's own item in the bank (its positive)
+    tau = 0.3
+    loop = 0.0
+    for b in range(4):
+        row = [math.exp(_cos(h[b].detach(), bank[j].detach()) / tau) for j in range(10)]
+        loop += -math.log(row[int(index[b])] / sum(row))
+    loss = bank_contrastive_loss(h, bank, index, tau)
+    assert math.isclose(float(loss), loop / 4, rel_tol=1e-5)
+    loss.backward()
+    assert h.grad is not None and bank.grad is None
 
 
 def test_load_balancing_matches_loop_and_is_one_when_uniform() -> None:

@@ -296,3 +296,34 @@ def test_without_dev_split_the_fixed_recipe_is_used(data) -> None:
     dev_loss = create_method("mcmfh", bits=16, seed=0, **{**TINY, "epochs_stage1": 2, "select_on": "dev_loss"})
     log = dev_loss.fit(train, data[1])
     assert log["selection"] == "dev_loss" and log["stage2"]["dev_score"] < 0  # minus the dev loss
+
+
+def test_memory_bank_term_trains_and_resumes_bit_identically(data, tmp_path) -> None:
+    """lambda_bank (UCCH's contrast against the training set's binary codes): logged per epoch, changes the model,
+    and an interrupted fit resumes to the same codes (the bank is rebuilt from the model at each epoch start)."""
+    train, dev, test = data
+    opts = {**TINY, "epochs_stage1": 2, "epochs_stage2": 3, "lambda_bank": 1.0}
+    method = create_method("mcmfh", bits=16, seed=5, **opts)
+    log = method.fit(train, dev)
+    assert all("loss_bank" in row for row in log["stage2"]["history"])
+    assert not any("loss_bank" in row for row in log["stage1"]["history"])
+    plain = create_method("mcmfh", bits=16, seed=5, **{**opts, "lambda_bank": 0.0})
+    plain.fit(train, dev)
+    assert not np.array_equal(method.encode_images(test.image), plain.encode_images(test.image))
+
+    ckpt = tmp_path / "ckpt"
+    interrupted = create_method("mcmfh", bits=16, seed=5, **{**opts, "checkpoint_dir": str(ckpt)})
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_stage2_epoch(stage: int, epoch: int) -> None:
+        if stage == 2 and epoch == 1:
+            raise Stop
+
+    interrupted.callback = stop_after_first_stage2_epoch
+    with pytest.raises(Stop):
+        interrupted.fit(train, dev)
+    resumed = create_method("mcmfh", bits=16, seed=5, **{**opts, "checkpoint_dir": str(ckpt)})
+    resumed.fit(train, dev)
+    np.testing.assert_array_equal(resumed.encode_images(test.image), method.encode_images(test.image))

@@ -25,6 +25,16 @@ def hash_contrastive_loss(h_img_n_b: torch.Tensor, h_txt_n_b: torch.Tensor, temp
     return info_nce(h_img_n_b, h_txt_n_b, temperature)
 
 
+def bank_contrastive_loss(
+    h_b_d: torch.Tensor, bank_n_d: torch.Tensor, index_b: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """UCCH-style contrast against a memory bank (Hu et al., TPAMI 2022): each hash output of the batch against the
+    other modality's *binary* codes of the whole training set, its own pair's code the positive. Cosine / τ,
+    cross-entropy over all N items (the bank is a constant: no gradient flows into it)."""
+    logits = F.normalize(h_b_d, dim=-1) @ F.normalize(bank_n_d.detach(), dim=-1).T / temperature
+    return F.cross_entropy(logits, index_b)
+
+
 def load_balancing_loss(probs_n_e: torch.Tensor, topk_n_k: torch.Tensor) -> torch.Tensor:
     """Switch-Transformer load balance E · Σ_e f_e · P_e: f_e = share of routing slots (token, choice) sent to
     expert e, P_e = mean router probability of e. Equals 1 when routing is uniform."""

@@ -63,6 +63,10 @@ class MCMFHConfig:
     lambda_quant: float = 0.0  # optional: quantisation term mean (|h| - 1)², off by default
     lambda_bit_balance: float = 0.0  # optional: each bit's batch mean pulled to 0, off by default
     lambda_label: float = 0.0  # optional, supervised: hash cosine vs shared-label similarity, off by default
+    # Optional: UCCH's contrast of each hash output against the other modality's binary codes of the whole training
+    # set (a memory bank, refreshed from the model at every stage-2 epoch), off by default (docs/model.md).
+    lambda_bank: float = 0.0
+    bank_temperature: float = 0.3
     # --- optimisation ---
     lr: float = 1e-3
     weight_decay: float = 1e-2
@@ -115,7 +119,7 @@ class MCMFHConfig:
                 raise MCMFHError(f"mcmfh: {name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 <= self.gate_blend <= 1.0:
             raise MCMFHError(f"mcmfh: gate_blend must be in [0, 1], got {self.gate_blend}")
-        if self.temperature <= 0 or self.hash_temperature <= 0:
+        if self.temperature <= 0 or self.hash_temperature <= 0 or self.bank_temperature <= 0:
             raise MCMFHError("mcmfh: temperatures must be > 0")
 
     def to_json(self) -> str:

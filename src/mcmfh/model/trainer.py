@@ -34,6 +34,7 @@ from mcmfh.code_health import method_code_health
 from mcmfh.errors import ArtefactError
 from mcmfh.io import atomic_write_bytes
 from mcmfh.losses import (
+    bank_contrastive_loss,
     bit_balance_loss,
     gate_loss,
     hash_contrastive_loss,
@@ -78,6 +79,9 @@ class Trainer:
         self.tokens_cached = False
         self.cached: Split | None = None  # stage 2: the train set's frozen DV-MLP outputs
         self.last_health: dict[str, Any] | None = None  # code health of the last dev evaluation (stage 2)
+        # lambda_bank: the training set's ±1 codes per modality (refreshed each stage-2 epoch) and the batch's rows
+        self.bank: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.batch_index: torch.Tensor | None = None
         self.ckpt = Path(cfg.checkpoint_dir) / CHECKPOINT_NAME if cfg.checkpoint_dir else None
         has_dev_labels = dev is not None and len(dev) > 0 and bool(dev.labels.any())
         self.select_on = cfg.select_on
@@ -116,6 +120,13 @@ class Trainer:
         if cfg.lambda_bit_balance > 0:
             terms["bit_balance"] = 0.5 * (bit_balance_loss(hi) + bit_balance_loss(ht))
             weights["bit_balance"] = cfg.lambda_bit_balance
+        if cfg.lambda_bank > 0 and self.bank is not None and self.batch_index is not None:
+            bank_img, bank_txt = self.bank
+            idx, tau = self.batch_index, cfg.bank_temperature
+            terms["bank"] = 0.5 * (
+                bank_contrastive_loss(hi, bank_txt, idx, tau) + bank_contrastive_loss(ht, bank_img, idx, tau)
+            )
+            weights["bank"] = cfg.lambda_bank
         if cfg.lambda_label > 0:
             lab = torch.from_numpy(labels)
             terms["label"] = label_similarity_loss(hi, ht, lab, lab)
@@ -157,6 +168,17 @@ class Trainer:
         return dev_map(q_img, q_txt, db_img, db_txt, *labels, binary=binary).mean
 
     @torch.no_grad()
+    @torch.no_grad()
+    def _bank_codes(self, data: Split) -> tuple[torch.Tensor, torch.Tensor]:
+        """±1 codes of every training item under the current model (the memory bank of ``lambda_bank``)."""
+        was_training = self.net.training
+        self.net.eval()
+        ti, tt = (data.image, data.text) if self.tokens_cached else self.net.dv_tokens(data.image, data.text)
+        codes = (self.net.hash_img.codes(self.net.fusion.encode_single(ti, IMAGE)[0]),
+                 self.net.hash_txt.codes(self.net.fusion.encode_single(tt, TEXT)[0]))  # fmt: skip
+        self.net.train(was_training)
+        return tuple(c.float() * 2 - 1 for c in codes)  # type: ignore[return-value]
+
     def _dev_score(self, stage: int, loss_fn: Callable[..., dict[str, torch.Tensor]]) -> float:
         if self.select_on == "dev_map":
             return self._dev_map(stage)
@@ -189,10 +211,13 @@ class Trainer:
         if epochs > 0:
             epochs = max(epochs, -(-min_steps // n_batches))  # the step floor: see MCMFHConfig.min_steps_stage*
         for epoch in range(state["epoch"], epochs):
+            if stage == 2 and cfg.lambda_bank > 0:
+                self.bank = self._bank_codes(data)  # from the model as it starts the epoch: deterministic on resume
             net.train()
             perm = torch.randperm(n, generator=self.gen)
             sums: dict[str, float] = {}
             for idx in torch.tensor_split(perm, n_batches):
+                self.batch_index = idx
                 terms = loss_fn(data.image[idx], data.text[idx], data.labels[idx.numpy()])
                 opt.zero_grad()
                 terms["total"].backward()
@@ -213,6 +238,7 @@ class Trainer:
             self._save_checkpoint(stage, opt, best, state)
             if self.callback is not None:
                 self.callback(stage, epoch + 1)
+        self.batch_index, self.bank = None, None  # dev evaluations and later stages see no bank term
         if self.select_on != "last" and epochs > 0:
             net.load_state_dict(best)
         else:
