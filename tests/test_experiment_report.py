@@ -23,6 +23,7 @@ def test_report_header_order_chance_and_ablations(tmp_path) -> None:
         rows += [
             _row("mcmfh", 16, s, 0.50 + noise, 0.48 + noise),
             _row("mcmfh-no-moe", 16, s, 0.40 + noise, 0.49 + noise),  # i2t clearly worse, t2i within std
+            _row("mcmfh-supervised", 16, s, 0.60, 0.60),  # named like one, but not an ablation: not in that table
             _row("lsh", 16, s, 0.10, 0.35),  # i2t below chance
             _row("chance", 16, s, 0.30, 0.30),
         ]
@@ -33,7 +34,8 @@ def test_report_header_order_chance_and_ablations(tmp_path) -> None:
     assert re.search(r"date: \d{4}-\d\d-\d\d \d\d:\d\d UTC", header) and f"mcmfh version: {__version__}" in header
     assert "git commit: unknown" in header and "config: configs/x.yaml" in header
     table = [line.split(" | ")[0].strip("| ") for line in md.splitlines() if line.startswith("| ") and "16 | 3" in line]
-    assert table == ["mcmfh", "mcmfh-no-moe", "lsh", "chance"]  # the config's order, not alphabetical
+    assert table == ["mcmfh", "mcmfh-no-moe", "mcmfh-supervised", "lsh", "chance"]  # the config's order
+    assert "| mcmfh-supervised | 16 | +" not in md.split("| ablation |")[1]
     assert "NOT above chance: lsh 16 bits i2t" in md and "lsh 16 bits t2i" not in md
     abl = md.split("| ablation |")[1].split("| mcmfh-no-moe | 16 |")[1].splitlines()[0]
     assert "-0.100 ± 0.020" in abl and "i2t: mcmfh better" in abl and "t2i: within std" in abl

@@ -27,6 +27,14 @@ def available_methods() -> list[str]:
     return sorted(REGISTRY)
 
 
+def method_class(name: str) -> type[HashMethod]:
+    """The registered class of ``name`` (what it declares: ``continuous``, ``ablation_of``, ...)."""
+    _import_builtin_methods()
+    if name not in REGISTRY:
+        raise MCMFHError(f"unknown method {name!r}; available: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
 def create_method(name: str, bits: int, seed: int = 0, **options: Any) -> HashMethod:
     _import_builtin_methods()
     if name not in REGISTRY:

@@ -30,6 +30,8 @@ CONFIG_NAME = "method.json"
 class HashMethod(ABC):
     name: ClassVar[str]
     continuous: ClassVar[bool] = False
+    # The method this one ablates (one component switched off), for the report's ablation table; None: not one.
+    ablation_of: ClassVar[str | None] = None
 
     def __init__(self, bits: int, seed: int = 0, **options: Any) -> None:
         self.bits = int(bits)

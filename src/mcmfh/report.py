@@ -117,9 +117,16 @@ def _chance_check(groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]]])
     return [f"Chance check (mean tie-aware mAP vs `chance` at the same bits): {verdict}.", ""]
 
 
+def _ablates_mcmfh(method: str) -> bool:
+    from mcmfh.factory import available_methods, method_class
+
+    return method in available_methods() and method_class(method).ablation_of == "mcmfh"
+
+
 def _ablation_table(groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]]]) -> list[str]:
-    """Each ``mcmfh-*`` ablation minus ``mcmfh`` at the same bits; a difference within one std is no effect."""
-    pairs = [(m, b) for m, b in groups if m.startswith("mcmfh-") and ("mcmfh", b) in groups]
+    """Each ablation (a method declaring ``ablation_of = "mcmfh"``) minus ``mcmfh`` at the same bits; a difference
+    within one std is no effect."""
+    pairs = [(m, b) for m, b in groups if _ablates_mcmfh(m) and ("mcmfh", b) in groups]
     if not pairs:
         return []
     lines = [

@@ -154,6 +154,7 @@ class MCMFH(HashMethod):
 class MCMFHNoMoE(MCMFH):
     """Ablation: each fusion layer's feed-forward is one dense FFN (no experts, no router, no gating loss)."""
 
+    ablation_of: ClassVar[str | None] = "mcmfh"
     ablation: ClassVar[dict[str, Any]] = {"use_moe": False}
 
 
@@ -161,6 +162,7 @@ class MCMFHNoMoE(MCMFH):
 class MCMFHNoDV(MCMFH):
     """Ablation: no dropout voting: a plain MLP (T = 1 eval pass), not frozen, trained on in stage 2."""
 
+    ablation_of: ClassVar[str | None] = "mcmfh"
     ablation: ClassVar[dict[str, Any]] = {"dropout_voting": False}
 
 
@@ -168,4 +170,5 @@ class MCMFHNoDV(MCMFH):
 class MCMFHNoGateLoss(MCMFH):
     """Ablation: the MoE is kept but the hybrid gating loss is off (λ_g = 0)."""
 
+    ablation_of: ClassVar[str | None] = "mcmfh"
     ablation: ClassVar[dict[str, Any]] = {"lambda_gate": 0.0}
