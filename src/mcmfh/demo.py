@@ -43,7 +43,7 @@ class DemoConfig:
     n_synthetic: int = 600
     n_examples: int = 2  # example queries per direction
     top: int = 3  # results shown per example
-    method_options: dict[str, Any] = field(default_factory=dict)
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per method name, e.g. {"mcmfh": {...}}
 
 
 def _dataset(cfg: DemoConfig, log: Callable[[str], None]) -> Dataset:
@@ -77,7 +77,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict[str, A
     rows = []
     seeds = [cfg.seed + i for i in range(max(1, cfg.n_seeds))]
     for name in cfg.methods:
-        options = cfg.method_options if name.startswith("mcmfh") else {}
+        options = cfg.method_options.get(name, {})
         per_seed = []
         for seed in seeds:
             run_dir = cfg.out / "runs" / f"{name}-{cfg.bits}-s{seed}"
