@@ -43,6 +43,12 @@ def built(chain, store: StoreConfig, tmp_path):  # noqa: F811
     drop_server_stores(out)
 
 
+def _one_stage(archive: Archive) -> Archive:
+    """Server stores keep codes only (no two-stage payload): compare them with the local archive's Hamming order."""
+    archive.manifest = {**archive.manifest, "payload": None}
+    return archive
+
+
 def _plain(item: Item) -> Item:
     """An item without its key: keys are each store's own numbering (PostgreSQL's identity starts at 1)."""
     return dataclasses.replace(item, key=-1)
@@ -70,7 +76,8 @@ def _queries(archive: Archive, chain) -> dict[str, np.ndarray]:  # noqa: F811
 
 def test_search_equals_local_archive_and_survives_a_killed_add(chain, built) -> None:  # noqa: F811
     with Archive.open(chain["idx"]) as local, Archive.open(built) as srv:
-        assert isinstance(srv.indexes["texts"], ServerStore)
+        _one_stage(local)
+        assert isinstance(srv.indexes["texts"], ServerStore) and srv.default_rerank() == "none"
         assert len(srv) == len(local) and len(srv.indexes["images"]) == len(local.indexes["images"])
         queries = _queries(local, chain)
         for k in (1, 10, len(local)):  # len: every item, so every tie is ordered
@@ -150,12 +157,15 @@ def test_cli_build_search_and_service_engine(chain, milvus_uri, postgres_dsn, tm
         query = ["--text", "cyst in the liver", "--k", "5", "--json"]
         assert main(["search", str(out), *query]) == 0
         srv = json.loads(capsys.readouterr().out)["results"]
-        assert main(["search", str(chain["idx"]), *query]) == 0
+        assert main(["search", str(chain["idx"]), *query, "--rerank", "none"]) == 0
         assert srv == json.loads(capsys.readouterr().out)["results"]
+        assert main(["search", str(out), *query, "--rerank", "int8"]) == 2  # server stores keep no payload
+        assert "no payload" in capsys.readouterr().err
 
         from mcmfh.service.search_engine import open_engine
 
         engine, local = open_engine(out), open_engine(chain["idx"])
+        _one_stage(local.archive)
         try:
             assert engine.info().items == local.info().items
             q = "fracture of the chest wall"
