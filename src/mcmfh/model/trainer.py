@@ -187,7 +187,7 @@ class Trainer:
         img, txt = self.dev.image, self.dev.text
         if self.tokens_cached:
             img, txt = self.net.dv_tokens(img, txt)
-        return -float(loss_fn(img, txt, self.dev.labels)["total"])
+        return -float(loss_fn(img, txt, self.dev.labels)["total"].detach())
 
     # ---------------------------------------------------------------- the loop
     def run_stage(
