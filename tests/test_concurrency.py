@@ -93,6 +93,31 @@ def spawn(script: str, *args: str, tmp_path: Path, name: str) -> subprocess.Pope
     return subprocess.Popen([sys.executable, str(path), *args], stdout=subprocess.PIPE, text=True, env=env)
 
 
+def writers_with_kills(folder: Path, data: Path, workers: range, killed: tuple[int, ...], reader_script: str,
+                       tmp_path: Path, seed: int = 0, max_wait_s: float = 0.3, timeout_s: float = 300) -> None:
+    """Writer processes adding at once, a reader searching throughout; each ``killed`` writer is SIGKILLed at a
+    random moment of its next add once it has committed something, then re-run. Every writer must finish and the
+    reader must have searched and never erred."""
+    stop = tmp_path / "stop"
+    reader = spawn(reader_script, str(folder), str(stop), tmp_path=tmp_path, name="reader")
+    writers = {w: spawn(WRITER, str(folder), str(data), str(w), tmp_path=tmp_path, name=f"w{w}") for w in workers}
+    rng = np.random.default_rng(seed)
+    for w in killed:
+        assert writers[w].stdout is not None
+        assert writers[w].stdout.readline().startswith("committed"), f"writer {w} exited early"
+        time.sleep(rng.uniform(0.0, max_wait_s))
+        writers[w].send_signal(signal.SIGKILL)
+        writers[w].wait(timeout=60)
+        writers[w] = spawn(WRITER, str(folder), str(data), str(w), tmp_path=tmp_path, name=f"w{w}")
+    for w, p in writers.items():
+        out, _ = p.communicate(timeout=timeout_s)
+        assert p.returncode == 0, (w, out)
+    stop.write_text("")
+    out, _ = reader.communicate(timeout=120)
+    assert reader.returncode == 0 and out.strip().endswith("errors 0"), out
+    assert int(out.split()[-3]) > 0, out  # it did search while the writers ran
+
+
 def codes_by_id(folder: Path) -> dict[tuple[str, str], bytes]:
     """Every stored code, by (sub-index, item id)."""
     out = {}
@@ -108,26 +133,7 @@ def test_writers_at_once_with_kills_give_the_union_and_a_reader_never_errors(bas
     folder = tmp_path / "idx"
     shutil.copytree(base["idx"], folder)
     n0 = len(Archive.open(folder))
-    stop = tmp_path / "stop"
-    reader = spawn(READER, str(folder), str(stop), tmp_path=tmp_path, name="reader")
-    writers = {w: spawn(WRITER, str(folder), str(base["data"]), str(w), tmp_path=tmp_path, name=f"w{w}")
-               for w in range(WORKERS)}  # fmt: skip
-    # Kill two writers once they have committed something, at a random moment of their next add; re-run them.
-    rng = np.random.default_rng(0)
-    for w in (1, 4):
-        assert writers[w].stdout is not None
-        assert writers[w].stdout.readline().startswith("committed"), f"writer {w} exited early"
-        time.sleep(rng.uniform(0.0, 0.3))
-        writers[w].send_signal(signal.SIGKILL)
-        writers[w].wait(timeout=60)
-        writers[w] = spawn(WRITER, str(folder), str(base["data"]), str(w), tmp_path=tmp_path, name=f"w{w}")
-    for w, p in writers.items():
-        out, _ = p.communicate(timeout=300)
-        assert p.returncode == 0, (w, out)
-    stop.write_text("")
-    out, _ = reader.communicate(timeout=120)
-    assert reader.returncode == 0 and out.strip().endswith("errors 0"), out
-    assert int(out.split()[-3]) > 0, out  # it did search while the writers ran
+    writers_with_kills(folder, base["data"], range(WORKERS), (1, 4), READER, tmp_path)
 
     # The final archive holds exactly the union, ids unique, codes identical to one serial build of the same items.
     serial = tmp_path / "serial"

@@ -4,8 +4,6 @@ processes adding at once with SIGKILLs thrown in, a reader process searching thr
 from __future__ import annotations
 
 import shutil
-import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ from mcmfh.data import load_dataset
 from mcmfh.features import FeatureSet
 from mcmfh.index.codes import pack_codes
 from mcmfh.index.stores import StoreConfig
-from test_concurrency import WRITER, base, spawn, worker_records  # noqa: F401 (base: fixture)
+from test_concurrency import base, worker_records, writers_with_kills  # noqa: F401 (base: fixture)
 
 pytestmark = pytest.mark.scale
 WORKERS = 4
@@ -71,25 +69,8 @@ def test_server_writers_at_once_with_kills_give_the_union_and_a_reader_never_err
     folder = server_archive
     with Archive.open(folder) as archive:
         n0 = len(archive)
-    stop = tmp_path / "stop"
-    reader = spawn(READER, str(folder), str(stop), tmp_path=tmp_path, name="reader")
-    writers = {w: spawn(WRITER, str(folder), str(base["data"]), str(w), tmp_path=tmp_path, name=f"w{w}")
-               for w in range(WORKERS)}  # fmt: skip
-    rng = np.random.default_rng(1)
-    for w in (1, 3):  # killed at a random moment of their next add once they have committed something; re-run
-        assert writers[w].stdout is not None
-        assert writers[w].stdout.readline().startswith("committed"), f"writer {w} exited early"
-        time.sleep(rng.uniform(0.0, 0.5))
-        writers[w].send_signal(signal.SIGKILL)
-        writers[w].wait(timeout=60)
-        writers[w] = spawn(WRITER, str(folder), str(base["data"]), str(w), tmp_path=tmp_path, name=f"w{w}")
-    for w, p in writers.items():
-        out, _ = p.communicate(timeout=600)
-        assert p.returncode == 0, (w, out)
-    stop.write_text("")
-    out, _ = reader.communicate(timeout=120)
-    assert reader.returncode == 0 and out.strip().endswith("errors 0"), out
-    assert int(out.split()[-3]) > 0, out
+    writers_with_kills(folder, base["data"], range(WORKERS), (1, 3), READER, tmp_path, seed=1, max_wait_s=0.5,
+                       timeout_s=600)
 
     # Exactly the union, ids unique, every code equal to a serial local build of the same items.
     serial = tmp_path / "serial"

@@ -6,9 +6,11 @@ is never used (it is not reachable here), so the system binary is passed as exec
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,32 +28,39 @@ pytestmark = [
 TIMEOUT_MS = 15_000
 
 
+@contextlib.contextmanager
+def served_page(app, viewport: dict | None = None) -> Iterator[tuple[object, str]]:
+    """A real server for ``app`` and a Chromium page (default timeout set, not yet navigated), closed afterwards."""
+    with running_server(app) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport=viewport) if viewport else browser.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            yield page, url
+        finally:
+            browser.close()
+
+
 @pytest.fixture
 def page(tmp_path: Path):
     engine = FakeEngine(tmp_path / "idx")
     app = create_app(engine, Settings(image_root=engine.root))
-    with running_server(app) as url, sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.set_default_timeout(TIMEOUT_MS)
-            # Turn on file-chooser interception now: enabling it lazily inside expect_file_chooser races the click.
-            page.on("filechooser", lambda chooser: None)
-            external = []
-            page.on(
-                "request",
-                lambda r: None if r.url.startswith(url) or r.url.startswith("blob:") else external.append(r.url),
-            )
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)  # CSP violations too
-            page.goto(url + "/")
-            page.console_errors = errors  # a test that provokes an HTTP error removes the expected message
-            yield page
-            assert external == [], f"the page fetched from other hosts: {external}"
-            assert errors == [], f"JavaScript errors: {errors}"
-        finally:
-            browser.close()
+    with served_page(app, viewport={"width": 1200, "height": 900}) as (page, url):
+        # Turn on file-chooser interception now: enabling it lazily inside expect_file_chooser races the click.
+        page.on("filechooser", lambda chooser: None)
+        external = []
+        page.on(
+            "request",
+            lambda r: None if r.url.startswith(url) or r.url.startswith("blob:") else external.append(r.url),
+        )
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)  # CSP violations too
+        page.goto(url + "/")
+        page.console_errors = errors  # a test that provokes an HTTP error removes the expected message
+        yield page
+        assert external == [], f"the page fetched from other hosts: {external}"
+        assert errors == [], f"JavaScript errors: {errors}"
 
 
 def wait_image_loaded(page, selector: str) -> None:
@@ -165,23 +174,17 @@ def test_token_protected_server(tmp_path: Path) -> None:
     engine = FakeEngine(tmp_path / "idx")
     app = create_app(engine, Settings(image_root=engine.root, token=token))
     expect = sync_api.expect
-    with running_server(app) as url, sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(url + "/")
-            expect(page.locator("#token-form")).to_be_visible()
-            expect(page.locator("#model")).to_contain_text("needs an access token")
-            page.fill("#token", token)
-            page.keyboard.press("Enter")
-            expect(page.locator("#model")).to_contain_text("6 items")
-            page.fill("#query", TEXTS[0])
-            page.keyboard.press("Enter")
-            expect(page.locator("#results li").first).to_contain_text("MPX0000_synpic0")
-            wait_image_loaded(page, "#results img")
-        finally:
-            browser.close()
+    with served_page(app) as (page, url):
+        page.goto(url + "/")
+        expect(page.locator("#token-form")).to_be_visible()
+        expect(page.locator("#model")).to_contain_text("needs an access token")
+        page.fill("#token", token)
+        page.keyboard.press("Enter")
+        expect(page.locator("#model")).to_contain_text("6 items")
+        page.fill("#query", TEXTS[0])
+        page.keyboard.press("Enter")
+        expect(page.locator("#results li").first).to_contain_text("MPX0000_synpic0")
+        wait_image_loaded(page, "#results img")
 
 
 def test_odd_ids_open_from_the_page(tmp_path: Path) -> None:
@@ -192,25 +195,19 @@ def test_odd_ids_open_from_the_page(tmp_path: Path) -> None:
     for n, item_id in enumerate(odd):
         engine.add(item_id, f"odd identifier zebra{n}", image_seed=60 + n)
     app = create_app(engine, Settings(image_root=engine.root))
-    with running_server(app) as url, sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(url + "/")
-            for n, item_id in enumerate(odd):
-                page.fill("#k", "1")
-                page.fill("#query", f"odd identifier zebra{n}")
-                page.keyboard.press("Enter")
-                card = page.locator("#results li button.card").first
-                sync_api.expect(card).to_contain_text(item_id)
-                wait_image_loaded(page, "#results img")
-                card.click()
-                sync_api.expect(page.locator("#item-title")).to_have_text(item_id)
-                wait_image_loaded(page, "#item-image")
-                page.keyboard.press("Escape")
-        finally:
-            browser.close()
+    with served_page(app) as (page, url):
+        page.goto(url + "/")
+        for n, item_id in enumerate(odd):
+            page.fill("#k", "1")
+            page.fill("#query", f"odd identifier zebra{n}")
+            page.keyboard.press("Enter")
+            card = page.locator("#results li button.card").first
+            sync_api.expect(card).to_contain_text(item_id)
+            wait_image_loaded(page, "#results img")
+            card.click()
+            sync_api.expect(page.locator("#item-title")).to_have_text(item_id)
+            wait_image_loaded(page, "#item-image")
+            page.keyboard.press("Escape")
 
 
 @pytest.mark.realdata
@@ -237,11 +234,8 @@ def test_page_over_a_medpix_archive_shows_the_first_screen_by_rescored_similarit
     Archive.build(run, fs, tmp_path / "idx", dataset=ds).close()
     engine = open_engine(tmp_path / "idx")
     app = create_app(engine, Settings(image_root=engine.image_root))
-    with running_server(app) as url, sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 1400})
-            page.set_default_timeout(TIMEOUT_MS)
+    try:
+        with served_page(app, viewport={"width": 1200, "height": 1400}) as (page, url):
             page.goto(url + "/")
             page.fill("#k", "12")
             page.fill("#query", "axial CT of the brain showing a hemorrhage")
@@ -252,9 +246,8 @@ def test_page_over_a_medpix_archive_shows_the_first_screen_by_rescored_similarit
             shot = Path(os.environ.get("MCMFH_SCREENSHOT_DIR", tmp_path)) / "service-page-medpix2-two-stage.png"
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
-            engine.close()
+    finally:
+        engine.close()
     parsed = [re.search(r"similarity (-?[0-9.]+) · distance (\d+)", line) for line in lines]
     assert all(parsed), lines
     sims = [float(m.group(1)) for m in parsed]
@@ -273,23 +266,17 @@ def test_pacs_filters_and_viewer_links(tmp_path: Path) -> None:
     viewer = "https://pacs.example/viewer?StudyInstanceUID={study_uid}"
     app = create_app(engine, Settings(image_root=engine.root, viewer_url=viewer))
     expect = sync_api.expect
-    with running_server(app) as url, sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(url + "/")
-            expect(page.locator("#filters")).to_be_visible()
-            expect(page.locator("#modality option")).to_have_text(["any", "CT", "MR"])
-            page.select_option("#modality", "CT")
-            page.fill("#query", TEXTS[3])
-            page.keyboard.press("Enter")
-            cards = page.locator("#results > li")
-            expect(cards).to_have_count(3)  # items 1, 3, 5 are CT
-            expect(cards.locator(".study")).to_have_text(["CT · CHEST · 20240102"] * 3)
-            links = cards.locator("a.viewer")
-            expect(links).to_have_count(3)
-            assert links.first.get_attribute("href").startswith("https://pacs.example/viewer?StudyInstanceUID=1.2.")
-            assert links.first.get_attribute("rel") == "noopener noreferrer"
-        finally:
-            browser.close()
+    with served_page(app, viewport={"width": 1200, "height": 900}) as (page, url):
+        page.goto(url + "/")
+        expect(page.locator("#filters")).to_be_visible()
+        expect(page.locator("#modality option")).to_have_text(["any", "CT", "MR"])
+        page.select_option("#modality", "CT")
+        page.fill("#query", TEXTS[3])
+        page.keyboard.press("Enter")
+        cards = page.locator("#results > li")
+        expect(cards).to_have_count(3)  # items 1, 3, 5 are CT
+        expect(cards.locator(".study")).to_have_text(["CT · CHEST · 20240102"] * 3)
+        links = cards.locator("a.viewer")
+        expect(links).to_have_count(3)
+        assert links.first.get_attribute("href").startswith("https://pacs.example/viewer?StudyInstanceUID=1.2.")
+        assert links.first.get_attribute("rel") == "noopener noreferrer"

@@ -290,8 +290,8 @@ class Archive:
     def _commit(self) -> None:
         """Write the commit record naming every local sub-index's committed state (the archive's commit point)."""
         local = {m: ix.manifest for m, ix in self.indexes.items() if isinstance(ix, ItemIndex)}
-        if not local:
-            return
+        if not local or all(self.record.get(m) == state for m, state in local.items()):
+            return  # nothing changed (e.g. an add of ids already present): readers have nothing to reload
         record = {"generation": int(self.record.get("generation", 0)) + 1, **local}
         atomic_write_json(self.folder / RECORD_NAME, record)
         self.record = record
@@ -404,17 +404,10 @@ class Archive:
         return batcher.submit(query)
 
     def _encode_batch(self, encoder: Encoder, modality: str, queries: list[Any]) -> list[tuple[Any, Any]]:
-        if modality == "texts":
-            emb = encoder.encode_texts(queries)
-            codes = self.method.encode_texts(emb)
-            relaxed = self.method.relaxed_texts(emb) if self.payload_codec else None
-        else:
-            # One image per encoder task, spread over its worker threads: the image network costs the same per
-            # image at any batch size here (measured 16-20 ms CPU per image for batches of 1..16), so only cores
-            # add throughput.
-            emb = encoder.encode_images(queries, batch_size=1)
-            codes = self.method.encode_images(emb)
-            relaxed = self.method.relaxed_images(emb) if self.payload_codec else None
+        # Images: one per encoder task, spread over its worker threads: the image network costs the same per image
+        # at any batch size here (measured 16-20 ms CPU per image for batches of 1..16), so only cores add throughput.
+        emb = encoder.encode_texts(queries) if modality == "texts" else encoder.encode_images(queries, batch_size=1)
+        codes, relaxed = _hash(self.method, modality, emb, relaxed=self.payload_codec is not None)
         return [(codes[i], None if relaxed is None else relaxed[i]) for i in range(len(queries))]
 
     def get(self, item_id: str) -> Item | None:
@@ -462,14 +455,13 @@ class Archive:
                 added[m] = 0
                 continue
             x = batch.image[rows] if m == "images" else batch.text[rows]
-            codes = method.encode_images(x) if m == "images" else method.encode_texts(x)
-            items = [record_item(batch.records[i], batch.source) for i in rows]
             codec = self.payload_codec
+            codes, relaxed = _hash(method, m, x, relaxed=codec is not None)
+            items = [record_item(batch.records[i], batch.source) for i in rows]
             with self._lock:
-                if codec is None:
+                if codec is None or relaxed is None:
                     index.add(pack_codes(codes), items)
                 else:
-                    relaxed = method.relaxed_images(x) if m == "images" else method.relaxed_texts(x)
                     assert isinstance(index, ItemIndex)
                     index.add(pack_codes(codes), items, payload=codec.encode(relaxed))
             added[m] = len(rows)
@@ -511,6 +503,15 @@ def _payload_entry(method: HashMethod, store: dict[str, Any], probe: np.ndarray)
     if store.get("backend", "local") != "local" or not method.has_relaxed:
         return None
     return {"codec": PAYLOAD_CODEC, "dim": int(method.relaxed_texts(probe).shape[1])}
+
+
+def _hash(method: HashMethod, modality: str, x: np.ndarray, relaxed: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Codes of ``modality`` rows, and their relaxed outputs when asked: one pass of the model, the codes being the
+    signs of the relaxed outputs (``HashMethod``'s contract, tested per method)."""
+    if not relaxed:
+        return (method.encode_images(x) if modality == "images" else method.encode_texts(x)), None
+    out = method.relaxed_images(x) if modality == "images" else method.relaxed_texts(x)
+    return out > 0, out
 
 
 def _two_stage(index: ItemIndex, code: np.ndarray, relaxed: np.ndarray, codec: PayloadCodec, k: int) -> list[Hit]:

@@ -98,6 +98,7 @@ class ItemIndex:
         self.index = SegmentedIndex(int(manifest["bits"]), self._make_segment_for(manifest))
         self._removed = np.zeros(0, np.int64)
         self._schema_checked = False
+        self._payload_column = False
         try:
             # check_same_thread=False: callers such as the service serialise access with their own lock.
             self._db = sqlite3.connect(folder / DB_NAME, isolation_level=None, check_same_thread=False, timeout=30)
@@ -310,8 +311,10 @@ class ItemIndex:
         return out.reshape(len(keys), width)
 
     def _has_payload_column(self) -> bool:
-        cols = {r[1] for r in self._db.execute("PRAGMA table_info(items)")}
-        return "payload" in cols
+        # Once there, always there (columns are only added): the PRAGMA runs until then, not on every search.
+        if not self._payload_column:
+            self._payload_column = "payload" in {r[1] for r in self._db.execute("PRAGMA table_info(items)")}
+        return self._payload_column
 
     def keys_of(self, item_ids: Sequence[str]) -> dict[str, int]:
         """Keys of the given item ids that are in the index."""

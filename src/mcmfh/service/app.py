@@ -95,6 +95,9 @@ def _filtered(
 
     Filtering after the search keeps results exact: the request widens (x4 each round) until k hits match or
     every item has been ranked."""
+    if not filters:
+        hits = search(k)
+        return hits, engine.study_metadata([h.item.item_id for h in hits])
     want = k
     n_items = max(1, engine.info().items)
     while True:
