@@ -18,6 +18,7 @@ from mcmfh.errors import MCMFHError
 from mcmfh.features import FeatureSet
 from mcmfh.method import HashMethod
 from mcmfh.metrics import RankingOptions, cosine_distances, hamming_distances, ranking_metrics, relevance
+from mcmfh.study_eval import PAIR_MODES, evaluate_modes
 from mcmfh.two_stage import REPORTED_P_AT_K, RerankOptions, evaluate_two_stage, strip_per_query
 from mcmfh.two_stage import flat_keys as two_stage_flat_keys
 
@@ -71,6 +72,7 @@ def evaluate_method(
     options: RankingOptions | None = None,
     rerank: RerankOptions | None = None,
     companions: Mapping[int, HashMethod] | None = None,
+    modes: Sequence[str] = PAIR_MODES,
 ) -> dict[str, Any]:
     """Metrics of ``method`` for image->text and text->image, nested per direction plus flat summary keys.
 
@@ -81,7 +83,9 @@ def evaluate_method(
 
     With ``rerank`` (hashing methods with a relaxed output only), ``two_stage`` holds the two-stage ranking per
     payload (``mcmfh.two_stage``) and flat keys ``<dir>_map_2s_<payload>`` etc. sit beside the one-stage ones;
-    ``companions`` are the same method fitted at the code lengths of ``code<B>`` payloads."""
+    ``companions`` are the same method fitted at the code lengths of ``code<B>`` payloads.
+
+    ``modes`` beyond i2t / t2i (always computed) add the study and same-modality modes of ``mcmfh.study_eval``."""
     opts = options or RankingOptions()
     q = features.splits(*queries)
     db = features.splits(*database)
@@ -121,6 +125,8 @@ def evaluate_method(
         )
         out["two_stage"] = two
         out.update(two_stage_flat_keys(two))
+    if set(modes) - set(PAIR_MODES):
+        out.update(evaluate_modes(method, features, queries, database, modes, opts))
     return out
 
 

@@ -32,6 +32,7 @@ from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.manifest import MANIFEST_NAME, fingerprint, new_manifest
 from mcmfh.metrics import RankingOptions
 from mcmfh.runs import feature_identity, fit_method, save_run
+from mcmfh.study_eval import PAIR_MODES, check_modes
 from mcmfh.two_stage import RerankOptions, needed_code_bits
 
 ROWS_DIR = "rows"
@@ -62,6 +63,8 @@ class ExperimentConfig:
     plot_bits: int = 16  # bits of the all-methods PR-curve plot
     save_runs: bool = False  # also keep each fitted method as a run folder (UCMFH weighs ~90 MB)
     rerank: RerankOptions | None = field(default_factory=RerankOptions)  # None: one-stage only
+    # Evaluation modes (mcmfh.study_eval): i2t and t2i always; i2s / t2s (queries vs studies), i2i / t2t add theirs.
+    modes: list[str] = field(default_factory=lambda: list(PAIR_MODES))
 
     def grid(self) -> list[tuple[str, int, int]]:
         return [(m, b, s) for b in self.bits for m in self.methods for s in self.seeds_by_bits.get(b, self.seeds)]
@@ -195,6 +198,11 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
                 raise _err(path, f"field {key!r}: expected a positive integer, got {value!r}")
         elif key == "rerank":
             value = parse_rerank(value, path)
+        elif key == "modes":
+            try:
+                value = check_modes(_list(value, str, key, path))
+            except MCMFHError as e:
+                raise _err(path, f"field 'modes': {e}") from e
         elif key in ("save_runs", "skip_bad"):
             if not isinstance(value, bool):
                 raise _err(path, f"field {key!r}: expected true or false, got {value!r}")
@@ -280,6 +288,8 @@ def _row_key(
     if with_rerank and cfg.rerank is not None and rerank_applies(cfg, method, bits):
         # Only where it applies: rows of other methods (and every row with rerank off) keep their old keys.
         parts.append({"rerank": rerank_settings(cfg.rerank)})
+    if set(cfg.modes) - set(PAIR_MODES):  # likewise: rows of the default modes keep their old keys
+        parts.append({"modes": sorted(cfg.modes)})
     return fingerprint(*parts)
 
 
@@ -291,7 +301,14 @@ def run_row(cfg: ExperimentConfig, features: FeatureSet, method: str, bits: int,
     # ``code<B>`` payloads re-score with the same method fitted at B bits (same seed and options).
     companions = {b: fit_method(features, method, b, seed, opts)[0] for b in needed_code_bits(rerank) if b != bits}
     metrics = evaluate_method(
-        m, features, cfg.queries, cfg.database, RankingOptions(map_k=cfg.map_k), rerank=rerank, companions=companions
+        m,
+        features,
+        cfg.queries,
+        cfg.database,
+        RankingOptions(map_k=cfg.map_k),
+        rerank=rerank,
+        companions=companions,
+        modes=cfg.modes,
     )
     if cfg.save_runs:
         save_run(out / "runs" / f"{method}-{bits}-{seed}", m, log, features)

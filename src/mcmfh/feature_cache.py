@@ -83,6 +83,7 @@ def input_fingerprint(dataset: Dataset) -> str:
     """Hash of everything the encoder reads, with images represented by path, size and mtime (no image bytes)."""
     rows = [
         [r.id, r.text, None if r.image is None else _image_stat(Path(r.image)), list(r.labels), r.split]
+        + ([r.study] if r.study else [])  # sources without studies keep the keys their caches were made with
         for r in dataset.records
     ]
     return fingerprint(dataset.name, dataset.label_set, dataset.label_vocab, rows)
@@ -338,6 +339,7 @@ def _assemble(
         split=split,
         has_image=has_image,
         manifest=manifest,
+        study=np.array([dataset.records[i].study for i in idx]) if dataset.has_studies else None,
     )
 
 

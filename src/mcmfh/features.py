@@ -2,7 +2,7 @@
 
 On disk a feature cache is a folder:
     arrays.safetensors   image (N, di) f32, text (N, dt) f32, has_image (N,) u8, labels (N, C) u8
-    meta.json            ids, split per item, label vocabulary
+    meta.json            ids, split per item, label vocabulary, study per item (when the source has studies)
     manifest.json        dataset, label set, encoder name/version/dims, preprocessing, package version, input hash
 The manifest is written last inside a temp folder that is renamed into place, so a folder with a manifest is complete.
 """
@@ -27,7 +27,9 @@ META_NAME = "meta.json"
 
 @dataclass
 class FeatureSet:
-    """Embeddings of N items. Items without an image have a zero image row and ``has_image`` False."""
+    """Embeddings of N items. Items without an image have a zero image row and ``has_image`` False.
+
+    ``study``: per item, the study it belongs to (None: the source has no studies; see ``study_ids``)."""
 
     ids: list[str]
     image: np.ndarray
@@ -37,6 +39,7 @@ class FeatureSet:
     split: np.ndarray
     has_image: np.ndarray | None = None
     manifest: dict[str, Any] = field(default_factory=dict)
+    study: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -47,7 +50,9 @@ class FeatureSet:
         if self.has_image is None:
             self.has_image = np.ones(n, dtype=bool)
         self.has_image = np.asarray(self.has_image, dtype=bool)
-        for name in ("image", "text", "labels", "split", "has_image"):
+        if self.study is not None:
+            self.study = np.asarray(self.study, dtype=str)
+        for name in ("image", "text", "labels", "split", "has_image") + (("study",) if self.study is not None else ()):
             arr = getattr(self, name)
             if arr.shape[0] != n:
                 raise ArtefactError(f"features: field {name!r} has {arr.shape[0]} rows, expected {n} (one per id)")
@@ -58,6 +63,17 @@ class FeatureSet:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def has_studies(self) -> bool:
+        return self.study is not None
+
+    def study_ids(self) -> np.ndarray:
+        """Per item, its study id; without studies every item is a study of its own (its id)."""
+        if self.study is None:
+            return np.asarray(self.ids, dtype=str)
+        ids = np.asarray(self.ids, dtype=str)
+        return np.where(self.study == "", ids, self.study)
 
     @property
     def image_dim(self) -> int:
@@ -80,6 +96,7 @@ class FeatureSet:
             split=self.split[idx],
             has_image=self.has_image[idx],
             manifest=dict(self.manifest),
+            study=None if self.study is None else self.study[idx],
         )
 
     def splits(self, *names: str) -> FeatureSet:
@@ -99,6 +116,8 @@ class FeatureSet:
                 str(tmp / ARRAYS_NAME),
             )
             meta = {"ids": self.ids, "split": self.split.tolist(), "label_vocab": self.label_vocab}
+            if self.study is not None:
+                meta["study"] = self.study.tolist()
             (tmp / META_NAME).write_text(json.dumps(meta), encoding="utf-8")
             (tmp / MANIFEST_NAME).write_text(json.dumps(self.manifest, indent=2, sort_keys=True), encoding="utf-8")
         return folder
@@ -121,4 +140,5 @@ class FeatureSet:
             split=np.asarray(meta["split"]),
             has_image=arrays["has_image"].astype(bool),
             manifest=manifest,
+            study=np.asarray(meta["study"]) if "study" in meta else None,
         )

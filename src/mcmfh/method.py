@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,6 +22,7 @@ from safetensors.numpy import save_file
 from mcmfh.errors import MCMFHError
 from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_write_bytes, atomic_write_json
+from mcmfh.studies import Studies
 
 WEIGHTS_NAME = "weights.safetensors"
 CONFIG_NAME = "method.json"
@@ -62,6 +63,29 @@ class HashMethod(ABC):
     def relaxed_texts(self, text: np.ndarray) -> np.ndarray:
         """(N, D) float32 real-valued outputs whose signs are the text codes."""
         raise MCMFHError(f"method {self.name!r} has no relaxed output (two-stage payloads need one)")
+
+    @property
+    def has_study_codes(self) -> bool:
+        """Whether ``encode_studies`` exists: one code per study from all of its items (a fitted study head)."""
+        return False
+
+    def study_inputs(self, image: np.ndarray, text: np.ndarray) -> np.ndarray:
+        """(N, ...) float32 per item: what a study head codes a study from (kept by archives, so a study can be
+        re-coded when it gains or loses a member)."""
+        raise MCMFHError(f"method {self.name!r} has no study codes (no study head)")
+
+    def encode_study_inputs(
+        self, inputs: np.ndarray, has_image: np.ndarray, study_of_item: Sequence[str] | np.ndarray
+    ) -> tuple[Studies, np.ndarray]:
+        """The studies (items grouped by ``study_of_item``) and one code per study from its members' inputs."""
+        raise MCMFHError(f"method {self.name!r} has no study codes (no study head)")
+
+    def encode_studies(self, features: FeatureSet) -> tuple[Studies, np.ndarray]:
+        """The studies of ``features`` (``FeatureSet.study_ids``) and one code (S, bits) bool per study, or (S, D)
+        float for continuous methods. Methods without a study head are searched by their members' codes instead
+        (``mcmfh.study_eval``)."""
+        inputs = self.study_inputs(features.image, features.text)
+        return self.encode_study_inputs(inputs, features.has_image, features.study_ids())
 
     @abstractmethod
     def state_dict(self) -> dict[str, np.ndarray]:

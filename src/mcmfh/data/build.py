@@ -59,6 +59,7 @@ class Candidate:
     split: str
     where: str
     image_name: str = ""  # as written in the source, for the missing-image report
+    study: str = ""  # the study (exam, case) the item belongs to; "" = none given
 
 
 def finalize(
@@ -102,7 +103,9 @@ def finalize(
         kept.append(c)
     vocab = build_vocab([c.labels for c in kept], min_count=min_count)
     in_vocab = set(vocab)
-    records = [Record(c.id, c.image, c.text, tuple(t for t in c.labels if t in in_vocab), c.split) for c in kept]
+    records = [
+        Record(c.id, c.image, c.text, tuple(t for t in c.labels if t in in_vocab), c.split, c.study) for c in kept
+    ]
     return Dataset(name=name, records=records, label_set=label_set, label_vocab=vocab, report=report)
 
 
@@ -177,8 +180,10 @@ def _first_bad_line(path: Path, codec: str) -> int | None:
 def _decode_error(path: Path, e: UnicodeDecodeError, encoding: str, line: int | None = None) -> DataError:
     line = _first_bad_line(path, _codec(encoding)) or line
     where = f"{path}:{line}" if line is not None else str(path)
-    return DataError(f"{where}: not valid {encoding} text (byte {e.object[e.start:e.start + 1]!r}); save the file as "
-                     f"{encoding} or pass its encoding, e.g. --encoding latin-1")
+    return DataError(
+        f"{where}: not valid {encoding} text (byte {e.object[e.start : e.start + 1]!r}); save the file as "
+        f"{encoding} or pass its encoding, e.g. --encoding latin-1"
+    )
 
 
 def read_lines(path: Path, encoding: str = DEFAULT_ENCODING) -> list[str]:

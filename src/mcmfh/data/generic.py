@@ -7,6 +7,9 @@ Each row/line is one item with the fields ``image``, ``text``, ``labels``, ``spl
 - ``labels`` (or the column named by ``label_set``): tags separated by ``;`` (in JSONL also a list of strings).
 - ``split``: ``train``, ``dev`` or ``test``.
 - ``id``: unique; when the column is absent, ids are ``<file stem>-<line>``.
+- ``study_id`` (optional): the study (exam, case) the item belongs to. Items sharing it form one study: its images
+  and reports are searched together (``mcmfh search --target studies``) and coded as one by models that have a
+  study head. An empty cell or no column: the item is a study of its own.
 
 ``root`` is the CSV/JSONL file itself, or a folder holding exactly one such file. Files are read as UTF-8 (a BOM is
 dropped) unless the ``encoding`` option names another (``--encoding latin-1`` on the CLI). A CSV field longer than
@@ -33,6 +36,7 @@ from mcmfh.data.records import Dataset
 from mcmfh.errors import DataError
 
 REQUIRED = ("image", "text", "split")
+STUDY_COLUMN = "study_id"
 
 
 def _find_file(root: Path, suffixes: tuple[str, ...]) -> Path:
@@ -44,7 +48,9 @@ def _find_file(root: Path, suffixes: tuple[str, ...]) -> Path:
     return found[0]
 
 
-def _candidate(row: dict[str, object], label_set: str, base: Path, where: str, default_id: str) -> Candidate | str:
+def _candidate(
+    row: dict[str, object], label_set: str, base: Path, where: str, default_id: str, study_column: str = STUDY_COLUMN
+) -> Candidate | str:
     """One row -> Candidate, or the reason it is bad."""
     labels_cell = row.get(label_set)
     if isinstance(labels_cell, list):
@@ -55,7 +61,7 @@ def _candidate(row: dict[str, object], label_set: str, base: Path, where: str, d
         labels = split_labels(labels_cell)
     else:
         return f"{label_set!r} must be a list of strings or a ';'-separated string"
-    for key in ("image", "text", "split", "id"):
+    for key in ("image", "text", "split", "id", study_column):
         if row.get(key) is not None and not isinstance(row[key], str):
             return f"field {key!r} must be a string"
     image_cell = str(row.get("image") or "").strip()
@@ -71,6 +77,7 @@ def _candidate(row: dict[str, object], label_set: str, base: Path, where: str, d
         split=str(row.get("split") or "").strip(),
         where=where,
         image_name=image_cell,
+        study=str(row.get(study_column) or "").strip(),
     )
 
 
@@ -81,11 +88,12 @@ def load_rows_csv(
     require_id: bool = False,
     encoding: str = DEFAULT_ENCODING,
     max_field_chars: int = MAX_FIELD_CHARS,
+    study_column: str = STUDY_COLUMN,
 ) -> list[Candidate]:
     required = REQUIRED + (label_set,) + (("id",) if require_id else ())
     out: list[Candidate] = []
     for line, row in read_csv_rows(path, required, issues, encoding=encoding, max_field_chars=max_field_chars):
-        c = _candidate(row, label_set, path.parent, f"{path}:{line}", f"{path.stem}-{line}")
+        c = _candidate(row, label_set, path.parent, f"{path}:{line}", f"{path.stem}-{line}", study_column)
         if isinstance(c, str):
             issues.bad(f"{path}:{line}", c)
         else:

@@ -8,6 +8,7 @@ Label sets:
 - ``labels_coarse``: ``type:<CT|MR>;loccat:<body region>`` (denser relevance).
 
 Splits are the dataset authors' case-level split (no case crosses splits): train 1,653 / dev 197 / test 200.
+Studies are the teaching cases (``case_id``): 671 cases of one or more images, each image with its own caption.
 """
 
 from __future__ import annotations
@@ -29,5 +30,5 @@ def load_medpix2(root: Path, label_set: str, issues: Issues, min_count: int = 1,
     path = root if root.is_file() else root / CSV_NAME
     if not path.is_file():
         raise DataError(f"{path}: not found; run `mcmfh prepare medpix2 --out DIR` to create the MedPix 2.0 layout")
-    cands = load_rows_csv(path, label_set, issues, require_id=True)
+    cands = load_rows_csv(path, label_set, issues, require_id=True, study_column="case_id")
     return finalize("medpix2", label_set, cands, issues, check_images=check_images, min_count=min_count)

@@ -231,13 +231,13 @@ def _candidates(
             first = next((n for n, f in zip(names, s.frontal, strict=False) if f), names[0])
             names = [first]
         if not names:
-            out.append(Candidate(f"CXR{s.uid}", None, s.text, labels, split, s.where))
+            out.append(Candidate(f"CXR{s.uid}", None, s.text, labels, split, s.where, study=f"CXR{s.uid}"))
             continue
         for name in names:
             # A not-found image keeps a path that does not exist, so finalize reports it as missing (text-only).
             path = index.find(name) or (index.dirs[0] if index.dirs else base) / name
             rid = strip_image_suffixes(name) if unit == "image" else f"CXR{s.uid}"
-            out.append(Candidate(rid, path, s.text, labels, split, s.where, image_name=name))
+            out.append(Candidate(rid, path, s.text, labels, split, s.where, image_name=name, study=f"CXR{s.uid}"))
     return out
 
 

@@ -16,13 +16,18 @@ SPLITS = ("train", "dev", "test")
 
 @dataclass(frozen=True)
 class Record:
-    """One image–text item. ``image`` is None for text-only items (e.g. Open-i reports without images)."""
+    """One image–text item. ``image`` is None for text-only items (e.g. Open-i reports without images).
+
+    ``study``: the study (exam, case) the item belongs to; "" when the source groups nothing (the item is then a
+    study of its own wherever studies are asked for).
+    """
 
     id: str
     image: Path | None
     text: str
     labels: tuple[str, ...]
     split: str
+    study: str = ""
 
 
 @dataclass
@@ -68,6 +73,15 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.records)
+
+    @property
+    def has_studies(self) -> bool:
+        """Whether the source grouped its items into studies (any record names one)."""
+        return any(r.study for r in self.records)
+
+    def studies(self) -> list[str]:
+        """Per record, its study id; an item of no study is a study of its own (its id)."""
+        return [r.study or r.id for r in self.records]
 
     def label_matrix(self) -> np.ndarray:
         """Multi-hot (N, C) uint8 over ``label_vocab``; tags outside the vocabulary are ignored."""

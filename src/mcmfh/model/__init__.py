@@ -1,6 +1,6 @@
-"""The MCMFH model: DV-MLP, MoE fusion transformer, hashing heads. Importing registers the methods
-``mcmfh``, ``mcmfh-no-moe``, ``mcmfh-no-dv``, ``mcmfh-no-gateloss`` and the ceilings ``continuous-mcmfh``,
-``continuous-mcmfh-relaxed``."""
+"""The MCMFH model: DV-MLP, MoE fusion transformer, hashing heads, study head. Importing registers the methods
+``mcmfh``, ``mcmfh-no-moe``, ``mcmfh-no-dv``, ``mcmfh-no-gateloss``, ``mcmfh-no-fusion`` and the ceilings
+``continuous-mcmfh``, ``continuous-mcmfh-relaxed``."""
 
 from mcmfh.model import continuous as _continuous  # noqa: F401  (registers the methods)
 from mcmfh.model import mcmfh as _mcmfh  # noqa: F401

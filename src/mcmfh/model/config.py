@@ -67,6 +67,12 @@ class MCMFHConfig:
     # set (a memory bank, refreshed from the model at every stage-2 epoch), off by default (docs/model.md).
     lambda_bank: float = 0.0
     bank_temperature: float = 0.3
+    # --- study head (stage 3, model/study.py): trained only when the training data groups items into studies ---
+    study_head: bool = True
+    epochs_stage3: int = 12
+    min_steps_stage3: int = 96
+    study_batch: int = 64  # studies per batch (each with one held-out member as its image and text query)
+    lambda_study_token: float = 1.0  # InfoNCE of study tokens vs the queries' fused tokens (the continuous space)
     # --- optimisation ---
     lr: float = 1e-3
     weight_decay: float = 1e-2

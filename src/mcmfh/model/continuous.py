@@ -6,6 +6,8 @@ what ``encode_images`` / ``encode_texts`` return:
   hashing MLP;
 - ``continuous-mcmfh-relaxed``: the hashing MLP's relaxed codes tanh(h) (float32, ``bits`` dims) — exactly what
   sign() turns into the codes, so the gap to ``mcmfh`` at the same bits is what binarisation costs.
+With a study head, ``encode_studies`` returns the matching study output: the study token (trained against the
+queries' fused tokens) or the study hash head's relaxed output.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 
 from mcmfh.method import register_method
 from mcmfh.model.mcmfh import MCMFH
+from mcmfh.model.study import TokenSets
 
 
 @register_method("continuous-mcmfh")
@@ -34,6 +37,11 @@ class ContinuousMCMFH(MCMFH):
         """Width of the fused tokens (the model's ``width``), whatever the code length it was trained for."""
         return self.cfg.width
 
+    def _study_output_fn(self) -> Callable[[TokenSets], torch.Tensor]:
+        assert self.net is not None and self.net.study is not None
+        study = self.net.study
+        return lambda sets: study.tokens(sets)[0]  # study tokens, trained against the queries' fused tokens
+
 
 @register_method("continuous-mcmfh-relaxed")
 class RelaxedMCMFH(ContinuousMCMFH):
@@ -42,3 +50,8 @@ class RelaxedMCMFH(ContinuousMCMFH):
 
     def output_dim(self) -> int:
         return self.bits
+
+    def _study_output_fn(self) -> Callable[[TokenSets], torch.Tensor]:
+        assert self.net is not None and self.net.study is not None
+        study = self.net.study
+        return lambda sets: study(sets)[1]  # the study hash head's tanh output

@@ -11,6 +11,10 @@ Single-item rule (the documented answer to "what if the other modality is missin
   "alone":  the modality token alone, a sequence of length 1.
 Nothing in a layer mixes items (attention runs within one item's sequence, the MoE has no capacity limit), so an
 item's code depends neither on its pair nor on its batch-mates.
+
+``encode_set`` runs the same layers over a padded *set* of tokens (a study: several images and reports; see
+``mcmfh.model.study``): padding is masked out of attention and skipped by the feed-forward, so it changes neither
+the other tokens nor the MoE's auxiliary losses.
 """
 
 from __future__ import annotations
@@ -45,11 +49,19 @@ class FusionLayer(nn.Module):
         else:
             self.ffn = DenseFeedForward(cfg.width, cfg.ffn_hidden, dropout=cfg.ffn_dropout)
 
-    def forward(self, x_n_s_d: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, x_n_s_d: torch.Tensor, pad_n_s: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         h = self.norm1(x_n_s_d)
-        x_n_s_d = x_n_s_d + self.attn(h, h, h, need_weights=False)[0]
-        ffn_out, aux = self.ffn(self.norm2(x_n_s_d))
-        return x_n_s_d + ffn_out, aux
+        x_n_s_d = x_n_s_d + self.attn(h, h, h, key_padding_mask=pad_n_s, need_weights=False)[0]
+        if pad_n_s is None:
+            ffn_out, aux = self.ffn(self.norm2(x_n_s_d))
+            return x_n_s_d + ffn_out, aux
+        keep = ~pad_n_s
+        ffn_out, aux = self.ffn(self.norm2(x_n_s_d[keep]))  # real tokens only: padding stays out of the gate
+        out = x_n_s_d.clone()
+        out[keep] = x_n_s_d[keep] + ffn_out
+        return out, aux
 
 
 class FusionTransformer(nn.Module):
@@ -62,10 +74,12 @@ class FusionTransformer(nn.Module):
         self.layers = nn.ModuleList(FusionLayer(cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.width)
 
-    def _run(self, x_n_s_d: torch.Tensor) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    def _run(
+        self, x_n_s_d: torch.Tensor, pad_n_s: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
         aux = []
         for layer in self.layers:
-            x_n_s_d, layer_aux = layer(x_n_s_d)
+            x_n_s_d, layer_aux = layer(x_n_s_d, pad_n_s)
             aux.append(layer_aux)
         return self.norm(x_n_s_d), aux
 
@@ -97,3 +111,17 @@ class FusionTransformer(nn.Module):
             txt_n_d = torch.where((drop_n & ~which_n)[:, None], self._absent(TEXT, n), txt_n_d)
         seq = torch.stack([img_n_d, txt_n_d], dim=1) + self.type_emb_2_d
         return self._run(seq)
+
+    def encode_set(
+        self, tokens_n_s_d: torch.Tensor, modality_n_s: torch.Tensor, pad_n_s: torch.Tensor
+    ) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+        """(N, d) mean of the fused outputs of each padded token set; a set lacking a modality gets its "absent"
+        token, as a single item does (with the "alone" rule too: a study with no report is not a report)."""
+        n = tokens_n_s_d.shape[0]
+        present = [((modality_n_s == m) & ~pad_n_s).any(dim=1) for m in (IMAGE, TEXT)]
+        absent_n_2_d = self.absent_2_d.expand(n, -1, -1) + self.type_emb_2_d
+        seq = torch.cat([tokens_n_s_d + self.type_emb_2_d[modality_n_s], absent_n_2_d], dim=1)
+        pad = torch.cat([pad_n_s, torch.stack(present, dim=1)], dim=1)  # an absent slot is used only when needed
+        out_n_s_d, aux = self._run(seq, pad)
+        keep = (~pad).unsqueeze(-1).to(out_n_s_d.dtype)
+        return (out_n_s_d * keep).sum(dim=1) / keep.sum(dim=1), aux

@@ -9,7 +9,7 @@ dims, and the full config as JSON bytes, so a loaded model is refused if its con
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,9 +20,12 @@ from mcmfh.features import FeatureSet
 from mcmfh.method import HashMethod, register_method
 from mcmfh.model.config import MCMFHConfig
 from mcmfh.model.network import MCMFHNet
+from mcmfh.model.study import TokenSets, pack_sets, whole_sets
 from mcmfh.model.trainer import EpochCallback, Split, Trainer, run_key
+from mcmfh.studies import Studies
 
 ENCODE_BATCH = 4096  # rows per forward pass at inference; codes do not depend on it (no cross-item op)
+STUDY_BATCH = 256  # studies per forward pass of the study encoder; codes do not depend on it either
 
 
 @register_method("mcmfh")
@@ -38,8 +41,8 @@ class MCMFH(HashMethod):
         self.net: MCMFHNet | None = None
         self.callback: EpochCallback | None = None  # test hook: called after each epoch
 
-    def _build(self, image_dim: int, text_dim: int) -> MCMFHNet:
-        return MCMFHNet(self.cfg, image_dim, text_dim, self.bits)
+    def _build(self, image_dim: int, text_dim: int, with_study: bool = False) -> MCMFHNet:
+        return MCMFHNet(self.cfg, image_dim, text_dim, self.bits, with_study=with_study)
 
     def recipe(self) -> dict[str, Any]:
         return self.cfg.model_fields()
@@ -54,10 +57,14 @@ class MCMFH(HashMethod):
             torch.set_num_threads(self.cfg.num_threads)
         try:
             torch.manual_seed(self.seed)  # weights init and dropout; batch order uses the trainer's own generator
-            self.net = self._build(train.image_dim, train.text_dim)
+            self.net = self._build(train.image_dim, train.text_dim, self.cfg.study_head and train.has_studies)
             self.net.pre_img.fit(torch.from_numpy(train.image))
             self.net.pre_txt.fit(torch.from_numpy(train.text))
-            to_split = lambda fs: Split(torch.from_numpy(fs.image), torch.from_numpy(fs.text), fs.labels)  # noqa: E731
+
+            def to_split(fs: FeatureSet) -> Split:
+                study = fs.study_ids() if fs.has_studies else None
+                return Split(torch.from_numpy(fs.image), torch.from_numpy(fs.text), fs.labels, study)
+
             dev_split = to_split(dev.subset(dev.has_image)) if dev is not None and len(dev) else None
             key = run_key(self.cfg, self.seed, self.bits, train.image, train.text)
             trainer = Trainer(self.net, self.cfg, self.seed, to_split(train), dev_split, key, self.callback)
@@ -121,11 +128,82 @@ class MCMFH(HashMethod):
     def relaxed_texts(self, text: np.ndarray) -> np.ndarray:
         return self._encode(text, image=False, relaxed=True)
 
+    # ---------------------------------------------------------------- studies (model/study.py)
+    @property
+    def has_study_codes(self) -> bool:
+        return self.net is not None and self.net.study is not None
+
+    def study_inputs(self, image: np.ndarray, text: np.ndarray) -> np.ndarray:
+        """(N, 2, width) float32: per item, its frozen DV-MLP image and text tokens, what a study is coded from. An
+        archive keeps them, so a study gaining a member is re-coded without its other members' embeddings."""
+        if self.net is None or self.net.study is None:
+            raise MCMFHError(f"{self.name}: no study head (fit on data with studies to train one)")
+        self.net.eval()
+        image, text = np.asarray(image, np.float32), np.asarray(text, np.float32)
+        with torch.no_grad():
+            di, dt = self.net.dv_tokens(torch.from_numpy(image), torch.from_numpy(text))
+        assert di is not None and dt is not None
+        return torch.stack([di, dt], dim=1).numpy()
+
+    def _study_batches(
+        self, inputs: np.ndarray, has_image: np.ndarray, study_of_item: Sequence[str] | np.ndarray
+    ) -> tuple[Studies, Iterator[TokenSets]]:
+        """The studies and their token sets, packed ``STUDY_BATCH`` studies at a time (padding is per batch, so one
+        very large study does not pad every other one)."""
+        if self.net is None or self.net.study is None:
+            raise MCMFHError(f"{self.name}: no study head (fit on data with studies to train one)")
+        inputs = np.asarray(inputs, np.float32)
+        if inputs.ndim != 3 or inputs.shape[1:] != (2, self.cfg.width) or len(has_image) != len(inputs):
+            raise MCMFHError(f"{self.name}: study inputs must be (N, 2, {self.cfg.width}), got {inputs.shape}")
+        studies = Studies.group(study_of_item)
+        tokens = torch.from_numpy(inputs)
+        imgs, txts = whole_sets(studies, np.asarray(has_image, bool), inputs[:, 1])  # equal text tokens: one report
+        batches = (pack_sets(tokens[:, 0], tokens[:, 1], imgs[i : i + STUDY_BATCH], txts[i : i + STUDY_BATCH])
+                   for i in range(0, len(studies), STUDY_BATCH))  # fmt: skip
+        return studies, batches
+
+    def encode_study_inputs(
+        self, inputs: np.ndarray, has_image: np.ndarray, study_of_item: Sequence[str] | np.ndarray
+    ) -> tuple[Studies, np.ndarray]:
+        """One code per study from its members' ``study_inputs`` (rows grouped by ``study_of_item``)."""
+        studies, batches = self._study_batches(inputs, has_image, study_of_item)
+        fn = self._study_output_fn()
+        self.net.eval()  # type: ignore[union-attr]
+        with torch.no_grad():
+            parts = [fn(b).numpy() for b in batches]
+        return studies, np.concatenate(parts) if parts else np.zeros((0, self.output_dim()), self._output_dtype())
+
+    def _study_output_fn(self) -> Callable[[TokenSets], torch.Tensor]:
+        """What ``encode_studies`` returns per study: the binary code (overridden by the continuous ceilings)."""
+        assert self.net is not None and self.net.study is not None
+        return self.net.study.codes
+
+    def study_tokens(self, features: FeatureSet) -> tuple[Studies, np.ndarray]:
+        """Unquantised study tokens, in the space of ``image_tokens`` / ``text_tokens`` (the continuous ceiling)."""
+        inputs = self.study_inputs(features.image, features.text)
+        studies, batches = self._study_batches(inputs, features.has_image, features.study_ids())
+        assert self.net is not None and self.net.study is not None
+        with torch.no_grad():
+            parts = [self.net.study.tokens(b)[0].numpy() for b in batches]
+        return studies, np.concatenate(parts) if parts else np.zeros((0, self.cfg.width), np.float32)
+
+    def image_tokens(self, image: np.ndarray) -> np.ndarray:
+        """Fused (N, width) image tokens, images alone: the real-valued space the hash head codes."""
+        assert self.net is not None
+        with torch.no_grad():
+            return self.net.image_tokens(torch.from_numpy(np.asarray(image, np.float32))).numpy()
+
+    def text_tokens(self, text: np.ndarray) -> np.ndarray:
+        assert self.net is not None
+        with torch.no_grad():
+            return self.net.text_tokens(torch.from_numpy(np.asarray(text, np.float32))).numpy()
+
     def state_dict(self) -> dict[str, np.ndarray]:
         if self.net is None:
             raise MCMFHError(f"{self.name}: nothing to save, the model is not fitted")
         state = {f"net.{k}": v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
         state["meta.dims"] = np.array([self.net.pre_img.mean.shape[0], self.net.pre_txt.mean.shape[0]], np.int64)
+        state["meta.study_head"] = np.array([self.net.study is not None], np.uint8)
         state["meta.config_json"] = np.frombuffer(json.dumps(self.cfg.model_fields()).encode(), dtype=np.uint8)
         return state
 
@@ -138,7 +216,8 @@ class MCMFH(HashMethod):
         if saved_cfg != self.cfg.model_fields():
             diff = sorted(k for k in saved_cfg if saved_cfg[k] != self.cfg.model_fields().get(k))
             raise ArtefactError(f"{self.name}: saved model was made with other settings ({', '.join(diff)})")
-        net = self._build(image_dim, text_dim)
+        with_study = bool(state["meta.study_head"][0]) if "meta.study_head" in state else False
+        net = self._build(image_dim, text_dim, with_study)
         tensors = {k[4:]: torch.from_numpy(np.array(v)) for k, v in state.items() if k.startswith("net.")}
         for name, module in (("dv_img", net.dv_img), ("dv_txt", net.dv_txt)):
             module.masks = tensors[f"{name}.masks"]  # stored vote masks: their count sets the buffer's shape
@@ -172,3 +251,12 @@ class MCMFHNoGateLoss(MCMFH):
 
     ablation_of: ClassVar[str | None] = "mcmfh"
     ablation: ClassVar[dict[str, Any]] = {"lambda_gate": 0.0}
+
+
+@register_method("mcmfh-no-fusion")
+class MCMFHNoFusion(MCMFH):
+    """Ablation: no fusion layers (L = 0): tokens go from the DV-MLP through the final LayerNorm to the hash heads,
+    and a study token is the mean of its members' tokens (a set average instead of attention over the study)."""
+
+    ablation_of: ClassVar[str | None] = "mcmfh"
+    ablation: ClassVar[dict[str, Any]] = {"layers": 0}

@@ -14,6 +14,7 @@ from mcmfh.model.config import MCMFHConfig
 from mcmfh.model.dv_mlp import DropoutVotingMLP
 from mcmfh.model.fusion import IMAGE, TEXT, FusionTransformer
 from mcmfh.model.hashing import HashHead
+from mcmfh.model.study import StudyFusion
 
 
 class InputTransform(nn.Module):
@@ -44,7 +45,7 @@ class InputTransform(nn.Module):
 
 
 class MCMFHNet(nn.Module):
-    def __init__(self, cfg: MCMFHConfig, image_dim: int, text_dim: int, bits: int) -> None:
+    def __init__(self, cfg: MCMFHConfig, image_dim: int, text_dim: int, bits: int, with_study: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
         self.pre_img = InputTransform(image_dim, cfg)
@@ -56,6 +57,12 @@ class MCMFHNet(nn.Module):
         self.fusion = FusionTransformer(cfg)
         self.hash_img = HashHead(cfg.width, cfg.hash_hidden, bits, cfg.hash_dropout)
         self.hash_txt = HashHead(cfg.width, cfg.hash_hidden, bits, cfg.hash_dropout)
+        # The study encoder (stage 3), when the model is fitted on data with studies; None otherwise. Its init draws
+        # from a fork of the RNG, so the item model trains exactly as it would without it (same codes).
+        self.study: StudyFusion | None = None
+        if with_study:
+            with torch.random.fork_rng(devices=[]):
+                self.study = StudyFusion(cfg, bits)
 
     def dv_tokens(self, image: torch.Tensor | None, text: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         """DV-MLP outputs (input dropout applies in training only)."""

@@ -7,6 +7,9 @@ Stage 2: fusion transformer + hashing heads (+ the DV-MLPs in the no-dv ablation
             inference uses. L_pair: each of them against the fused *pair* token (mean of the two output tokens of
             the [image, text] pass, with modality dropout): the fused pair teaches the single-modality paths.
   L_hash:   contrastive loss on the tanh outputs of the hashing heads.   L_gate: the hybrid gating loss.
+Stage 3 (only when the training split groups items into studies, ``study_head`` on): the study encoder
+  (``mcmfh.model.study``) with everything else frozen, so image and text codes are exactly those of a fit without
+  studies; its loss and dev score are ``mcmfh.model.study_stage``'s.
 Model choice (``select_on``): per stage, the epoch with the best dev tie-aware mAP@all (dev queries vs the train set as
 database, both directions averaged; cosine on DV outputs in stage 1, Hamming on codes in stage 2), or the lowest dev
 loss, or simply the last epoch. The test split is never seen here.
@@ -46,7 +49,9 @@ from mcmfh.manifest import fingerprint
 from mcmfh.model.config import MCMFHConfig
 from mcmfh.model.fusion import IMAGE, TEXT
 from mcmfh.model.network import MCMFHNet
+from mcmfh.model.study_stage import ItemTokens, StudyStage
 from mcmfh.selection import dev_map
+from mcmfh.studies import Studies
 
 CHECKPOINT_NAME = "mcmfh-fit.safetensors"
 EpochCallback = Callable[[int, int], None]  # (stage, epoch) after each finished epoch
@@ -57,6 +62,7 @@ class Split:
     image: torch.Tensor
     text: torch.Tensor
     labels: np.ndarray
+    study: np.ndarray | None = None  # per item, its study id (stage 3 runs when the training split has them)
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
@@ -82,6 +88,7 @@ class Trainer:
         # lambda_bank: the training set's ±1 codes per modality (refreshed each stage-2 epoch) and the batch's rows
         self.bank: tuple[torch.Tensor, torch.Tensor] | None = None
         self.batch_index: torch.Tensor | None = None
+        self.studies: StudyStage | None = None  # stage 3's data, once stage 2 is done
         self.ckpt = Path(cfg.checkpoint_dir) / CHECKPOINT_NAME if cfg.checkpoint_dir else None
         has_dev_labels = dev is not None and len(dev) > 0 and bool(dev.labels.any())
         self.select_on = cfg.select_on
@@ -89,13 +96,14 @@ class Trainer:
             self.select_on = "last"  # nothing to choose on: the fixed recipe's last epoch
 
     # ---------------------------------------------------------------- losses
-    def stage1_loss(self, img: torch.Tensor, txt: torch.Tensor, labels: np.ndarray) -> dict[str, torch.Tensor]:
-        ti, tt = self.net.dv_tokens(img, txt)
+    def stage1_loss(self, data: Split, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        ti, tt = self.net.dv_tokens(data.image[idx], data.text[idx])
         loss = info_nce(ti, tt, self.cfg.temperature)
         return {"total": loss, "fusion": loss}
 
-    def stage2_loss(self, img: torch.Tensor, txt: torch.Tensor, labels: np.ndarray) -> dict[str, torch.Tensor]:
+    def stage2_loss(self, data: Split, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg, net = self.cfg, self.net
+        img, txt, labels = data.image[idx], data.text[idx], data.labels[idx.numpy()]
         # With the DV-MLP frozen its (deterministic) vote outputs are computed once per stage: ``img``/``txt`` are
         # then already DV tokens. Input dropout therefore acts in stage 1 (and throughout for the no-dv ablation).
         ti, tt = (img, txt) if self.tokens_cached else net.dv_tokens(img, txt)
@@ -133,6 +141,9 @@ class Trainer:
             weights["label"] = cfg.lambda_label
         terms["total"] = sum(weights[k] * terms[k] for k in weights)
         return terms
+
+    def stage3_loss(self, data: StudyStage, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        return data.loss(idx, self.gen)
 
     # ---------------------------------------------------------------- dev scores (higher is better)
     @torch.no_grad()
@@ -180,14 +191,16 @@ class Trainer:
         return tuple(c.float() * 2 - 1 for c in codes)  # type: ignore[return-value]
 
     def _dev_score(self, stage: int, loss_fn: Callable[..., dict[str, torch.Tensor]]) -> float:
+        if stage == 3 and self.studies is not None:
+            return self.studies.dev_score(self.select_on)
         if self.select_on == "dev_map":
             return self._dev_map(stage)
         assert self.dev is not None
         self.net.eval()
-        img, txt = self.dev.image, self.dev.text
+        dev = self.dev
         if self.tokens_cached:
-            img, txt = self.net.dv_tokens(img, txt)
-        return -float(loss_fn(img, txt, self.dev.labels)["total"].detach())
+            dev = Split(*self.net.dv_tokens(dev.image, dev.text), dev.labels)  # type: ignore[arg-type]
+        return -float(loss_fn(dev, torch.arange(len(dev)))["total"].detach())
 
     # ---------------------------------------------------------------- the loop
     def run_stage(
@@ -196,18 +209,19 @@ class Trainer:
         params: Iterable[torch.nn.Parameter],
         epochs: int,
         saved: tuple[dict[str, str], dict[str, torch.Tensor]] | None = None,
-        data: Split | None = None,
+        data: Any = None,
     ) -> dict[str, Any]:
+        """One stage's epochs over ``data`` (a Split, or stage 3's StudyStage), with dev choice and checkpoints."""
         cfg, net = self.cfg, self.net
         data = data or self.train
-        loss_fn = self.stage1_loss if stage == 1 else self.stage2_loss
+        loss_fn = {1: self.stage1_loss, 2: self.stage2_loss, 3: self.stage3_loss}[stage]
         opt = torch.optim.AdamW(list(params), lr=cfg.lr, weight_decay=cfg.weight_decay)
         state = {"epoch": 0, "best_score": -np.inf, "best_epoch": 0, "history": []}
         best = {k: v.clone() for k, v in net.state_dict().items()}
         resumed = self._restore(saved, opt, best, state) if saved is not None else None
         n = len(data)
-        n_batches = max(1, -(-n // cfg.batch_size))
-        min_steps = cfg.min_steps_stage1 if stage == 1 else cfg.min_steps_stage2
+        n_batches = max(1, -(-n // (cfg.study_batch if stage == 3 else cfg.batch_size)))
+        min_steps = {1: cfg.min_steps_stage1, 2: cfg.min_steps_stage2, 3: cfg.min_steps_stage3}[stage]
         if epochs > 0:
             epochs = max(epochs, -(-min_steps // n_batches))  # the step floor: see MCMFHConfig.min_steps_stage*
         for epoch in range(state["epoch"], epochs):
@@ -218,7 +232,7 @@ class Trainer:
             sums: dict[str, float] = {}
             for idx in torch.tensor_split(perm, n_batches):
                 self.batch_index = idx
-                terms = loss_fn(data.image[idx], data.text[idx], data.labels[idx.numpy()])
+                terms = loss_fn(data, idx)
                 opt.zero_grad()
                 terms["total"].backward()
                 opt.step()
@@ -258,7 +272,7 @@ class Trainer:
         log: dict[str, Any] = {"selection": self.select_on, "selection_split": "dev (queries) vs train (database)"}
         dv_params = [*net.dv_img.parameters(), *net.dv_txt.parameters()]
         saved = self._read_checkpoint()
-        if saved is not None and saved[0]["stage"] == "2":
+        if saved is not None and saved[0]["stage"] in ("2", "3"):
             log["stage1"] = json.loads(saved[0]["stage1_log"])  # stage 1 finished before the interruption
             self._load_net(saved[1], "net.")  # its DV-MLP weights and drawn masks, before tokens are cached
         else:
@@ -278,10 +292,37 @@ class Trainer:
                 tok_img, tok_txt = net.dv_tokens(self.train.image, self.train.text)
             data2, self.tokens_cached = Split(tok_img, tok_txt, self.train.labels), True
             self.cached = data2
-        log["stage2"] = self.run_stage(2, stage2, cfg.epochs_stage2, resume2, data2)
+        if saved is not None and saved[0]["stage"] == "3":
+            log["stage2"] = json.loads(saved[0]["stage2_log"])  # stage 2 finished before the interruption
+        else:
+            log["stage2"] = self.run_stage(2, stage2, cfg.epochs_stage2, resume2, data2)
         self.tokens_cached = False
+        self.stage2_log = log["stage2"]
+        if net.study is not None and self.train.study is not None:
+            log["stage3"] = self._run_studies(saved if saved is not None and saved[0]["stage"] == "3" else None)
         log["train_seconds"] = round(time.perf_counter() - t0, 3)
         return log
+
+    def _run_studies(self, saved: tuple[dict[str, str], dict[str, torch.Tensor]] | None) -> dict[str, Any]:
+        """Stage 3: the study encoder, started from the trained item fusion transformer, everything else frozen."""
+        net, study = self.net, self.net.study
+        assert study is not None and self.train.study is not None
+        if saved is None:
+            study.fusion.load_state_dict(net.fusion.state_dict())
+        has = np.ones(len(self.train), dtype=bool)  # training splits hold pairs only (MCMFH.fit)
+        train = ItemTokens.of(net, self.train.image, self.train.text, has, self.train.labels)
+        dev = dev_studies = None
+        if self.dev is not None and len(self.dev) and self.dev.study is not None:
+            dev = ItemTokens.of(net, self.dev.image, self.dev.text, np.ones(len(self.dev), bool), self.dev.labels)
+            dev_studies = Studies.group(self.dev.study)
+        self.studies = StudyStage(net, self.cfg, train, Studies.group(self.train.study), dev, dev_studies)
+        select_on = self.select_on
+        if dev is None and select_on != "last":
+            self.select_on = "last"  # no dev studies to choose on
+        try:
+            return self.run_stage(3, study.parameters(), self.cfg.epochs_stage3, saved, self.studies)
+        finally:
+            self.select_on, self.studies = select_on, None
 
     # ---------------------------------------------------------------- checkpoint (one atomic safetensors file)
     def _save_checkpoint(self, stage: int, opt: torch.optim.Optimizer, best: dict, state: dict) -> None:
@@ -301,6 +342,7 @@ class Trainer:
             "state": json.dumps({**state, "best_score": float(state["best_score"])}),
             "param_groups": json.dumps(opt_state["param_groups"]),
             "stage1_log": json.dumps(getattr(self, "stage1_log", None)),
+            "stage2_log": json.dumps(getattr(self, "stage2_log", None)),
         }
         atomic_write_bytes(self.ckpt, st_save(tensors, metadata=meta))
 
