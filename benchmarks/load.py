@@ -51,6 +51,7 @@ class Config:
     images: str | None
     access_log: str
     search_threads: int | None = None  # None: the service default
+    client: str = "raw"  # "raw": the minimal keep-alive client below; "httpx": httpx.AsyncClient (as before)
     batch_queries: bool = True  # False: the engine encodes one query at a time under its lock (MCMFH_BATCH_QUERIES=0)
 
 
@@ -119,7 +120,9 @@ def serve(config: Config, port: int, log_path: str) -> None:
     if not config.batch_queries:
         os.environ["MCMFH_BATCH_QUERIES"] = "0"
     if config.index:
-        engine, root = open_engine(config.index), Path(config.index).resolve()
+        # The old configuration also leaves torch on all cores (as before set_torch_threads existed).
+        torch_threads = 1 if config.batch_queries else None
+        engine, root = open_engine(config.index, torch_threads=torch_threads), Path(config.index).resolve()
     else:
         engine, root = SyntheticEngine(config.items, config.bits, config.seed), None
     threads = {"search_threads": config.search_threads} if config.search_threads else {}
@@ -148,47 +151,131 @@ def query_images(folder: str | None, seed: int, count: int = 16) -> list[tuple[s
     return out
 
 
-async def run_clients(config: Config, base: str, images: list[tuple[str, bytes]]) -> dict:
+def process_cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds of process ``pid`` (all its threads) from /proc; None where there is no /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Connection:
+    """A minimal HTTP/1.1 keep-alive client on one socket: prebuilt request bodies, Content-Length responses.
+
+    The load generator shares the server's cores on a small machine, so its own CPU per request counts against the
+    server's: httpx spent 7-10 ms of CPU per request here (a failed ``import sniffio`` per request among it),
+    about a third of what the server spent; this spends well under 1 ms. ``--client httpx`` keeps the old one."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body: bytes = b"", content_type: str = "") -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Length: {len(body)}\r\n"
+        if content_type:
+            head += f"Content-Type: {content_type}\r\n"
+        try:
+            self.writer.write(head.encode() + b"\r\n" + body)
+            status_line, *lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            headers = dict(line.lower().split(": ", 1) for line in lines if ": " in line)
+            data = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        except BaseException:
+            self.close()  # a half-read response leaves the connection unusable
+            raise
+        if headers.get("connection") == "close":
+            self.close()
+        return int(status_line.split()[1]), data
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def multipart(fields: dict[str, str], file_name: str, data: bytes) -> tuple[bytes, str]:
+    """A multipart/form-data body with ``fields`` and one file part named "file"; returns (body, content type)."""
+    boundary = "mcmfh-load-" + hashlib.sha256(data).hexdigest()[:16]
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]  # fmt: skip
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{file_name}"\r\n'
+                 "Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")  # fmt: skip
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+async def run_clients(
+    config: Config, base: str, images: list[tuple[str, bytes]], server_pid: int | None = None
+) -> dict:
     import httpx
 
     rng = np.random.default_rng(config.seed)
     texts = [" ".join(rng.choice(QUERY_WORDS, size=int(rng.integers(3, 12)))) for _ in range(256)]
+    # Bodies built once: encoding them is client work that would be charged to the shared cores on every request.
+    text_bodies = [json.dumps({"query": t, "k": config.k}).encode() for t in texts]
+    image_bodies = [multipart({"k": str(config.k)}, name, data) for name, data in images]
     records: list[tuple[str, float, str | None]] = []  # (kind, latency s, error or None)
+    answered = [0]  # every request, warm-up included: the CPU counters below span the warm-up too
+    host, port = base.removeprefix("http://").rsplit(":", 1)
     limits = httpx.Limits(max_connections=config.clients, max_keepalive_connections=config.clients)
 
-    async def one(client: httpx.AsyncClient, i: int, counted: bool) -> None:
+    async def send(conn: Connection | httpx.AsyncClient, path: str, body: bytes, ctype: str) -> tuple[int, bytes]:
+        if isinstance(conn, Connection):
+            return await asyncio.wait_for(conn.request("POST", path, body, ctype), config.request_timeout_s)
+        r = await conn.post(path, content=body, headers={"content-type": ctype})
+        return r.status_code, r.content
+
+    async def one(conn: Connection | httpx.AsyncClient, i: int, counted: bool) -> None:
         is_image = rng.random() < config.image_fraction
         start = time.perf_counter()
         error = None
         try:
             if is_image:
-                name, data = images[i % len(images)]
-                r = await client.post("/search/image", files={"file": (name, data)}, data={"k": str(config.k)})
+                status, data = await send(conn, "/search/image", *image_bodies[i % len(image_bodies)])
             else:
-                r = await client.post("/search/text", json={"query": texts[i % len(texts)], "k": config.k})
-            if r.status_code != 200:
-                error = f"HTTP {r.status_code}"
-            elif len(r.json()["results"]) != min(config.k, info_items):
+                status, data = await send(conn, "/search/text", text_bodies[i % len(texts)], "application/json")
+            if status != 200:
+                error = f"HTTP {status}"
+            elif len(json.loads(data)["results"]) != min(config.k, info_items):
                 error = "wrong result count"
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError) as e:
             error = type(e).__name__
+        answered[0] += 1
         if counted:
             records.append(("image" if is_image else "text", time.perf_counter() - start, error))
 
-    async def worker(client: httpx.AsyncClient, wid: int, start_at: float, stop_at: float) -> None:
+    async def worker(shared: httpx.AsyncClient | None, wid: int, start_at: float, stop_at: float) -> None:
+        conn = shared or Connection(host, int(port))
         i = wid
-        while (now := time.perf_counter()) < stop_at:
-            await one(client, i, counted=now >= start_at)
-            i += config.clients
+        try:
+            while (now := time.perf_counter()) < stop_at:
+                await one(conn, i, counted=now >= start_at)
+                i += config.clients
+        finally:
+            if isinstance(conn, Connection):
+                conn.close()
 
     async with httpx.AsyncClient(base_url=base, timeout=config.request_timeout_s, limits=limits) as client:
         health = (await client.get("/health")).json()
         info_items = health["items"]
+        shared = client if config.client == "httpx" else None
+        cpu_before = process_cpu_s(server_pid), time.process_time()
         begin = time.perf_counter()
         start_at, stop_at = begin + config.warmup_s, begin + config.warmup_s + config.duration_s
-        await asyncio.gather(*(worker(client, w, start_at, stop_at) for w in range(config.clients)))
+        await asyncio.gather(*(worker(shared, w, start_at, stop_at) for w in range(config.clients)))
         measured_s = time.perf_counter() - start_at
-    return {"health": health, "records": records, "measured_s": measured_s}
+        cpu_after = process_cpu_s(server_pid), time.process_time()
+    n = max(answered[0], 1)
+    cpu = {
+        "server_ms_per_request": None if cpu_before[0] is None or cpu_after[0] is None
+        else (cpu_after[0] - cpu_before[0]) / n * 1000,
+        "client_ms_per_request": (cpu_after[1] - cpu_before[1]) / n * 1000,
+        "requests": answered[0],
+    }  # fmt: skip
+    return {"health": health, "records": records, "measured_s": measured_s, "cpu": cpu}
 
 
 def summarise(records: list[tuple[str, float, str | None]], seconds: float) -> dict:
@@ -271,6 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--access-log", default="route", choices=["off", "route", "full"])
     ap.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for the server")
     ap.add_argument("--out", default="benchmarks/results/load.json")
+    ap.add_argument(
+        "--client",
+        default="raw",
+        choices=["raw", "httpx"],
+        help="load generator: a minimal keep-alive HTTP/1.1 client (default) or httpx (heavier)",
+    )
     ap.add_argument("--search-threads", type=int, help="service search threads (default: the service default)")
     ap.add_argument("--compare-old", action="store_true",
                     help="first serve the old way (one query at a time under the engine lock, 2 search threads), "
@@ -280,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         clients=args.clients, duration_s=10.0 if args.quick else args.duration, warmup_s=args.warmup,
         image_fraction=args.image_fraction, k=args.k, request_timeout_s=args.timeout, items=args.items,
         bits=args.bits, seed=args.seed, index=args.index, images=args.images, access_log=args.access_log,
-        search_threads=args.search_threads,
+        search_threads=args.search_threads, client=args.client,
     )  # fmt: skip
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -315,7 +408,9 @@ def run_once(config: Config, out: Path, args: argparse.Namespace) -> dict:
         wait_until_up(base, server, args.startup_timeout)
         images = query_images(config.images, config.seed)
         run = asyncio.run(
-            asyncio.wait_for(run_clients(config, base, images), config.warmup_s + config.duration_s + 2 * args.timeout)
+            asyncio.wait_for(
+                run_clients(config, base, images, server.pid), config.warmup_s + config.duration_s + 2 * args.timeout
+            )
         )
         alive_after = server.is_alive()
     finally:
@@ -336,7 +431,7 @@ def run_once(config: Config, out: Path, args: argparse.Namespace) -> dict:
         "summary": summary, "machine": {"python": platform.python_version(), "cpus": mp.cpu_count(),
                                         "platform": platform.platform()},
         "server_log": str(log_path), "server_in_app": in_app, "load_average_before": load_before,
-        "load_average_after": os.getloadavg()[0],
+        "load_average_after": os.getloadavg()[0], "cpu": run["cpu"],
     }  # fmt: skip
     out.write_text(json.dumps(result, indent=2) + "\n")
     mode = "micro-batched" if config.batch_queries else "one query at a time"
@@ -347,6 +442,10 @@ def run_once(config: Config, out: Path, args: argparse.Namespace) -> dict:
     if in_app["requests"]:
         print(f"in-app   p50 {in_app['p50_ms']:.1f} ms, p99 {in_app['p99_ms']:.1f} ms over {in_app['requests']} "
               "searches (server's own log, incl. warm-up; excludes HTTP parsing and client time)")  # fmt: skip
+    cpu = run["cpu"]
+    if cpu["server_ms_per_request"] is not None:
+        print(f"cpu      server {cpu['server_ms_per_request']:.1f} ms, client {cpu['client_ms_per_request']:.1f} ms "
+              f"of CPU per request (all threads, {cpu['requests']} requests incl. warm-up)")  # fmt: skip
     print(f"machine  {mp.cpu_count()} CPUs, load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after "
           "the run (other work skews numbers)")  # fmt: skip
     print(f"server   {'still up' if alive_after else 'DIED'}; log {log_path}; JSON {out}")

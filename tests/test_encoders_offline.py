@@ -140,3 +140,25 @@ def test_text_onnx_matches_eager_and_padding(onnx_dir):
     again = get_encoder("offline", cache_dir=onnx_dir)  # auto on CPU: the cached export
     np.testing.assert_allclose(again.encode_texts(texts), a, atol=1e-6)
     assert not again.text_onnx_info["exported"]
+
+
+@needs_ort
+def test_preprocessing_and_pieces_are_exact(onnx_dir, monkeypatch):
+    """The in-place normalisation gives the reference float32 values, and encoding in small pieces over workers gives
+    the embeddings of one whole-batch call."""
+    enc = get_encoder("offline", backend="onnx", cache_dir=onnx_dir)
+    images = _images() + [im.rotate(90, expand=True) for im in _images()]  # portrait too: the crop's other axis
+    for im in images:
+        w, h = im.size
+        s = 256 / min(w, h)
+        nw, nh = round(w * s), round(h * s)
+        left, top = (nw - 224) // 2, (nh - 224) // 2
+        ref = im.resize((nw, nh), Image.BICUBIC).crop((left, top, left + 224, top + 224))
+        want = ((np.asarray(ref, dtype=np.float32) - 127.0) / 128.0).transpose(2, 0, 1)
+        assert np.array_equal(enc.preprocess(im), want)
+    whole = enc.encode_images(images, batch_size=len(images))
+    monkeypatch.setattr(offline_mod, "ONNX_PIECE", 3)
+    pieces = enc.encode_images(images, batch_size=len(images))
+    assert np.abs(whole - pieces).max() < 1e-5
+    monkeypatch.setattr(offline_mod, "ONNX_PIECE", 32)
+    assert np.array_equal(enc.encode_images(images, batch_size=len(images)), whole)

@@ -91,3 +91,21 @@ def test_real_medpix_images_decode_within_default_limits(shared_data) -> None:
         assert sniff(data) == "jpeg", path.name
         image = decode_image(data, Settings().max_pixels)
         assert image.mode == "RGB" and min(image.size) >= 64, path.name
+
+
+def test_uploads_decode_from_memory_exactly_as_the_file_loader(tmp_path) -> None:
+    """PNG/JPEG uploads skip the temporary file; the pixels must be those the archive's file loader gives."""
+    from mcmfh.data.images import load_image
+
+    base = pattern_image(2, size=(120, 90))
+    grey16 = Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 150)
+    cases = {"rgb.png": png_bytes(base), "p.png": png_bytes(base.convert("P")), "i16.png": png_bytes(grey16)}
+    buf = io.BytesIO()
+    base.save(buf, format="JPEG", quality=80)
+    cases["rgb.jpg"] = buf.getvalue()
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        assert np.array_equal(np.asarray(decode_image(data, 10**6)), np.asarray(load_image(tmp_path / name))), name
+    with pytest.raises(ImageRejected, match="uploaded PNG") as e:
+        decode_image(cases["rgb.png"][:200], 10**6)  # truncated body
+    assert e.value.status == 422

@@ -8,6 +8,7 @@ A pixel-count limit guards against decompression bombs (a small file that decode
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -39,13 +40,14 @@ def _stat(path: Path) -> None:
         raise DataError(f"{path}: image file is empty")
 
 
-def _open_pil(path: Path, max_pixels: int) -> Image.Image | None:
-    """Open lazily (header only); None when Pillow does not recognise the bytes."""
+def _open_pil(path: Path | str, max_pixels: int, source: Path | io.BytesIO | None = None) -> Image.Image | None:
+    """Open lazily (header only); None when Pillow does not recognise the bytes. ``path`` names the image in
+    messages; ``source`` (default: ``path``) is what is read."""
     try:
         with warnings.catch_warnings():
             # Pillow's own bomb check warns/raises at its global limit; ours below is per call.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(path if source is None else source)
     except UnidentifiedImageError:
         return None
     except Image.DecompressionBombError:
@@ -96,6 +98,21 @@ def load_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> I
             return _to_rgb(img)
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt body
         raise DataError(f"{path}: corrupt image data ({e})") from None
+
+
+def load_image_bytes(data: bytes, name: str, max_pixels: int | None = None) -> Image.Image | None:
+    """Decode in-memory PNG/JPEG (any format Pillow reads) bytes to 8-bit RGB exactly as ``load_image`` decodes the
+    same bytes from a file, without writing one; None when Pillow does not recognise them (e.g. DICOM, which
+    ``load_image`` reads from a file). ``name`` stands for the image in error messages."""
+    img = _open_pil(name, _max_pixels(max_pixels), io.BytesIO(data))
+    if img is None:
+        return None
+    try:
+        img.load()
+        # No file to close: the decoded image is returned as it is when it is already RGB (no copy).
+        return img if img.mode == "RGB" else _to_rgb(img)
+    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt body
+        raise DataError(f"{name}: corrupt image data ({e})") from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
