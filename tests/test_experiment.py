@@ -158,7 +158,8 @@ def test_shipped_configs_parse_when_their_methods_are_registered():
             # Only acceptable failure: MCMFH methods not (yet) registered in this checkout.
             assert "mcmfh" not in available_methods() and "not registered" in str(e), e
             continue
-        assert cfg.dataset == "medpix2" and cfg.bits == [16, 32, 64] and cfg.seeds == [0, 1, 2]
+        assert cfg.dataset == "medpix2" and 16 in cfg.bits and set(cfg.bits) <= {16, 32, 64}, path
+        assert cfg.seeds == [0, 1, 2], path  # every shipped figure is a mean over three seeds
 
 
 def test_experiment_encodes_through_the_feature_cache_when_no_features_given(tmp_path, monkeypatch):
