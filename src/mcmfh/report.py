@@ -129,16 +129,20 @@ def _ablation_table(groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]]
     pairs = [(m, b) for m, b in groups if _ablates_mcmfh(m) and ("mcmfh", b) in groups]
     if not pairs:
         return []
+    rows = [r for p in pairs + [("mcmfh", b) for _, b in pairs] for r in groups[p]]
+    # the study modes too, where every compared row has them (the components in the setting they were made for)
+    dirs = ["i2t", "t2i"] + [m for m in ("i2s", "t2s") if all(f"{m}_map" in r for r in rows)]
     lines = [
         "Ablations: Δ = ablation − mcmfh in mean tie-aware mAP (± the larger of the two seed stds); "
-        "an effect only when |Δ| is strictly greater than that std.",
+        "an effect only when |Δ| is strictly greater than that std."
+        + (" i2s / t2s: the fused study code (evaluation modes below)." if len(dirs) > 2 else ""),
         "",
-        "| ablation | bits | Δ i2t | Δ t2i | verdict |",
-        "|---|---|---|---|---|",
+        "| ablation | bits | " + " | ".join(f"Δ {d}" for d in dirs) + " | verdict |",
+        "|" + "---|" * (len(dirs) + 3),
     ]
     for method, bits in pairs:
         cells, verdicts = [], []
-        for d in ("i2t", "t2i"):
+        for d in dirs:
             ma, sa = mean_std([headline(r, d) for r in groups[(method, bits)]])
             mm, sm = mean_std([headline(r, d) for r in groups[("mcmfh", bits)]])
             # Compared as printed (3 decimals): "+0.004 ± 0.004" must read "within std", whatever the 4th decimal.
@@ -150,7 +154,7 @@ def _ablation_table(groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]]
                 verdicts.append(f"{d}: within std")
             else:
                 verdicts.append(f"{d}: {'ablation better' if delta > 0 else 'mcmfh better'}")
-        lines.append(f"| {method} | {bits} | {cells[0]} | {cells[1]} | {'; '.join(verdicts)} |")
+        lines.append(f"| {method} | {bits} | {' | '.join(cells)} | {'; '.join(verdicts)} |")
     return [*lines, ""]
 
 
