@@ -182,3 +182,20 @@ def test_same_files_named_relatively_reuse_the_cache(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rel = [Record(r.id, r.image.relative_to(tmp_path), r.text, r.labels, r.split) for r in ds.records]
     assert run_encode(Dataset(ds.name, rel, ds.label_set, ds.label_vocab), CountingEncoder(), "f").reused
+
+
+def test_studies_reach_the_cache_and_change_its_key(tmp_path):
+    """A source's study grouping is stored with the features; regrouping is a new cache, not a stale one."""
+    from dataclasses import replace
+
+    ds = make_dataset(tmp_path / "data")
+    plain = encode_dataset(ds, CountingEncoder(), tmp_path / "plain", batch_size=4)
+    assert not plain.has_studies
+    grouped = Dataset(ds.name, [replace(r, study=f"S{i // 2}") for i, r in enumerate(ds.records)], ds.label_set,
+                      ds.label_vocab)  # fmt: skip
+    enc = CountingEncoder()
+    fs = encode_dataset(grouped, enc, tmp_path / "plain", batch_size=4)
+    assert enc.images == 12  # another grouping: recomputed, never served from the ungrouped cache
+    assert fs.study.tolist() == [f"S{i // 2}" for i in range(12)]
+    assert FeatureSet.load(tmp_path / "plain").study_ids().tolist() == fs.study.tolist()
+    np.testing.assert_array_equal(fs.image, plain.image)
