@@ -1,0 +1,148 @@
+"""Numba kernel of the bucket index's k-NN: walk buckets by increasing Hamming distance from the query key.
+
+Items sit in a CSR table by code (``offsets``, ``positions``; each bucket's positions ascending). Levels are taken
+whole until the one that would overflow k; from that level only the ``take`` smallest positions are kept, which is
+the only sorting the walk does. It is a radix selection, not a comparison merge: the level's positions are counted
+into about as many bins of the position range as there are items, the bins are walked until ``take`` items are
+covered, only those items are scattered (a stable counting sort by bin) and an insertion sort fixes the order inside
+each bin (about one item per bin: positions are spread over [0, n)). Measured at 10^6 random 16-bit codes, top-100,
+one thread: 5.0 us per query with a branch-free pairwise merge of the level's buckets, see docs/index.md for now.
+
+Scratch buffers are allocated once per chunk of queries, not per query (an allocation costs about as much as
+selecting a small level). Results are positions ordered by (distance, position), like every kernel of the package.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from mcmfh.index._intrinsics import prefetch
+
+CHUNK_QUERIES = 64  # queries per parallel task: one set of scratch buffers each
+MAX_BINS = 4096  # selection bins (16 KiB of counts): beyond it a level's bins hold several items each
+DENSE_BINS = 8  # items per covered bin above which a comparison sort beats the per-bin insertion sort
+SCRATCH_ITEMS = 8192  # a level needing more candidates than this gets its own buffer
+
+
+@njit(inline="always")
+def _select(positions, first, size, nr, take, n_items, buf, hist, out_d, out_p, i, got, d):
+    """Write the ``take`` smallest positions of the nr sorted runs (first[j], size[j]) to out_p[i, got:]."""
+    total = 0
+    for j in range(nr):
+        total += min(take, size[j])  # a run is sorted: only its first `take` can make the cut
+    # Bins of 2^shift positions, about one item per bin.
+    target = 16
+    while target < total and target < MAX_BINS:
+        target *= 2
+    shift = 0
+    while ((n_items - 1) >> shift) >= target:
+        shift += 1
+    nb = ((n_items - 1) >> shift) + 1
+    hist[:nb] = 0
+    for j in range(nr):
+        for t in range(first[j], first[j] + min(take, size[j])):
+            hist[positions[t] >> shift] += 1
+    cum = 0
+    bb = 0
+    while True:  # bins 0..bb cover at least `take` items; their counts become start offsets
+        h = hist[bb]
+        hist[bb] = cum
+        cum += h
+        if cum >= take:
+            break
+        bb += 1
+    for j in range(nr):
+        for t in range(first[j], first[j] + min(take, size[j])):
+            p = positions[t]
+            b = p >> shift
+            if b > bb:
+                break  # the rest of the run is in later bins
+            buf[hist[b]] = p
+            hist[b] += 1
+    if shift > 0:
+        if cum > DENSE_BINS * (bb + 1):
+            buf[:cum].sort()
+        else:
+            for a in range(1, cum):  # items are in bin order: only neighbours inside a bin are out of order
+                v = buf[a]
+                c = a - 1
+                while c >= 0 and buf[c] > v:
+                    buf[c + 1] = buf[c]
+                    c -= 1
+                buf[c + 1] = v
+    for c in range(take):
+        out_d[i, got + c] = d
+        out_p[i, got + c] = buf[c]
+
+
+@njit(inline="always")
+def _query(offsets, positions, masks, level_start, key, kk, out_d, out_p, i, first, size, buf, hist):
+    n_levels = level_start.shape[0] - 1
+    n_items = positions.shape[0]
+    got = 0
+    for d in range(n_levels):
+        if got == kk:
+            break
+        lo, hi = level_start[d], level_start[d + 1]
+        # A level's buckets are scattered over offsets and positions: all its loads are requested before any is
+        # used, so the cache misses overlap (measured 3x faster than loading them one by one).
+        for m in range(lo, hi):
+            prefetch(offsets, key ^ masks[m])
+        total = 0
+        nr = 0
+        for m in range(lo, hi):
+            b = key ^ masks[m]
+            s = offsets[b + 1] - offsets[b]
+            if s:
+                first[nr] = offsets[b]
+                size[nr] = s
+                nr += 1
+                total += s
+                prefetch(positions, offsets[b])
+        if total == 0:
+            continue
+        take = min(kk - got, total)
+        if nr == 1:  # one bucket: already in position order
+            for c in range(take):
+                out_d[i, got + c] = d
+                out_p[i, got + c] = positions[first[0] + c]
+        elif total <= buf.shape[0]:
+            _select(positions, first, size, nr, take, n_items, buf, hist, out_d, out_p, i, got, d)
+        else:
+            big = np.empty(total, np.int32)
+            _select(positions, first, size, nr, take, n_items, big, hist, out_d, out_p, i, got, d)
+        got += take
+
+
+@njit(cache=True)
+def _chunk(offsets, positions, masks, level_start, q, kk, out_d, out_p, start, stop):
+    width = 1
+    for d in range(level_start.shape[0] - 1):
+        width = max(width, level_start[d + 1] - level_start[d])
+    first = np.empty(width, np.int32)
+    size = np.empty(width, np.int32)
+    buf = np.empty(SCRATCH_ITEMS, np.int32)
+    hist = np.empty(MAX_BINS + 1, np.int32)
+    for i in range(start, stop):
+        _query(offsets, positions, masks, level_start, q[i], kk, out_d, out_p, i, first, size, buf, hist)
+
+
+@njit(parallel=True, cache=True)
+def bucket_knn(offsets, positions, masks, level_start, q, k, out_d, out_p):
+    """Exact top-min(k, N) per query key: out_d / out_p rows filled in their first min(k, N) columns."""
+    kk = min(k, positions.shape[0])
+    if kk == 0:
+        return
+    n_chunks = -(-q.shape[0] // CHUNK_QUERIES)
+    for c in prange(n_chunks):
+        start = c * CHUNK_QUERIES
+        stop = min(q.shape[0], start + CHUNK_QUERIES)
+        _chunk(offsets, positions, masks, level_start, q, kk, out_d, out_p, start, stop)
+
+
+@njit(cache=True)
+def bucket_knn_serial(offsets, positions, masks, level_start, q, k, out_d, out_p):
+    kk = min(k, positions.shape[0])
+    if kk > 0:
+        _chunk(offsets, positions, masks, level_start, q, kk, out_d, out_p, 0, q.shape[0])
