@@ -22,7 +22,9 @@ from mcmfh.index._intrinsics import prefetch
 CHUNK_QUERIES = 64  # queries per parallel task: one set of scratch buffers each
 MAX_BINS = 4096  # selection bins (16 KiB of counts): beyond it a level's bins hold several items each
 DENSE_BINS = 8  # items per covered bin above which a comparison sort beats the per-bin insertion sort
-SCRATCH_ITEMS = 8192  # a level needing more candidates than this gets its own buffer
+SCRATCH_ITEMS = 4096  # a level needing more candidates than this gets its own buffer
+SCRATCH_BUCKETS = 1024  # ... and a level of more buckets than this its own bucket lists
+PREFETCH_BUCKETS = 256  # at most this many buckets of the next queries are prefetched
 
 
 @njit(inline="always")
@@ -77,55 +79,80 @@ def _select(positions, first, size, nr, take, n_items, buf, hist, out_d, out_p, 
 
 
 @njit(inline="always")
+def _level(offsets, positions, masks, lo, hi, key, take_max, out_d, out_p, i, got, d, first, size, buf, hist):
+    """Collect level d (masks[lo:hi]) of query i into out_*[i, got:]; returns how many items it added."""
+    # A level's buckets are scattered over offsets and positions: all its loads are requested before any is used,
+    # so the cache misses overlap (measured 3x faster than loading them one by one).
+    for m in range(lo, hi):
+        prefetch(offsets, key ^ masks[m])
+    total = 0
+    nr = 0
+    for m in range(lo, hi):
+        b = key ^ masks[m]
+        s = offsets[b + 1] - offsets[b]
+        if s:
+            first[nr] = offsets[b]
+            size[nr] = s
+            nr += 1
+            total += s
+            prefetch(positions, offsets[b])
+    take = min(take_max, total)
+    if total == 0:
+        return 0
+    if nr == 1:  # one bucket: already in position order
+        for c in range(take):
+            out_d[i, got + c] = d
+            out_p[i, got + c] = positions[first[0] + c]
+    elif total <= buf.shape[0]:
+        _select(positions, first, size, nr, take, positions.shape[0], buf, hist, out_d, out_p, i, got, d)
+    else:
+        big = np.empty(total, np.int32)
+        _select(positions, first, size, nr, take, positions.shape[0], big, hist, out_d, out_p, i, got, d)
+    return take
+
+
+@njit(inline="always")
 def _query(offsets, positions, masks, level_start, key, kk, out_d, out_p, i, first, size, buf, hist):
+    """Walk levels 0, 1, ... until kk items are collected; returns the number of levels walked."""
     n_levels = level_start.shape[0] - 1
-    n_items = positions.shape[0]
     got = 0
     for d in range(n_levels):
         if got == kk:
-            break
+            return d
         lo, hi = level_start[d], level_start[d + 1]
-        # A level's buckets are scattered over offsets and positions: all its loads are requested before any is
-        # used, so the cache misses overlap (measured 3x faster than loading them one by one).
-        for m in range(lo, hi):
-            prefetch(offsets, key ^ masks[m])
-        total = 0
-        nr = 0
-        for m in range(lo, hi):
-            b = key ^ masks[m]
-            s = offsets[b + 1] - offsets[b]
-            if s:
-                first[nr] = offsets[b]
-                size[nr] = s
-                nr += 1
-                total += s
-                prefetch(positions, offsets[b])
-        if total == 0:
-            continue
-        take = min(kk - got, total)
-        if nr == 1:  # one bucket: already in position order
-            for c in range(take):
-                out_d[i, got + c] = d
-                out_p[i, got + c] = positions[first[0] + c]
-        elif total <= buf.shape[0]:
-            _select(positions, first, size, nr, take, n_items, buf, hist, out_d, out_p, i, got, d)
-        else:
-            big = np.empty(total, np.int32)
-            _select(positions, first, size, nr, take, n_items, big, hist, out_d, out_p, i, got, d)
-        got += take
+        if hi - lo <= first.shape[0]:
+            got += _level(offsets, positions, masks, lo, hi, key, kk - got, out_d, out_p, i, got, d, first, size,
+                          buf, hist)  # fmt: skip
+        else:  # a wide level (hundreds of bucket reads already) gets its own bucket lists
+            wf = np.empty(hi - lo, np.int32)
+            ws = np.empty(hi - lo, np.int32)
+            got += _level(offsets, positions, masks, lo, hi, key, kk - got, out_d, out_p, i, got, d, wf, ws,
+                          buf, hist)  # fmt: skip
+    return n_levels
 
 
 @njit(cache=True)
 def _chunk(offsets, positions, masks, level_start, q, kk, out_d, out_p, start, stop):
-    width = 1
-    for d in range(level_start.shape[0] - 1):
-        width = max(width, level_start[d + 1] - level_start[d])
-    first = np.empty(width, np.int32)
-    size = np.empty(width, np.int32)
+    # Small scratch (tens of KiB): a large one would be mmapped and page-faulted afresh for every chunk.
+    first = np.empty(SCRATCH_BUCKETS, np.int32)
+    size = np.empty(SCRATCH_BUCKETS, np.int32)
     buf = np.empty(SCRATCH_ITEMS, np.int32)
     hist = np.empty(MAX_BINS + 1, np.int32)
+    # Software pipeline across queries: the offsets of query i + 2's first levels and the positions of query i + 1's
+    # are requested while query i is walked, so those cache misses overlap another query's work (within one query a
+    # level's loads wait for its offsets). The depth prefetched is the depth the last query needed.
+    ahead = level_start[min(2, level_start.shape[0] - 1)]
     for i in range(start, stop):
-        _query(offsets, positions, masks, level_start, q[i], kk, out_d, out_p, i, first, size, buf, hist)
+        if i + 2 < stop:
+            for m in range(ahead):
+                prefetch(offsets, q[i + 2] ^ masks[m])
+        if i + 1 < stop:
+            for m in range(ahead):
+                b = q[i + 1] ^ masks[m]
+                prefetch(positions, offsets[b])
+                prefetch(positions, max(offsets[b + 1] - 1, 0))
+        depth = _query(offsets, positions, masks, level_start, q[i], kk, out_d, out_p, i, first, size, buf, hist)
+        ahead = min(level_start[depth], PREFETCH_BUCKETS)
 
 
 @njit(parallel=True, cache=True)
