@@ -6,7 +6,8 @@ per query) and returns positions, i.e. insertion order; the Python layer maps po
 
 Ties are broken by position everywhere, so results equal a stable sort of brute-force distances.
 Measured (benchmarks/search.py): the jitted loops are 10-100x faster than the numpy equivalents because the
-bucket walk and the MIH candidate check are branchy, per-item work that numpy cannot vectorise.
+bucket walk and the MIH candidate check are branchy, per-item work that numpy cannot vectorise. The bucket index's
+k-NN walk is in ``mcmfh.index._bucket_walk``; its range search and XOR masks are here.
 """
 
 from __future__ import annotations
@@ -244,7 +245,7 @@ def flat_range_fill(db, q, radius, lims, out_d, out_p):
                 fill[d] += 1
 
 
-# ----------------------------------------------------------------------------------------------------------- bucket
+# ------------------------------------------------------------------------------------ bucket (range search, masks)
 @njit(cache=True)
 def masks_by_popcount(bits):
     """All ``bits``-bit XOR masks ordered by popcount, and where each popcount level starts."""
