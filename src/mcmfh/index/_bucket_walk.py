@@ -64,19 +64,20 @@ def _select(positions, first, size, nr, take, n_items, buf, hist, out_d, out_p, 
             b = np.uint64(p) >> ushift
             if b > ubb:
                 break  # the rest of the run is in later bins
-            buf[hist[b]] = p
+            buf[np.uint64(hist[b])] = p
             hist[b] += 1
     if shift > 0:
         if cum > DENSE_BINS * (bb + 1):
             buf[:cum].sort()
         else:
-            for a in range(1, cum):  # items are in bin order: only neighbours inside a bin are out of order
+            one = np.uint64(1)
+            for a in range(one, np.uint64(cum)):  # items are in bin order: only neighbours in a bin are out of order
                 v = buf[a]
-                c = a - 1
-                while c >= 0 and buf[c] > v:
-                    buf[c + 1] = buf[c]
-                    c -= 1
-                buf[c + 1] = v
+                c = a
+                while c > np.uint64(0) and buf[c - one] > v:
+                    buf[c] = buf[c - one]
+                    c -= one
+                buf[c] = v
     row_d, row_p = out_d[i], out_p[i]
     for c in range(np.uint64(take)):
         row_d[np.uint64(got) + c] = d
@@ -93,8 +94,8 @@ def _level(offsets, positions, masks, lo, hi, key, take_max, out_d, out_p, i, go
     total = 0
     nr = 0
     for m in range(lo, hi):
-        b = key ^ masks[m]
-        s = offsets[b + 1] - offsets[b]
+        b = np.uint64(key ^ masks[m])
+        s = offsets[b + np.uint64(1)] - offsets[b]
         if s:
             first[nr] = offsets[b]
             size[nr] = s
