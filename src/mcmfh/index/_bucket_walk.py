@@ -6,8 +6,8 @@ the only sorting the walk does. It is a radix selection, not a comparison merge:
 into about as many bins of the position range as there are items, the bins are walked until ``take`` items are
 covered, only those items are scattered (a stable counting sort by bin) and an insertion sort fixes the order inside
 each bin (about one item per bin: positions are spread over [0, n)). Measured at 10^6 random 16-bit codes, top-100,
-one thread, against the fastest exact FAISS configuration in the same run: 7.6x, where the branch-free pairwise
-merge of the level's buckets that this replaced reached 3.9x (docs/index.md).
+one thread, against the fastest exact FAISS configuration in the same run: 9-15x (four runs on a loaded machine),
+where the branch-free pairwise merge of the level's buckets that this replaced reached 3.9x (docs/index.md).
 
 Scratch buffers are allocated once per chunk of queries, not per query (an allocation costs about as much as
 selecting a small level). Results are positions ordered by (distance, position), like every kernel of the package.
