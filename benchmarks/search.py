@@ -1,18 +1,19 @@
 """Exact Hamming search benchmark: mcmfh indexes against FAISS on the same codes, queries and threads.
 
-    python benchmarks/search.py --quick --json OUT.json      # n = 1e6 only (a few minutes on 2 cores)
+    python benchmarks/search.py --quick --json OUT.json      # n = 1e6, k = 100, random codes (+ --ks, --codes)
     python benchmarks/search.py --json OUT.json              # n = 1e4 .. 1e7
 
 For every (bits, n, codes, k): our default index (bucket <= 16 bits, MIH above) — batch q/s over all queries,
 p50/p99 latency of single-query calls, build time, bytes per item — and, on one thread each in process CPU time
 (numba and FAISS pinned to one thread; process_time counts every thread of the process, and other processes on a
-shared machine cannot inflate it), our q/s against FAISS IndexBinaryFlat and against the fastest exact FAISS
-configuration: IndexBinaryHash (b-bit prefix) and IndexBinaryMultiHash (nhash x b) each at the smallest nflip whose
-results have the brute-force distance multiset on the sample queries. ``exact`` compares our distances and ids with
-a numpy brute force on a sample of queries (same distance lists; ids really are at those distances; ties follow
-insertion order). At 16 bits on random codes, ``memory_limit`` estimates the fastest any bucket-table search could
-be (see memory_limit_16). A float contrast row times cosine top-k over 512-d float32 vectors (numpy and FAISS
-IndexFlatIP).
+shared machine cannot inflate it; ``cpu_clock_check`` records, per row, one call timed by process, thread and wall
+clocks: process <= wall shows the pinning held, process - thread is the work numba did on a worker thread), our q/s
+against FAISS IndexBinaryFlat and against the fastest exact FAISS configuration: IndexBinaryHash (b-bit prefix) and
+IndexBinaryMultiHash (nhash x b) each at the smallest nflip whose results have the brute-force distance multiset on
+the sample queries. ``exact`` compares our distances and ids with a numpy brute force on a sample of queries (same
+distance lists; ids really are at those distances; ties follow insertion order). At 16 bits on random codes,
+``memory_limit`` estimates the fastest any bucket-table search could be (see memory_limit_16). A float contrast row
+times cosine top-k over 512-d float32 vectors (numpy and FAISS IndexFlatIP).
 
 Two-stage rows (issue 17; ``--two-stage-1e7`` adds 10^7 items, ``--two-stage-only`` skips the rest): 16-bit codes
 that are the signs of 16-d relaxed outputs (tanh of Gaussian vectors; clustered: noisy copies of centres), an int8
@@ -81,7 +82,7 @@ class Config:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-QUICK = Config(sizes=(1_000_000,))
+QUICK = Config(sizes=(1_000_000,), ks=(100,), codes=("random",))  # the done-when rows of issue 13
 
 
 def make_codes(kind: str, n: int, bits: int, cfg: Config, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -151,6 +152,17 @@ def best_of(repeats: int, fn: Any, *args: Any, clock: Any = time.perf_counter) -
 # One-thread figures use process CPU time: it counts every thread of this process (a numba or OpenMP worker that
 # ran part of the work is not missed, as thread_time would miss it) and not other processes on a shared machine.
 CPU_CLOCK = time.process_time
+
+
+def clock_check(fn: Any, *args: Any) -> dict[str, float]:
+    """One call timed by three clocks at once, inside ``one_thread``: process CPU time must not exceed wall time
+    (more would mean a second thread really ran: the pinning failed), and process CPU time minus the calling
+    thread's is the work done on other threads (a numba or OpenMP worker), which thread_time would have missed."""
+    w, p, t = time.perf_counter(), time.process_time(), time.thread_time()
+    fn(*args)
+    t, p, w = time.thread_time() - t, time.process_time() - p, time.perf_counter() - w
+    return {"wall_s": w, "process_s": p, "thread_s": t, "other_threads_s": p - t, "process_per_wall": p / w,
+            "one_thread": p <= 1.05 * w + 1e-3}  # fmt: skip
 
 
 def faiss_candidates(bits: int, cfg: Config) -> Iterator[tuple[str, Any]]:
@@ -231,6 +243,7 @@ def bench_one(bits: int, n: int, kind: str, cfg: Config, rng: np.random.Generato
         exact = brute.exact(dist[: cfg.exact_queries], ids[: cfg.exact_queries], k)
         with one_thread():
             search1_s, _ = best_of(cfg.repeats, index.search, q, k, clock=CPU_CLOCK)
+            check = clock_check(index.search, q, k)
         peers = fastest_faiss(db, q, k, brute, built, cfg)
         flat = next(p for p in peers if p["config"] == "Flat")
         best = max(peers, key=lambda p: p["cpu_qps_1t"])
@@ -252,6 +265,7 @@ def bench_one(bits: int, n: int, kind: str, cfg: Config, rng: np.random.Generato
             "ratio_vs_faiss_flat_cpu_1t": ours / flat["cpu_qps_1t"],
             "faiss_exact_configs": peers,
             "exact": bool(exact),
+            "cpu_clock_check": check,
             "bytes_per_item": bytes_per_item,
             "faiss_bytes_per_item": bits / 8,
             "build_s": build_s,
@@ -594,7 +608,7 @@ def fmt_row(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="n = 1e6 only")
+    ap.add_argument("--quick", action="store_true", help="n = 1e6, k = 100, random codes")
     ap.add_argument("--json", type=Path, help="write the rows here")
     ap.add_argument("--bits", type=int, nargs="+")
     ap.add_argument("--sizes", type=int, nargs="+")
@@ -653,6 +667,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"x 2 x {m['dependent_load_ns']:.0f} ns = {m['single_query_latency_bound_us']:.2f} us, "
                   f"measured p50 {r['p50_ms'] * 1e3:.1f} us")  # fmt: skip
     total = time.perf_counter() - t0
+    checks = [r["cpu_clock_check"] for r in rows]
+    if checks:
+        print(f"one-thread clock check: process CPU <= wall in {sum(c['one_thread'] for c in checks)}/{len(checks)} "
+              f"rows; CPU time on threads other than the caller's: up to "
+              f"{max(c['other_threads_s'] / max(c['process_s'], 1e-9) for c in checks):.0%} of the process's "
+              f"(counted by process_time, missed by thread_time)")  # fmt: skip
     print(f"total {total:.0f} s; all exact: {all(r['exact'] for r in rows + two_stage)}")
     if args.json:
         out = {

@@ -6,53 +6,16 @@ per query) and returns positions, i.e. insertion order; the Python layer maps po
 
 Ties are broken by position everywhere, so results equal a stable sort of brute-force distances.
 Measured (benchmarks/search.py): the jitted loops are 10-100x faster than the numpy equivalents because the
-bucket walk and the MIH candidate check are branchy, per-item work that numpy cannot vectorise.
+bucket walk and the MIH candidate check are branchy, per-item work that numpy cannot vectorise. The bucket index's
+k-NN walk is in ``mcmfh.index._bucket_walk``; its range search and XOR masks are here.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit, prange
 
-
-@intrinsic
-def _ctpop(typingctx, x):  # noqa: ARG001 - numba's intrinsic signature
-    """One POPCNT instruction (llvm.ctpop.i64) on a uint64; numba has no public popcount."""
-    if not (isinstance(x, types.Integer) and x.bitwidth == 64):
-        return None
-    sig = types.int64(x)
-
-    def codegen(context, builder, signature, args):
-        fnty = ir.FunctionType(ir.IntType(64), [ir.IntType(64)])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.ctpop.i64")
-        return builder.call(fn, [args[0]])
-
-    return sig, codegen
-
-
-@intrinsic
-def _prefetch(typingctx, arr, idx):  # noqa: ARG001 - numba's intrinsic signature
-    """Hint the CPU to load arr[idx] into cache (llvm.prefetch): lets the bucket walk overlap its cache misses."""
-    if not isinstance(arr, types.Array) or not isinstance(idx, types.Integer):
-        return None
-    sig = types.void(arr, idx)
-
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0"
-        )
-        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])  # read, high locality, data
-        return context.get_dummy_value()
-
-    return sig, codegen
+from mcmfh.index._intrinsics import ctpop as _ctpop
 
 
 @njit(inline="always")
@@ -282,7 +245,7 @@ def flat_range_fill(db, q, radius, lims, out_d, out_p):
                 fill[d] += 1
 
 
-# ----------------------------------------------------------------------------------------------------------- bucket
+# ------------------------------------------------------------------------------------ bucket (range search, masks)
 @njit(cache=True)
 def masks_by_popcount(bits):
     """All ``bits``-bit XOR masks ordered by popcount, and where each popcount level starts."""
@@ -300,119 +263,6 @@ def masks_by_popcount(bits):
         masks[fill[pc[v]]] = v
         fill[pc[v]] += 1
     return masks, level_start
-
-
-@njit(inline="always")
-def _merge_pair(src, dst, a, b, e):
-    """Merge sorted src[a:b] and src[b:e] into dst[a:e] with conditional moves instead of branches."""
-    i, j, o = np.uint64(a), np.uint64(b), np.uint64(a)  # unsigned: no negative-index wraparound checks
-    ub, ue = np.uint64(b), np.uint64(e)
-    while i < ub and j < ue:
-        x, y = src[i], src[j]
-        left = np.uint64(x <= y)
-        dst[o] = x if x <= y else y
-        i += left
-        j += np.uint64(1) - left
-        o += np.uint64(1)
-    while i < ub:
-        dst[o] = src[i]
-        i += np.uint64(1)
-        o += np.uint64(1)
-    while j < ue:
-        dst[o] = src[j]
-        j += np.uint64(1)
-        o += np.uint64(1)
-
-
-@njit(cache=True)
-def _merge_runs(seg, run_start, n_runs):
-    """Sort ``seg`` made of ``n_runs`` sorted runs by pairwise merging. Positions from different buckets are
-    random, so a general sort mispredicts most comparisons (measured 3x slower than this on a 16-bucket level)."""
-    src = seg
-    dst = np.empty_like(seg)
-    starts = run_start.copy()
-    while n_runs > 1:
-        w = 0
-        for r in range(0, n_runs, 2):
-            if r + 1 < n_runs:
-                _merge_pair(src, dst, starts[r], starts[r + 1], starts[r + 2])
-            else:
-                dst[starts[r] : starts[r + 1]] = src[starts[r] : starts[r + 1]]
-            starts[w] = starts[r]
-            w += 1
-        starts[w] = starts[n_runs]
-        n_runs = w
-        src, dst = dst, src
-    return src
-
-
-@njit(cache=True)
-def _bucket_query(offsets, positions, masks, level_start, key, kk, out_d, out_p, i):
-    """Walk buckets in increasing Hamming distance from the query key until kk items are collected.
-
-    Within one distance level items are ordered by position: a level that fits whole is gathered and sorted; the
-    level that overflows only needs the first ``rem`` positions of each of its buckets (buckets are stable-sorted).
-    """
-    n_levels = level_start.shape[0] - 1
-    got = 0
-    for d in range(n_levels):
-        if got == kk:
-            break
-        lo, hi = level_start[d], level_start[d + 1]
-        # The level's buckets are scattered over the offsets and positions arrays: cache misses dominate the
-        # walk (measured 3x slower than cache-hot), so all of a level's loads are requested before any is used.
-        for m in range(lo, hi):
-            _prefetch(offsets, key ^ masks[m])
-        first = np.empty(hi - lo, np.int64)
-        size = np.empty(hi - lo, np.int64)
-        total = 0
-        for m in range(lo, hi):
-            b = key ^ masks[m]
-            first[m - lo] = offsets[b]
-            size[m - lo] = offsets[b + 1] - offsets[b]
-            total += size[m - lo]
-            if size[m - lo]:
-                _prefetch(positions, offsets[b])
-        if total == 0:
-            continue
-        take = min(kk - got, total)
-        cap = 0
-        n_runs = 0
-        for j in range(hi - lo):
-            cap += min(take, size[j])  # a bucket is in position order: only its first `take` can make the cut
-            n_runs += size[j] > 0
-        seg = np.empty(cap, np.int64)
-        run_start = np.empty(n_runs + 1, np.int64)
-        c = 0
-        r = 0
-        for j in range(hi - lo):
-            if size[j] == 0:
-                continue
-            run_start[r] = c
-            r += 1
-            for t in range(first[j], first[j] + min(take, size[j])):
-                seg[c] = positions[t]
-                c += 1
-        run_start[n_runs] = c
-        seg = _merge_runs(seg, run_start, n_runs)
-        for c in range(take):
-            out_d[i, got + c] = d
-            out_p[i, got + c] = seg[c]
-        got += take
-
-
-@njit(parallel=True, cache=True)
-def bucket_knn(offsets, positions, masks, level_start, q, k, out_d, out_p):
-    kk = min(k, positions.shape[0])
-    for i in prange(q.shape[0]):
-        _bucket_query(offsets, positions, masks, level_start, q[i], kk, out_d, out_p, i)
-
-
-@njit(cache=True)
-def bucket_knn_serial(offsets, positions, masks, level_start, q, k, out_d, out_p):
-    kk = min(k, positions.shape[0])
-    for i in range(q.shape[0]):
-        _bucket_query(offsets, positions, masks, level_start, q[i], kk, out_d, out_p, i)
 
 
 @njit(parallel=True, cache=True)

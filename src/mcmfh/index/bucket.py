@@ -12,6 +12,7 @@ from functools import lru_cache
 import numpy as np
 
 from mcmfh.errors import MCMFHError
+from mcmfh.index import _bucket_walk as W
 from mcmfh.index import _kernels as K
 from mcmfh.index.base import HammingIndex, parallel
 
@@ -53,9 +54,12 @@ class BucketIndex(HammingIndex):
 
     def _knn(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         masks, level_start = _masks(self.bits)
-        out_d = np.full((q.shape[0], k), -1, np.int32)
-        out_p = np.full((q.shape[0], k), -1, np.int64)
-        (K.bucket_knn if parallel(q) else K.bucket_knn_serial)(
+        # The walk always finds min(k, N) items: only the columns beyond N need the -1 padding.
+        out_d = np.empty((q.shape[0], k), np.int32)
+        out_p = np.empty((q.shape[0], k), np.int64)
+        out_d[:, self._n :] = -1
+        out_p[:, self._n :] = -1
+        (W.bucket_knn if parallel(q) else W.bucket_knn_serial)(
             self._offsets, self._positions, masks, level_start, q[:, 0].astype(np.int64), k, out_d, out_p
         )
         return out_d, out_p
