@@ -59,6 +59,13 @@ def test_cli_train_and_evaluate(tmp_path, feat_dir, capsys):
     assert "mAP (tie-aware) i2t" in capsys.readouterr().out
     assert main([*args[:-1], str(tmp_path / "r2"), "--option", "nope=1"]) == 2  # one-line error, not a traceback
     assert "unknown option" in capsys.readouterr().err
+    # study modes: the cache has no studies, so each item is a study of its own; cca-itq has no study head
+    assert main(["evaluate", str(run), "--features", str(feat_dir), "--modes", "i2t,t2i,i2s,t2t", "--overwrite"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["i2s_headline"] == "min" and 0 < metrics["i2s_map"] <= 1 and "t2t_map" in metrics
+    assert "i2s: mAP (tie-aware)" in capsys.readouterr().out
+    assert main(["evaluate", str(run), "--features", str(feat_dir), "--modes", "i2x", "--overwrite"]) == 2
+    assert "unknown evaluation mode" in capsys.readouterr().err
 
 
 def test_experiment_writes_results_and_resumes(tmp_path, feat_dir):

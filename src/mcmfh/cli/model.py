@@ -60,6 +60,12 @@ def evaluate(
     ),
     rerank_k: int = typer.Option(100, "--rerank-k", help="Results per query of the bounded two-stage search."),
     oversample: float = typer.Option(10.0, "--oversample", help="Stage-1 candidate budget, in multiples of k."),
+    modes: str = typer.Option(
+        "i2t,t2i",
+        "--modes",
+        help="Evaluation modes, comma-separated: i2t, t2i (always), i2s, t2s (queries against the database's "
+        "studies), i2i, t2t.",
+    ),
 ) -> None:
     """Evaluate a run: metrics JSON plus PR and P@K plots (PNG) in the run folder."""
     from mcmfh.code_health import health_line
@@ -69,7 +75,10 @@ def evaluate(
     from mcmfh.io import atomic_write_json
     from mcmfh.metrics import RankingOptions
     from mcmfh.runs import check_features, load_run
+    from mcmfh.study_eval import PAIR_MODES, check_modes
     from mcmfh.two_stage import RerankOptions
+
+    mode_list = check_modes([m.strip() for m in modes.split(",") if m.strip()])  # before anything is read
 
     payloads = [p.strip() for p in rerank.split(",") if p.strip()]
     if not payloads:
@@ -90,7 +99,13 @@ def evaluate(
     if method.continuous or not method.has_relaxed:
         options = None  # nothing to re-score with: one-stage only (said below)
     metrics = evaluate_method(
-        method, feats, tuple(queries.split(",")), tuple(database.split(",")), RankingOptions(map_k=k), rerank=options
+        method,
+        feats,
+        tuple(queries.split(",")),
+        tuple(database.split(",")),
+        RankingOptions(map_k=k),
+        rerank=options,
+        modes=mode_list,
     )
     atomic_write_json(out or run_dir / "metrics.json", metrics)
     plot_curves({method.name: metrics}, run_dir, title=f"{method.name} {method.bits} bits")
@@ -111,6 +126,10 @@ def evaluate(
             f" | P@20 {metrics[f'i2t_p20_2s_{name}']:.4f} / {metrics[f't2i_p20_2s_{name}']:.4f}"
             f" | every item re-scored {metrics[f'i2t_map_2s_{name}_all']:.4f} / {metrics[f't2i_map_2s_{name}_all']:.4f}"
         )
+    for mode in (m for m in mode_list if m not in PAIR_MODES and f"{m}_map" in metrics):
+        rules = [r for r in ("fused", "min", "sum") if f"{mode}_{r}_map" in metrics]
+        detail = ", ".join(f"{r} {metrics[f'{mode}_{r}_map']:.4f}" for r in rules)
+        typer.echo(f"{mode}: mAP (tie-aware) {metrics[f'{mode}_map']:.4f}" + (f" ({detail})" if detail else ""))
     if payloads != ["none"] and "two_stage" not in metrics:
         typer.echo(f"two-stage: none ({method.name} has no relaxed output to re-score with)")
 
