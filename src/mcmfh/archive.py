@@ -141,7 +141,8 @@ class Archive:
         store = manifest.get("store", {"backend": "local"})
         self.indexes: dict[str, ItemStore] = {}
         # Every sub-index, in commit order: the study ones last (they are made from the items).
-        self.parts = MODALITIES + (STUDY_PARTS if manifest.get("studies") else ())
+        fused = (manifest.get("studies") or {}).get("rule") == "fused"
+        self.parts = MODALITIES + (STUDY_PARTS if fused else ())
         for attempt in range(OPEN_RETRIES + 1):
             self.record = read_record(folder)
             try:
@@ -206,7 +207,7 @@ class Archive:
             try:
                 for m in MODALITIES:
                     made.append(create_store(tmp / m, m, identity["bits"], where, config, fields))
-                for m in STUDY_PARTS if studies else ():
+                for m in STUDY_PARTS if studies and studies["rule"] == "fused" else ():
                     made.append(create_store(tmp / m, m, identity["bits"], {"backend": "local"}, StoreConfig(), fields))
                 manifest = new_manifest(
                     KIND,
@@ -583,7 +584,7 @@ class Archive:
         groups = members_ix.members(wanted)
         live = [sid for sid in wanted if sid in groups]
         items = [it for sid in live for it in groups[sid]]
-        width = 1 + 4 * int(np.prod(self.manifest["studies"]["inputs"]))
+        width = 1 + 2 * int(np.prod(self.manifest["studies"]["inputs"]))  # has-image byte + float16 values
         codes = np.zeros((0, self.bits), bool)
         if items:
             raw = members_ix.payloads([it.key for it in items], width)
