@@ -281,3 +281,29 @@ def test_archive_made_before_studies_stays_readable_and_gains_the_column(chain, 
     with Archive.open(folder, writable=True) as archive:
         archive.add_records([_new_record(chain, "new-1", "st-x", 10)], source="test")
         assert archive.get("new-1").study_id == "st-x" and archive.get(first).study_id is None
+
+
+def test_http_write_joins_a_study_and_info_counts_studies(chain, tmp_path, capsys):
+    from mcmfh.service.search_engine import open_engine
+
+    folder = copy_archive(chain, tmp_path)
+    token = "write-token-for-tests-0123456789"
+    engine = open_engine(folder, warm_up=False, reload_interval=None, writable=True)
+    try:
+        settings = Settings(token=token, allow_writes=True, image_root=chain["data"].resolve())
+        client = TestClient(create_app(engine, settings))
+        auth = {"Authorization": f"Bearer {token}"}
+        body = {"id": "api-1", "caption": "Follow-up CT: the nodule is smaller.", "study_id": "st004"}
+        r = client.post("/items", json=body, headers=auth)
+        assert r.status_code == 201, r.text
+        assert engine.archive.get("api-1").study_id == "st004"
+        members = engine.archive.indexes["study_members"].members(["st004"])["st004"]
+        assert "api-1" in [it.item_id for it in members]
+        r = client.post("/items", json={**body, "id": "api-2", "study_id": 7}, headers=auth)
+        assert r.status_code == 422
+    finally:
+        engine.close()
+    assert main(["index", "info", str(folder)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["studies"]["rule"] == "fused" and info["counts"]["studies"] > 0
+    assert "study_members" not in info["code_health"]

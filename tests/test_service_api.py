@@ -56,7 +56,7 @@ def test_health_reports_model_bits_and_items(client: TestClient, engine: FakeEng
     assert r.status_code == 200
     assert r.json() == {
         "status": "ok", "model": "fake-simhash", "bits": 16, "encoder": "words+8x8", "items": len(engine.ids),
-        "name": "fake", "max_k": 100,
+        "name": "fake", "max_k": 100, "studies": False,
     }  # fmt: skip
 
 

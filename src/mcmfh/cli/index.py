@@ -120,7 +120,9 @@ def info(archive_dir: Path = typer.Argument(..., help="Archive folder.")) -> Non
     with Archive.open(archive_dir) as archive:
         counts = {m: len(ix) for m, ix in archive.indexes.items()}
         # Code health of the stored codes (local sub-indexes hold them in memory; server stores are not read back).
-        local = {m: ix.index.codes for m, ix in archive.indexes.items() if hasattr(ix, "index") and len(ix)}
+        # study_members/ holds blank codes (its payload is what counts): left out.
+        local = {m: ix.index.codes for m, ix in archive.indexes.items()
+                 if hasattr(ix, "index") and len(ix) and m != "study_members"}  # fmt: skip
         health = {m: code_health(c, int(archive.manifest["bits"])) for m, c in local.items()}
         segments = {m: len(ix.index.segments) for m, ix in archive.indexes.items() if hasattr(ix, "index")}
         out = {**archive.manifest, "counts": counts, "segments": segments, "code_health": health}
