@@ -307,3 +307,12 @@ def test_http_write_joins_a_study_and_info_counts_studies(chain, tmp_path, capsy
     info = json.loads(capsys.readouterr().out)
     assert info["studies"]["rule"] == "fused" and info["counts"]["studies"] > 0
     assert "study_members" not in info["code_health"]
+
+
+def test_studies_coded_in_chunks_equal_one_pass(chain, tmp_path, monkeypatch):
+    import mcmfh.archive
+
+    monkeypatch.setattr(mcmfh.archive, "RECODE_STUDIES", 3)
+    with Archive.build(chain["run"], chain["fs"], tmp_path / "idx", dataset=chain["ds"]) as chunked:
+        with Archive.open(chain["idx"]) as whole:
+            assert stored_codes(chunked) == stored_codes(whole)

@@ -91,6 +91,7 @@ BATCH_ENV = "MCMFH_BATCH_QUERIES"  # "0": encode queries one at a time under the
 STUDY_PARTS = ("studies", "study_members")  # the study sub-indexes (local only; see the module docstring)
 STUDY_INPUT_DTYPE = "<f2"  # stored study inputs: float16 (2 x width values per item) is plenty for a re-code
 TARGETS = ("images", "texts", "studies")
+RECODE_STUDIES = 4096  # studies coded per pass when many change at once (a build): bounds the inputs held
 
 
 def run_identity(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -583,16 +584,18 @@ class Archive:
         assert isinstance(members_ix, ItemIndex) and isinstance(studies_ix, ItemIndex)
         groups = members_ix.members(wanted)
         live = [sid for sid in wanted if sid in groups]
-        items = [it for sid in live for it in groups[sid]]
-        width = 1 + 2 * int(np.prod(self.manifest["studies"]["inputs"]))  # has-image byte + float16 values
-        codes = np.zeros((0, self.bits), bool)
-        if items:
-            raw = members_ix.payloads([it.key for it in items], width)
-            inputs, has_image = _member_inputs(raw, self.manifest["studies"]["inputs"])
-            coded, codes = method.encode_study_inputs(inputs, has_image, [sid for sid in live for _ in groups[sid]])
-            assert coded.ids == live
+        shape = self.manifest["studies"]["inputs"]
+        width = 1 + 2 * int(np.prod(shape))  # has-image byte + float16 values
+        parts = [np.zeros((0, self.bits), bool)]
+        for start in range(0, len(live), RECODE_STUDIES):  # a build codes every study: bounded memory
+            chunk = live[start : start + RECODE_STUDIES]
+            raw = members_ix.payloads([it.key for sid in chunk for it in groups[sid]], width)
+            inputs, has_image = _member_inputs(raw, shape)
+            coded, codes = method.encode_study_inputs(inputs, has_image, [sid for sid in chunk for _ in groups[sid]])
+            assert coded.ids == chunk
+            parts.append(np.asarray(codes, bool))
         rows = [_study_item(sid, groups[sid]) for sid in live]
-        studies_ix.add(pack_codes(np.asarray(codes, bool)), rows, replace=wanted)
+        studies_ix.add(pack_codes(np.concatenate(parts)), rows, replace=wanted)
         return len(live)
 
 
