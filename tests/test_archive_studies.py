@@ -313,6 +313,6 @@ def test_studies_coded_in_chunks_equal_one_pass(chain, tmp_path, monkeypatch):
     import mcmfh.archive
 
     monkeypatch.setattr(mcmfh.archive, "RECODE_STUDIES", 3)
-    with Archive.build(chain["run"], chain["fs"], tmp_path / "idx", dataset=chain["ds"]) as chunked:
-        with Archive.open(chain["idx"]) as whole:
-            assert stored_codes(chunked) == stored_codes(whole)
+    chunked = Archive.build(chain["run"], chain["fs"], tmp_path / "idx", dataset=chain["ds"])
+    with chunked, Archive.open(chain["idx"]) as whole:
+        assert stored_codes(chunked) == stored_codes(whole)

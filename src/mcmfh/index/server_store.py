@@ -63,7 +63,6 @@ def redact_dsn(dsn: str) -> str:
     return " ".join(p for p in dsn.split() if not p.startswith("password="))
 
 
-
 # ---------------------------------------------------------------------------------------------------- metadata
 class MetadataStore(Protocol):
     """Item metadata beside codes kept elsewhere: ``SqliteMeta`` (a file in the archive) and ``PostgresMeta``."""
@@ -84,11 +83,13 @@ class MetadataStore(Protocol):
 class SqliteMeta:
     """Item metadata in ``items.sqlite`` beside nothing else: the codes are on the server."""
 
-    _SCHEMA = "\n".join([
-        sqlite_table("items", unique_ids=True),
-        "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
-        "INSERT OR IGNORE INTO counters VALUES ('next_key', 0);",
-    ])
+    _SCHEMA = "\n".join(
+        [
+            sqlite_table("items", unique_ids=True),
+            "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
+            "INSERT OR IGNORE INTO counters VALUES ('next_key', 0);",
+        ]
+    )
 
     def __init__(self, path: Path, create: bool) -> None:
         if not create and not path.is_file():

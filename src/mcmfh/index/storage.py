@@ -67,12 +67,14 @@ _OWN_FIELDS = ("kind", "format", "bits", "index_kind", "index_params", "generati
 _OURS = re.compile(r"^(codes|keys|removed)-\d+(-[0-9a-f]+)?\.npy$|^\.(codes|keys|removed|manifest).*\.tmp$")
 
 # The record (mcmfh.index.items) plus the generation that added a row and the one that removed it.
-_SCHEMA = "\n".join([
-    sqlite_table("items", extra=("gen INTEGER NOT NULL", "removed_gen INTEGER", "payload BLOB")),
-    "CREATE INDEX IF NOT EXISTS items_item_id ON items (item_id);",
-    "CREATE INDEX IF NOT EXISTS items_removed ON items (removed_gen) WHERE removed_gen IS NOT NULL;",
-    "CREATE INDEX IF NOT EXISTS items_study ON items (study_id) WHERE study_id IS NOT NULL;",
-])
+_SCHEMA = "\n".join(
+    [
+        sqlite_table("items", extra=("gen INTEGER NOT NULL", "removed_gen INTEGER", "payload BLOB")),
+        "CREATE INDEX IF NOT EXISTS items_item_id ON items (item_id);",
+        "CREATE INDEX IF NOT EXISTS items_removed ON items (removed_gen) WHERE removed_gen IS NOT NULL;",
+        "CREATE INDEX IF NOT EXISTS items_study ON items (study_id) WHERE study_id IS NOT NULL;",
+    ]
+)
 # Columns added to the table after the first folders, with their definitions: a writer adds what a table lacks.
 _LATER_COLUMNS = {"payload": "payload BLOB", "study_id": "study_id TEXT"}
 _VISIBLE = "gen <= ? AND (removed_gen IS NULL OR removed_gen > ?)"

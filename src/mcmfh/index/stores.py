@@ -113,5 +113,3 @@ def drop_store(store: ItemStore) -> None:
     if isinstance(store, ServerStore):
         store.drop()
     store.close()
-
-
