@@ -15,8 +15,8 @@ member's payload is a has-image byte and its (2, width) study inputs as float16,
 studies it touched from their members' stored inputs and ``remove`` re-codes or drops them; the re-coded rows
 replace the old ones in one generation of ``studies/`` (``ItemIndex.add(replace=...)``). All four sub-indexes are in
 the commit record, so a reader sees items and studies change together. Without a study head, a study search ranks
-studies by the nearest of their members' image and text codes (``search_studies``; the no-fusion ``min`` rule of
-``mcmfh.study_eval``).
+studies by the nearest of their members' image and text codes (``search_studies_text`` / ``_image``; the no-fusion
+``min`` rule of ``mcmfh.study_eval``).
 
 A sub-index is an ``ItemIndex`` in the folder (``--backend local``, the default) or a ``ServerStore``: codes in a
 Milvus collection, metadata in the folder's SQLite or in PostgreSQL (``mcmfh.index.stores``). The manifest's
