@@ -316,3 +316,20 @@ def test_studies_coded_in_chunks_equal_one_pass(chain, tmp_path, monkeypatch):
     chunked = Archive.build(chain["run"], chain["fs"], tmp_path / "idx", dataset=chain["ds"])
     with chunked, Archive.open(chain["idx"]) as whole:
         assert stored_codes(chunked) == stored_codes(whole)
+
+
+def test_cli_index_add_from_a_csv_with_study_ids(chain, tmp_path, capsys):
+    folder = copy_archive(chain, tmp_path)
+    new = tmp_path / "new"
+    new.mkdir()
+    image = chain["data"] / "images" / f"{chain['ds'].records[0].id}.png"
+    with open(new / "items.csv", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "image", "text", "labels", "split", "study_id"])
+        w.writerow(["csv-1", str(image), "Follow-up: unchanged nodule.", "region:lung", "train", "st005"])
+    assert main(["index", "add", str(folder), "--dataset", "csv", "--data-root", str(new / "items.csv")]) == 0
+    assert "1 stud(ies) re-coded" in capsys.readouterr().out
+    with Archive.open(folder) as archive:
+        assert archive.get("csv-1").study_id == "st005"
+        hit = next(h for h in archive.search_studies_text(QUERY, k=200) if h.study_id == "st005")
+        assert "csv-1" in [it.item_id for it in hit.members]

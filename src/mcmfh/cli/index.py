@@ -78,7 +78,9 @@ def add(
     records = [r for r in ds.records if r.split in wanted]
     with Archive.open(archive_dir, writable=True, lock_timeout=lock_timeout) as archive:
         added = archive.add_records(records, source=ds.name)
-        typer.echo(f"added {added['texts']} item(s) ({added['images']} image codes); archive holds {len(archive)}")
+        studies = f", {added['studies']} stud(ies) re-coded" if "studies" in added else ""
+        typer.echo(f"added {added['texts']} item(s) ({added['images']} image codes{studies}); "
+                   f"archive holds {len(archive)}")  # fmt: skip
 
 
 @index_app.command("remove")
