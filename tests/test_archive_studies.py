@@ -333,3 +333,26 @@ def test_cli_index_add_from_a_csv_with_study_ids(chain, tmp_path, capsys):
         assert archive.get("csv-1").study_id == "st005"
         hit = next(h for h in archive.search_studies_text(QUERY, k=200) if h.study_id == "st005")
         assert "csv-1" in [it.item_id for it in hit.members]
+
+
+def test_server_store_sqlite_metadata_keeps_studies(tmp_path):
+    """The Milvus archives' SQLite metadata (no server needed for this part): study ids, members, old tables."""
+    import sqlite3
+
+    from mcmfh.index.server_store import SqliteMeta
+
+    meta = SqliteMeta(tmp_path / "items.sqlite", create=True)
+    items = [{"id": "a", "caption": "x", "study_id": "s1"}, {"id": "b", "caption": "y", "study_id": "s1"},
+             {"id": "c", "caption": "z"}]  # fmt: skip
+    meta.add(np.zeros((3, 2), np.uint8), items, meta.reserve_keys(3))
+    got = meta.members(["s1", "c", "nothing"])
+    assert {s: [it.item_id for it in v] for s, v in got.items()} == {"s1": ["a", "b"], "c": ["c"]}
+    assert meta.lookup([0])[0].study_id == "s1" and meta.lookup([2])[2].study_id is None
+    meta.close()
+    with sqlite3.connect(tmp_path / "items.sqlite") as db:  # a table made before studies
+        db.execute("ALTER TABLE items DROP COLUMN study_id")
+    meta = SqliteMeta(tmp_path / "items.sqlite", create=False)
+    assert meta.lookup([0])[0].study_id is None and list(meta.members(["a"])) == ["a"]
+    meta.add(np.zeros((1, 2), np.uint8), [{"id": "d", "caption": "w", "study_id": "s2"}], meta.reserve_keys(1))
+    assert meta.lookup([3])[3].study_id == "s2"
+    meta.close()
