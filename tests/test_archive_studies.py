@@ -252,7 +252,10 @@ def test_http_target_studies(chain):
         image = (chain["data"] / "images" / f"{expected[0].members[0].item_id}.png").read_bytes()
         r = client.post("/search/image", files={"file": ("q.png", image, "image/png")}, data={"target": "studies"})
         assert r.status_code == 200 and r.json()["target"] == "studies"
-        assert client.post("/search/text", json={"query": QUERY}).json()["results"][0]["id"]  # items by default
+        first = client.post("/search/text", json={"query": QUERY}).json()["results"][0]  # items by default
+        assert first["study_id"] == archive.get(first["id"]).study_id
+        member = expected[0].members[0]
+        assert client.get(f"/items/{member.item_id}").json()["study_id"] == member.study_id
         r = client.post("/search/text", json={"query": QUERY, "target": "series"})
         assert r.status_code == 422 and "target" in r.json()["error"]
         r = client.post("/search/text", json={"query": QUERY, "target": "studies", "modality": "CT"})

@@ -82,7 +82,8 @@ def _image_url(item: Item) -> str | None:
 
 
 def _item_out(item: Item) -> ItemOut:
-    return ItemOut(id=item.item_id, text=item.caption, labels=list(item.labels), image_url=_image_url(item))
+    return ItemOut(id=item.item_id, text=item.caption, labels=list(item.labels), image_url=_image_url(item),
+                   study_id=item.study_id)  # fmt: skip
 
 
 def _hit_out(hit: Hit, study: dict[str, str] | None, viewer_url: str | None) -> HitOut:
@@ -90,7 +91,8 @@ def _hit_out(hit: Hit, study: dict[str, str] | None, viewer_url: str | None) -> 
     return HitOut(id=it.item_id, distance=hit.distance, score=hit.score, text=it.caption, labels=list(it.labels),
                   image_url=_image_url(it), modality=study.get("modality") or None,
                   body_part=study.get("body_part") or None, study_date=study.get("study_date") or None,
-                  viewer_url=viewer_link(viewer_url, study) if viewer_url and study else None)  # fmt: skip
+                  viewer_url=viewer_link(viewer_url, study) if viewer_url and study else None,
+                  study_id=it.study_id)  # fmt: skip
 
 
 def _study_out(hit: StudyHit) -> StudyHitOut:

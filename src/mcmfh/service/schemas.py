@@ -80,6 +80,7 @@ class HitOut(BaseModel):
     body_part: str | None = None
     study_date: str | None = None
     viewer_url: str | None = Field(None, description="The study in the PACS viewer (`mcmfh serve --viewer-url`).")
+    study_id: str | None = Field(None, description="The study (exam, case) the item belongs to, if any.")
 
 
 class StudyMemberOut(BaseModel):
@@ -120,6 +121,7 @@ class ItemOut(BaseModel):
     text: str
     labels: list[str]
     image_url: str | None
+    study_id: str | None = Field(None, description="The study (exam, case) it belongs to; null: a study of its own.")
 
 
 class HealthOut(BaseModel):
