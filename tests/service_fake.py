@@ -7,6 +7,7 @@ text or image therefore finds that item at distance 0, which the tests check.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import socket
@@ -20,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from mcmfh.index.codes import hamming_matrix, pack_codes
-from mcmfh.index.items import Hit, Item
+from mcmfh.index.items import Hit, Item, StudyHit
 from mcmfh.service.engine import EngineInfo
 
 BITS = 16
@@ -183,6 +184,29 @@ class FakeEngine:
 
     def facets(self) -> dict[str, list[str]]:
         return {f: sorted({m[f] for m in self.study.values() if m.get(f)}) for f in ("modality", "body_part")}
+
+
+class StudyFakeEngine(FakeEngine):
+    """FakeEngine whose items form studies of two (``case0`` = items 0 and 1, ...), ranked by their nearest member
+    (the no-fusion rule): enough to drive the page's study cards."""
+
+    def info(self) -> EngineInfo:
+        return dataclasses.replace(super().info(), studies=True)
+
+    def _studies(self, hits: list[Hit], k: int) -> list[StudyHit]:
+        members: dict[str, list[Item]] = {}
+        for item_id in self.ids:
+            members.setdefault(f"case{self.items[item_id].key // 2}", []).append(self.items[item_id])
+        best: dict[str, int] = {}
+        for h in hits:
+            best.setdefault(f"case{h.item.key // 2}", h.distance)
+        return [StudyHit(s, d, tuple(members[s])) for s, d in list(best.items())[:k]]
+
+    def search_studies_text(self, query: str, k: int) -> list[StudyHit]:
+        return self._studies(self.search_text(query, len(self.ids)), k)
+
+    def search_studies_image(self, image: Image.Image, k: int) -> list[StudyHit]:
+        return self._studies(self.search_image(image, len(self.ids)), k)
 
 
 def free_port() -> int:

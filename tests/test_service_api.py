@@ -56,7 +56,7 @@ def test_health_reports_model_bits_and_items(client: TestClient, engine: FakeEng
     assert r.status_code == 200
     assert r.json() == {
         "status": "ok", "model": "fake-simhash", "bits": 16, "encoder": "words+8x8", "items": len(engine.ids),
-        "name": "fake", "max_k": 100,
+        "name": "fake", "max_k": 100, "studies": False,
     }  # fmt: skip
 
 
@@ -234,7 +234,7 @@ def test_get_item(client: TestClient) -> None:
     assert r.status_code == 200
     assert r.json() == {
         "id": item_id(1), "text": TEXTS[1], "labels": ["loc:region1", "cat:kind1"],
-        "image_url": f"/images/{item_id(1)}",
+        "image_url": f"/images/{item_id(1)}", "study_id": None,
     }  # fmt: skip
     r = client.get("/items/MPX9999_nothing")
     assert r.status_code == 404 and "no item" in error_of(r)

@@ -17,7 +17,7 @@ import pytest
 
 from mcmfh.service.app import create_app
 from mcmfh.service.settings import Settings
-from service_fake import TEXTS, FakeEngine, pattern_image, png_bytes, running_server
+from service_fake import TEXTS, FakeEngine, StudyFakeEngine, pattern_image, png_bytes, running_server
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -280,3 +280,37 @@ def test_pacs_filters_and_viewer_links(tmp_path: Path) -> None:
         expect(links).to_have_count(3)
         assert links.first.get_attribute("href").startswith("https://pacs.example/viewer?StudyInstanceUID=1.2.")
         assert links.first.get_attribute("rel") == "noopener noreferrer"
+
+
+def test_an_archive_with_studies_is_searched_by_study_and_shows_study_cards(tmp_path: Path) -> None:
+    """Issue 14: one card per study, with its images (each opens its item) and its reports; studies by default."""
+    expect = sync_api.expect
+    engine = StudyFakeEngine(tmp_path / "idx")
+    app = create_app(engine, Settings(image_root=engine.root))
+    with served_page(app, viewport={"width": 1200, "height": 900}) as (page, url):
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "/")
+        expect(page.locator("#target-row")).to_be_visible()
+        expect(page.locator("#target")).to_have_value("studies")
+        page.fill("#query", TEXTS[3])
+        page.press("#query", "Enter")
+        cards = page.locator("#results article.study-card")
+        expect(cards).to_have_count(3)  # six items in studies of two
+        first = cards.first
+        expect(first.locator("h3")).to_have_text("Study case1")
+        expect(first).to_contain_text("distance 0")
+        expect(first.locator(".thumbs img")).to_have_count(2)
+        expect(first.locator(".reports li")).to_have_text([TEXTS[2], TEXTS[3]])
+        wait_image_loaded(page, "#results .thumbs img")
+        expect(page.locator("#status")).to_contain_text("3 studies")
+        last = cards.filter(has_text="Study case2")
+        expect(last.locator(".thumbs img")).to_have_count(1)  # item 5 has no image; its report is still shown
+        expect(last.locator(".reports li")).to_have_count(2)
+        first.locator(".thumbs button").nth(1).click()
+        expect(page.locator("#item-title")).to_have_text("MPX0003_synpic3")
+        page.keyboard.press("Escape")
+        page.select_option("#target", "items")
+        page.press("#query", "Enter")
+        expect(page.locator("#results li button.card")).to_have_count(min(12, len(TEXTS)))
+        assert errors == []

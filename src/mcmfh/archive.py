@@ -6,6 +6,17 @@ Folder layout::
     run/            a copy of the run folder, so the archive is self-contained and cannot drift from its model
     images/         sub-index of image codes (items that have an image)
     texts/          sub-index of text codes (every item)
+    studies/        (archives with studies) one fused code per study: item id = study id, labels = the union
+    study_members/  (archives with studies) one row per item: its study and, as payload, its ``study_inputs``
+
+An archive built from features with studies (``FeatureSet.has_studies``) by a method with a study head
+(``HashMethod.has_study_codes``) on a local store keeps the two study sub-indexes (manifest entry ``studies``). A
+member's payload is a has-image byte and its (2, width) study inputs as float16, so ``add`` re-codes exactly the
+studies it touched from their members' stored inputs and ``remove`` re-codes or drops them; the re-coded rows
+replace the old ones in one generation of ``studies/`` (``ItemIndex.add(replace=...)``). All four sub-indexes are in
+the commit record, so a reader sees items and studies change together. Without a study head, a study search ranks
+studies by the nearest of their members' image and text codes (``search_studies_text`` / ``_image``; the no-fusion
+``min`` rule of ``mcmfh.study_eval``).
 
 A sub-index is an ``ItemIndex`` in the folder (``--backend local``, the default) or a ``ServerStore``: codes in a
 Milvus collection, metadata in the folder's SQLite or in PostgreSQL (``mcmfh.index.stores``). The manifest's
@@ -50,7 +61,7 @@ from mcmfh.encoders.base import Encoder, ImageInput
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.features import FeatureSet
 from mcmfh.index.codes import pack_codes
-from mcmfh.index.items import Hit, Item, record_item
+from mcmfh.index.items import Hit, Item, StudyHit, record_item
 from mcmfh.index.payload import PayloadCodec, make_codec
 from mcmfh.index.rerank import candidates, rescore
 from mcmfh.index.server_store import ServerStore
@@ -77,6 +88,10 @@ MODALITIES = ("images", "texts")
 IDENTITY_KEYS = ("run_id", "method", "bits", "encoder", "encoder_version")
 PAYLOAD_CODEC = "int8"  # two-stage payload: the model's relaxed outputs, bits bytes per item (issue 17's choice)
 BATCH_ENV = "MCMFH_BATCH_QUERIES"  # "0": encode queries one at a time under the archive lock (the old behaviour)
+STUDY_PARTS = ("studies", "study_members")  # the study sub-indexes (local only; see the module docstring)
+STUDY_INPUT_DTYPE = "<f2"  # stored study inputs: float16 (2 x width values per item) is plenty for a re-code
+TARGETS = ("images", "texts", "studies")
+RECODE_STUDIES = 4096  # studies coded per pass when many change at once (a build): bounds the inputs held
 
 
 def run_identity(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -126,11 +141,15 @@ class Archive:
         expect = {k: manifest[k] for k in IDENTITY_KEYS}
         store = manifest.get("store", {"backend": "local"})
         self.indexes: dict[str, ItemStore] = {}
+        # Every sub-index, in commit order: the study ones last (they are made from the items).
+        fused = (manifest.get("studies") or {}).get("rule") == "fused"
+        self.parts = MODALITIES + (STUDY_PARTS if fused else ())
         for attempt in range(OPEN_RETRIES + 1):
             self.record = read_record(folder)
             try:
-                for m in MODALITIES:
-                    self.indexes[m] = open_store(folder / m, m, int(manifest["bits"]), store, expect, writable,
+                for m in self.parts:
+                    where = store if m in MODALITIES else {"backend": "local"}
+                    self.indexes[m] = open_store(folder / m, m, int(manifest["bits"]), where, expect, writable,
                                                  lock_timeout, at=self.record.get(m))  # fmt: skip
                 break
             except ArtefactError:
@@ -179,6 +198,7 @@ class Archive:
         identity = run_identity(run_dir, run_manifest)
         config = store or StoreConfig()
         where = store_manifest(config, identity["run_id"])
+        studies = _studies_entry(method, where, part)
         if overwrite and where["backend"] != "local" and out.exists():
             drop_server_stores(out)
         with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -188,6 +208,8 @@ class Archive:
             try:
                 for m in MODALITIES:
                     made.append(create_store(tmp / m, m, identity["bits"], where, config, fields))
+                for m in STUDY_PARTS if studies and studies["rule"] == "fused" else ():
+                    made.append(create_store(tmp / m, m, identity["bits"], {"backend": "local"}, StoreConfig(), fields))
                 manifest = new_manifest(
                     KIND,
                     **identity,
@@ -197,6 +219,7 @@ class Archive:
                     image_root=(dataset.source or {}).get("root"),
                     store=where,
                     payload=_payload_entry(method, where, part.text[:1]),
+                    studies=studies,
                 )
                 atomic_write_json(tmp / "manifest.json", manifest)
                 archive = cls(tmp, manifest, writable=True)
@@ -233,8 +256,8 @@ class Archive:
             record: tuple[int, ...] = (st.st_ino, st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
             record = ()
-        pinned = [m for m in MODALITIES if m in self.record]
-        return record, *(self.indexes[m].state_token() for m in MODALITIES if m not in pinned)
+        pinned = [m for m in self.parts if m in self.record]
+        return record, *(self.indexes[m].state_token() for m in self.parts if m not in pinned)
 
     def refresh(self) -> bool:
         """Catch up with changes other processes committed; returns whether anything changed."""
@@ -246,7 +269,7 @@ class Archive:
         for attempt in range(OPEN_RETRIES + 1):
             record = read_record(self.folder)
             try:
-                changed = [self._refresh_one(m, record) for m in MODALITIES]
+                changed = [self._refresh_one(m, record) for m in self.parts]
                 self.record = record
                 return any(changed)
             except ArtefactError:
@@ -282,7 +305,7 @@ class Archive:
 
     def _roll_back(self) -> None:
         """Undo a sub-index commit that the record does not name (a writer died between sub-index and record)."""
-        for m in MODALITIES:
+        for m in self.parts:
             index = self.indexes[m]
             if isinstance(index, ItemIndex) and m in self.record:
                 index.roll_back_to(self.record[m])
@@ -365,7 +388,69 @@ class Archive:
         """Items nearest to an image query (a path or a PIL image), by their ``target`` codes (see search_text)."""
         return self._search("images", image, k, target, rerank)
 
+    @property
+    def has_studies(self) -> bool:
+        """Whether studies can be searched: the archive was built from features that group items into studies."""
+        return bool(self.manifest.get("studies"))
+
+    @property
+    def study_rule(self) -> str | None:
+        """``fused``: one code per study (the method's study head, sub-index ``studies``); ``min``: the nearest of a
+        study's members' image and text codes (a method without a study head); None: no studies."""
+        entry = self.manifest.get("studies")
+        return str(entry["rule"]) if entry else None
+
+    def search_studies_text(self, query: str, k: int = 10, rerank: str | None = None) -> list[StudyHit]:
+        """Studies nearest to a text query (coded alone, as every query), nearest first; see ``study_rule``."""
+        if not query.strip():
+            raise MCMFHError("empty text query")
+        return self._search_studies("texts", query, k, rerank)
+
+    def search_studies_image(self, image: ImageInput, k: int = 10, rerank: str | None = None) -> list[StudyHit]:
+        """Studies nearest to an image query (a path or a PIL image), nearest first; see ``study_rule``."""
+        return self._search_studies("images", image, k, rerank)
+
+    def _search_studies(self, modality: str, query: Any, k: int, rerank: str | None) -> list[StudyHit]:
+        if not self.has_studies:
+            raise MCMFHError(
+                "search target 'studies': this archive has no studies (build it from features whose dataset has a "
+                "study_id column, or search --target images / texts)"
+            )
+        if rerank not in (None, "none"):
+            raise MCMFHError(f"--rerank {rerank}: studies are ranked by Hamming distance only; use --rerank none")
+        if k < 1:
+            raise MCMFHError(f"k must be at least 1, got {k}")
+        code, _ = self._encode_query(modality, query)
+        packed = pack_codes(code[None, :])
+        with self._lock:
+            if self.study_rule == "fused":
+                found = [(h.item.item_id, h.distance) for h in self.indexes["studies"].search(packed, k)[0]]
+            else:
+                found = self._nearest_studies(packed, k)
+            members = self.indexes["texts"].members([sid for sid, _ in found])
+        return [StudyHit(sid, int(d), tuple(members.get(sid, ()))) for sid, d in found]
+
+    def _nearest_studies(self, packed: np.ndarray, k: int) -> list[tuple[str, int]]:
+        """The k studies nearest by their members' image and text codes (the no-fusion ``min`` rule), exactly:
+        item hits are fetched until k studies lie strictly closer than any item not fetched yet."""
+        want = max(4 * k, 32)
+        while True:
+            lists = [self.indexes[m].search(packed, want)[0] for m in MODALITIES]
+            full = [hits[-1].distance for hits in lists if len(hits) == want]  # lists that may go on beyond
+            bound = min(full, default=np.inf)
+            best: dict[str, int] = {}
+            for hits in lists:
+                for h in hits:
+                    if h.distance < bound:
+                        sid = h.item.study_id or h.item.item_id
+                        best[sid] = min(best.get(sid, h.distance), h.distance)
+            if len(best) >= k or not full:
+                return sorted(best.items(), key=lambda kv: (kv[1], kv[0]))[:k]
+            want *= 4
+
     def _search(self, modality: str, query: Any, k: int, target: str, rerank: str | None) -> list[Hit]:
+        if target == "studies":
+            raise MCMFHError("search target 'studies': use search_studies_text / search_studies_image")
         mode = self._rerank_mode(rerank)
         code, relaxed = self._encode_query(modality, query)
         with self._lock:
@@ -433,7 +518,14 @@ class Archive:
 
     def remove(self, item_ids: Sequence[str]) -> int:
         with self._writing(), self._lock:
-            return max(self.indexes[m].remove(list(item_ids)) for m in MODALITIES)
+            removed = max(self.indexes[m].remove(list(item_ids)) for m in MODALITIES)
+            if "study_members" in self.indexes:
+                members = self.indexes["study_members"]
+                gone = members.get(list(members.keys_of(list(item_ids)).values()))
+                if gone:
+                    members.remove([it.item_id for it in gone])
+                    self._recode_studies([it.study_id or it.item_id for it in gone], self.method)
+            return removed
 
     def compact(self) -> dict[str, bool]:
         """Fold each local sub-index's segments into one (see ``ItemIndex.compact``); server stores need none."""
@@ -465,7 +557,46 @@ class Archive:
                     assert isinstance(index, ItemIndex)
                     index.add(pack_codes(codes), items, payload=codec.encode(relaxed))
             added[m] = len(rows)
+        if "study_members" in self.indexes:
+            added["studies"] = self._add_members(batch, method)
         return added
+
+    def _add_members(self, batch: Batch, method: HashMethod) -> int:
+        """Store the batch's new items' study inputs and re-code the studies they join; returns how many studies
+        were (re-)coded. Like the item sub-indexes, it skips ids it holds, so a rerun completes a half-done add."""
+        members = self.indexes["study_members"]
+        present = members.keys_of([r.id for r in batch.records])
+        rows = np.array([i for i, r in enumerate(batch.records) if r.id not in present], dtype=np.int64)
+        if not len(rows):
+            return 0
+        inputs = method.study_inputs(batch.image[rows], batch.text[rows])
+        items = [record_item(batch.records[i], batch.source) for i in rows]
+        blank = np.zeros((len(rows), self.bits // 8), np.uint8)  # never searched: the members index holds inputs
+        with self._lock:
+            members.add(blank, items, payload=_member_payload(inputs, batch.has_image[rows]))
+            return self._recode_studies([batch.records[i].study or batch.records[i].id for i in rows], method)
+
+    def _recode_studies(self, study_ids: Sequence[str], method: HashMethod) -> int:
+        """Code ``study_ids`` again from all of their members' stored inputs; in one generation of ``studies/``, the
+        new codes replace the old ones and a study left without members is dropped. Under ``self._lock``."""
+        wanted = list(dict.fromkeys(study_ids))
+        members_ix, studies_ix = self.indexes["study_members"], self.indexes["studies"]
+        assert isinstance(members_ix, ItemIndex) and isinstance(studies_ix, ItemIndex)
+        groups = members_ix.members(wanted)
+        live = [sid for sid in wanted if sid in groups]
+        shape = self.manifest["studies"]["inputs"]
+        width = 1 + 2 * int(np.prod(shape))  # has-image byte + float16 values
+        parts = [np.zeros((0, self.bits), bool)]
+        for start in range(0, len(live), RECODE_STUDIES):  # a build codes every study: bounded memory
+            chunk = live[start : start + RECODE_STUDIES]
+            raw = members_ix.payloads([it.key for sid in chunk for it in groups[sid]], width)
+            inputs, has_image = _member_inputs(raw, shape)
+            coded, codes = method.encode_study_inputs(inputs, has_image, [sid for sid in chunk for _ in groups[sid]])
+            assert coded.ids == chunk
+            parts.append(np.asarray(codes, bool))
+        rows = [_study_item(sid, groups[sid]) for sid in live]
+        studies_ix.add(pack_codes(np.concatenate(parts)), rows, replace=wanted)
+        return len(live)
 
 
 def read_record(folder: Path) -> dict[str, Any]:
@@ -505,6 +636,36 @@ def _payload_entry(method: HashMethod, store: dict[str, Any], probe: np.ndarray)
     return {"codec": PAYLOAD_CODEC, "dim": int(method.relaxed_texts(probe).shape[1])}
 
 
+def _studies_entry(method: HashMethod, store: dict[str, Any], part: FeatureSet) -> dict[str, Any] | None:
+    """The manifest's ``studies`` entry: None without studies; rule ``fused`` (with the study inputs' shape) for a
+    method with a study head on a local store, else ``min`` (members' own codes, nothing more to keep)."""
+    if not part.has_studies:
+        return None
+    if store.get("backend", "local") != "local" or not method.has_study_codes:
+        return {"rule": "min"}
+    shape = method.study_inputs(part.image[:1], part.text[:1]).shape[1:]
+    return {"rule": "fused", "inputs": [int(x) for x in shape], "dtype": "float16"}
+
+
+def _member_payload(inputs: np.ndarray, has_image: np.ndarray) -> np.ndarray:
+    """(n, 1 + 2 * size) uint8 per member: a has-image byte, then its study inputs as little-endian float16."""
+    flat = np.ascontiguousarray(np.asarray(inputs, np.float32).reshape(len(inputs), -1).astype(STUDY_INPUT_DTYPE))
+    return np.concatenate([np.asarray(has_image, np.uint8)[:, None], flat.view(np.uint8)], axis=1)
+
+
+def _member_inputs(raw: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of ``_member_payload``: (n, *shape) float32 inputs and (n,) has-image."""
+    raw = np.ascontiguousarray(raw)
+    inputs = raw[:, 1:].copy().view(STUDY_INPUT_DTYPE).astype(np.float32)
+    return inputs.reshape(len(raw), *shape), raw[:, 0].astype(bool)
+
+
+def _study_item(study_id: str, members: Sequence[Item]) -> dict[str, Any]:
+    """The row of a study in ``studies/``: its id, and the union of its members' labels (first seen first)."""
+    labels = list(dict.fromkeys(label for it in members for label in it.labels))
+    return {"id": study_id, "caption": "", "labels": labels, "source": members[0].source, "study_id": study_id}
+
+
 def _hash(method: HashMethod, modality: str, x: np.ndarray, relaxed: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """Codes of ``modality`` rows, and their relaxed outputs when asked: one pass of the model, the codes being the
     signs of the relaxed outputs (``HashMethod``'s contract, tested per method)."""
@@ -538,7 +699,7 @@ def _quietly(fn: Any, *args: Any) -> None:
 def _target(name: str) -> str:
     aliases = {"image": "images", "images": "images", "text": "texts", "texts": "texts"}
     if name not in aliases:
-        raise MCMFHError(f"search target {name!r}: expected 'images' or 'texts'")
+        raise MCMFHError(f"search target {name!r}: expected one of {list(TARGETS)}")
     return aliases[name]
 
 

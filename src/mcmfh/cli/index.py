@@ -78,7 +78,9 @@ def add(
     records = [r for r in ds.records if r.split in wanted]
     with Archive.open(archive_dir, writable=True, lock_timeout=lock_timeout) as archive:
         added = archive.add_records(records, source=ds.name)
-        typer.echo(f"added {added['texts']} item(s) ({added['images']} image codes); archive holds {len(archive)}")
+        studies = f", {added['studies']} stud(ies) re-coded" if "studies" in added else ""
+        typer.echo(f"added {added['texts']} item(s) ({added['images']} image codes{studies}); "
+                   f"archive holds {len(archive)}")  # fmt: skip
 
 
 @index_app.command("remove")
@@ -120,7 +122,9 @@ def info(archive_dir: Path = typer.Argument(..., help="Archive folder.")) -> Non
     with Archive.open(archive_dir) as archive:
         counts = {m: len(ix) for m, ix in archive.indexes.items()}
         # Code health of the stored codes (local sub-indexes hold them in memory; server stores are not read back).
-        local = {m: ix.index.codes for m, ix in archive.indexes.items() if hasattr(ix, "index") and len(ix)}
+        # study_members/ holds blank codes (its payload is what counts): left out.
+        local = {m: ix.index.codes for m, ix in archive.indexes.items()
+                 if hasattr(ix, "index") and len(ix) and m != "study_members"}  # fmt: skip
         health = {m: code_health(c, int(archive.manifest["bits"])) for m, c in local.items()}
         segments = {m: len(ix.index.segments) for m, ix in archive.indexes.items() if hasattr(ix, "index")}
         out = {**archive.manifest, "counts": counts, "segments": segments, "code_health": health}
@@ -133,20 +137,31 @@ def search(
     text: str = typer.Option(None, "--text", help="A text query: finds images (or texts with --target texts)."),
     image: Path = typer.Option(None, "--image", help="An image query (PNG/JPEG/DICOM): finds reports."),
     k: int = typer.Option(10, "--k", min=1, max=10_000),
-    target: str = typer.Option(None, help="Search image or text codes (default: the other modality)."),
+    target: str = typer.Option(
+        None,
+        help="images, texts or studies (whole studies with their members, where the archive has studies); "
+        "default: the other modality.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     rerank: str = typer.Option(
-        None, "--rerank", help="int8: two-stage (Hamming candidates re-scored by the stored payload; the default when "
-        "the archive has one); none: Hamming order only."
+        None,
+        "--rerank",
+        help="int8: two-stage (Hamming candidates re-scored by the stored payload; the default when "
+        "the archive has one); none: Hamming order only.",
     ),
 ) -> None:
     """Search an archive with a text or an image; prints ranked items with Hamming distances (and, two-stage, the
     re-scored similarity they are ordered by)."""
-    from mcmfh.archive import Archive
+    from mcmfh.archive import TARGETS, Archive
 
     if (text is None) == (image is None):
         raise MCMFHError("give exactly one of --text or --image")
+    if target is not None and target not in TARGETS:
+        raise MCMFHError(f"--target {target}: expected one of {list(TARGETS)}")
     with Archive.open(archive_dir) as archive:
+        if target == "studies":
+            _search_studies(archive, text, image, k, rerank, as_json)
+            return
         t0 = time.perf_counter()
         if text is not None:
             hits = archive.search_text(text, k, target=target or "images", rerank=rerank)
@@ -164,6 +179,32 @@ def search(
         typer.echo(f"{row['rank']:>3}  d={row['distance']:<3} {score}{row['id']:<24} {caption}")
         typer.echo(f"{'':>10}labels: {', '.join(row['labels']) or '-'}")
     typer.echo(f"{len(rows)} result(s) in {took_ms:.1f} ms (encode + search)")
+
+
+def _search_studies(archive: object, text: str | None, image: Path | None, k: int, rerank: str | None,
+                    as_json: bool) -> None:  # fmt: skip
+    """``mcmfh search --target studies``: one row per study, its members below it."""
+    from mcmfh.archive import Archive
+
+    assert isinstance(archive, Archive)
+    t0 = time.perf_counter()
+    if text is not None:
+        hits = archive.search_studies_text(text, k, rerank=rerank)
+    else:
+        hits = archive.search_studies_image(image, k, rerank=rerank)
+    took_ms = (time.perf_counter() - t0) * 1000
+    rows = [{"rank": r + 1, "study_id": h.study_id, "distance": h.distance, "score": h.score,
+             "members": [{"id": it.item_id, "image": it.image, "labels": list(it.labels), "text": it.caption}
+                         for it in h.members]} for r, h in enumerate(hits)]  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps({"target": "studies", "results": rows, "took_ms": took_ms}, indent=2))
+        return
+    for row in rows:
+        typer.echo(f"{row['rank']:>3}  d={row['distance']:<3} study {row['study_id']} ({len(row['members'])} item(s))")
+        for m in row["members"]:
+            caption = m["text"] if len(m["text"]) <= 80 else m["text"][:77] + "..."
+            typer.echo(f"{'':>10}{m['id']:<24} {'[image] ' if m['image'] else ''}{caption}")
+    typer.echo(f"{len(rows)} stud{'y' if len(rows) == 1 else 'ies'} in {took_ms:.1f} ms (encode + search)")
 
 
 def _splits(value: str) -> list[str]:

@@ -27,6 +27,7 @@ class Item:
     image: str | None
     labels: tuple[str, ...]
     source: str
+    study_id: str | None = None  # the study (exam, case) it belongs to; None: a study of its own
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,18 @@ class Hit:
 
     item: Item
     distance: int
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class StudyHit:
+    """One study result, carried unchanged from the archive to the HTTP edge: the study id, the Hamming distance
+    of the query code to the study (its fused study code, or for a method without a study head the nearest of its
+    members' image and text codes), and its member items (ascending item id)."""
+
+    study_id: str
+    distance: int
+    members: tuple[Item, ...]
     score: float | None = None
 
 
@@ -54,8 +67,25 @@ COLUMNS = (
     Column("image", "TEXT", "text"),
     Column("labels", "TEXT NOT NULL", "jsonb NOT NULL"),
     Column("source", "TEXT NOT NULL", "text NOT NULL"),
+    Column("study_id", "TEXT", "text"),  # added after the first archives: older tables lack it (read as NULL)
 )
 NAMES = ", ".join(c.name for c in COLUMNS)
+# Columns added to the record later, nullable: a table made before them is read with NULL in their place.
+LATER_COLUMNS = ("study_id",)
+
+
+def select_names(present: set[str]) -> str:
+    """``NAMES`` for a SELECT from a table with columns ``present``: a later column it lacks reads as NULL."""
+    return ", ".join(c.name if c.name in present or c.name not in LATER_COLUMNS else "NULL" for c in COLUMNS)
+
+
+def study_filter(n: int) -> str:
+    """SQL for "the row is a member of one of ``n`` studies": its study id, or its own id when it has none (an item
+    of no study is a study of its own). Takes the ``n`` study ids twice."""
+    marks = ",".join("?" * n)
+    return f"(study_id IN ({marks}) OR (study_id IS NULL AND item_id IN ({marks})))"
+
+
 SQL_CHUNK = 500  # ids or keys per IN (...) query: under SQLite's bound-parameter limit
 
 
@@ -68,24 +98,29 @@ def sqlite_table(table: str, extra: Sequence[str] = (), unique_ids: bool = False
 def item_from_row(row: Sequence[Any]) -> Item:
     """An ``Item`` from the record's columns in ``NAMES`` order (labels as JSON text or an already decoded list)."""
     labels = row[4] if isinstance(row[4], list) else json.loads(row[4])
-    return Item(int(row[0]), row[1], row[2], row[3], tuple(labels), row[5])
+    study = row[6] if len(row) > 6 else None
+    return Item(int(row[0]), row[1], row[2], row[3], tuple(labels), row[5], study or None)
 
 
-def item_row(i: int, item: Mapping[str, Any]) -> tuple[str, str, str | None, str, str]:
-    """Validate item ``i`` of an add (id required; caption, image, labels, source) into its stored columns
-    (every column but ``key``). Every metadata store validates items with this."""
+def item_row(i: int, item: Mapping[str, Any]) -> tuple[str, str, str | None, str, str, str | None]:
+    """Validate item ``i`` of an add (id required; caption, image, labels, source, optional study id) into its
+    stored columns (every column but ``key``). Every metadata store validates items with this."""
     if not isinstance(item, Mapping) or not str(item.get("id", "")).strip():
         raise MCMFHError(f"items[{i}]: expected a mapping with a non-empty 'id', got {item!r:.80}")
     labels = item.get("labels", ())
     if isinstance(labels, str) or not all(isinstance(x, str) for x in labels):
         raise MCMFHError(f"items[{i}] ({item['id']}): 'labels' must be a list of strings, got {labels!r:.80}")
     image = item.get("image")
+    study = item.get("study_id")
+    if study is not None and not isinstance(study, str):
+        raise MCMFHError(f"items[{i}] ({item['id']}): 'study_id' must be a string, got {study!r:.80}")
     return (
         str(item["id"]),
         str(item.get("caption", "")),
         None if image is None else str(image),
         json.dumps(list(labels)),
         str(item.get("source", "")),
+        study or None,  # "" (a record of no study) is stored as NULL, as an archive made before studies reads
     )
 
 
@@ -97,4 +132,5 @@ def record_item(record: Any, source: str) -> dict[str, Any]:
         "image": None if record.image is None else str(record.image),
         "labels": list(record.labels),
         "source": source,
+        "study_id": getattr(record, "study", "") or None,
     }

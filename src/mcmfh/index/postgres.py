@@ -23,11 +23,12 @@ import numpy as np
 
 from mcmfh.errors import MCMFHError
 from mcmfh.index.codes import unpack_codes
-from mcmfh.index.items import Hit, Item, item_from_row, item_row
+from mcmfh.index.items import NAMES, Hit, Item, item_from_row, item_row
 from mcmfh.locking import LockTimeout
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _LOCK_ID = 0x6D636D6668  # "mcmfh": pg_advisory_xact_lock key for migrations
+_ITEM_COLUMNS = NAMES  # the record's columns (mcmfh.index.items), every one of them present once migrated
 
 
 def _v1(bits: int) -> list[str]:
@@ -51,7 +52,15 @@ def _v2(bits: int) -> list[str]:
     return ["CREATE INDEX mcmfh_items_source ON mcmfh_items (source)"]
 
 
-MIGRATIONS: list[Callable[[int], list[str]]] = [_v1, _v2]  # version i + 1 = MIGRATIONS[i]; append, never edit
+def _v3(bits: int) -> list[str]:
+    # Studies (issue 14): the study (exam, case) an item belongs to; NULL: a study of its own.
+    return [
+        "ALTER TABLE mcmfh_items ADD COLUMN study_id text",
+        "CREATE INDEX mcmfh_items_study ON mcmfh_items (study_id) WHERE study_id IS NOT NULL",
+    ]
+
+
+MIGRATIONS: list[Callable[[int], list[str]]] = [_v1, _v2, _v3]  # version i + 1 = MIGRATIONS[i]; append, never edit
 
 
 def _psycopg() -> Any:
@@ -147,7 +156,8 @@ class PostgresItemStore:
         strings = bit_strings(codes, self.bits)
         if len(strings) != len(rows) or (keys is not None and len(keys) != len(rows)):
             raise MCMFHError(f"postgres add: {len(rows)} items, {len(strings)} codes, keys {keys is not None}")
-        cols, vals = "item_id, caption, image, labels, source, code", "%s, %s, %s, %s, %s, %s::bit varying"
+        cols = "item_id, caption, image, labels, source, study_id, code"
+        vals = "%s, %s, %s, %s, %s, %s, %s::bit varying"
         params = [[*r, s] for r, s in zip(rows, strings, strict=True)]
         if keys is not None:
             cols, vals = "key, " + cols, "%s, " + vals
@@ -199,10 +209,25 @@ class PostgresItemStore:
         """The stored items among ``keys`` (unknown keys are left out)."""
         with self._db.cursor() as cur:
             cur.execute(
-                "SELECT key, item_id, caption, image, labels, source FROM mcmfh_items WHERE key = ANY(%s)",
+                f"SELECT {_ITEM_COLUMNS} FROM mcmfh_items WHERE key = ANY(%s)",
                 ([int(k) for k in keys],),
             )
             return {r[0]: item_from_row(r) for r in cur.fetchall()}
+
+    def members(self, study_ids: Sequence[str]) -> dict[str, list[Item]]:
+        """The items of each study (its ``study_id``, or its own id for an item of no study), in key order."""
+        ids = [str(s) for s in study_ids]
+        with self._db.cursor() as cur:
+            cur.execute(
+                f"SELECT {_ITEM_COLUMNS} FROM mcmfh_items WHERE study_id = ANY(%s) "
+                "OR (study_id IS NULL AND item_id = ANY(%s)) ORDER BY key",
+                (ids, ids),
+            )
+            out: dict[str, list[Item]] = {}
+            for r in cur.fetchall():
+                item = item_from_row(r)
+                out.setdefault(item.study_id or item.item_id, []).append(item)
+            return out
 
     def drop(self) -> None:
         """Delete this store's schema (``schema`` stores only) with everything in it."""
@@ -238,13 +263,13 @@ class PostgresItemStore:
         (query,) = bit_strings(np.asarray(code, np.uint8).reshape(1, -1), self.bits)
         with self._db.cursor() as cur:
             cur.execute(
-                "SELECT key, item_id, caption, image, labels, source, d FROM ("
+                f"SELECT {_ITEM_COLUMNS}, d FROM ("
                 " SELECT *, bit_count(code # %s::bit varying) AS d FROM mcmfh_items) t"
                 " WHERE d <= %s ORDER BY d, key LIMIT %s",
                 (query, int(radius), int(limit)),
             )
             rows = cur.fetchall()
-        return [Hit(item_from_row(r[:6]), int(r[6])) for r in rows]
+        return [Hit(item_from_row(r[:7]), int(r[7])) for r in rows]
 
     def close(self) -> None:
         self._db.close()

@@ -23,7 +23,17 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from mcmfh.errors import ArtefactError, MCMFHError
-from mcmfh.index.items import NAMES, SQL_CHUNK, Hit, Item, item_from_row, item_row, sqlite_table
+from mcmfh.index.items import (
+    NAMES,
+    SQL_CHUNK,
+    Hit,
+    Item,
+    item_from_row,
+    item_row,
+    select_names,
+    sqlite_table,
+    study_filter,
+)
 from mcmfh.index.storage import DB_NAME
 from mcmfh.io import sqlite_transaction
 
@@ -53,7 +63,6 @@ def redact_dsn(dsn: str) -> str:
     return " ".join(p for p in dsn.split() if not p.startswith("password="))
 
 
-
 # ---------------------------------------------------------------------------------------------------- metadata
 class MetadataStore(Protocol):
     """Item metadata beside codes kept elsewhere: ``SqliteMeta`` (a file in the archive) and ``PostgresMeta``."""
@@ -63,6 +72,7 @@ class MetadataStore(Protocol):
     def remove(self, item_ids: Sequence[str]) -> np.ndarray: ...
     def keys_of(self, item_ids: Sequence[str]) -> dict[str, int]: ...
     def lookup(self, keys: Sequence[int] | np.ndarray) -> dict[int, Item]: ...
+    def members(self, study_ids: Sequence[str]) -> dict[str, list[Item]]: ...
     def all_keys(self) -> np.ndarray: ...
     def max_key(self) -> int: ...
     def __len__(self) -> int: ...
@@ -73,11 +83,13 @@ class MetadataStore(Protocol):
 class SqliteMeta:
     """Item metadata in ``items.sqlite`` beside nothing else: the codes are on the server."""
 
-    _SCHEMA = "\n".join([
-        sqlite_table("items", unique_ids=True),
-        "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
-        "INSERT OR IGNORE INTO counters VALUES ('next_key', 0);",
-    ])
+    _SCHEMA = "\n".join(
+        [
+            sqlite_table("items", unique_ids=True),
+            "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
+            "INSERT OR IGNORE INTO counters VALUES ('next_key', 0);",
+        ]
+    )
 
     def __init__(self, path: Path, create: bool) -> None:
         if not create and not path.is_file():
@@ -89,6 +101,15 @@ class SqliteMeta:
                 self._db.executescript(self._SCHEMA)
         except sqlite3.DatabaseError as e:
             raise ArtefactError(f"{path}: unreadable item database ({e})") from e
+        self._names: str | None = None
+
+    def _columns(self) -> set[str]:
+        return {r[1] for r in self._db.execute("PRAGMA table_info(items)")}
+
+    def _select(self) -> str:
+        if self._names is None:  # a table made before studies lacks study_id: read as NULL until a writer adds it
+            self._names = select_names(self._columns())
+        return self._names
 
     def reserve_keys(self, n: int) -> np.ndarray:
         """Fresh keys, never reused, so a code left on the server by a killed add cannot alias a new item."""
@@ -99,8 +120,11 @@ class SqliteMeta:
 
     def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]], keys: np.ndarray) -> None:
         rows = [(int(k), *item_row(i, it)) for i, (k, it) in enumerate(zip(keys, items, strict=True))]
+        if "study_id" not in self._columns():
+            self._db.execute("ALTER TABLE items ADD COLUMN study_id TEXT")  # a table made before studies
+            self._names = None
         with self._transaction():  # the commit point of an add
-            self._db.executemany(f"INSERT INTO items ({NAMES}) VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany(f"INSERT INTO items ({NAMES}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
     def remove(self, item_ids: Sequence[str]) -> np.ndarray:
         keys = np.array(sorted(self.keys_of(item_ids).values()), np.int64)
@@ -123,9 +147,23 @@ class SqliteMeta:
         keys, out = [int(k) for k in keys], {}
         for start in range(0, len(keys), SQL_CHUNK):
             chunk = keys[start : start + SQL_CHUNK]
-            sql = f"SELECT {NAMES} FROM items WHERE key IN ({','.join('?' * len(chunk))})"
+            sql = f"SELECT {self._select()} FROM items WHERE key IN ({','.join('?' * len(chunk))})"
             for row in self._db.execute(sql, chunk):
                 out[int(row[0])] = item_from_row(row)
+        return out
+
+    def members(self, study_ids: Sequence[str]) -> dict[str, list[Item]]:
+        ids, out = list(dict.fromkeys(str(s) for s in study_ids)), {}
+        study_col = "study_id" in self._columns()
+        for start in range(0, len(ids), SQL_CHUNK // 2):
+            chunk = ids[start : start + SQL_CHUNK // 2]
+            if study_col:
+                where, params = study_filter(len(chunk)), (*chunk, *chunk)
+            else:
+                where, params = f"item_id IN ({','.join('?' * len(chunk))})", tuple(chunk)
+            for row in self._db.execute(f"SELECT {self._select()} FROM items WHERE {where} ORDER BY key", params):
+                item = item_from_row(row)
+                out.setdefault(item.study_id or item.item_id, []).append(item)
         return out
 
     def all_keys(self) -> np.ndarray:
@@ -166,6 +204,9 @@ class PostgresMeta:
 
     def lookup(self, keys: Sequence[int] | np.ndarray) -> dict[int, Item]:
         return self.store.lookup(keys)
+
+    def members(self, study_ids: Sequence[str]) -> dict[str, list[Item]]:
+        return self.store.members(study_ids)
 
     def all_keys(self) -> np.ndarray:
         return self.store.all_keys()
@@ -288,6 +329,10 @@ class ServerStore:
 
     def keys_of(self, item_ids: Sequence[str]) -> dict[str, int]:
         return self.meta.keys_of(item_ids)
+
+    def members(self, study_ids: Sequence[str]) -> dict[str, list[Item]]:
+        """The items of each study (see ``ItemIndex.members``)."""
+        return self.meta.members(study_ids)
 
     def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
         """Top-k items per packed query, nearest first, ties in insertion order (as ``ItemIndex.search``)."""

@@ -6,7 +6,8 @@ Folder layout::
     codes-<gen>-<tag>.npy      packed uint8 (n, bits // 8): one segment, in insertion order
     keys-<gen>-<tag>.npy       int64 (n,) the segment's item keys, same order
     removed-<gen>-<tag>.npy    int64 keys removed since the last compaction (absent when there are none)
-    items.sqlite               items(key, item_id, caption, image, labels, source, gen, removed_gen, payload)
+    items.sqlite               items(key, item_id, caption, image, labels, source, study_id, gen, removed_gen,
+                               payload)
     .writer.lock               the writer lock (``mcmfh.locking``)
 
 Adding k items writes one new segment of k rows (O(k), not a rewrite of everything); small trailing segments are
@@ -37,7 +38,17 @@ import numpy as np
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.index import _files
 from mcmfh.index.factory import default_kind, make_index
-from mcmfh.index.items import NAMES, SQL_CHUNK, Hit, Item, item_from_row, item_row, sqlite_table
+from mcmfh.index.items import (
+    NAMES,
+    SQL_CHUNK,
+    Hit,
+    Item,
+    item_from_row,
+    item_row,
+    select_names,
+    sqlite_table,
+    study_filter,
+)
 from mcmfh.index.segments import SegmentedIndex, merge_plan
 from mcmfh.io import atomic_dir, atomic_write_json, sqlite_transaction
 from mcmfh.locking import writer_lock
@@ -56,11 +67,16 @@ _OWN_FIELDS = ("kind", "format", "bits", "index_kind", "index_params", "generati
 _OURS = re.compile(r"^(codes|keys|removed)-\d+(-[0-9a-f]+)?\.npy$|^\.(codes|keys|removed|manifest).*\.tmp$")
 
 # The record (mcmfh.index.items) plus the generation that added a row and the one that removed it.
-_SCHEMA = "\n".join([
-    sqlite_table("items", extra=("gen INTEGER NOT NULL", "removed_gen INTEGER", "payload BLOB")),
-    "CREATE INDEX IF NOT EXISTS items_item_id ON items (item_id);",
-    "CREATE INDEX IF NOT EXISTS items_removed ON items (removed_gen) WHERE removed_gen IS NOT NULL;",
-])
+_SCHEMA = "\n".join(
+    [
+        sqlite_table("items", extra=("gen INTEGER NOT NULL", "removed_gen INTEGER", "payload BLOB")),
+        "CREATE INDEX IF NOT EXISTS items_item_id ON items (item_id);",
+        "CREATE INDEX IF NOT EXISTS items_removed ON items (removed_gen) WHERE removed_gen IS NOT NULL;",
+        "CREATE INDEX IF NOT EXISTS items_study ON items (study_id) WHERE study_id IS NOT NULL;",
+    ]
+)
+# Columns added to the table after the first folders, with their definitions: a writer adds what a table lacks.
+_LATER_COLUMNS = {"payload": "payload BLOB", "study_id": "study_id TEXT"}
 _VISIBLE = "gen <= ? AND (removed_gen IS NULL OR removed_gen > ?)"
 
 
@@ -99,6 +115,7 @@ class ItemIndex:
         self._removed = np.zeros(0, np.int64)
         self._schema_checked = False
         self._payload_column = False
+        self._names: str | None = None  # the SELECT list for this table's columns (older tables lack study_id)
         try:
             # check_same_thread=False: callers such as the service serialise access with their own lock.
             self._db = sqlite3.connect(folder / DB_NAME, isolation_level=None, check_same_thread=False, timeout=30)
@@ -222,6 +239,7 @@ class ItemIndex:
             self.index.add_segment(codes[alive], keys[alive])
         self._removed = removed
         self.manifest = manifest
+        self._names = None  # a writer in another process may have added a column since: read the table again
         try:
             n_rows = self._db.execute(f"SELECT COUNT(*) FROM items WHERE {_VISIBLE}", self._gen2()).fetchone()[0]
         except sqlite3.DatabaseError as e:
@@ -285,7 +303,7 @@ class ItemIndex:
         rows: dict[int, Item] = {}
         for start in range(0, len(keys), SQL_CHUNK):
             chunk = keys[start : start + SQL_CHUNK]
-            sql = f"SELECT {NAMES} FROM items WHERE key IN ({','.join('?' * len(chunk))}) AND {_VISIBLE}"
+            sql = f"SELECT {self._select()} FROM items WHERE key IN ({','.join('?' * len(chunk))}) AND {_VISIBLE}"
             for row in self._db.execute(sql, (*chunk, *self._gen2())):
                 rows[int(row[0])] = item_from_row(row)
         absent = [k for k in keys if k not in rows]
@@ -309,6 +327,32 @@ class ItemIndex:
             raise MCMFHError(f"index {self.folder.name}: no {width}-byte payload for keys {bad[:5]}")
         out = np.frombuffer(b"".join(found[k] for k in keys), dtype=np.uint8)
         return out.reshape(len(keys), width)
+
+    def _columns(self) -> set[str]:
+        return {r[1] for r in self._db.execute("PRAGMA table_info(items)")}
+
+    def _select(self) -> str:
+        if self._names is None:
+            self._names = select_names(self._columns())
+        return self._names
+
+    def members(self, study_ids: Sequence[str]) -> dict[str, list[Item]]:
+        """The items of each of ``study_ids`` (by ``Item.study_id``, or its own id for an item of no study), in key
+        order; a study with no item here is left out. An index made before studies has none but singletons."""
+        ids = list(dict.fromkeys(str(s) for s in study_ids))
+        out: dict[str, list[Item]] = {}
+        study_col = "study_id" in self._columns()
+        for start in range(0, len(ids), SQL_CHUNK // 2):
+            chunk = ids[start : start + SQL_CHUNK // 2]
+            if study_col:
+                where, params = study_filter(len(chunk)), (*chunk, *chunk)
+            else:
+                where, params = f"item_id IN ({','.join('?' * len(chunk))})", tuple(chunk)
+            sql = f"SELECT {self._select()} FROM items WHERE {where} AND {_VISIBLE} ORDER BY key"
+            for row in self._db.execute(sql, (*params, *self._gen2())):
+                item = item_from_row(row)
+                out.setdefault(item.study_id or item.item_id, []).append(item)
+        return out
 
     def _has_payload_column(self) -> bool:
         # Once there, always there (columns are only added): the PRAGMA runs until then, not on every search.
@@ -341,19 +385,25 @@ class ItemIndex:
         ]
 
     def __iter__(self) -> Iterator[Item]:
-        sql = f"SELECT {NAMES} FROM items WHERE {_VISIBLE} ORDER BY key"
+        sql = f"SELECT {self._select()} FROM items WHERE {_VISIBLE} ORDER BY key"
         for row in self._db.execute(sql, self._gen2()):
             yield item_from_row(row)
 
     # ------------------------------------------------------------------------------------------ writing
     def add(
-        self, codes: np.ndarray, items: Sequence[Mapping[str, Any]], payload: np.ndarray | None = None
+        self,
+        codes: np.ndarray,
+        items: Sequence[Mapping[str, Any]],
+        payload: np.ndarray | None = None,
+        replace: Sequence[str] = (),
     ) -> np.ndarray:
-        """Add items (mappings with id, caption, image, labels, source) with their packed codes; returns keys.
+        """Add items (mappings with id, caption, image, labels, source, study_id) with their packed codes; returns
+        keys.
 
         ``payload``: optional (n, B) uint8 rows stored with the items, for two-stage search (``payloads``). Item ids
-        must be new to the index. The change is committed atomically before this returns; it costs O(len(items))
-        plus an occasional merge of small segments."""
+        must be new to the index, or be among ``replace``: ids removed in the same generation (a re-coded study:
+        one commit, so a reader sees the old rows or the new ones). The change is committed atomically before this
+        returns; it costs O(len(items)) plus an occasional merge of small segments."""
         rows = [item_row(i, it) for i, it in enumerate(items)]
         codes = np.asarray(codes)
         if codes.ndim != 2 or len(codes) != len(rows):
@@ -368,13 +418,20 @@ class ItemIndex:
         if len(set(item_ids)) != len(item_ids):
             raise MCMFHError("index add: item ids repeat within the batch")
         with self._writing():
-            present = self.keys_of(item_ids)
+            gone = self.keys_of(list(replace))
+            present = {i: k for i, k in self.keys_of(item_ids).items() if i not in gone}
             if present:
                 raise MCMFHError(f"index add: item ids already in the index: {sorted(present)[:5]}")
+            if not rows and not gone:
+                return np.zeros(0, np.int64)
             start = int(self.manifest.get("next_key", 0))
             keys = np.arange(start, start + len(rows), dtype=np.int64)
             gen, tag = self.generation + 1, secrets.token_hex(4)
             with self._change(gen, tag) as fields:
+                if gone:
+                    self._mark_removed(np.array(sorted(gone.values()), np.int64), gen, tag, fields)
+                if not rows:
+                    return keys
                 self.index.add_segment(codes, keys)  # validates the codes' width before anything is written
                 segments = [*segments_of(self.manifest), self._write_segment(codes, keys, gen, tag)]
                 n_merge = merge_plan([int(sg["count"]) for sg in segments])
@@ -383,7 +440,7 @@ class ItemIndex:
                     segments[-n_merge:] = [self._write_segment(merged.codes, merged.ids, gen, tag + "m")]
                 fields.update(segments=segments, next_key=start + len(rows))
                 self._db.executemany(
-                    f"INSERT INTO items ({NAMES}, gen, payload) VALUES (?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO items ({NAMES}, gen, payload) VALUES (?,?,?,?,?,?,?,?,?)",
                     [(int(k), *r, gen, b) for k, r, b in zip(keys, rows, blobs, strict=True)],
                 )
         return keys
@@ -396,13 +453,17 @@ class ItemIndex:
                 return 0
             gen, tag = self.generation + 1, secrets.token_hex(4)
             with self._change(gen, tag) as fields:
-                self.index.remove_ids(keys)
-                removed = np.union1d(self._removed, keys)
-                entry = _files.write_arrays(self.folder, {"removed": removed}, suffix=f"-{gen}-{tag}")["files"]
-                fields["removed"] = {**entry["removed"], "count": len(removed)}
-                self._db.executemany("UPDATE items SET removed_gen = ? WHERE key = ?", [(gen, int(k)) for k in keys])
-                self._removed = removed
+                self._mark_removed(keys, gen, tag, fields)
         return len(keys)
+
+    def _mark_removed(self, keys: np.ndarray, gen: int, tag: str, fields: dict[str, Any]) -> None:
+        """Inside ``_change``: drop ``keys`` from memory, write the removed-keys file, tag their rows."""
+        self.index.remove_ids(keys)
+        removed = np.union1d(self._removed, keys)
+        entry = _files.write_arrays(self.folder, {"removed": removed}, suffix=f"-{gen}-{tag}")["files"]
+        fields["removed"] = {**entry["removed"], "count": len(removed)}
+        self._db.executemany("UPDATE items SET removed_gen = ? WHERE key = ?", [(gen, int(k)) for k in keys])
+        self._removed = removed
 
     def compact(self) -> bool:
         """Fold every segment into one and forget removed keys (O(N), under the lock); False if already compact."""
@@ -484,10 +545,13 @@ class ItemIndex:
         """Undo what an interrupted change left: rows of later generations, removal marks, stray files."""
         gen, next_key = self.generation, int(self.manifest.get("next_key", 0))
         try:
-            if not self._schema_checked:  # folders made before the removal index / payloads get them on first write
-                self._db.executescript(_SCHEMA)
-                if not self._has_payload_column():
-                    self._db.execute("ALTER TABLE items ADD COLUMN payload BLOB")
+            if not self._schema_checked:  # folders made before the removal index / payloads / studies get them
+                have = self._columns()
+                for name, definition in _LATER_COLUMNS.items():
+                    if name not in have:
+                        self._db.execute(f"ALTER TABLE items ADD COLUMN {definition}")
+                self._db.executescript(_SCHEMA)  # after the columns: its indexes name them
+                self._names = None
                 self._schema_checked = True
             # An interrupted add left rows with keys from next_key on; a remove, marks above this generation.
             sql = ("SELECT EXISTS(SELECT 1 FROM items WHERE key >= ?) "

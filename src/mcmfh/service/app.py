@@ -27,9 +27,9 @@ from starlette.exceptions import HTTPException
 
 from mcmfh import __version__
 from mcmfh.errors import MCMFHError
-from mcmfh.index.items import Hit, Item
+from mcmfh.index.items import Hit, Item, StudyHit
 from mcmfh.locking import LockTimeout
-from mcmfh.service.engine import SearchEngine, WritableEngine
+from mcmfh.service.engine import SearchEngine, StudyEngine, WritableEngine
 from mcmfh.service.imaging import SNIFF_BYTES, ImageRejected, decode_image, read_image_file, sniff, to_png
 from mcmfh.service.middleware import (
     AccessLogMiddleware,
@@ -39,12 +39,17 @@ from mcmfh.service.middleware import (
     error_logger,
 )
 from mcmfh.service.schemas import (
+    TARGET_HELP,
     ErrorOut,
     FacetsOut,
     HealthOut,
     HitOut,
     ItemOut,
     SearchOut,
+    StudyHitOut,
+    StudyMemberOut,
+    StudySearchOut,
+    Target,
     TextQuery,
     WholeNumber,
     image_url,
@@ -77,7 +82,8 @@ def _image_url(item: Item) -> str | None:
 
 
 def _item_out(item: Item) -> ItemOut:
-    return ItemOut(id=item.item_id, text=item.caption, labels=list(item.labels), image_url=_image_url(item))
+    return ItemOut(id=item.item_id, text=item.caption, labels=list(item.labels), image_url=_image_url(item),
+                   study_id=item.study_id)  # fmt: skip
 
 
 def _hit_out(hit: Hit, study: dict[str, str] | None, viewer_url: str | None) -> HitOut:
@@ -85,7 +91,23 @@ def _hit_out(hit: Hit, study: dict[str, str] | None, viewer_url: str | None) -> 
     return HitOut(id=it.item_id, distance=hit.distance, score=hit.score, text=it.caption, labels=list(it.labels),
                   image_url=_image_url(it), modality=study.get("modality") or None,
                   body_part=study.get("body_part") or None, study_date=study.get("study_date") or None,
-                  viewer_url=viewer_link(viewer_url, study) if viewer_url and study else None)  # fmt: skip
+                  viewer_url=viewer_link(viewer_url, study) if viewer_url and study else None,
+                  study_id=it.study_id)  # fmt: skip
+
+
+def _study_out(hit: StudyHit) -> StudyHitOut:
+    members = [StudyMemberOut(id=it.item_id, text=it.caption, labels=list(it.labels), image_url=_image_url(it))
+               for it in hit.members]  # fmt: skip
+    return StudyHitOut(study_id=hit.study_id, distance=hit.distance, score=hit.score, members=members)
+
+
+def _study_engine(engine: SearchEngine, filters: dict[str, str]) -> StudyEngine:
+    """The engine, checked to search studies (422 otherwise: the request asks what this archive cannot do)."""
+    if not isinstance(engine, StudyEngine) or not engine.info().studies:
+        raise _fail(422, "target studies: this archive has no studies (build it from data with a study_id column)")
+    if filters:
+        raise _fail(422, "target studies: the modality / body_part filters apply to item search only")
+    return engine
 
 
 def _filtered(
@@ -239,14 +261,15 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
             items=info.items,
             name=info.name,
             max_k=settings.max_k,
+            studies=info.studies,
         )
 
     # Monitors probe with HEAD; one operation in the schema (GET) keeps the operation ids unique.
     app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
     workers = _WorkerPool(settings.search_threads)
 
-    @app.post("/search/text", response_model=SearchOut, dependencies=[Depends(json_only)])
-    async def search_text(body: TextQuery) -> SearchOut:
+    @app.post("/search/text", response_model=SearchOut | StudySearchOut, dependencies=[Depends(json_only)])
+    async def search_text(body: TextQuery) -> SearchOut | StudySearchOut:
         k, query = bounded_k(body.k), body.query.strip()
         if not query:
             raise _fail(422, "query is empty")
@@ -254,23 +277,32 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
             raise _fail(422, f"query is {len(query)} characters, over the limit of {settings.max_query_chars}")
         start = time.perf_counter()
         filters = _filters(body.modality, body.body_part)
+        if body.target == "studies":
+            studies = _study_engine(engine, filters)
+            found = await workers.run(studies.search_studies_text, query, k)
+            return StudySearchOut(results=[_study_out(h) for h in found], took_ms=(time.perf_counter() - start) * 1000)
         hits, study = await workers.run(_filtered, engine, lambda n: engine.search_text(query, n), k, filters)
         return SearchOut(results=[_hit_out(h, study.get(h.item.item_id), settings.viewer_url) for h in hits],
                          took_ms=(time.perf_counter() - start) * 1000)  # fmt: skip
 
-    @app.post("/search/image", response_model=SearchOut)
+    @app.post("/search/image", response_model=SearchOut | StudySearchOut)
     async def search_image(
         file: UploadFile = File(description="PNG, JPEG or DICOM; the type is read from the bytes."),
         k: WholeNumber | None = Form(default=None),
         modality: str | None = Form(default=None, max_length=64),
         body_part: str | None = Form(default=None, max_length=64),
-    ) -> SearchOut:
+        target: Target | None = Form(default=None, description=TARGET_HELP),
+    ) -> SearchOut | StudySearchOut:
         k = bounded_k(k)
         start = time.perf_counter()
         data = await file.read()  # already bounded by BodyLimitMiddleware
         if not data:
             raise _fail(422, "file is empty")
         filters = _filters(modality, body_part)
+        if target == "studies":
+            studies = _study_engine(engine, filters)
+            found = await workers.run(lambda: studies.search_studies_image(decode_image(data, settings.max_pixels), k))
+            return StudySearchOut(results=[_study_out(h) for h in found], took_ms=(time.perf_counter() - start) * 1000)
 
         def run() -> tuple[list[Hit], dict[str, dict[str, str]]]:
             image = decode_image(data, settings.max_pixels)

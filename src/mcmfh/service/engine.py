@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 from PIL import Image
 
 from mcmfh.data.records import Record
-from mcmfh.index.items import Hit, Item
+from mcmfh.index.items import Hit, Item, StudyHit
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class EngineInfo:
     encoder: str
     items: int
     name: str = ""  # e.g. the index folder's name or dataset; free text for people
+    studies: bool = False  # whether studies can be searched (``StudyEngine``)
 
 
 @runtime_checkable
@@ -58,6 +59,20 @@ class SearchEngine(Protocol):
 
     def facets(self) -> dict[str, list[str]]:
         """The values results can be filtered by (``modality``, ``body_part``); empty lists when there are none."""
+        ...
+
+
+@runtime_checkable
+class StudyEngine(SearchEngine, Protocol):
+    """An engine that can also rank whole studies (``"target": "studies"``); ``info().studies`` says whether its
+    archive has any."""
+
+    def search_studies_text(self, query: str, k: int) -> list[StudyHit]:
+        """The ``k`` nearest studies to a text query, closest first, each with its member items."""
+        ...
+
+    def search_studies_image(self, image: Image.Image, k: int) -> list[StudyHit]:
+        """The ``k`` nearest studies to an RGB image query, closest first."""
         ...
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import quote
 
 from fastapi import Request
@@ -46,6 +46,13 @@ def _whole_number(value: object) -> object:
 WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
 
 
+Target = Literal["items", "studies"]
+TARGET_HELP = (
+    "items (default): single items of the other modality; studies: whole studies (exams, cases), each with its "
+    "images and report(s), where the archive has studies (`/health` says `studies: true`)."
+)
+
+
 class TextQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
     query: str = Field(description="Free text, e.g. 'axial CT, ring-enhancing lesion in the right frontal lobe'.")
@@ -53,6 +60,7 @@ class TextQuery(BaseModel):
     k: StrictInt | None = Field(default=None, description="How many results (1..max_k; default from the settings).")
     modality: str | None = Field(default=None, max_length=64, description="Only items of this modality (PACS sync).")
     body_part: str | None = Field(default=None, max_length=64, description="Only items of this body part.")
+    target: Target | None = Field(default=None, description=TARGET_HELP)
 
     _unicode = field_validator("query")(valid_unicode)
 
@@ -61,8 +69,9 @@ class HitOut(BaseModel):
     id: str
     distance: int = Field(description="Hamming distance between the query code and the item code.")
     score: float | None = Field(
-        None, description="Two-stage search: the re-scored similarity (cosine of the stored payload and the query's "
-        "own relaxed output) the results are ordered by; null for one-stage (Hamming order)."
+        None,
+        description="Two-stage search: the re-scored similarity (cosine of the stored payload and the query's "
+        "own relaxed output) the results are ordered by; null for one-stage (Hamming order).",
     )
     text: str
     labels: list[str]
@@ -71,6 +80,30 @@ class HitOut(BaseModel):
     body_part: str | None = None
     study_date: str | None = None
     viewer_url: str | None = Field(None, description="The study in the PACS viewer (`mcmfh serve --viewer-url`).")
+    study_id: str | None = Field(None, description="The study (exam, case) the item belongs to, if any.")
+
+
+class StudyMemberOut(BaseModel):
+    id: str
+    text: str
+    labels: list[str]
+    image_url: str | None
+
+
+class StudyHitOut(BaseModel):
+    study_id: str
+    distance: int = Field(
+        description="Hamming distance between the query code and the study's code (its fused "
+        "study code, or the nearest of its members' codes for a model without a study head)."
+    )
+    score: float | None = None
+    members: list[StudyMemberOut] = Field(description="The study's items (images and reports), in archive order.")
+
+
+class StudySearchOut(BaseModel):
+    target: Literal["studies"] = "studies"
+    results: list[StudyHitOut]
+    took_ms: float
 
 
 class FacetsOut(BaseModel):
@@ -88,6 +121,7 @@ class ItemOut(BaseModel):
     text: str
     labels: list[str]
     image_url: str | None
+    study_id: str | None = Field(None, description="The study (exam, case) it belongs to; null: a study of its own.")
 
 
 class HealthOut(BaseModel):
@@ -98,6 +132,7 @@ class HealthOut(BaseModel):
     items: int
     name: str
     max_k: int
+    studies: bool = Field(False, description="Whether studies can be searched (target 'studies').")
 
 
 class ErrorOut(BaseModel):
@@ -113,8 +148,11 @@ class NewItem(BaseModel):
     caption: str = Field(min_length=1, max_length=100_000, description="The report or caption text.")
     image: str | None = Field(default=None, description="Image file path relative to the image root, e.g. 'a/b.png'.")
     labels: list[str] = Field(default_factory=list, max_length=1000)
+    study_id: str | None = Field(
+        default=None, min_length=1, max_length=1024, description="The study (exam, case) it joins (re-coded)."
+    )
 
-    _unicode = field_validator("id", "caption", "image")(valid_unicode)
+    _unicode = field_validator("id", "caption", "image", "study_id")(valid_unicode)
 
     @field_validator("labels")
     @classmethod

@@ -20,7 +20,7 @@ from PIL import Image
 
 from mcmfh.archive import Archive
 from mcmfh.data.records import Record
-from mcmfh.index.items import Hit, Item
+from mcmfh.index.items import Hit, Item, StudyHit
 from mcmfh.pacs.state import FACETS, SyncState, state_path
 from mcmfh.service.engine import EngineInfo
 
@@ -80,13 +80,20 @@ class ArchiveEngine:
     def info(self) -> EngineInfo:
         m = self.archive.manifest
         return EngineInfo(method=m["method"], bits=int(m["bits"]), encoder=str(m["encoder"]),
-                          items=len(self.archive), name=self.archive.folder.name)  # fmt: skip
+                          items=len(self.archive), name=self.archive.folder.name,
+                          studies=self.archive.has_studies)  # fmt: skip
 
     def search_text(self, query: str, k: int) -> list[Hit]:
         return self.archive.search_text(query, k)
 
     def search_image(self, image: Image.Image, k: int) -> list[Hit]:
         return self.archive.search_image(image, k)
+
+    def search_studies_text(self, query: str, k: int) -> list[StudyHit]:
+        return self.archive.search_studies_text(query, k)
+
+    def search_studies_image(self, image: Image.Image, k: int) -> list[StudyHit]:
+        return self.archive.search_studies_image(image, k)
 
     def get_item(self, item_id: str) -> Item | None:
         return self.archive.get(item_id)

@@ -106,19 +106,66 @@ function card(hit, rank) {
   return li;
 }
 
+function studyCard(hit, rank) {
+  // One card per study: its members' images (each opens that item) and its report(s), a shared report once.
+  const li = document.createElement("li");
+  const box = document.createElement("article");
+  box.className = "study-card";
+  box.dataset.study = hit.study_id;
+  box.setAttribute("aria-label", `Result ${rank}: study ${hit.study_id}, Hamming distance ${hit.distance}, ` +
+    `${hit.members.length} item(s)`);
+  const title = document.createElement("h3");
+  title.textContent = `Study ${hit.study_id}`;
+  const distance = document.createElement("span");
+  distance.className = "distance";
+  distance.textContent = `#${rank} · distance ${hit.distance} · ${hit.members.length} item(s)`;
+  const thumbs = document.createElement("div");
+  thumbs.className = "thumbs";
+  for (const member of hit.members.filter((m) => m.image_url)) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.id = member.id;
+    button.setAttribute("aria-label", `Open item ${member.id} of study ${hit.study_id}`);
+    const img = document.createElement("img");
+    img.alt = `Image of ${member.id}`;
+    loadImage(img, `${member.image_url}?max_side=${THUMB_SIDE}`);
+    button.appendChild(img);
+    button.addEventListener("click", () => openItem(member.id, button));
+    thumbs.appendChild(button);
+  }
+  const reports = document.createElement("ul");
+  reports.className = "reports";
+  reports.setAttribute("aria-label", "Reports");
+  for (const text of [...new Set(hit.members.map((m) => m.text))]) {
+    const report = document.createElement("li");
+    report.className = "caption";
+    report.textContent = text;
+    reports.appendChild(report);
+  }
+  const labels = [...new Set(hit.members.flatMap((m) => m.labels))];
+  box.append(title, distance, thumbs, reports, labelList(labels));
+  li.appendChild(box);
+  return li;
+}
+
 function render(payload, what, seq) {
   if (seq !== searchSeq) return;
   for (const url of objectUrls) URL.revokeObjectURL(url);
   objectUrls = [];
   const list = $("results");
-  list.replaceChildren(...payload.results.map((hit, i) => card(hit, i + 1)));
-  setStatus(`${payload.results.length} results for ${what} in ${payload.took_ms.toFixed(1)} ms`);
+  const studies = payload.target === "studies";
+  list.replaceChildren(...payload.results.map((hit, i) => (studies ? studyCard : card)(hit, i + 1)));
+  const noun = studies ? "studies" : "results";
+  setStatus(`${payload.results.length} ${noun} for ${what} in ${payload.took_ms.toFixed(1)} ms`);
 }
+
+function target() { return $("target-row").hidden ? "items" : $("target").value; }
 
 function k() { return Number.parseInt($("k").value, 10) || 12; }
 
 function filters() {
   const out = {};
+  if (target() === "studies") return out;  // PACS filters narrow item search only
   if ($("modality").value) out.modality = $("modality").value;
   if ($("body-part").value) out.body_part = $("body-part").value;
   return out;
@@ -153,7 +200,7 @@ async function searchText(event) {
     const response = await api("/search/text", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ query, k: k(), ...filters() }),
+      body: JSON.stringify({ query, k: k(), target: target(), ...filters() }),
     });
     render(await response.json(), "the text query", seq);
   } catch (error) {
@@ -167,6 +214,7 @@ async function searchImage(file) {
   const form = new FormData();
   form.append("file", file);
   form.append("k", String(k()));
+  form.append("target", target());
   for (const [name, value] of Object.entries(filters())) form.append(name, value);
   const seq = ++searchSeq;
   try {
@@ -200,6 +248,7 @@ async function loadHealth() {
   try {
     const h = await (await api("/health")).json();
     $("k").max = String(h.max_k);
+    $("target-row").hidden = !h.studies;  // an archive with studies is searched by study unless asked otherwise
     $("model").textContent = `${h.model}, ${h.bits}-bit codes, ${h.items} items` + (h.name ? ` (${h.name})` : "");
   } catch (error) {
     $("model").textContent = error.message;
