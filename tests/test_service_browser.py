@@ -237,6 +237,9 @@ def test_page_over_a_medpix_archive_shows_the_first_screen_by_rescored_similarit
     try:
         with served_page(app, viewport={"width": 1200, "height": 1400}) as (page, url):
             page.goto(url + "/")
+            # MedPix's cases make this an archive with studies: the page offers them first; items are one choice
+            sync_api.expect(page.locator("#target")).to_have_value("studies")
+            page.select_option("#target", "items")
             page.fill("#k", "12")
             page.fill("#query", "axial CT of the brain showing a hemorrhage")
             page.keyboard.press("Enter")
