@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from index_reference import brute_force
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.index import BucketIndex, FlatIndex, MIHIndex, make_index, read_index, write_index
 from mcmfh.index.codes import hamming_matrix, pack_codes
@@ -26,15 +27,6 @@ def clustered_codes(n: int, bits: int, rng: np.random.Generator, centres: int = 
     return pack_codes(c[rng.integers(0, centres, n)] ^ (rng.random((n, bits)) < flip))
 
 
-def brute_force(queries: np.ndarray, db: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reference top-k by a stable sort of the numpy distance matrix: ties keep insertion order."""
-    h = hamming_matrix(queries, db)
-    order = np.argsort(h, axis=1, kind="stable")[:, :k]
-    dist = np.full((len(queries), k), -1, np.int32)
-    out = np.full((len(queries), k), -1, np.int64)
-    dist[:, : order.shape[1]] = np.take_along_axis(h, order, 1)
-    out[:, : order.shape[1]] = ids[order]
-    return dist, out
 
 
 @pytest.mark.parametrize("bits", BITS)

@@ -6,19 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from index_reference import brute_force
 from mcmfh.index import FlatIndex, MIHIndex, mih
-from mcmfh.index.codes import hamming_matrix
-
-
-def brute_force(q: np.ndarray, db: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    dist = np.full((len(q), k), -1, np.int32)
-    out = np.full((len(q), k), -1, np.int64)
-    if len(db):
-        h = hamming_matrix(q, db)
-        order = np.argsort(h, axis=1, kind="stable")[:, :k]
-        dist[:, : order.shape[1]] = np.take_along_axis(h, order, 1)
-        out[:, : order.shape[1]] = ids[order]
-    return dist, out
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -17,6 +17,7 @@ figure exactly as if it were removed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -65,6 +66,40 @@ def _per_study_min(dist_q_n: np.ndarray, member_cols: list[np.ndarray]) -> np.nd
     return out
 
 
+@dataclass
+class _StudyDatabase:
+    """What both study modes rank against, computed once: the database studies, their labels and study codes, and
+    where each item's image code sits among the image codes."""
+
+    studies: Studies
+    labels: np.ndarray
+    item_study: np.ndarray
+    row_of: dict[str, int]
+    img_col: np.ndarray  # per database item, its column among the image codes (-1: no image)
+    img_cols: list[np.ndarray]  # per study, its members' image columns
+    codes: np.ndarray | None  # the method's own study codes, if it has a study head
+
+    @classmethod
+    def of(cls, method: HashMethod, db: FeatureSet, db_img_rows: np.ndarray) -> _StudyDatabase:
+        studies = Studies.group(db.study_ids())
+        img_col = np.full(len(db), -1)
+        img_col[db_img_rows] = np.arange(len(db_img_rows))
+        codes = None
+        if method.has_study_codes:
+            coded, codes = method.encode_studies(db)
+            if coded.ids != studies.ids:
+                raise MCMFHError(f"{method.name}: encode_studies grouped the database differently")
+        return cls(
+            studies=studies,
+            labels=studies.labels(db.labels),
+            item_study=studies.item_study(len(db)),
+            row_of={i: r for r, i in enumerate(db.ids)},
+            img_col=img_col,
+            img_cols=[img_col[m][img_col[m] >= 0] for m in studies.members],
+            codes=codes,
+        )
+
+
 def _metrics(prefix: str, dist: np.ndarray, rel: np.ndarray, opts: RankingOptions) -> dict[str, Any]:
     m = ranking_metrics(dist, rel, opts)
     return {f"{prefix}_{k}": m[k] for k in REPORTED} | {f"{prefix}_n_queries": m["n_queries"]}
@@ -89,45 +124,39 @@ def evaluate_modes(
     q_sets = {"i": q_img, "t": q}
     db_img_rows = np.flatnonzero(db.has_image)
     db_image, db_text = method.encode_images(db.image[db_img_rows]), method.encode_texts(db.text)
+    modes = check_modes(modes)
+    db_side = _StudyDatabase.of(method, db, db_img_rows) if set(modes) & set(STUDY_MODES) else None
     out: dict[str, Any] = {}
-    for mode in check_modes(modes):
+    for mode in modes:
         if mode in PAIR_MODES:
             continue
         qm = mode[0]
         codes, qs = q_codes[qm], q_sets[qm]
         if len(qs) == 0:
             continue  # no image queries (a text-only query split): nothing to rank
-        q_ids = np.asarray(qs.ids)
         if mode in SAME_MODES:
             rows = db_img_rows if qm == "i" else np.arange(len(db))
             db_codes = db_image if qm == "i" else db_text
             db_ids, db_labels = np.asarray(db.ids)[rows], db.labels[rows]
             dist = _distances(method, codes, db_codes)
-            own = q_ids[:, None] == db_ids[None, :]
+            own = np.asarray(qs.ids)[:, None] == db_ids[None, :]
             out |= _metrics(mode, *_exclude(dist, relevance(qs.labels, db_labels), own), opts)
             continue
-        studies = Studies.group(db.study_ids())
-        rel = relevance(qs.labels, studies.labels(db.labels))
-        item_study = studies.item_study(len(db))
+        assert db_side is not None
+        studies = db_side.studies
+        rel = relevance(qs.labels, db_side.labels)
         own = np.zeros((len(qs), len(studies)), dtype=bool)
-        where = {i: r for r, i in enumerate(db.ids)}
         for qi, item in enumerate(qs.ids):
-            r = where.get(item)
+            r = db_side.row_of.get(item)
             if r is not None:
-                own[qi, item_study[r]] = True
+                own[qi, db_side.item_study[r]] = True
         d_img = _distances(method, codes, db_image)  # (Q, items with an image)
         d_txt = _distances(method, codes, db_text)  # (Q, all items)
-        img_col = np.full(len(db), -1)
-        img_col[db_img_rows] = np.arange(len(db_img_rows))
-        img_cols = [img_col[m][img_col[m] >= 0] for m in studies.members]
-        variants = {"min": np.minimum(_per_study_min(d_img, img_cols), _per_study_min(d_txt, studies.members))}
-        d_img_full = np.where(db.has_image[None, :], d_img[:, np.maximum(img_col, 0)], d_txt)
+        variants = {"min": np.minimum(_per_study_min(d_img, db_side.img_cols), _per_study_min(d_txt, studies.members))}
+        d_img_full = np.where(db.has_image[None, :], d_img[:, np.maximum(db_side.img_col, 0)], d_txt)
         variants["sum"] = _per_study_min(d_img_full + d_txt, studies.members)
-        if method.has_study_codes:
-            coded, study_codes = method.encode_studies(db)
-            if coded.ids != studies.ids:
-                raise MCMFHError(f"{method.name}: encode_studies grouped the database differently")
-            variants["fused"] = _distances(method, codes, study_codes)
+        if db_side.codes is not None:
+            variants["fused"] = _distances(method, codes, db_side.codes)
         for name, dist in variants.items():
             out |= _metrics(f"{mode}_{name}", *_exclude(dist, rel, own), opts)
         headline = "fused" if "fused" in variants else "min"

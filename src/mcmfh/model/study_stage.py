@@ -69,6 +69,11 @@ class StudyStage:
         self.net, self.cfg = net, cfg
         self.train, self.studies = train, train_studies
         self.dev, self.dev_studies = dev, dev_studies
+        # Fixed for the whole stage (the item model is frozen): the train studies' token sets and labels, and the
+        # dev queries' codes, so a dev evaluation only re-runs the study encoder.
+        imgs, txts = whole_sets(train_studies, train.has_image, train.text_key)
+        self.train_sets = pack_sets(train.dv_img, train.dv_txt, imgs, txts)
+        self.dev_rel = None if dev is None else relevance(dev.labels, train_studies.labels(train.labels))
 
     def __len__(self) -> int:
         return len(self.studies)
@@ -110,10 +115,9 @@ class StudyStage:
             batch = np.arange(len(self.dev_studies))
             gen = torch.Generator().manual_seed(DEV_SEED)
             return -float(self._loss(self.dev, self.dev_studies, batch, gen)["total"])
-        assert self.net.study is not None
-        imgs, txts = whole_sets(self.studies, self.train.has_image, self.train.text_key)
-        codes = self.net.study.codes(pack_sets(self.train.dv_img, self.train.dv_txt, imgs, txts)).numpy()
-        rel = relevance(self.dev.labels, self.studies.labels(self.train.labels))
+        assert self.net.study is not None and self.dev_rel is not None
+        codes = self.net.study.codes(self.train_sets).numpy()
+        rel = self.dev_rel
         q_img = (self.dev.h_img > 0).numpy()
         q_txt = (self.dev.h_txt > 0).numpy()
         has = self.dev.has_image
