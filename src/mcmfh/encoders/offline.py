@@ -24,6 +24,7 @@ from mcmfh.encoders.base import Encoder, ImageInput, l2_normalize
 from mcmfh.encoders.common import batched, cache_root, file_digest, progress_bar, read_image, resolve_device
 from mcmfh.encoders.onnx_cache import OnnxMismatch, OnnxSpec, load_or_export, onnxruntime_available
 from mcmfh.encoders.registry import register_encoder
+from mcmfh.encoders.resample import resize_crop_normalise
 from mcmfh.errors import MCMFHError
 from mcmfh.manifest import fingerprint
 
@@ -179,20 +180,18 @@ class OfflineEncoder(Encoder):
         return out
 
     def _preprocess_into(self, image: ImageInput, out: np.ndarray) -> None:
-        """Read, resize, crop and normalise one image into ``out`` (3, crop, crop): straight into the batch array,
-        without the float copies a stack of separate arrays makes (the same float32 values)."""
-        from PIL import Image
+        """Read, resize, crop and normalise one image into ``out`` (3, crop, crop): straight into the batch array.
 
+        ``resize_crop_normalise`` gives Pillow 13's bicubic values for the crop (bit-identical, tested) at a quarter
+        of the CPU: it computes only the cropped pixels, along contiguous rows."""
         c = self.config
         im = read_image(image)
         w, h = im.size
         scale = c.resize / min(w, h)
         nw, nh = max(c.crop, round(w * scale)), max(c.crop, round(h * scale))
-        im = im.resize((nw, nh), Image.BICUBIC)
         left, top = (nw - c.crop) // 2, (nh - c.crop) // 2
-        im = im.crop((left, top, left + c.crop, top + c.crop))
-        np.subtract(np.asarray(im).transpose(2, 0, 1), np.float32(c.pixel_mean), out=out, dtype=np.float32)
-        np.divide(out, np.float32(c.pixel_scale), out=out)
+        box = (left, top, left + c.crop, top + c.crop)
+        resize_crop_normalise(np.asarray(im), (nw, nh), box, c.pixel_mean, c.pixel_scale, out)
 
     def _batch(self, run: Callable[[np.ndarray], np.ndarray], chunk: Sequence[ImageInput]) -> np.ndarray:
         x = np.empty((len(chunk), 3, self.config.crop, self.config.crop), np.float32)
