@@ -202,7 +202,7 @@ def test_concurrent_batched_queries_equal_one_at_a_time(chain, monkeypatch):
         assert archive._batchers == {}
         monkeypatch.delenv(BATCH_ENV)
         batched = run_all(archive)
-        assert set(archive._batchers) == {"texts", "images"}
+        assert set(archive._batchers) == {"encode-texts", "hash-images"}  # images: encoded one each, hashed together
     assert batched == single
 
 

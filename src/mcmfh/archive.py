@@ -48,6 +48,7 @@ import os
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -55,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from mcmfh.batching import MicroBatcher
+from mcmfh.batching import BatchingConfig, MicroBatcher
 from mcmfh.data.records import Dataset, Record
 from mcmfh.encoders.base import Encoder, ImageInput
 from mcmfh.errors import ArtefactError, MCMFHError
@@ -168,6 +169,8 @@ class Archive:
         self._lock = threading.Lock()
         self._changing = threading.Lock()  # held for a whole change (both sub-indexes and the record)
         self._batchers: dict[str, MicroBatcher[Any]] = {}
+        self._image_pool: ThreadPoolExecutor | None = None
+        self.batching = BatchingConfig()
 
     # ---------------------------------------------------------------------------------------------- make / open
     @classmethod
@@ -323,6 +326,10 @@ class Archive:
         for batcher in getattr(self, "_batchers", {}).values():
             batcher.close()
         self._batchers = {}
+        pool = getattr(self, "_image_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=True)
+            self._image_pool = None
         for index in self.indexes.values():
             index.close()
         self.indexes = {}
@@ -475,25 +482,43 @@ class Archive:
         return mode
 
     def _encode_query(self, modality: str, query: Any) -> tuple[np.ndarray, np.ndarray | None]:
-        """One query's code (bits,) and relaxed output (bits,) (None without a payload). Concurrent queries of a
-        modality share one encoder call (mcmfh.batching), outside the index lock; MCMFH_BATCH_QUERIES=0 encodes
-        one at a time under it."""
+        """One query's code (bits,) and relaxed output (bits,) (None without a payload), outside the index lock.
+
+        Texts: concurrent queries share one encoder-and-hash call (mcmfh.batching). Images: the image network costs
+        the same per image at any batch size, so each image is encoded on its own by one of ``image_workers``
+        threads as soon as one is free (a batch would make every image wait for the slowest of its batch), and
+        only the hashing, which is cheaper per row in batches, is shared. MCMFH_BATCH_QUERIES=0 encodes one query
+        at a time under the lock."""
         with self._lock:
             encoder = self.encoder  # loaded once, under the lock
             if os.environ.get(BATCH_ENV, "1") == "0":
                 return self._encode_batch(encoder, modality, [query])[0]
-            if modality not in self._batchers:
-                fn = partial(self._encode_batch, encoder, modality)
-                self._batchers[modality] = MicroBatcher(fn, name=f"encode-{modality}")
-            batcher = self._batchers[modality]
-        return batcher.submit(query)
+            if modality == "texts":
+                batcher = self._batcher("encode-texts", partial(self._encode_batch, encoder, modality))
+            else:
+                batcher = self._batcher("hash-images", partial(self._hash_batch, modality))
+                if self._image_pool is None:
+                    workers = self.batching.image_workers or os.cpu_count() or 1
+                    self._image_pool = ThreadPoolExecutor(workers, thread_name_prefix="encode-image")
+                pool = self._image_pool
+        if modality == "texts":
+            return batcher.submit(query)
+        embedding = pool.submit(encoder.encode_images, [query], 1).result()
+        return batcher.submit(embedding[0])
+
+    def _batcher(self, name: str, fn: Any) -> MicroBatcher[Any]:
+        """The micro-batcher called ``name``, started on first use. Under ``self._lock``."""
+        if name not in self._batchers:
+            self._batchers[name] = MicroBatcher(fn, self.batching, name=name)
+        return self._batchers[name]
 
     def _encode_batch(self, encoder: Encoder, modality: str, queries: list[Any]) -> list[tuple[Any, Any]]:
-        # Images: one per encoder task, spread over its worker threads: the image network costs the same per image
-        # at any batch size here (measured 16-20 ms CPU per image for batches of 1..16), so only cores add throughput.
         emb = encoder.encode_texts(queries) if modality == "texts" else encoder.encode_images(queries, batch_size=1)
-        codes, relaxed = _hash(self.method, modality, emb, relaxed=self.payload_codec is not None)
-        return [(codes[i], None if relaxed is None else relaxed[i]) for i in range(len(queries))]
+        return self._hash_batch(modality, list(emb))
+
+    def _hash_batch(self, modality: str, embeddings: list[np.ndarray]) -> list[tuple[Any, Any]]:
+        codes, relaxed = _hash(self.method, modality, np.stack(embeddings), relaxed=self.payload_codec is not None)
+        return [(codes[i], None if relaxed is None else relaxed[i]) for i in range(len(embeddings))]
 
     def get(self, item_id: str) -> Item | None:
         with self._lock:

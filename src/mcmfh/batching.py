@@ -26,6 +26,7 @@ T = TypeVar("T")
 class BatchingConfig:
     max_batch: int = 32  # rows per encoder call; the service's default client count fits in one call
     max_wait_s: float = 0.004  # how long the first item of a batch waits for company (small next to ~20 ms/query)
+    image_workers: int | None = None  # image queries encoded at once by an archive; default one per core
 
 
 class MicroBatcher(Generic[T]):

@@ -209,6 +209,9 @@ class OfflineEncoder(Encoder):
             # end (7 batches of 32 on 2 workers left one idle for the last batch).
             batch_size = min(batch_size, ONNX_PIECE)
         chunks = list(batched(images, batch_size))
+        if self.backend_used == "onnx" and len(chunks) == 1:
+            # One piece (a served query): run it in the calling thread; a pool would only add thread start-ups.
+            return l2_normalize(self._batch(run, chunks[0]))
         pool = ThreadPoolExecutor(workers)
         out = [np.zeros((0, self.image_dim), np.float32)]
         try:
