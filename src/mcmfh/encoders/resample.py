@@ -1,10 +1,11 @@
 """Bicubic resize and centre crop of an 8-bit RGB image, bit-identical to Pillow's ``resize(BICUBIC).crop(box)``.
 
-Pillow resamples in two separable passes (horizontal, then vertical) with fixed-point coefficients (22 fraction
-bits) and rounds to 8 bits between the passes. Every output pixel depends only on its own row of coefficients, so
-computing just the pixels inside the crop gives exactly Pillow's values for them (unlike resizing a crop box, which
-changes the coefficients). Both passes run along the slow axis (the horizontal one on the transposed rows), so the
-inner loop is a contiguous row the compiler vectorises; Pillow's loops run over a handful of taps per pixel.
+Pillow resamples in two separable passes with fixed-point coefficients (22 fraction bits) and rounds to 8 bits
+between them, so the pass order shows in the output; this follows Pillow 13's order (``vertical_first``). Every
+output pixel depends only on its own row of coefficients, so computing just the pixels inside the crop gives
+exactly Pillow's values for them (unlike resizing a crop box, which changes the coefficients). Both passes run
+along the slow axis (the horizontal one on the transposed rows), so the inner loop is a contiguous row the compiler
+vectorises; Pillow's loops run over a handful of taps per pixel.
 """
 
 from __future__ import annotations
