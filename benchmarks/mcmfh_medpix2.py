@@ -6,9 +6,10 @@ database), mAP@all by Hamming ranking, ties broken by database order (stable sor
 Each run is one JSON file under OUT/rows/ (rerunning skips finished runs, so shards can run in parallel); `--table`
 prints the Markdown table (mean ± std over seeds).
 
-    PYTHONPATH=src python benchmarks/mcmfh_medpix2.py --features /work/cache/medpix2-offline-bootstrap \
-        --out /tmp/mcmfh-bench --methods mcmfh,mcmfh-no-moe --bits 16,32,64 --seeds 0,1,2 --threads 1
-    PYTHONPATH=src python benchmarks/mcmfh_medpix2.py --out /tmp/mcmfh-bench --table
+    mcmfh encode --dataset medpix2 --data-root ../shared/data/medpix2 --encoder offline --out feats/medpix2
+    PYTHONPATH=src python benchmarks/mcmfh_medpix2.py --features feats/medpix2 \
+        --out runs/mcmfh-bench --methods mcmfh,mcmfh-no-moe --bits 16,32,64 --seeds 0,1,2 --threads 1
+    PYTHONPATH=src python benchmarks/mcmfh_medpix2.py --out runs/mcmfh-bench --table
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def table(out: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--features", default="/work/cache/medpix2-offline-bootstrap")
+    ap.add_argument("--features", help="a MedPix 2.0 feature cache (mcmfh encode); needed unless --table")
     ap.add_argument("--out", required=True)
     ap.add_argument("--methods", default="mcmfh,mcmfh-no-moe,mcmfh-no-dv,mcmfh-no-gateloss")
     ap.add_argument("--bits", default="16,32,64")
@@ -108,6 +109,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.table:
         print(table(args.out))
+    elif not args.features:
+        ap.error("--features FOLDER is needed to run (a MedPix 2.0 feature cache made by mcmfh encode)")
     else:
         run(args)
 
