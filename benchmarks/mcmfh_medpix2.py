@@ -6,8 +6,8 @@ database), mAP@all by Hamming ranking, ties broken by database order (stable sor
 Each run is one JSON file under OUT/rows/ (rerunning skips finished runs, so shards can run in parallel); `--table`
 prints the Markdown table (mean ± std over seeds).
 
-    mcmfh encode --dataset medpix2 --data-root ../shared/data/medpix2 --encoder offline --out feats/medpix2
-    PYTHONPATH=src python benchmarks/mcmfh_medpix2.py --features feats/medpix2 \
+    mcmfh encode --dataset medpix2 --data-root ../shared/data/medpix2 --encoder offline --out runs/medpix2-feats
+    PYTHONPATH=src python benchmarks/mcmfh_medpix2.py --features runs/medpix2-feats \
         --out runs/mcmfh-bench --methods mcmfh,mcmfh-no-moe --bits 16,32,64 --seeds 0,1,2 --threads 1
     PYTHONPATH=src python benchmarks/mcmfh_medpix2.py --out runs/mcmfh-bench --table
 """

@@ -496,7 +496,7 @@ class Archive:
             if modality == "texts":
                 batcher = self._batcher("encode-texts", partial(self._encode_batch, encoder, modality))
             else:
-                batcher = self._batcher("hash-images", partial(self._hash_batch, modality))
+                batcher = self._batcher("hash-images", lambda rows: self._hash_batch(modality, np.stack(rows)))
                 if self._image_pool is None:
                     workers = self.batching.image_workers or os.cpu_count() or 1
                     self._image_pool = ThreadPoolExecutor(workers, thread_name_prefix="encode-image")
@@ -514,11 +514,11 @@ class Archive:
 
     def _encode_batch(self, encoder: Encoder, modality: str, queries: list[Any]) -> list[tuple[Any, Any]]:
         emb = encoder.encode_texts(queries) if modality == "texts" else encoder.encode_images(queries, batch_size=1)
-        return self._hash_batch(modality, list(emb))
+        return self._hash_batch(modality, emb)
 
-    def _hash_batch(self, modality: str, embeddings: list[np.ndarray]) -> list[tuple[Any, Any]]:
-        codes, relaxed = _hash(self.method, modality, np.stack(embeddings), relaxed=self.payload_codec is not None)
-        return [(codes[i], None if relaxed is None else relaxed[i]) for i in range(len(embeddings))]
+    def _hash_batch(self, modality: str, emb: np.ndarray) -> list[tuple[Any, Any]]:
+        codes, relaxed = _hash(self.method, modality, emb, relaxed=self.payload_codec is not None)
+        return [(codes[i], None if relaxed is None else relaxed[i]) for i in range(len(emb))]
 
     def get(self, item_id: str) -> Item | None:
         with self._lock:

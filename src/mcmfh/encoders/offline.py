@@ -182,8 +182,9 @@ class OfflineEncoder(Encoder):
     def _preprocess_into(self, image: ImageInput, out: np.ndarray) -> None:
         """Read, resize, crop and normalise one image into ``out`` (3, crop, crop): straight into the batch array.
 
-        ``resize_crop_normalise`` gives Pillow 13's bicubic values for the crop (bit-identical, tested) at a quarter
-        of the CPU: it computes only the cropped pixels, along contiguous rows."""
+        ``resize_crop_normalise`` gives Pillow 13's bicubic values for the crop (bit-identical, tested) at under a
+        third of the CPU (0.9 against 3.1 ms per MedPix image): it computes only the cropped pixels, along contiguous
+        rows."""
         c = self.config
         im = read_image(image)
         w, h = im.size

@@ -118,13 +118,12 @@ def resize_crop_normalise(
     (nw, nh), (left, top, right, bottom) = size, box
     if not (0 <= left < right <= nw and 0 <= top < bottom <= nh):
         raise ValueError(f"crop box {box} is not inside the resized size {size}")
-    rows = image
     if vertical_first(w_in, h_in, nw, nh):
-        rows = _vertical(rows, h_in, nh, top, bottom)
-        rows = _horizontal(rows, w_in, nw, left, right)
+        rows = _horizontal(_vertical(image, h_in, nh, top, bottom), w_in, nw, left, right)
     else:
-        rows = _horizontal(_input_rows(rows, h_in, nh, top, bottom), w_in, nw, left, right)
-        rows = _vertical(rows, h_in, nh, top, bottom, base=_first_row(h_in, nh, top))
+        base, end = _input_rows(h_in, nh, top, bottom)
+        rows = _horizontal(image[base:end], w_in, nw, left, right)
+        rows = _vertical(rows, h_in, nh, top, bottom, base=base)
     np.subtract(rows.transpose(2, 0, 1), np.float32(mean), out=out, dtype=np.float32)
     np.divide(out, np.float32(scale), out=out)
 
@@ -135,22 +134,18 @@ def vertical_first(w_in: int, h_in: int, w_out: int, h_out: int) -> bool:
     return h_in - h_out > 0 and h_in - h_out > (w_in - w_out) * 2
 
 
-def _first_row(h_in: int, h_out: int, top: int) -> int:
-    return int(bicubic_coeffs(h_in, h_out)[0][top, 0]) if h_out != h_in else top
-
-
-def _input_rows(image: np.ndarray, h_in: int, h_out: int, top: int, bottom: int) -> np.ndarray:
-    """The input rows that output rows top..bottom read (all of them when the height is unchanged)."""
+def _input_rows(h_in: int, h_out: int, top: int, bottom: int) -> tuple[int, int]:
+    """The input rows [start, end) that output rows top..bottom read (the same rows when the height is unchanged)."""
     if h_out == h_in:
-        return image[top:bottom]
+        return top, bottom
     b, _ = bicubic_coeffs(h_in, h_out)
-    return image[int(b[top, 0]) : int(b[bottom - 1, 0] + b[bottom - 1, 1])]
+    return int(b[top, 0]), int(b[bottom - 1, 0] + b[bottom - 1, 1])
 
 
 def _vertical(rows: np.ndarray, h_in: int, h_out: int, top: int, bottom: int, base: int = 0) -> np.ndarray:
     """Output rows top..bottom of the vertical pass; ``rows[0]`` is input row ``base``."""
     if h_out == h_in:
-        return rows if base == top and len(rows) == bottom - top else rows[top - base : bottom - base]
+        return rows[top - base : bottom - base]
     b, k = bicubic_coeffs(h_in, h_out)
     n, width = bottom - top, rows.shape[1]
     flat = np.ascontiguousarray(rows).reshape(rows.shape[0], -1)

@@ -69,11 +69,13 @@ class StudyStage:
         self.net, self.cfg = net, cfg
         self.train, self.studies = train, train_studies
         self.dev, self.dev_studies = dev, dev_studies
-        # Fixed for the whole stage (the item model is frozen): the train studies' token sets and labels, and the
-        # dev queries' codes, so a dev evaluation only re-runs the study encoder.
-        imgs, txts = whole_sets(train_studies, train.has_image, train.text_key)
-        self.train_sets = pack_sets(train.dv_img, train.dv_txt, imgs, txts)
-        self.dev_rel = None if dev is None else relevance(dev.labels, train_studies.labels(train.labels))
+        # Fixed for the whole stage (the item model is frozen): the train studies' token sets and the dev queries'
+        # relevance to them, so a dev evaluation only re-runs the study encoder. Only a dev split uses them.
+        self.train_sets, self.dev_rel = None, None
+        if dev is not None:
+            imgs, txts = whole_sets(train_studies, train.has_image, train.text_key)
+            self.train_sets = pack_sets(train.dv_img, train.dv_txt, imgs, txts)
+            self.dev_rel = relevance(dev.labels, train_studies.labels(train.labels))
 
     def __len__(self) -> int:
         return len(self.studies)
@@ -115,7 +117,7 @@ class StudyStage:
             batch = np.arange(len(self.dev_studies))
             gen = torch.Generator().manual_seed(DEV_SEED)
             return -float(self._loss(self.dev, self.dev_studies, batch, gen)["total"])
-        assert self.net.study is not None and self.dev_rel is not None
+        assert self.net.study is not None and self.train_sets is not None and self.dev_rel is not None
         codes = self.net.study.codes(self.train_sets).numpy()
         rel = self.dev_rel
         q_img = (self.dev.h_img > 0).numpy()
