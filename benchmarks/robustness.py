@@ -1,28 +1,39 @@
-"""Robustness suite: MCMFH against CCA-ITQ and UCMFH on settings that break fragile recipes; one command.
+"""Robustness suite: MCMFH against every unsupervised baseline on settings that break fragile recipes; one command.
 
-    python benchmarks/robustness.py --features FEATURE_CACHE --data-root ../shared/data/medpix2 --out DIR
+    python benchmarks/robustness.py --features FEATURE_CACHE --data-root ../shared/data/medpix2 \
+        --vqa-rad ../shared/data/vqa_rad --out DIR
 
 ``FEATURE_CACHE`` is the MedPix 2.0 feature cache (``mcmfh encode --dataset medpix2 ... --encoder offline``); the
-built-in demo set is generated and encoded under ``DIR`` once. Settings (all from data we have, all fixed by seed 0):
+built-in demo set and VQA-RAD are encoded under ``DIR`` once. Settings (all from data we have, all fixed by seed 0):
 
   medpix-full        MedPix 2.0 as is (label set ``labels``)
-  medpix-train300    training on a fixed case-level subset of about 300 train pairs (dev, test unchanged)
-  medpix-train600    the same with about 600 pairs
+  medpix-train60     training on a fixed case-level subset of about 60 train pairs (dev, test unchanged)
+  medpix-train150    the same with about 150 pairs
+  medpix-train300    ... about 300 pairs
+  medpix-train600    ... about 600 pairs
   medpix-coarse      the 7 coarse labels (``labels_coarse``: denser relevance)
   medpix-dominant70  items subsampled per split so that the most common tag covers about 70% of them
   medpix-sorted      every split's rows sorted by label: the database order follows the labels
-  stress-grouped     the held-out failure's shape: 588 items, 278 training pairs, the 15 most common tags only,
+  medpix-shared-caption  every image of a case carries the case's first caption (many images, one text)
+  stress-grouped     a held-out failure's shape: 588 items, 278 training pairs, the 15 most common tags only,
                      rows sorted by label
+  stress-panels      the other held-out failure's shape: about 60 training pairs, 13 tags with one on about 64% of
+                     the items (near-chance headroom), every image of a case sharing one caption
+  vqa-rad            VQA-RAD (314 images, QA text, organ / modality tags), its case-level split: a small archive
+                     with few coarse labels, where 16-bit codes fall onto a handful of buckets
   demo               the built-in synthetic set of ``mcmfh demo`` (600 items)
 
 ``--methods`` takes method names and the groups ``default`` (mcmfh, cca-itq, ucmfh), ``deep`` (djsrh, jdsh, dgcpn,
-ucch) and ``supervised`` (dcmht-head, dsph-head, mcmfh-supervised), e.g. ``--methods default,deep``; the deep
-baselines run with the epoch budgets of ``configs/medpix2-deep-baselines.yaml`` and take minutes a fit, so they are
-not in the default list. Supervised methods appear in the table but not in the verdict (MCMFH reads no labels).
+ucch), ``ablations`` (mcmfh-no-moe, -no-dv, -no-gateloss, -no-fusion), ``unsupervised`` (default + deep) and
+``supervised`` (dcmht-head, dsph-head, mcmfh-supervised); the default is ``unsupervised,ablations``. The deep
+baselines run with the epoch budgets of ``configs/medpix2-deep-baselines.yaml``. Supervised methods appear in the
+table but not in the verdict (MCMFH reads no labels).
 
 Every row is the protocol of ``mcmfh experiment``: queries = test, database = train + dev, fit on train, model choice
-on dev. Rows are cached in ``DIR/rows`` (keyed by setting, method, seed, options), so a rerun only fits new rows.
-Writes ``DIR/robustness.json`` and ``DIR/robustness.md`` (tie-aware mAP, code health, flags) and prints the table.
+on dev (``mcmfh.selection``). Each row shows tie-aware label mAP, the instance-level paired R@10 (``mcmfh.paired``:
+does an image find its own report in the test split?), code health and the flags. Rows are cached in ``DIR/rows``
+(keyed by setting, method, seed, options), so a rerun only fits new rows. Writes ``DIR/robustness.json`` and
+``DIR/robustness.md`` and prints the table.
 """
 
 from __future__ import annotations
@@ -50,7 +61,15 @@ METHODS = ("mcmfh", "cca-itq", "ucmfh")
 # shared cores they would multiply the suite's hour by ~7, so the default list stays the three above.
 DEEP_UNSUPERVISED = ("djsrh", "jdsh", "dgcpn", "ucch")
 SUPERVISED = ("dcmht-head", "dsph-head", "mcmfh-supervised")  # read training labels: shown, left out of the verdict
-METHOD_GROUPS = {"default": METHODS, "deep": DEEP_UNSUPERVISED, "supervised": SUPERVISED}
+ABLATIONS = ("mcmfh-no-moe", "mcmfh-no-dv", "mcmfh-no-gateloss", "mcmfh-no-fusion")
+METHOD_GROUPS = {
+    "default": METHODS,
+    "deep": DEEP_UNSUPERVISED,
+    "unsupervised": (*METHODS, *DEEP_UNSUPERVISED),
+    "ablations": ABLATIONS,
+    "supervised": SUPERVISED,
+}
+DEFAULT_METHODS = "unsupervised,ablations"
 # The epoch budgets of configs/medpix2-deep-baselines.yaml (``--options`` replaces a method's entry).
 DEEP_OPTIONS: dict[str, dict[str, Any]] = {
     **{m: {"epochs": 60, "eval_every": 2} for m in ("djsrh", "jdsh", "dgcpn", "dcmht-head", "dsph-head")},
@@ -58,14 +77,22 @@ DEEP_OPTIONS: dict[str, dict[str, Any]] = {
 }
 SETTINGS = (
     "medpix-full",
+    "medpix-train60",
+    "medpix-train150",
     "medpix-train300",
     "medpix-train600",
     "medpix-coarse",
     "medpix-dominant70",
     "medpix-sorted",
+    "medpix-shared-caption",
     "stress-grouped",
+    "stress-panels",
+    "vqa-rad",
     "demo",
 )
+PANELS_TAGS, PANELS_SHARE = 13, 0.64  # the held-out CT-panel set: 13 finding / severity tags, one on 64% of items
+PANELS_SPLIT = (("train", 60), ("dev", 30), ("test", 90))  # items per split, whole cases
+COARSE = "labels_coarse"
 SUITE_SEED = 0  # every subset is drawn with this seed: the suite is one fixed set of problems
 
 
@@ -146,36 +173,85 @@ def _grouped_stress(fs: FeatureSet) -> FeatureSet:
     return _sorted_by_label(sub)
 
 
-def _demo(out: Path) -> FeatureSet:
+def _shared_caption(fs: FeatureSet) -> FeatureSet:
+    """Every item's text replaced by the text of its case's first item (in row order)."""
+    first: dict[str, int] = {}
+    for i, item in enumerate(fs.ids):
+        first.setdefault(_case(item), i)
+    text = fs.text[[first[_case(item)] for item in fs.ids]]
+    return FeatureSet(fs.ids, fs.image, text, fs.labels, fs.label_vocab, fs.split, fs.has_image,
+                      {**fs.manifest, "variant": "shared-caption"}, fs.study)  # fmt: skip
+
+
+def _panels(fs: FeatureSet) -> FeatureSet:
+    rng = np.random.default_rng(SUITE_SEED)
+    tags = np.argsort(-fs.labels.sum(0), kind="stable")[:PANELS_TAGS]
+    labels = fs.labels[:, tags]
+    ok = np.flatnonzero(labels.any(1))
+    top = labels[ok, 0] > 0
+    n_other = int(round(top.sum() * (1 - PANELS_SHARE) / PANELS_SHARE))
+    pool = np.sort(np.concatenate([ok[top], rng.choice(ok[~top], min(n_other, int((~top).sum())), replace=False)]))
+    by_case: dict[str, list[int]] = {}
+    for i in pool:
+        by_case.setdefault(_case(fs.ids[i]), []).append(int(i))
+    chosen: list[int] = []
+    split: list[str] = []
+    cases = iter(rng.permutation(sorted(by_case)))
+    for name, size in PANELS_SPLIT:
+        taken = 0
+        while taken < size:
+            members = by_case[str(next(cases))]
+            chosen += members
+            split += [name] * len(members)
+            taken += len(members)
+    sub = FeatureSet([fs.ids[i] for i in chosen], fs.image[chosen], fs.text[chosen], labels[chosen],
+                     [fs.label_vocab[t] for t in tags], np.array(split), fs.has_image[chosen],
+                     {**fs.manifest, "label_set": f"top{PANELS_TAGS}"})  # fmt: skip
+    return _shared_caption(sub)
+
+
+def _encoded(out: Path, name: str, dataset: str, root: Path) -> FeatureSet:
     from mcmfh.data import load_dataset
-    from mcmfh.data.synthetic import make_synthetic_dataset
     from mcmfh.encoders import get_encoder
     from mcmfh.feature_cache import encode_dataset
+
+    return encode_dataset(load_dataset(dataset, root), get_encoder("offline"), out / f"{name}-features")
+
+
+def _demo(out: Path) -> FeatureSet:
+    from mcmfh.data.synthetic import make_synthetic_dataset
 
     root = out / "demo-data"
     if not (root / "synthetic.csv").is_file():
         make_synthetic_dataset(root, n=600, seed=0)
-    return encode_dataset(load_dataset("csv", root), get_encoder("offline"), out / "demo-features")
+    return _encoded(out, "demo", "csv", root)
 
 
-def build_setting(name: str, features: FeatureSet, data_root: Path | None, out: Path) -> FeatureSet:
+def build_setting(
+    name: str, features: FeatureSet, data_root: Path | None, out: Path, vqa_rad: Path | None = None
+) -> FeatureSet:
     builders: dict[str, Callable[[], FeatureSet]] = {
         "medpix-full": lambda: features,
+        "medpix-train60": lambda: _train_subset(features, 60),
+        "medpix-train150": lambda: _train_subset(features, 150),
         "medpix-train300": lambda: _train_subset(features, 300),
         "medpix-train600": lambda: _train_subset(features, 600),
-        "medpix-coarse": lambda: _relabel(features, _need(data_root), "labels_coarse"),
+        "medpix-coarse": lambda: _relabel(features, _need(data_root, "medpix-coarse needs --data-root"), COARSE),
         "medpix-dominant70": lambda: _dominant(features, 0.7),
         "medpix-sorted": lambda: _sorted_by_label(features),
+        "medpix-shared-caption": lambda: _shared_caption(features),
         "stress-grouped": lambda: _grouped_stress(features),
+        "stress-panels": lambda: _panels(features),
+        "vqa-rad": lambda: _encoded(out, "vqa-rad", "csv", _need(vqa_rad, "vqa-rad needs --vqa-rad")),
         "demo": lambda: _demo(out),
     }
     return builders[name]()
 
 
-def _need(data_root: Path | None) -> Path:
-    if data_root is None:
-        sys.exit("medpix-coarse needs --data-root (the MedPix 2.0 folder, for its labels_coarse)")
-    return data_root
+def _need(folder: Path | None, message: str) -> Path:
+    if folder is None:
+        sys.exit(f"{message} (the dataset's folder, e.g. under ../shared/data)")
+    return folder
 
 
 def expand_methods(spec: str) -> list[str]:
@@ -210,8 +286,9 @@ def _cell(rs: list[dict], key: str) -> str:
 
 def markdown(rows: list[dict], settings: list[str], methods: list[str]) -> str:
     lines = [
-        "| setting | method | i2t mAP | t2i mAP | stable i2t / t2i | codes image / text (eff. bits) | flags |",
-        "|---|---|---|---|---|---|---|",
+        "| setting | method | i2t mAP | t2i mAP | paired R@10 i2t | paired R@10 t2i | stable i2t / t2i "
+        "| codes image / text (eff. bits) | flags |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for setting in settings:
         for method in methods:
@@ -219,39 +296,47 @@ def markdown(rows: list[dict], settings: list[str], methods: list[str]) -> str:
             if not rs:
                 continue
             stable = f"{np.mean([r['i2t_map_all'] for r in rs]):.3f} / {np.mean([r['t2i_map_all'] for r in rs]):.3f}"
-            h = [r["code_health"] for r in rs]
+            h = [r["code_health"] for r in rs if r.get("code_health")]
             codes = " / ".join(
                 f"{np.mean([x[m]['distinct'] for x in h]):.0f} ({np.mean([x[m]['effective_bits'] for x in h]):.1f})"
                 for m in ("image", "text")
-            )
+            ) if h else "–"  # fmt: skip
             lines.append(
-                f"| {setting} | {method} | {_cell(rs, 'i2t_map')} | {_cell(rs, 't2i_map')} | {stable} | {codes} | "
+                f"| {setting} | {method} | {_cell(rs, 'i2t_map')} | {_cell(rs, 't2i_map')} | "
+                f"{_cell(rs, 'i2t_paired_r10')} | {_cell(rs, 't2i_paired_r10')} | {stable} | {codes} | "
                 f"{'; '.join(row_flags(rs))} |"
             )
     return "\n".join(lines)
 
 
-def verdict(rows: list[dict], settings: list[str]) -> list[str]:
-    """Per setting: does MCMFH's mean tie-aware mAP reach every other (unsupervised) method's, both directions?"""
+FIGURES = (("i2t_map", "mAP i2t"), ("t2i_map", "mAP t2i"), ("i2t_paired_r10", "R@10 i2t"),
+           ("t2i_paired_r10", "R@10 t2i"))  # fmt: skip
+
+
+def verdict(rows: list[dict], settings: list[str], against: str = "mcmfh") -> list[str]:
+    """Per setting: is ``against`` at least level (within one seed std of the better) with the best other
+    unsupervised method in label mAP and paired R@10, both directions, and is any of its seeds collapsed?"""
     out = []
     for setting in settings:
-        means = {}
+        by_method: dict[str, list[dict]] = {}
         for r in rows:
-            if r["setting"] == setting and r["method"] not in SUPERVISED:
-                means.setdefault(r["method"], []).append((r["i2t_map"], r["t2i_map"]))
-        if "mcmfh" not in means:
+            if r["setting"] == setting and r["method"] not in SUPERVISED and r["method"] not in ABLATIONS:
+                by_method.setdefault(r["method"], []).append(r)
+        if against not in by_method or len(by_method) < 2:
             continue
-        mc = np.mean(means["mcmfh"], axis=0)
-        worse = [
-            f"{m} {d}"
-            for m, v in means.items()
-            if m != "mcmfh"
-            for d, a, b in zip(("i2t", "t2i"), mc, np.mean(v, axis=0), strict=True)
-            if a < b
-        ]
-        best = max((np.mean(v, axis=0) for m, v in means.items() if m != "mcmfh"), key=lambda x: x.mean(), default=None)
-        ratio = "" if best is None else f" (×{mc[0] / best[0]:.2f} / ×{mc[1] / best[1]:.2f} the best other method)"
-        out.append(f"- {setting}: mcmfh {'≥ every other method' if not worse else 'BELOW ' + ', '.join(worse)}{ratio}")
+        own = by_method.pop(against)
+        collapsed = sum(bool((r.get("code_health") or {}).get("collapsed")) for r in own)
+        parts, behind = [], []
+        for key, label in FIGURES:
+            mean, std = mean_std([float(r[key]) for r in own])
+            best_m, best_rs = max(by_method.items(), key=lambda kv: np.mean([float(r[key]) for r in kv[1]]))
+            other, other_std = mean_std([float(r[key]) for r in best_rs])
+            parts.append(f"{label} ×{mean / other:.2f} vs {best_m}" if other > 0 else f"{label} –")
+            if mean < other - max(std, other_std):
+                behind.append(f"{label} (best {best_m})")
+        state = "level or ahead" if not behind else "BEHIND in " + ", ".join(behind)
+        flag = f"; {collapsed}/{len(own)} seeds collapsed" if collapsed else "; no collapsed seed"
+        out.append(f"- {setting}: {against} {state}{flag} ({'; '.join(parts)})")
     return out
 
 
@@ -259,9 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--features", type=Path, required=True, help="MedPix 2.0 feature cache (offline encoder)")
     ap.add_argument("--data-root", type=Path, default=None, help="MedPix 2.0 folder (for labels_coarse)")
+    ap.add_argument("--vqa-rad", type=Path, default=None, help="VQA-RAD folder (vqa_rad.csv + images), for vqa-rad")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--settings", default=",".join(SETTINGS))
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=DEFAULT_METHODS)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--bits", type=int, default=16)
     ap.add_argument("--options", default="{}", help="JSON {method: {option: value}}, e.g. to measure a change")
@@ -279,20 +365,28 @@ def main(argv: list[str] | None = None) -> int:
         for method in methods:
             options = all_options.get(method, {})
             for seed in seeds:
-                key = fingerprint(setting, method, args.bits, seed, options, features.manifest.get("cache_key"),
-                                  create_method(method, args.bits, seed, **options).recipe())
+                key = fingerprint(
+                    setting,
+                    method,
+                    args.bits,
+                    seed,
+                    options,
+                    features.manifest.get("cache_key"),
+                    create_method(method, args.bits, seed, **options).recipe(),
+                )
                 path = args.out / "rows" / f"{setting}-{method}-{seed}-{key[:10]}.json"
                 if path.is_file():
                     rows.append(json.loads(path.read_text(encoding="utf-8")))
                     continue
                 if fs is None:
-                    fs = build_setting(setting, features, args.data_root, args.out)
+                    fs = build_setting(setting, features, args.data_root, args.out, args.vqa_rad)
                 t0 = time.perf_counter()
                 row = run_row(fs, setting, method, args.bits, seed, options)
                 atomic_write_json(path, row)
                 rows.append(row)
-                print(f"{setting} {method} seed {seed}: mAP {row['i2t_map']:.3f} / {row['t2i_map']:.3f} "
-                      f"({time.perf_counter() - t0:.0f}s)", flush=True)  # fmt: skip
+                print(f"{setting} {method} seed {seed}: mAP {row['i2t_map']:.3f} / {row['t2i_map']:.3f}, paired R@10 "
+                      f"{row['i2t_paired_r10']:.3f} / {row['t2i_paired_r10']:.3f} ({time.perf_counter() - t0:.0f}s)",
+                      flush=True)  # fmt: skip
     md = "\n".join([markdown(rows, settings, methods), "", *verdict(rows, settings)])
     atomic_write_json(args.out / "robustness.json", {"rows": rows, "bits": args.bits, "seeds": seeds})
     atomic_write_text(args.out / "robustness.md", md + "\n")

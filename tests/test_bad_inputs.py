@@ -66,10 +66,14 @@ def test_bare_group_prints_its_help() -> None:
         (("search", "A", "--text", "x", "--k", "-5"), ("--k", "from 1 to 10000")),
         (("search", "A", "--text", "x", "--k", "1000000000"), ("--k", "from 1 to 10000")),
         (("search", "A", "--text", "x", "--k", "ten"), ("--k", "valid integer", "from 1 to 10000")),
-        (("encode", "--dataset", "csv", "--data-root", ".", "--encoder", "tiny", "--out", "F", "--batch-size", "0"),
-         ("--batch-size", "from 1 to")),
-        (("train", "--features", "F", "--method", "mcmfh", "--out", "R", "--seed", "-1"),
-         ("--seed", "from 0 to 4294967295")),
+        (
+            ("encode", "--dataset", "csv", "--data-root", ".", "--encoder", "tiny", "--out", "F", "--batch-size", "0"),
+            ("--batch-size", "from 1 to"),
+        ),
+        (
+            ("train", "--features", "F", "--method", "mcmfh", "--out", "R", "--seed", "-1"),
+            ("--seed", "from 0 to 4294967295"),
+        ),
     ],
 )
 def test_usage_errors_are_one_line(args: tuple[str, ...], named: tuple[str, ...]) -> None:
@@ -96,15 +100,19 @@ def _encode_args() -> tuple[str, ...]:
 
 
 def test_disk_full_says_what_is_safe_and_to_rerun() -> None:
-    line = one_error_line(run_cli(*_encode_args(), patch=_RAISE_IN_ENCODE.format(errno="errno.ENOSPC")),
-                          "disk full", "F/chunk-00000.safetensors")
+    line = one_error_line(
+        run_cli(*_encode_args(), patch=_RAISE_IN_ENCODE.format(errno="errno.ENOSPC")),
+        "disk full",
+        "F/chunk-00000.safetensors",
+    )
     assert "committed before is safe" in line and "re-run to resume" in line
 
 
 @pytest.mark.parametrize("code", ["errno.EACCES", "errno.EROFS"])
 def test_unwritable_output_is_named_as_not_writable(code: str) -> None:
-    one_error_line(run_cli(*_encode_args(), patch=_RAISE_IN_ENCODE.format(errno=code)),
-                   "F/chunk-00000.safetensors", "not writable")
+    one_error_line(
+        run_cli(*_encode_args(), patch=_RAISE_IN_ENCODE.format(errno=code)), "F/chunk-00000.safetensors", "not writable"
+    )
 
 
 def test_a_genuine_bug_asks_for_a_report_with_debug() -> None:

@@ -93,8 +93,17 @@ def spawn(script: str, *args: str, tmp_path: Path, name: str) -> subprocess.Pope
     return subprocess.Popen([sys.executable, str(path), *args], stdout=subprocess.PIPE, text=True, env=env)
 
 
-def writers_with_kills(folder: Path, data: Path, workers: range, killed: tuple[int, ...], reader_script: str,
-                       tmp_path: Path, seed: int = 0, max_wait_s: float = 0.3, timeout_s: float = 300) -> None:
+def writers_with_kills(
+    folder: Path,
+    data: Path,
+    workers: range,
+    killed: tuple[int, ...],
+    reader_script: str,
+    tmp_path: Path,
+    seed: int = 0,
+    max_wait_s: float = 0.3,
+    timeout_s: float = 300,
+) -> None:
     """Writer processes adding at once, a reader searching throughout; each ``killed`` writer is SIGKILLed at a
     random moment of its next add once it has committed something, then re-run. Every writer must finish and the
     reader must have searched and never erred."""

@@ -109,3 +109,19 @@ def test_code_health_figures():
     assert both["collapsed"] and not is_collapsed(both["image"])
     # Packed codes give the same figures as bool codes.
     assert code_health(np.packbits(healthy, axis=1), 16)["effective_bits"] == h["effective_bits"]
+
+
+def test_identical_inputs_lower_the_health_ceiling():
+    """Many images sharing one caption must share a code: that is the data, not a collapse."""
+    rng = np.random.default_rng(1)
+    captions = rng.normal(size=(12, 8)).astype(np.float32)
+    group = rng.integers(0, 12, 600)
+    inputs = captions[group]
+    codes = (rng.random((12, 16)) < 0.5)[group]  # one code per distinct caption: as spread as the data allows
+    plain = code_health(codes)
+    assert is_collapsed(plain)  # judged against log2(600) items it looks collapsed ...
+    aware = code_health(codes, inputs=inputs)
+    assert aware["effective_bits_ceiling"] == pytest.approx(aware["effective_bits"], abs=1e-6)
+    assert not is_collapsed(aware)  # ... against its 12 distinct inputs it is not
+    one = code_health(np.zeros((600, 16), bool), inputs=inputs)
+    assert is_collapsed(one)  # one code for 12 different captions still is

@@ -27,8 +27,6 @@ def clustered_codes(n: int, bits: int, rng: np.random.Generator, centres: int = 
     return pack_codes(c[rng.integers(0, centres, n)] ^ (rng.random((n, bits)) < flip))
 
 
-
-
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("data", ["random", "clustered"])
 def test_knn_equals_brute_force(bits: int, data: str) -> None:

@@ -69,8 +69,9 @@ def test_server_writers_at_once_with_kills_give_the_union_and_a_reader_never_err
     folder = server_archive
     with Archive.open(folder) as archive:
         n0 = len(archive)
-    writers_with_kills(folder, base["data"], range(WORKERS), (1, 3), READER, tmp_path, seed=1, max_wait_s=0.5,
-                       timeout_s=600)
+    writers_with_kills(
+        folder, base["data"], range(WORKERS), (1, 3), READER, tmp_path, seed=1, max_wait_s=0.5, timeout_s=600
+    )
 
     # Exactly the union, ids unique, every code equal to a serial local build of the same items.
     serial = tmp_path / "serial"

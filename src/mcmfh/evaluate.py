@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from mcmfh.code_health import method_code_health
+from mcmfh.code_health import method_code_health, strip_bits
 from mcmfh.errors import MCMFHError
 from mcmfh.features import FeatureSet
 from mcmfh.method import HashMethod
 from mcmfh.metrics import RankingOptions, cosine_distances, hamming_distances, ranking_metrics, relevance
+from mcmfh.paired import PairedGallery, paired_recall
 from mcmfh.study_eval import PAIR_MODES, evaluate_modes
 from mcmfh.two_stage import REPORTED_P_AT_K, RerankOptions, evaluate_two_stage, strip_per_query
 from mcmfh.two_stage import flat_keys as two_stage_flat_keys
@@ -79,7 +80,9 @@ def evaluate_method(
     Flat keys: ``<dir>_map`` is the headline (tie-aware mAP@all); ``<dir>_map_all`` breaks ties by database order
     (stable, secondary); ``<dir>_map_all_tie_aware`` equals ``<dir>_map``; ``<dir>_map_<K>`` (stable) and
     ``<dir>_map_<K>_tie_aware`` are UCMFH's mAP@K. ``code_health`` describes the database codes (None for
-    continuous methods). ``<dir>_p10`` / ``<dir>_p20`` are the tie-aware P@10 / P@20.
+    continuous methods). ``<dir>_p10`` / ``<dir>_p20`` are the tie-aware P@10 / P@20. ``paired`` and the flat
+    ``<dir>_paired_r1`` / ``_r5`` / ``_r10`` / ``_median_rank`` are instance-level: the query split as a 1:1 gallery,
+    tie-aware (``mcmfh.paired``).
 
     With ``rerank`` (hashing methods with a relaxed output only), ``two_stage`` holds the two-stage ranking per
     payload (``mcmfh.two_stage``) and flat keys ``<dir>_map_2s_<payload>`` etc. sit beside the one-stage ones;
@@ -109,7 +112,14 @@ def evaluate_method(
         "i2t": i2t,
         "t2i": t2i,
         # Of the database codes, per modality: a collapsed model shows here whatever its mAP (mcmfh.code_health).
-        "code_health": None if method.continuous else method_code_health(db_image, db_text),
+        "code_health": None if method.continuous else method_code_health(db_image, db_text, db_img.image, db.text),
+        # Instance level, in the query split as a 1:1 gallery: does an image find its own report (mcmfh.paired)?
+        "paired": paired_recall(
+            PairedGallery.of(q.text, q.has_image),
+            q_image_codes,
+            q_text_codes,
+            cosine_distances if method.continuous else hamming_distances,
+        ),
     }
     for direction, m in (("i2t", i2t), ("t2i", t2i)):
         for key, flat in _FLAT.items():
@@ -117,6 +127,9 @@ def evaluate_method(
         for k in REPORTED_P_AT_K:
             if str(k) in m["p_at_k"]:
                 out[f"{direction}_p{k}"] = m["p_at_k"][str(k)]
+        for key, value in out["paired"].get(direction, {}).items():
+            if key.startswith("r") or key == "median_rank":
+                out[f"{direction}_paired_{key}"] = value
     if rerank is not None and not method.continuous and method.has_relaxed:
         codes = {"q_image": q_image_codes, "q_text": q_text_codes, "db_image": db_image, "db_text": db_text}
         rel_i2t, rel_t2i = relevance(q_img.labels, db.labels), relevance(q.labels, db_img.labels)
@@ -139,10 +152,7 @@ def summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
         elif k == "two_stage":
             v = strip_per_query(v)
         elif k == "code_health" and v is not None:  # per-bit lists stay in metrics.json, not in every row
-            v = {
-                m: ({kk: vv for kk, vv in h.items() if kk != "bit_balance"} if isinstance(h, dict) else h)
-                for m, h in v.items()
-            }
+            v = {m: strip_bits(h) for m, h in v.items()}
         out[k] = v
     return out
 

@@ -70,6 +70,17 @@ def bit_balance_loss(h_n_b: torch.Tensor) -> torch.Tensor:
     return h_n_b.mean(dim=0).pow(2).mean()
 
 
+def bit_decorrelation_loss(h_n_b: torch.Tensor) -> torch.Tensor:
+    """Mean squared off-diagonal entry of HᵀH / N over the batch: pairs of bits that agree (or disagree) on most
+    items carry one bit between them; pushing their second moment to 0 keeps the code's bits independent."""
+    n, b = h_n_b.shape
+    if b < 2:
+        return h_n_b.new_zeros(())
+    gram = h_n_b.T @ h_n_b / n
+    off = gram - torch.diag_embed(torch.diagonal(gram))
+    return off.pow(2).sum() / (b * (b - 1))
+
+
 def label_similarity_loss(
     h_img_n_b: torch.Tensor, h_txt_m_b: torch.Tensor, labels_img_n_c: torch.Tensor, labels_txt_m_c: torch.Tensor
 ) -> torch.Tensor:

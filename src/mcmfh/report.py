@@ -16,6 +16,8 @@ from mcmfh.io import atomic_write_text
 _COLUMNS = (
     ("i2t mAP", "i2t_map"),
     ("t2i mAP", "t2i_map"),
+    ("i2t paired R@10", "i2t_paired_r10"),
+    ("t2i paired R@10", "t2i_paired_r10"),
     ("i2t mAP@{k} (UCMFH)", "i2t_map_{k}_tie_aware"),
     ("t2i mAP@{k} (UCMFH)", "t2i_map_{k}_tie_aware"),
     ("i2t mAP@all stable order", "i2t_map_all"),
@@ -264,6 +266,9 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], map_k: int = 50, info: M
         f"items within the top {map_k}), also tie-aware. *Stable order* columns break ties by database order; "
         "they are secondary (they reward collapsed codes when the database is sorted by label). "
         "Every query counts (no relevant item scores 0). `chance` is the exact expected mAP of a random ranking. "
+        "*Paired R@10* is instance-level and cannot be gamed by collapse: in the test split as a 1:1 gallery "
+        "(identical captions are one text), the tie-aware probability that an image's own report is in its top 10 "
+        "(i2t), or one of a report's own images (t2i) (`mcmfh.paired`, docs/evaluation.md). "
         "Values are mean ± sample std over seeds. Codes: mean distinct database codes (effective bits = entropy "
         "of the code distribution), image / text. Flags: **collapsed** when a seed's codes fail the code-health "
         "rule (effective bits < 50% of min(bits, log2 N), or one code holding > 25% of the items; "

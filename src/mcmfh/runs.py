@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mcmfh.code_health import method_code_health, strip_bits
 from mcmfh.factory import create_method, load_method
 from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_dir, atomic_write_json
@@ -54,6 +55,11 @@ def fit_method(
     t0 = time.perf_counter()
     log = m.fit(train, dev if len(dev) else None)
     log = {**(log or {}), "train_seconds": time.perf_counter() - t0, "n_train": len(train), "n_dev": len(dev)}
+    if not m.continuous:  # the codes an archive of train + dev would hold: collapse is reported at training time
+        db = features.splits("train", "dev")
+        images = db.image[db.has_image]
+        health = method_code_health(m.encode_images(images), m.encode_texts(db.text), images, db.text)
+        log["code_health"] = {k: strip_bits(v) for k, v in health.items()}
     return m, log
 
 

@@ -7,7 +7,8 @@ same frozen features, so the comparison is about the objectives:
 - tower = Linear(d, hidden) -> ReLU -> Linear(hidden, bits) -> tanh, one per modality, separate weights (the papers'
   text networks are 1-2 hidden-layer MLPs; their image networks are CNNs whose last layers play this role);
 - inputs centred on the training mean (evaluation.md protocol), seeded initialisation and batch order;
-- the epoch is chosen on dev with ``mcmfh.selection.dev_map`` (tie-aware mAP@all, dev queries vs the train set),
+- the epoch is chosen on dev by ``mcmfh.selection`` (healthy codes first, then tie-aware mAP@all, dev queries vs the
+  train set: the rule MCMFH's stages use),
   evaluated every ``eval_every`` epochs (default 1) and after the last one, the best state kept (never the test set);
   a larger ``eval_every`` only makes the choice coarser (it never changes what an epoch computes: the training
   batches, their order and the random draws are the same whatever it is), which makes UCCH's 100 epochs affordable;
@@ -34,7 +35,7 @@ from mcmfh.errors import MCMFHError
 from mcmfh.features import FeatureSet
 from mcmfh.method import HashMethod
 from mcmfh.options import parse_options
-from mcmfh.selection import dev_map
+from mcmfh.selection import DevEvaluation, evaluate_dev
 
 
 @dataclass
@@ -137,7 +138,8 @@ class DeepHashMethod(HashMethod):
         losses: list[float] = []
         dev_scores: list[float] = []
         dev_epochs: list[int] = []
-        best: tuple[float, int, dict[str, Any]] | None = None
+        best: tuple[DevEvaluation, int, dict[str, Any]] | None = None
+        collapsed: list[bool] = []
         t0 = time.perf_counter()
         for epoch in range(o.epochs):
             self.tower_image.train()
@@ -156,11 +158,12 @@ class DeepHashMethod(HashMethod):
                 total, steps = total + float(loss.detach()), steps + 1
             losses.append(total / max(steps, 1))
             if dev_pairs is not None and ((epoch + 1) % o.eval_every == 0 or epoch + 1 == o.epochs):
-                score = self._dev_score(pairs, dev_pairs)
-                dev_scores.append(score)
+                ev = self._dev_score(pairs, dev_pairs)
+                dev_scores.append(ev.figures["dev_map"])
+                collapsed.append(not ev.healthy)
                 dev_epochs.append(epoch + 1)
-                if best is None or score > best[0]:  # strict: ties keep the earlier (shorter-trained) epoch
-                    best = (score, epoch + 1, self._snapshot())
+                if ev.beats(None if best is None else best[0]):  # healthy first, then strictly higher mAP
+                    best = (ev, epoch + 1, self._snapshot())
         chosen = o.epochs
         if best is not None:
             chosen = best[1]
@@ -172,6 +175,7 @@ class DeepHashMethod(HashMethod):
             "chosen_epoch": chosen,
             "loss": losses,
             "dev_map_tie_aware": dev_scores,
+            "dev_collapsed": collapsed,
             "dev_epochs": dev_epochs,
             "n_train_pairs": len(pairs),
             "fit_seconds": time.perf_counter() - t0,
@@ -185,10 +189,11 @@ class DeepHashMethod(HashMethod):
         self.tower_image.load_state_dict(snap["image"])
         self.tower_text.load_state_dict(snap["text"])
 
-    def _dev_score(self, train: FeatureSet, dev: FeatureSet) -> float:
+    def _dev_score(self, train: FeatureSet, dev: FeatureSet) -> DevEvaluation:
         q_img, q_txt = self.encode_images(dev.image), self.encode_texts(dev.text)
         db_img, db_txt = self.encode_images(train.image), self.encode_texts(train.text)
-        return dev_map(q_img, q_txt, db_img, db_txt, dev.labels, train.labels).mean
+        return evaluate_dev((q_img, q_txt), (db_img, db_txt), (dev.labels, train.labels), (dev.text, train.text),
+                            images=(dev.image, train.image))  # fmt: skip
 
     # ------------------------------------------------------------------ inference (each modality alone)
     @torch.no_grad()

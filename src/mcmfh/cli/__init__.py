@@ -44,8 +44,10 @@ def _os_error_line(e: OSError) -> str:
 
 def _unicode_line(e: UnicodeDecodeError) -> str:
     where = getattr(e, "filename", None) or "an input file"
-    return (f"{where} is not valid {e.encoding} text (byte {e.object[e.start:e.start + 1]!r} at offset {e.start});"
-            f" save it as {e.encoding} or pass --encoding (e.g. --encoding latin-1)")
+    return (
+        f"{where} is not valid {e.encoding} text (byte {e.object[e.start : e.start + 1]!r} at offset {e.start});"
+        f" save it as {e.encoding} or pass --encoding (e.g. --encoding latin-1)"
+    )
 
 
 def _is_safetensors_error(e: BaseException) -> bool:
@@ -109,9 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         if known is not None:
             typer.secho(f"error: {known[0]}", fg=typer.colors.RED, err=True)
             return known[1]
-        typer.secho(f"error: internal error ({type(e).__name__}: {' '.join(str(e).split())[:200]}); this is a bug —"
-                    " please report it with the output of the same command run with --debug", fg=typer.colors.RED,
-                    err=True)
+        typer.secho(
+            f"error: internal error ({type(e).__name__}: {' '.join(str(e).split())[:200]}); this is a bug —"
+            " please report it with the output of the same command run with --debug",
+            fg=typer.colors.RED,
+            err=True,
+        )
         return 1
     return 0
 

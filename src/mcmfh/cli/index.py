@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from mcmfh.cli.app import app
 from mcmfh.cli.inputs import ENCODING_HELP, SKIP_REPORT_HELP, load_input, write_skip_report
 from mcmfh.errors import MCMFHError
+
+if TYPE_CHECKING:
+    from mcmfh.features import FeatureSet
 
 LOCK_HELP = ("Seconds to wait for another writer of this archive to finish (default: env MCMFH_LOCK_TIMEOUT or "
              "30); then fail with a message naming it.")  # fmt: skip
@@ -54,6 +58,22 @@ def build(
         typer.echo(f"archive {out}: {len(archive)} items ({n_img} with images), {archive.bits} bits, "
                    f"{archive.manifest['method']}, {backend} backend, "
                    f"built in {time.perf_counter() - t0:.1f}s")  # fmt: skip
+    _warn_if_collapsed(run_dir, fs.splits(*_splits(splits)))
+
+
+def _warn_if_collapsed(run_dir: Path, db: FeatureSet) -> None:
+    """An archive of collapsed codes answers every query with the same few buckets: say so once, with the figures."""
+    from mcmfh.code_health import collapse_warning, method_code_health
+    from mcmfh.runs import load_run
+
+    method, _ = load_run(run_dir)
+    if method.continuous:
+        return
+    images = db.image[db.has_image]
+    health = method_code_health(method.encode_images(images), method.encode_texts(db.text), images, db.text)
+    warning = collapse_warning(health, f"the archive's {method.bits}-bit codes")
+    if warning:
+        typer.echo(warning, err=True)
 
 
 @index_app.command("add")

@@ -33,6 +33,7 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder (atomically)."),
 ) -> None:
     """Fit a method on the train split (dev for model choice) and save it as a run folder."""
+    from mcmfh.code_health import collapse_warning
     from mcmfh.outputs import check_output
     from mcmfh.runs import train_run
 
@@ -41,6 +42,9 @@ def train(
     run = train_run(features, method, bits, seed, out, parse_kv(option))
     log = json.loads((run / "train_log.json").read_text(encoding="utf-8"))
     typer.echo(f"trained {method} ({bits} bits, seed {seed}) in {log['train_seconds']:.1f}s -> {run}")
+    warning = collapse_warning(log.get("code_health") or {}, "the codes of train + dev")
+    if warning:
+        typer.echo(warning, err=True)
 
 
 @app.command()
@@ -116,6 +120,13 @@ def evaluate(
         f" | chance {metrics['i2t_chance_map']:.4f}"
         f" | stable-order mAP@all {metrics['i2t_map_all']:.4f} / {metrics['t2i_map_all']:.4f}"
     )
+    for d in ("i2t", "t2i"):
+        p = metrics["paired"].get(d)
+        if p:
+            typer.echo(
+                f"paired {d} (own report / own images among {p['gallery']} in the query split, tie-aware): "
+                f"R@1 {p['r1']:.3f} R@5 {p['r5']:.3f} R@10 {p['r10']:.3f}, median rank {p['median_rank']:.1f}"
+            )
     if metrics.get("code_health"):
         typer.echo(f"codes: {health_line(metrics['code_health'])}")
     for name in metrics.get("two_stage", {}):

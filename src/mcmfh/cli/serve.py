@@ -39,8 +39,10 @@ def serve(
     ),
     lock_timeout: float = typer.Option(10.0, min=0.1, help="Seconds a write waits for another writer, then 503."),
     viewer_url: str | None = typer.Option(
-        None, "--viewer-url", help="Link results to the PACS viewer, e.g. "
-        "'https://pacs.example/viewer?StudyInstanceUID={study_uid}' ({study_uid}, {series_uid}, {sop_uid})."
+        None,
+        "--viewer-url",
+        help="Link results to the PACS viewer, e.g. "
+        "'https://pacs.example/viewer?StudyInstanceUID={study_uid}' ({study_uid}, {series_uid}, {sop_uid}).",
     ),
 ) -> None:
     """Serve text and image search over INDEX at http://HOST:PORT/ (API docs at /docs)."""

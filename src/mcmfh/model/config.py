@@ -17,7 +17,7 @@ from mcmfh.errors import MCMFHError
 
 GateType = Literal["hybrid", "dense", "sparse"]
 SingleRule = Literal["absent", "alone"]
-Selection = Literal["dev_map", "dev_loss", "last"]
+Selection = Literal["dev_map", "dev_map_recall", "dev_loss", "last"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ class MCMFHConfig:
     lambda_pair: float = 0.0
     lambda_quant: float = 0.0  # optional: quantisation term mean (|h| - 1)², off by default
     lambda_bit_balance: float = 0.0  # optional: each bit's batch mean pulled to 0, off by default
+    lambda_decorrelation: float = 0.0  # optional: off-diagonal of HᵀH/N pulled to 0 (independent bits)
     lambda_label: float = 0.0  # optional, supervised: hash cosine vs shared-label similarity, off by default
     # Optional: UCCH's contrast of each hash output against the other modality's binary codes of the whole training
     # set (a memory bank, refreshed from the model at every stage-2 epoch), off by default (docs/model.md).

@@ -33,12 +33,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from mcmfh.code_health import method_code_health
 from mcmfh.errors import ArtefactError
 from mcmfh.io import atomic_write_bytes
 from mcmfh.losses import (
     bank_contrastive_loss,
     bit_balance_loss,
+    bit_decorrelation_loss,
     gate_loss,
     hash_contrastive_loss,
     info_nce,
@@ -50,7 +50,7 @@ from mcmfh.model.config import MCMFHConfig
 from mcmfh.model.fusion import IMAGE, TEXT
 from mcmfh.model.network import MCMFHNet
 from mcmfh.model.study_stage import ItemTokens, StudyStage
-from mcmfh.selection import dev_map
+from mcmfh.selection import SCORES, DevEvaluation, evaluate_dev
 from mcmfh.studies import Studies
 
 CHECKPOINT_NAME = "mcmfh-fit.safetensors"
@@ -84,7 +84,6 @@ class Trainer:
         self.run_key = run_key
         self.tokens_cached = False
         self.cached: Split | None = None  # stage 2: the train set's frozen DV-MLP outputs
-        self.last_health: dict[str, Any] | None = None  # code health of the last dev evaluation (stage 2)
         # lambda_bank: the training set's ±1 codes per modality (refreshed each stage-2 epoch) and the batch's rows
         self.bank: tuple[torch.Tensor, torch.Tensor] | None = None
         self.batch_index: torch.Tensor | None = None
@@ -92,7 +91,7 @@ class Trainer:
         self.ckpt = Path(cfg.checkpoint_dir) / CHECKPOINT_NAME if cfg.checkpoint_dir else None
         has_dev_labels = dev is not None and len(dev) > 0 and bool(dev.labels.any())
         self.select_on = cfg.select_on
-        if cfg.select_on == "dev_map" and not has_dev_labels or cfg.select_on == "dev_loss" and not dev:
+        if cfg.select_on in SCORES and not has_dev_labels or cfg.select_on == "dev_loss" and not dev:
             self.select_on = "last"  # nothing to choose on: the fixed recipe's last epoch
 
     # ---------------------------------------------------------------- losses
@@ -128,6 +127,9 @@ class Trainer:
         if cfg.lambda_bit_balance > 0:
             terms["bit_balance"] = 0.5 * (bit_balance_loss(hi) + bit_balance_loss(ht))
             weights["bit_balance"] = cfg.lambda_bit_balance
+        if cfg.lambda_decorrelation > 0:
+            terms["decorrelation"] = 0.5 * (bit_decorrelation_loss(hi) + bit_decorrelation_loss(ht))
+            weights["decorrelation"] = cfg.lambda_decorrelation
         if cfg.lambda_bank > 0 and self.bank is not None and self.batch_index is not None:
             bank_img, bank_txt = self.bank
             idx, tau = self.batch_index, cfg.bank_temperature
@@ -147,7 +149,9 @@ class Trainer:
 
     # ---------------------------------------------------------------- dev scores (higher is better)
     @torch.no_grad()
-    def _dev_map(self, stage: int) -> float:
+    def _dev_evaluation(self, stage: int) -> DevEvaluation:
+        """Dev queries vs the train set (mcmfh.selection): cosine on DV outputs in stage 1, Hamming on codes in
+        stage 2, where the codes' health is part of the choice."""
         assert self.dev is not None
         self.net.eval()
         if stage == 1:
@@ -166,19 +170,16 @@ class Trainer:
                 db_txt = self.net.text_codes(self.train.text).numpy()
             q_img, q_txt, db_img, db_txt = (c > 0 for c in (q_img, q_txt, db_img, db_txt))
             binary = True
-        labels = self.dev.labels, self.train.labels
-        if binary:  # logged per epoch: a collapse shows in the training log, not only at evaluation
-            health = method_code_health(db_img, db_txt)
-            self.last_health = {
-                "codes_image": health["image"]["distinct"],
-                "codes_text": health["text"]["distinct"],
-                "effective_bits_image": health["image"]["effective_bits"],
-                "effective_bits_text": health["text"]["effective_bits"],
-                "collapsed": health["collapsed"],
-            }
-        return dev_map(q_img, q_txt, db_img, db_txt, *labels, binary=binary).mean
+        return evaluate_dev(
+            (q_img, q_txt),
+            (db_img, db_txt),
+            (self.dev.labels, self.train.labels),
+            (self.dev.text.numpy(), self.train.text.numpy()),
+            binary,
+            self.select_on,
+            (self.dev.image.numpy(), self.train.image.numpy()),
+        )
 
-    @torch.no_grad()
     @torch.no_grad()
     def _bank_codes(self, data: Split) -> tuple[torch.Tensor, torch.Tensor]:
         """±1 codes of every training item under the current model (the memory bank of ``lambda_bank``)."""
@@ -190,17 +191,17 @@ class Trainer:
         self.net.train(was_training)
         return tuple(c.float() * 2 - 1 for c in codes)  # type: ignore[return-value]
 
-    def _dev_score(self, stage: int, loss_fn: Callable[..., dict[str, torch.Tensor]]) -> float:
+    def _dev_score(self, stage: int, loss_fn: Callable[..., dict[str, torch.Tensor]]) -> DevEvaluation:
         if stage == 3 and self.studies is not None:
-            return self.studies.dev_score(self.select_on)
-        if self.select_on == "dev_map":
-            return self._dev_map(stage)
+            return DevEvaluation(self.studies.dev_score(self.select_on))
+        if self.select_on in SCORES:
+            return self._dev_evaluation(stage)
         assert self.dev is not None
         self.net.eval()
         dev = self.dev
         if self.tokens_cached:
             dev = Split(*self.net.dv_tokens(dev.image, dev.text), dev.labels)  # type: ignore[arg-type]
-        return -float(loss_fn(dev, torch.arange(len(dev)))["total"].detach())
+        return DevEvaluation(-float(loss_fn(dev, torch.arange(len(dev)))["total"].detach()))
 
     # ---------------------------------------------------------------- the loop
     def run_stage(
@@ -216,7 +217,7 @@ class Trainer:
         data = data or self.train
         loss_fn = {1: self.stage1_loss, 2: self.stage2_loss, 3: self.stage3_loss}[stage]
         opt = torch.optim.AdamW(list(params), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        state = {"epoch": 0, "best_score": -np.inf, "best_epoch": 0, "history": []}
+        state = {"epoch": 0, "best_score": -np.inf, "best_epoch": 0, "best_healthy": False, "history": []}
         best = {k: v.clone() for k, v in net.state_dict().items()}
         resumed = self._restore(saved, opt, best, state) if saved is not None else None
         n = len(data)
@@ -240,12 +241,12 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) / n_batches
             row: dict[str, Any] = {"epoch": epoch + 1, **{f"loss_{k}": round(v, 5) for k, v in sums.items()}}
             if self.select_on != "last" and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == epochs):
-                self.last_health = None
-                row["dev_score"] = score = self._dev_score(stage, loss_fn)
-                if self.last_health is not None:
-                    row.update(self.last_health)
-                if score > state["best_score"]:
-                    state["best_score"], state["best_epoch"] = score, epoch + 1
+                ev = self._dev_score(stage, loss_fn)
+                row["dev_score"] = ev.score
+                row.update(ev.figures)
+                held = DevEvaluation(state["best_score"], state["best_healthy"]) if state["best_epoch"] else None
+                if ev.beats(held):  # mcmfh.selection: healthy codes first, then the score
+                    state["best_score"], state["best_epoch"], state["best_healthy"] = ev.score, epoch + 1, ev.healthy
                     best = {k: v.clone() for k, v in net.state_dict().items()}
             state["history"].append(row)
             state["epoch"] = epoch + 1
@@ -258,10 +259,12 @@ class Trainer:
         else:
             state["best_epoch"] = epochs
         net.eval()
+        chosen = next((r for r in state["history"] if r["epoch"] == state["best_epoch"]), {})
         return {
             "epochs": epochs,
             "chosen_epoch": state["best_epoch"],
             "dev_score": None if self.select_on == "last" else state["best_score"],
+            "collapsed": bool(chosen.get("collapsed", False)),
             "resumed_at_epoch": resumed,
             "history": state["history"],
         }
