@@ -94,8 +94,11 @@ def test_half_an_add_without_its_commit_record_is_refused_reported_and_repaired(
     assert code == 0 and info["counts"] == {"images": n0_images + 3, "texts": n0}
     assert info["integrity"]["commit_record"] is False and info["integrity"]["sub_indexes_agree"] is False
     assert info["integrity"]["partial_items"] == {"have an image row but no text row": 3}
-    for args in (("search", archive, "--text", QUERY), ("search", archive, "--image", new[0].image),
-                 ("index", "add", archive, "--dataset", "csv", "--data-root", chain["data"], "--splits", "test")):
+    for args in (
+        ("search", archive, "--text", QUERY),
+        ("search", archive, "--image", new[0].image),
+        ("index", "add", archive, "--dataset", "csv", "--data-root", chain["data"], "--splits", "test"),
+    ):
         code, _, err = cli(capsys, *args)
         line = one_line(err)
         assert code == 2 and "sub-indexes disagree" in line and f"mcmfh index repair {archive}" in line, line

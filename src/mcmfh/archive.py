@@ -138,7 +138,7 @@ class Archive:
     def __init__(
         self, folder: Path, manifest: dict[str, Any], writable: bool, lock_timeout: float | None = None,
         check_parts: bool = True,
-    ) -> None:
+    ) -> None:  # fmt: skip
         self.folder = folder
         self.manifest = manifest
         self.writable = writable

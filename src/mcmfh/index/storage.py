@@ -456,8 +456,10 @@ class ItemIndex:
                 fields.update(segments=segments, next_key=start + len(rows))
                 self._db.executemany(
                     f"INSERT INTO items ({NAMES}, gen, payload) VALUES (?,?,?,?,?,?,?,?,?)",
-                    [(int(k), *r, gen, None if b is None else seal(int(k), b))
-                     for k, r, b in zip(keys, rows, blobs, strict=True)],  # fmt: skip
+                    [
+                        (int(k), *r, gen, None if b is None else seal(int(k), b))
+                        for k, r, b in zip(keys, rows, blobs, strict=True)
+                    ],
                 )
         return keys
 
