@@ -12,6 +12,7 @@ import sqlite3
 
 import pytest
 
+from data_fixtures import tiny_archive
 from mcmfh.archive import Archive
 from mcmfh.cli import main
 from mcmfh.index.codes import pack_codes
@@ -23,19 +24,7 @@ QUERY = "bright solid nodule in the right lung"
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
-    from mcmfh.data import load_dataset
-    from mcmfh.data.synthetic import make_synthetic_dataset
-    from mcmfh.encoders import get_encoder
-    from mcmfh.feature_cache import encode_dataset
-    from mcmfh.runs import train_run
-
-    root = tmp_path_factory.mktemp("integrity")
-    data = make_synthetic_dataset(root / "syn", n=96, seed=0)
-    ds = load_dataset("csv", data)
-    fs = encode_dataset(ds, get_encoder("tiny"), root / "features")
-    run = train_run(root / "features", "cca-itq", 16, 0, root / "run")
-    Archive.build(run, fs, root / "idx").close()
-    return {"data": data, "ds": ds, "idx": root / "idx"}
+    return tiny_archive(tmp_path_factory.mktemp("integrity"), n=96)
 
 
 @pytest.fixture

@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         args = ["--help"]
     usage_errors = _usage_error_types()
     try:
-        app(args=args, standalone_mode=False)
+        # Without standalone mode, click returns a command's ``typer.Exit(code)`` as the value (index sync: 3).
+        code = app(args=args, standalone_mode=False)
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                     " please report it with the output of the same command run with --debug", fg=typer.colors.RED,
                     err=True)
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 # Command modules (import registers their commands on ``app``).

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 from mcmfh.data.dicom import DecodeError
 
-RENDERED_REMEDY = "or let the PACS render it (--fetch auto, the default, or --fetch rendered)"
+RENDERED_REMEDY = "or let the PACS render it (--fetch auto, the default)"
 
 
-def failure_reason(e: BaseException) -> str:
+def failure_reason(e: BaseException, pixels_forced: bool = False) -> str:
     """The reason a fetch (WADO-RS) or the decode of its answer failed, e.g. ``fetch failed (HTTP 503)`` or
-    ``decode failed: transfer syntax ... has no decoder installed here; install ...``."""
+    ``decode failed: transfer syntax ... has no decoder installed here (install ...)``. ``pixels_forced``: the run
+    asked for pixel data (--fetch pixels), so the server's rendered frame is a remedy too."""
     if isinstance(e, DecodeError):
         remedy = e.remedy
-        if e.reason == "no_decoder":
+        if e.reason == "no_decoder" and pixels_forced:
             remedy = f"{remedy}, {RENDERED_REMEDY}" if remedy else RENDERED_REMEDY.removeprefix("or ")
         elif e.reason == "too_large":
             remedy = "MCMFH_MAX_IMAGE_PIXELS raises the limit"

@@ -5,7 +5,7 @@ Paging: each query asks ``limit=page_size`` results from ``offset`` 0, then from
 until a page comes back empty (a server may send fewer results than asked per page, so a short page is not the
 end). Two guards keep a server that misbehaves from holding the sync lock forever: a page whose results were all
 sent before (a server that ignores ``offset`` answers the first page again) stops the query, and so does a query
-that needs more than ``max_pages`` pages.
+with more than ``max_pages`` pages of results (at most ``max_pages + 1`` requests).
 
 Failures: a PACS that cannot be reached, one that answers with an HTTP error, and one that answers 200 with
 something that is not a QIDO answer (an HTML login page from a single-sign-on proxy, JSON cut off by a proxy, JSON
@@ -14,6 +14,7 @@ that is not a list of objects) are three different messages, so the operator loo
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -41,11 +42,13 @@ class Paging:
         at the first empty page, and raises on a page with nothing new or past ``max_pages``."""
         seen: set[str] = set()
         offset = 0
-        for number in range(1, self.max_pages + 1):
+        for number in itertools.count(1):
             page = checked_page(search(limit=self.page_size, offset=offset, get_remaining=False, **query), what,
                                 self.url)  # fmt: skip
             if not page:
                 return
+            if number > self.max_pages:
+                break
             uids = {dataset_value(d, uid_tag) for d in page}
             if uids <= seen:
                 raise PacsAnswerError(
@@ -59,7 +62,7 @@ class Paging:
             yield page
         raise PacsAnswerError(
             f"{self.url}: QIDO-RS {what} did not end after {self.max_pages} pages of {self.page_size} (offset "
-            f"{offset}): narrow the listing (--since/--until, --modality) or raise --max-pages"
+            f"{offset}): narrow the listing (--since/--until) or raise --max-pages"
         )
 
 

@@ -211,7 +211,7 @@ def _add_all(todo, texts, client, config, options, archive_dir, writer, state, r
             for ref, _, err in fetched:
                 if err is not None and not not_an_image(err):
                     result.failed += 1
-                    result.note_failure("instance", ref.sop_uid, failure_reason(err))
+                    result.note_failure("instance", ref.sop_uid, failure_reason(err, options.fetch == "pixels"))
             result.not_image += len(skipped)
             records = [Record(id=item_id_of(ref), image=path, text=texts[ref.study_uid], labels=(), split="pacs")
                        for ref, path in ok]  # fmt: skip
