@@ -538,6 +538,8 @@ class Archive:
     # ---------------------------------------------------------------------------------------------- add / remove
     def add_records(self, records: Sequence[Record], source: str, batch_size: int = 32) -> dict[str, int]:
         """Encode new items with the run's encoder and add them; ids already present are skipped."""
+        # Encoding runs before the writer lock on purpose (docs/index.md, "Validate, encode, then lock"): the lock is
+        # held only to commit, and the ids are checked again under it.
         present = self.indexes["texts"].keys_of([r.id for r in records])
         todo = [r for r in records if r.id not in present]
         with_image = [r for r in todo if r.image is not None]

@@ -35,10 +35,15 @@ def has_dicm_marker(path: Path) -> bool:
 
 
 def _stat(path: Path) -> None:
-    if not path.is_file():
-        raise DataError(f"{path}: image file not found")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: image file is empty")
+    try:
+        if not path.is_file():
+            raise DataError(f"{path}: image file not found")
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: image file is empty")
+        with open(path, "rb"):  # readable by us: found here, at load time, not as a failure half-way into an add
+            pass
+    except PermissionError as e:
+        raise DataError(f"{path}: image file is not readable ({e.strerror}); check its permissions") from None
 
 
 def _open_pil(path: Path | str, max_pixels: int, source: Path | io.BytesIO | None = None) -> Image.Image | None:
