@@ -111,9 +111,10 @@ def test_paging_follows_offset_and_stops_at_the_page_limit(capsys, archive, repo
         ((200, "application/dicom+json", b"[1, 2, 3]"), "item 0 is not a DICOM dataset (a JSON number)"),
         ((200, "application/dicom+json", b'{"studies": 3}'), "not a DICOM dataset (a JSON object whose values"),
         ((200, "application/json", b'"ok"'), "not a list of datasets (a JSON string)"),
+        ((200, "application/dicom+json", b'[{"00080060": {"vr": "CS", "Value": ["CT"]}}]'), "lacks its Study"),
         (None, "broke off mid-transfer"),
     ],
-    ids=["html-login", "truncated", "list-of-numbers", "object", "string", "cut-connection"],
+    ids=["html-login", "truncated", "list-of-numbers", "object", "string", "no-uids", "cut-connection"],
 )
 def test_a_malformed_qido_answer_says_the_pacs_answered(capsys, archive, reports, answer, says):
     with FakeDicomweb(instances(2), qido=answer, cut_qido=answer is None) as pacs:
