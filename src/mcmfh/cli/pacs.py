@@ -36,21 +36,31 @@ def sync_command(
     since: str | None = typer.Option(None, "--since", help="Studies on or after this date (YYYY-MM-DD)."),
     until: str | None = typer.Option(None, "--until", help="Studies on or before this date (YYYY-MM-DD)."),
     prune: bool = typer.Option(False, "--prune", help="Remove items whose instances the PACS no longer has."),
-    force: bool = typer.Option(False, "--force", help="Let --prune remove more than --prune-max-share, or all on an "
-                               "empty listing."),
-    prune_max_share: float = typer.Option(DEFAULT_MAX_SHARE, "--prune-max-share", min=0.0, max=1.0,
-                                          help="Most of the synced items (in the filters' scope) one --prune run may "
-                                          "remove without --force."),
-    repoint: bool = typer.Option(False, "--repoint", help="Move this archive to the --dicomweb URL (the PACS moved, "
-                                 "or the archive was bound to a wrong URL); recorded once its listing succeeds."),
+    force: bool = typer.Option(
+        False, "--force", help="Let --prune remove more than --prune-max-share, or all on an empty listing."
+    ),
+    prune_max_share: float = typer.Option(
+        DEFAULT_MAX_SHARE,
+        "--prune-max-share",
+        min=0.0,
+        max=1.0,
+        help="Most of the synced items (in the filters' scope) one --prune run may remove without --force.",
+    ),
+    repoint: bool = typer.Option(
+        False,
+        "--repoint",
+        help="Move this archive to the --dicomweb URL (the PACS moved, "
+        "or the archive was bound to a wrong URL); recorded once its listing succeeds.",
+    ),
     fetch: str = typer.Option("auto", "--fetch", help="auto (rendered frame, else pixel data), rendered or pixels."),
     workers: int = typer.Option(4, "--workers", min=1, max=64, help="Concurrent WADO-RS requests."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Instances encoded and committed together."),
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds per HTTP request."),
     retries: int = typer.Option(5, "--retries", min=0, help="Retries on 429/5xx, connect errors and timeouts."),
     page_size: int = typer.Option(PacsConfig.page_size, "--page-size", min=1, help="Results asked per QIDO-RS page."),
-    max_pages: int = typer.Option(PacsConfig.max_pages, "--max-pages", min=1,
-                                  help="Most pages one QIDO-RS query may take."),
+    max_pages: int = typer.Option(
+        PacsConfig.max_pages, "--max-pages", min=1, help="Most pages one QIDO-RS query may take."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:

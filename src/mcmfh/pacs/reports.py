@@ -111,4 +111,3 @@ def sr_reports(client, refs: Sequence[InstanceRef], studies: set[str],
         if ref.study_uid not in best or rank > best[ref.study_uid][0]:
             best[ref.study_uid] = (rank, text)
     return {study: text for study, (_, text) in best.items()}
-
