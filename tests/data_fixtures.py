@@ -235,3 +235,21 @@ def write_roco_with_images(root: Path, n: int = 120, seed: int = 0) -> Path:
         (root / split / "images").mkdir(parents=True, exist_ok=True)
         (root / split / "images" / f"{pmc}_{name}").write_bytes(Path(r["image"]).read_bytes())
     return write_roco(root, items_by_split=items)
+
+
+def tiny_archive(root: Path, n: int = 48, seed: int = 0) -> dict:
+    """Synthetic images + captions -> tiny-encoder features -> a 16-bit CCA-ITQ run -> an archive of train+dev under
+    ``root``; returns the pieces (data folder, dataset, features, run, archive folder ``idx``)."""
+    from mcmfh.archive import Archive
+    from mcmfh.data import load_dataset
+    from mcmfh.data.synthetic import make_synthetic_dataset
+    from mcmfh.encoders import get_encoder
+    from mcmfh.feature_cache import encode_dataset
+    from mcmfh.runs import train_run
+
+    data = make_synthetic_dataset(root / "syn", n=n, seed=seed)
+    ds = load_dataset("csv", data)
+    fs = encode_dataset(ds, get_encoder("tiny"), root / "features")
+    run = train_run(root / "features", "cca-itq", 16, 0, root / "run")
+    Archive.build(run, fs, root / "idx").close()
+    return {"data": data, "ds": ds, "fs": fs, "run": run, "idx": root / "idx"}

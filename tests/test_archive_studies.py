@@ -199,6 +199,32 @@ def test_readers_see_items_and_studies_change_together(chain, tmp_path, monkeypa
     reader.close()
 
 
+def test_half_an_add_to_a_study_archive_without_its_record_is_refused_and_repaired(chain, tmp_path):
+    """Killed after images/ and texts/ committed, before study_members/, and commit.json lost (issue 28)."""
+    from mcmfh.errors import ArtefactError
+    from mcmfh.index.items import record_item
+    from mcmfh.index.storage import ItemIndex
+
+    folder = copy_archive(chain, tmp_path)
+    new = _new_record(chain, "half-1", "st002", 33)
+    with Archive.open(folder) as archive:
+        before, n_members = stored_codes(archive), len(archive.indexes["study_members"])
+        codes = {"images": archive.method.encode_images(archive.encoder.encode_images([new.image])),
+                 "texts": archive.method.encode_texts(archive.encoder.encode_texts([new.text]))}  # fmt: skip
+    for part, code in codes.items():
+        with ItemIndex.open(folder / part, writable=True) as index:
+            index.add(pack_codes(code), [record_item(new, "test")])
+    (folder / "commit.json").unlink()
+    with pytest.raises(ArtefactError, match=r"1 item\(s\) have a text row but no study member row \(e.g. 'half-1'\)"):
+        Archive.open(folder)
+    with Archive.open(folder, writable=True, check_parts=False) as archive:
+        assert archive.repair() == ["half-1"]
+        assert stored_codes(archive) == before and len(archive.indexes["study_members"]) == n_members
+        assert archive.get("half-1") is None
+    with Archive.open(folder, writable=True) as archive:  # re-running the add completes it
+        assert archive.add_records([new], source="test") == {"images": 1, "texts": 1, "studies": 1}
+
+
 def test_baseline_without_study_head_ranks_studies_by_nearest_member(chain):
     db = chain["fs"].splits("train", "dev")
     with Archive.open(chain["base_idx"]) as archive:

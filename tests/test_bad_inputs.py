@@ -8,6 +8,7 @@ a one-line patch before ``main`` runs. The HTTP cases are in ``tests/test_http_e
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,16 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def run_cli(*args: str, patch: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m mcmfh ARGS`` (or, with ``patch``, the same ``main`` after running that Python snippet)."""
+# As root, file modes are ignored (capabilities DAC_OVERRIDE and DAC_READ_SEARCH): dropped from the child's
+# bounding set, root is held to the modes like any user, so a chmod 000 file is really unreadable to it.
+AS_FILE_MODES = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                 "--bounding-set=-dac_override,-dac_read_search", "--"]  # fmt: skip
+
+
+def run_cli(*args: str, patch: str = "", cwd: Path | None = None,
+            file_modes: bool = False) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """``python -m mcmfh ARGS`` (or, with ``patch``, the same ``main`` after running that Python snippet);
+    ``file_modes``: held to file permissions even when run as root (``AS_FILE_MODES``)."""
     env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("MCMFH_DEBUG", None)
     if patch:
@@ -26,6 +35,10 @@ def run_cli(*args: str, patch: str = "", cwd: Path | None = None) -> subprocess.
         cmd = [sys.executable, "-c", code, *args]
     else:
         cmd = [sys.executable, "-m", "mcmfh", *args]
+    if file_modes and os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv (util-linux): file modes cannot be enforced")
+        cmd = AS_FILE_MODES + cmd
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
 
 
@@ -290,3 +303,33 @@ def test_disk_full_during_index_add_loses_nothing_and_a_rerun_completes(small_ar
     assert r.returncode == 0, r.stderr
     with Archive.open(arc) as archive:
         assert len(archive) > n0
+
+
+def test_unreadable_inputs_are_named_not_readable_and_nothing_is_added(small_archive, tmp_path: Path) -> None:
+    """A real chmod 000 (root held to file modes): the image or the CSV is *not readable*, never "not writable"."""
+    from mcmfh.archive import Archive
+
+    arc = _copy(small_archive["arc"], tmp_path)
+    n0 = len(Archive.open(arc))
+    image = tmp_path / "locked.png"
+    shutil.copy(next(small_archive["data"].parent.rglob("*.png")), image)
+    data = tmp_path / "new.csv"
+    data.write_text(f"image,text,labels,split\n{image},a locked image,a,test\n")
+    image.chmod(0)
+    try:
+        r = run_cli("index", "add", str(arc), "--dataset", "csv", "--data-root", str(data), file_modes=True)
+        line = one_error_line(r, str(image), "image file is not readable (Permission denied)")
+        assert "writable" not in line
+        image.chmod(0o644)
+        data.chmod(0)
+        r = run_cli("index", "add", str(arc), "--dataset", "csv", "--data-root", str(data), file_modes=True)
+        assert "writable" not in one_error_line(r, str(data), "is not readable")
+        # any other read: the OS error itself (a real one: the command is made to read the locked file) is a read
+        patch = f"import mcmfh.cli.encode as enc\nenc._load_dataset = lambda *a, **k: open({str(data)!r}).read()"
+        r = run_cli(*_encode_args(), patch=patch, file_modes=True)
+        assert "writable" not in one_error_line(r, str(data), "is not readable (Permission denied)")
+    finally:
+        image.chmod(0o644)
+        data.chmod(0o644)
+    with Archive.open(arc) as archive:
+        assert len(archive) == n0

@@ -18,6 +18,8 @@ here; the CLI's catalogue is ``tests/test_bad_inputs.py``.
 | `mcmfh serve --port 80`                                | one note line: privileged port             |
 | write endpoints without a token                        | refused at start                           |
 | POST /items: image outside the root, absolute, missing | 422                                        |
+| an unknown field: JSON body, or /search/image form     | 422 naming it (a misspelt filter never     |
+|                                                        | answers unfiltered results)                |
 """
 
 from __future__ import annotations
@@ -90,6 +92,20 @@ def test_query_and_form_integers_are_whole_numbers(client: TestClient, bad: str)
     assert "max_side" in error_of(client.get("/images/MPX0000_synpic0", params={"max_side": bad}), 422)
     files = {"file": ("q.png", png_bytes(pattern_image(1)))}
     assert "k" in error_of(client.post("/search/image", files=files, data={"k": bad}), 422)
+
+
+def test_unknown_fields_are_refused_in_json_and_in_the_image_form(client: TestClient) -> None:
+    """Issue 28: `bodypart=CHEST` (for body_part) answered 200 with unfiltered results on /search/image."""
+    files = {"file": ("q.png", png_bytes(pattern_image(1)))}
+    image = error_of(client.post("/search/image", files=files, data={"bodypart": "CHEST"}), 422)
+    text = error_of(client.post("/search/text", json={"query": "brain", "bodypart": "CHEST"}), 422)
+    assert "bodypart" in image and "bodypart" in text and "not permitted" in image and "not permitted" in text
+    assert "body_part" in image  # names the fields it takes
+    extra_file = {**files, "second": ("r.png", png_bytes(pattern_image(2)))}
+    assert "second" in error_of(client.post("/search/image", files=extra_file), 422)
+    ok = client.post("/search/image", files=files, data={"k": "3", "modality": "CT", "body_part": "CHEST",
+                                                         "target": "items"})  # fmt: skip
+    assert ok.status_code == 200, ok.text
 
 
 @pytest.mark.parametrize("raw", [b'{"query": "\\ud800"}', b'{"query": "brain \\udfff tumour"}'])

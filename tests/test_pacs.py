@@ -36,19 +36,9 @@ REPORT_D = "enlarged liver with diffuse fatty infiltration"
 
 @pytest.fixture(scope="module")
 def base_archive(tmp_path_factory):
-    from mcmfh.archive import Archive
-    from mcmfh.data import load_dataset
-    from mcmfh.data.synthetic import make_synthetic_dataset
-    from mcmfh.encoders import get_encoder
-    from mcmfh.feature_cache import encode_dataset
-    from mcmfh.runs import train_run
+    from data_fixtures import tiny_archive
 
-    root = tmp_path_factory.mktemp("pacs-archive")
-    ds = load_dataset("csv", make_synthetic_dataset(root / "syn", n=48, seed=0))
-    fs = encode_dataset(ds, get_encoder("tiny"), root / "features")
-    run = train_run(root / "features", "cca-itq", 16, 0, root / "run")
-    Archive.build(run, fs, root / "idx").close()
-    return root / "idx"
+    return tiny_archive(tmp_path_factory.mktemp("pacs-archive"))["idx"]
 
 
 @pytest.fixture(scope="module")
@@ -280,3 +270,33 @@ def test_kill_mid_sync_then_resume(pacs, archive, tmp_path):
         assert len(a) == n0 + len(sops) and len(a.indexes["images"]) == n0 + len(sops)
     assert f'"new": {len(sops) - len(before)}' in r.stdout
     assert_no_secrets(archive, log.read_text(), r.stdout, r.stderr)
+
+
+def test_a_wrong_url_binds_nothing_and_repoint_moves_the_archive(pacs, archive, basic_auth, capsys):
+    """Issue 28: a typo'd URL (404) must not be remembered; moving an archive to another URL is one --repoint."""
+    from mcmfh.cli import main
+
+    _, sops, ds = study("CT", "CHEST", 2, REPORT_A, seed=30)
+    pacs.store(ds)
+
+    def sync_cli(url: str, *extra: str) -> tuple[int, str]:
+        code = main(["index", "sync", str(archive), "--dicomweb", url, "--no-progress", *extra])
+        out = capsys.readouterr()
+        return code, out.out + out.err
+
+    code, said = sync_cli(pacs.url.replace("/dicom-web", "/dicomweb"))
+    assert code == 2 and "QIDO-RS answered HTTP 404" in said and "DICOMweb root" in said
+    code, said = sync_cli(pacs.url)  # the right URL is not refused
+    assert code == 0 and "2 added" in said
+    moved = pacs.url.replace("127.0.0.1", "localhost")  # the same PACS under another name, as after a move
+    code, said = sync_cli(moved)
+    assert code == 2 and f"this archive syncs from {pacs.url}, not {moved}" in said and "--repoint" in said
+    code, said = sync_cli(moved, "--repoint", "--prune")
+    assert code == 2 and "--repoint with --prune" in said
+    code, said = sync_cli(moved, "--repoint")
+    assert code == 0 and f"re-pointed this archive from {pacs.url} to {moved}" in said and "0 new" in said
+    with sqlite3.connect(archive / "pacs" / "sync.sqlite") as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'source'").fetchone() == (moved,)
+    code, said = sync_cli(pacs.url)
+    assert code == 2 and f"this archive syncs from {moved}" in said
+    assert set(state_rows(archive)) == set(sops)

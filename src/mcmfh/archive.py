@@ -33,7 +33,9 @@ sub-indexes one after the other and then ``commit.json``, the archive's commit r
 sub-index manifests, replaced by one rename. Readers open the sub-indexes at the record's snapshots, never at a
 newer sub-index state, so they see a change in both modalities or in neither. A writer killed between the
 sub-indexes and the record left one sub-index ahead; the next writer rolls it back to the record
-(``ItemIndex.roll_back_to``), and rerunning the ``add`` completes it (ids already present are skipped). Server
+(``ItemIndex.roll_back_to``), and rerunning the ``add`` completes it (ids already present are skipped). With no
+record (lost, or an archive made before records), sub-indexes that disagree are refused until ``repair``
+(``mcmfh.archive_agreement``). Server
 stores (Milvus) are not pinned: their codes and metadata keep their own invariant (``mcmfh.index.stores``).
 Readers never lock. A long-lived reader (the service) polls ``state_token()`` and calls ``refresh()`` (or
 reopens) when it changes.
@@ -56,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from mcmfh.archive_agreement import check_agreement, require_agreement
 from mcmfh.batching import BatchingConfig, MicroBatcher
 from mcmfh.data.records import Dataset, Record
 from mcmfh.encoders.base import Encoder, ImageInput
@@ -133,8 +136,9 @@ class Archive:
     """Open with ``Archive.open(folder)``; make with ``Archive.build(run_dir, features, out)``."""
 
     def __init__(
-        self, folder: Path, manifest: dict[str, Any], writable: bool, lock_timeout: float | None = None
-    ) -> None:
+        self, folder: Path, manifest: dict[str, Any], writable: bool, lock_timeout: float | None = None,
+        check_parts: bool = True,
+    ) -> None:  # fmt: skip
         self.folder = folder
         self.manifest = manifest
         self.writable = writable
@@ -152,6 +156,8 @@ class Archive:
                     where = store if m in MODALITIES else {"backend": "local"}
                     self.indexes[m] = open_store(folder / m, m, int(manifest["bits"]), where, expect, writable,
                                                  lock_timeout, at=self.record.get(m))  # fmt: skip
+                if check_parts and not self.record:  # nothing pins the sub-indexes: they must agree
+                    require_agreement(folder, check_agreement(self.indexes, has_record=False))
                 break
             except ArtefactError:
                 self.close()
@@ -242,15 +248,17 @@ class Archive:
         return cls.open(out)
 
     @classmethod
-    def open(cls, folder: str | Path, writable: bool = False, lock_timeout: float | None = None) -> Archive:
+    def open(cls, folder: str | Path, writable: bool = False, lock_timeout: float | None = None,
+             check_parts: bool = True) -> Archive:  # fmt: skip
         """Open an archive; ``writable`` allows changes, each taken under the writer lock (waiting up to
-        ``lock_timeout`` seconds, default $MCMFH_LOCK_TIMEOUT or 30)."""
+        ``lock_timeout`` seconds, default $MCMFH_LOCK_TIMEOUT or 30). Without a commit record, sub-indexes that
+        disagree are refused (``mcmfh.archive_agreement``) unless ``check_parts`` is False (``index info``)."""
         folder = Path(folder)
         manifest = read_manifest(folder, KIND)
         missing = [k for k in IDENTITY_KEYS if k not in manifest]
         if missing:
             raise ArtefactError(f"{folder}/manifest.json: missing fields {missing}")
-        return cls(folder, manifest, writable, lock_timeout)
+        return cls(folder, manifest, writable, lock_timeout, check_parts)
 
     def state_token(self) -> tuple[Any, ...]:
         """A cheap value that changes whenever a change to this archive is committed (poll it, then ``refresh``)."""
@@ -287,7 +295,7 @@ class Archive:
         return index.refresh()
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
+    def _writing(self, repair: bool = False) -> Iterator[None]:
         if not self.writable:
             raise MCMFHError(f"archive {self.folder}: opened read-only (use Archive.open(..., writable=True))")
         what = f"archive {self.folder}"
@@ -298,6 +306,8 @@ class Archive:
             with self._lock:
                 self._refresh_locked()
                 self._roll_back()
+                if not repair and not self.record:  # a change would write a record over the disagreement
+                    require_agreement(self.folder, check_agreement(self.indexes, has_record=False))
             try:
                 yield
             except BaseException:
@@ -528,6 +538,8 @@ class Archive:
     # ---------------------------------------------------------------------------------------------- add / remove
     def add_records(self, records: Sequence[Record], source: str, batch_size: int = 32) -> dict[str, int]:
         """Encode new items with the run's encoder and add them; ids already present are skipped."""
+        # Encoding runs before the writer lock on purpose (docs/index.md, "Validate, encode, then lock"): the lock is
+        # held only to commit, and the ids are checked again under it.
         present = self.indexes["texts"].keys_of([r.id for r in records])
         todo = [r for r in records if r.id not in present]
         with_image = [r for r in todo if r.image is not None]
@@ -543,14 +555,27 @@ class Archive:
 
     def remove(self, item_ids: Sequence[str]) -> int:
         with self._writing(), self._lock:
-            removed = max(self.indexes[m].remove(list(item_ids)) for m in MODALITIES)
-            if "study_members" in self.indexes:
-                members = self.indexes["study_members"]
-                gone = members.get(list(members.keys_of(list(item_ids)).values()))
-                if gone:
-                    members.remove([it.item_id for it in gone])
-                    self._recode_studies([it.study_id or it.item_id for it in gone], self.method)
-            return removed
+            return self._remove_locked(item_ids)
+
+    def repair(self) -> list[str]:
+        """Without a commit record: remove the items that only some sub-indexes hold (a change cut off half-way,
+        see ``mcmfh.archive_agreement``) from all of them, under the writer lock, and write a record. Returns their
+        ids; with a record, there is nothing to do."""
+        with self._writing(repair=True), self._lock:
+            partial = check_agreement(self.indexes, has_record=bool(self.record)).ids()
+            if partial:
+                self._remove_locked(partial)
+            return partial
+
+    def _remove_locked(self, item_ids: Sequence[str]) -> int:
+        removed = max(self.indexes[m].remove(list(item_ids)) for m in MODALITIES)
+        if "study_members" in self.indexes:
+            members = self.indexes["study_members"]
+            gone = members.get(list(members.keys_of(list(item_ids)).values()))
+            if gone:
+                members.remove([it.item_id for it in gone])
+                self._recode_studies([it.study_id or it.item_id for it in gone], self.method)
+        return removed
 
     def compact(self) -> dict[str, bool]:
         """Fold each local sub-index's segments into one (see ``ItemIndex.compact``); server stores need none."""

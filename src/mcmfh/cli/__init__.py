@@ -35,11 +35,26 @@ def _os_error_line(e: OSError) -> str:
     where = e.filename if e.filename is not None else "the output"
     if e.errno == errno.ENOSPC:
         return f"disk full while writing {where}; what was committed before is safe; re-run to resume"
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if e.errno == errno.EROFS:
         return f"{where} is not writable ({e.strerror}); check its permissions or choose another path"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return _permission_line(e, where)
     if e.errno == errno.ENOENT:
         return f"{where}: no such file or folder"
     return f"{where}: {e.strerror or e}"
+
+
+def _permission_line(e: OSError, where: str) -> str:
+    """Read or write refused: the errno does not say which, the path does. One that does not exist yet was being
+    created (a write: our writes go through a new temporary file); one we cannot read was being read."""
+    path = e.filename
+    if path is None or not os.path.lexists(path):
+        return f"{where} is not writable ({e.strerror}); check its permissions or choose another path"
+    if not os.access(path, os.R_OK):
+        return f"{where} is not readable ({e.strerror}); check its permissions"
+    if not os.access(path, os.W_OK):
+        return f"{where} is not writable ({e.strerror}); check its permissions or choose another path"
+    return f"{where}: {e.strerror}; check its permissions and those of the folders above it"
 
 
 def _unicode_line(e: UnicodeDecodeError) -> str:
@@ -89,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         args = ["--help"]
     usage_errors = _usage_error_types()
     try:
-        app(args=args, standalone_mode=False)
+        # Without standalone mode, click returns a command's ``typer.Exit(code)`` as the value (index sync: 3).
+        code = app(args=args, standalone_mode=False)
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:
@@ -118,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             err=True,
         )
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 # Command modules (import registers their commands on ``app``).

@@ -133,13 +133,32 @@ def compact(
         typer.echo(f"compacted {what}; archive holds {len(archive)}")
 
 
+@index_app.command("repair")
+def repair(
+    archive_dir: Path = typer.Argument(..., help="Archive folder."),
+    lock_timeout: float = typer.Option(None, "--lock-timeout", min=0, help=LOCK_HELP),
+) -> None:
+    """Without a commit record (commit.json lost): remove items that only some sub-indexes hold (a change cut off
+    half-way) from all of them, under the writer lock, and write a record. Re-run the add that was cut off."""
+    from mcmfh.archive import Archive
+
+    with Archive.open(archive_dir, writable=True, lock_timeout=lock_timeout, check_parts=False) as archive:
+        partial = archive.repair()
+        shown = ", ".join(partial[:10]) + (" ..." if len(partial) > 10 else "")
+        typer.echo(f"removed {len(partial)} partial item(s){': ' + shown if partial else ''}; "
+                   f"archive holds {len(archive)}; sub-indexes agree")  # fmt: skip
+
+
 @index_app.command("info")
 def info(archive_dir: Path = typer.Argument(..., help="Archive folder.")) -> None:
-    """Print the archive's manifest and item counts as JSON."""
+    """Print the archive's manifest, item counts and integrity (commit record, sub-indexes agreeing) as JSON."""
     from mcmfh.archive import Archive
+    from mcmfh.archive_agreement import check_agreement
     from mcmfh.code_health import code_health
+    from mcmfh.index.sealed import sealed_from
+    from mcmfh.index.storage import ItemIndex
 
-    with Archive.open(archive_dir) as archive:
+    with Archive.open(archive_dir, check_parts=False) as archive:
         counts = {m: len(ix) for m, ix in archive.indexes.items()}
         # Code health of the stored codes (local sub-indexes hold them in memory; server stores are not read back).
         # study_members/ holds blank codes (its payload is what counts): left out.
@@ -147,7 +166,12 @@ def info(archive_dir: Path = typer.Argument(..., help="Archive folder.")) -> Non
                  if hasattr(ix, "index") and len(ix) and m != "study_members"}  # fmt: skip
         health = {m: code_health(c, int(archive.manifest["bits"])) for m, c in local.items()}
         segments = {m: len(ix.index.segments) for m, ix in archive.indexes.items() if hasattr(ix, "index")}
-        out = {**archive.manifest, "counts": counts, "segments": segments, "code_health": health}
+        integrity = check_agreement(archive.indexes, has_record=bool(archive.record)).as_dict()
+        # Payload rows from this key on carry a checksum (mcmfh.index.sealed); null: none (written before them).
+        integrity["payload_sealed_from"] = {m: sealed_from(ix.manifest) for m, ix in archive.indexes.items()
+                                            if isinstance(ix, ItemIndex)}  # fmt: skip
+        out = {**archive.manifest, "counts": counts, "segments": segments, "code_health": health,
+               "integrity": integrity}  # fmt: skip
         typer.echo(json.dumps(out, indent=2, sort_keys=True))
 
 

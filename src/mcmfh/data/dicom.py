@@ -25,6 +25,19 @@ from PIL import Image
 from mcmfh.errors import DataError
 
 _COLOUR = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"}
+_PIXEL_ELEMENTS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+class DecodeError(DataError):
+    """A DICOM object that was read but gives no image, and why: ``reason`` is one of ``REASONS``; ``detail`` says
+    it without the file name (and never with a header value but the pixel dimensions and transfer syntax)."""
+
+    REASONS = ("no_image", "too_large", "no_pixel_data", "no_decoder", "corrupt")
+
+    def __init__(self, where: str | Path, reason: str, detail: str, remedy: str = "") -> None:
+        assert reason in self.REASONS, reason
+        super().__init__(f"{where}: {detail}" + (f"; {remedy}" if remedy else ""))
+        self.reason, self.detail, self.remedy = reason, detail, remedy
 
 
 def _bare_dataset(path: Path) -> bool:
@@ -72,14 +85,15 @@ def _check_size(ds, path: Path, max_pixels: int) -> None:
     except Exception:  # a forced parse of a damaged file can yield elements that are not numbers
         rows = cols = 0
     if rows <= 0 or cols <= 0:
-        raise DataError(f"{path}: DICOM file has no image (Rows/Columns missing)")
+        raise DecodeError(path, "no_image", "DICOM file has no image (Rows/Columns missing)")
     # Only the frame we decode counts; but a giant multi-frame file is still refused to bound memory.
     try:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
     except Exception:
         raise DataError(f"{path}: DICOM file has an invalid NumberOfFrames") from None
     if rows * cols * frames > max_pixels:
-        raise DataError(f"{path}: DICOM image has {rows}x{cols}x{frames} pixels, over the limit of {max_pixels}")
+        raise DecodeError(path, "too_large", f"DICOM image has {rows}x{cols}x{frames} pixels, over the limit of "
+                          f"{max_pixels}")  # fmt: skip
 
 
 def _ensure_transfer_syntax(ds) -> None:
@@ -95,6 +109,27 @@ def _ensure_transfer_syntax(ds) -> None:
     ds.file_meta.TransferSyntaxUID = (
         ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
     )
+
+
+def _decode_failure(ds, where: str | Path, error: Exception) -> DecodeError:
+    """Why ``ds.pixel_array`` failed, read from the dataset (pydicom's message may quote header values)."""
+    if not any(name in ds for name in _PIXEL_ELEMENTS):
+        return DecodeError(where, "no_pixel_data", "DICOM object has no pixel data (it holds no image)")
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+
+    syntax = UID(str(ds.file_meta.TransferSyntaxUID))
+    if not syntax.is_transfer_syntax or syntax.is_compressed:  # an unknown (private) syntax: no decoder either
+        try:
+            decoder = get_decoder(syntax)
+        except NotImplementedError:  # no pydicom decoder exists for this syntax at all
+            decoder = None
+        if decoder is None or not decoder.is_available:
+            needs = decoder.missing_dependencies if decoder else []
+            options = "; or ".join(d.split(" - requires ")[-1].replace("numpy and ", "") for d in needs)
+            return DecodeError(where, "no_decoder", f"transfer syntax {syntax.name} ({syntax}) has no decoder "
+                               "installed here", f"install {options}" if options else "")  # fmt: skip
+    return DecodeError(where, "corrupt", f"DICOM pixel data cannot be decoded ({type(error).__name__})")
 
 
 def _window(ds) -> tuple[float, float] | None:
@@ -152,7 +187,7 @@ def dataset_to_rgb(ds, where: str | Path, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore")
             arr = ds.pixel_array
     except Exception as e:
-        raise DataError(f"{path}: DICOM pixel data cannot be decoded ({type(e).__name__})") from None
+        raise _decode_failure(ds, path, e) from None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
     colour = photometric in _COLOUR or (arr.ndim == 3 + (frames > 1) and arr.shape[-1] == 3)

@@ -23,7 +23,8 @@ DEFAULT_MAX_PIXELS = 50_000_000
 _DICM_OFFSET = 128
 
 
-def _max_pixels(max_pixels: int | None) -> int:
+def pixel_limit(max_pixels: int | None = None) -> int:
+    """``max_pixels``, else $MCMFH_MAX_IMAGE_PIXELS, else ``DEFAULT_MAX_PIXELS``."""
     return int(os.environ.get("MCMFH_MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS)) if max_pixels is None else max_pixels
 
 
@@ -34,10 +35,15 @@ def has_dicm_marker(path: Path) -> bool:
 
 
 def _stat(path: Path) -> None:
-    if not path.is_file():
-        raise DataError(f"{path}: image file not found")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: image file is empty")
+    try:
+        if not path.is_file():
+            raise DataError(f"{path}: image file not found")
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: image file is empty")
+        with open(path, "rb"):  # readable by us: found here, at load time, not as a failure half-way into an add
+            pass
+    except PermissionError as e:
+        raise DataError(f"{path}: image file is not readable ({e.strerror}); check its permissions") from None
 
 
 def _open_pil(path: Path | str, max_pixels: int, source: Path | io.BytesIO | None = None) -> Image.Image | None:
@@ -66,7 +72,7 @@ def check_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> 
 
     The full decode happens at encode time (``load_image``); a truncated body is caught there.
     """
-    path, limit = Path(path), _max_pixels(max_pixels)
+    path, limit = Path(path), pixel_limit(max_pixels)
     _stat(path)
     if has_dicm_marker(path):
         dicom.check_dicom(path, limit)
@@ -83,7 +89,7 @@ def check_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> 
 
 def load_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> Image.Image:
     """Decode ``path`` to an 8-bit RGB image (DICOM through ``mcmfh.data.dicom.dicom_to_rgb``)."""
-    path, limit = Path(path), _max_pixels(max_pixels)
+    path, limit = Path(path), pixel_limit(max_pixels)
     _stat(path)
     if has_dicm_marker(path):
         return dicom.dicom_to_rgb(path, limit)
@@ -104,7 +110,7 @@ def load_image_bytes(data: bytes, name: str, max_pixels: int | None = None) -> I
     """Decode in-memory PNG/JPEG (any format Pillow reads) bytes to 8-bit RGB exactly as ``load_image`` decodes the
     same bytes from a file, without writing one; None when Pillow does not recognise them (e.g. DICOM, which
     ``load_image`` reads from a file). ``name`` stands for the image in error messages."""
-    img = _open_pil(name, _max_pixels(max_pixels), io.BytesIO(data))
+    img = _open_pil(name, pixel_limit(max_pixels), io.BytesIO(data))
     if img is None:
         return None
     try:

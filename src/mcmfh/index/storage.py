@@ -49,6 +49,7 @@ from mcmfh.index.items import (
     sqlite_table,
     study_filter,
 )
+from mcmfh.index.sealed import SEALED_FROM, seal, sealed_from, unseal
 from mcmfh.index.segments import SegmentedIndex, merge_plan
 from mcmfh.io import atomic_dir, atomic_write_json, sqlite_transaction
 from mcmfh.locking import writer_lock
@@ -62,7 +63,7 @@ OPEN_RETRIES = 5  # an open that races a commit re-reads the manifest this many 
 # Manifest fields that describe the bookkeeping of the folder itself; anything else the caller passes
 # (run, model, encoder, ...) is stored as given and can be required to match on open.
 _OWN_FIELDS = ("kind", "format", "bits", "index_kind", "index_params", "generation", "count", "next_key", "files",
-               "segments", "removed")  # fmt: skip
+               "segments", "removed", SEALED_FROM)  # fmt: skip
 # Files this module writes (and so may delete): generation files and atomic-write temps. Nothing else is touched.
 _OURS = re.compile(r"^(codes|keys|removed)-\d+(-[0-9a-f]+)?\.npy$|^\.(codes|keys|removed|manifest).*\.tmp$")
 
@@ -167,6 +168,7 @@ class ItemIndex:
                 next_key=0,
                 segments=[],
                 removed=None,
+                **{SEALED_FROM: 0},  # every payload row carries a checksum (mcmfh.index.sealed)
                 **fields,
             )
             atomic_write_json(tmp / MANIFEST_NAME, manifest)
@@ -322,10 +324,16 @@ class ItemIndex:
             chunk = keys[start : start + SQL_CHUNK]
             sql = f"SELECT key, payload FROM items WHERE key IN ({','.join('?' * len(chunk))}) AND {_VISIBLE}"
             found.update(self._db.execute(sql, (*chunk, *self._gen2())).fetchall())
-        bad = [k for k in keys if not isinstance(found.get(k), bytes) or len(found[k]) != width]
+        first = sealed_from(self.manifest)
+        rows = {k: unseal(k, found.get(k), width, first) for k in keys}
+        bad = [k for k in keys if rows[k] is None]
         if bad:
-            raise MCMFHError(f"index {self.folder.name}: no {width}-byte payload for keys {bad[:5]}")
-        out = np.frombuffer(b"".join(found[k] for k in keys), dtype=np.uint8)
+            what = "fails its checksum or has the wrong length" if found.get(bad[0]) is not None else "is missing"
+            item = self.get([bad[0]])[0].item_id
+            raise ArtefactError(f"{self.folder / DB_NAME}: the {width}-byte payload of item {item!r} (key {bad[0]}"
+                                f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}) {what}: the archive is "
+                                "damaged; restore it from a backup or rebuild it (mcmfh index build)")  # fmt: skip
+        out = np.frombuffer(b"".join(rows[k] or b"" for k in keys), dtype=np.uint8)
         return out.reshape(len(keys), width)
 
     def _columns(self) -> set[str]:
@@ -369,6 +377,11 @@ class ItemIndex:
             sql = f"SELECT item_id, key FROM items WHERE item_id IN ({','.join('?' * len(chunk))}) AND {_VISIBLE}"
             out.update(self._db.execute(sql, (*chunk, *self._gen2())).fetchall())
         return out
+
+    def item_ids(self, with_image: bool = False) -> set[str]:
+        """The ids of every item (``with_image``: of those that have an image path); O(N), for integrity checks."""
+        where = f"{_VISIBLE} AND image IS NOT NULL" if with_image else _VISIBLE
+        return {r[0] for r in self._db.execute(f"SELECT item_id FROM items WHERE {where}", self._gen2())}
 
     def search_arrays(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw (distances, keys) as ``HammingIndex.search``."""
@@ -428,6 +441,8 @@ class ItemIndex:
             keys = np.arange(start, start + len(rows), dtype=np.int64)
             gen, tag = self.generation + 1, secrets.token_hex(4)
             with self._change(gen, tag) as fields:
+                if sealed_from(self.manifest) is None:  # an index made before seals: rows from here on get them
+                    fields[SEALED_FROM] = start
                 if gone:
                     self._mark_removed(np.array(sorted(gone.values()), np.int64), gen, tag, fields)
                 if not rows:
@@ -441,7 +456,10 @@ class ItemIndex:
                 fields.update(segments=segments, next_key=start + len(rows))
                 self._db.executemany(
                     f"INSERT INTO items ({NAMES}, gen, payload) VALUES (?,?,?,?,?,?,?,?,?)",
-                    [(int(k), *r, gen, b) for k, r, b in zip(keys, rows, blobs, strict=True)],
+                    [
+                        (int(k), *r, gen, None if b is None else seal(int(k), b))
+                        for k, r, b in zip(keys, rows, blobs, strict=True)
+                    ],
                 )
         return keys
 

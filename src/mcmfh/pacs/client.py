@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from mcmfh.errors import MCMFHError
+from mcmfh.pacs.qido import Paging
 
 TOKEN_ENV = "MCMFH_PACS_TOKEN"
 USER_ENV = "MCMFH_PACS_USER"
@@ -28,6 +29,10 @@ class PacsConfig:
     retries: int = 5
     backoff_s: float = 0.5  # waits backoff_s * 2**(n-1) before retry n
     workers: int = 4  # concurrent WADO-RS requests
+    # QIDO-RS paging (mcmfh.pacs.qido): results asked per page, and the most pages one query may take. 2,000 pages of
+    # 1,000 is 2 million instances in one listing; a larger PACS is synced in date ranges (--since/--until).
+    page_size: int = 1000
+    max_pages: int = 2000
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
@@ -37,12 +42,27 @@ class PacsConfig:
             raise MCMFHError(f"--dicomweb: put no credentials in the URL; use {TOKEN_ENV} or {USER_ENV}/{PASSWORD_ENV}")
         if self.workers < 1 or self.retries < 0 or self.timeout_s <= 0:
             raise MCMFHError("PACS options: workers >= 1, retries >= 0 and timeout > 0 expected")
+        if self.page_size < 1 or self.max_pages < 1:
+            raise MCMFHError("PACS options: --page-size >= 1 and --max-pages >= 1 expected")
 
     @property
     def public_url(self) -> str:
         """The URL without query string, safe to store and print."""
         p = urlsplit(self.url)
         return f"{p.scheme}://{p.netloc}{p.path}".rstrip("/")
+
+    def paging(self) -> Paging:
+        return Paging(self.public_url, self.page_size, self.max_pages)
+
+
+def require_extra() -> None:
+    """The libraries of the ``pacs`` extra, or one line saying how to install them."""
+    try:
+        import dicomweb_client  # noqa: F401
+        import requests  # noqa: F401
+    except ImportError as e:
+        raise MCMFHError(f"`mcmfh index sync` needs the pacs extra ({e.name or 'dicomweb-client'} is not installed): "
+                         "pip install 'mcmfh[pacs]'") from None  # fmt: skip
 
 
 class BearerAuth:

@@ -11,7 +11,8 @@ import threading
 
 from PIL import Image
 
-from mcmfh.data.dicom import dataset_to_rgb
+from mcmfh.data.dicom import DecodeError, dataset_to_rgb
+from mcmfh.data.images import pixel_limit
 from mcmfh.errors import MCMFHError
 from mcmfh.pacs.query import InstanceRef
 
@@ -23,10 +24,10 @@ NOT_OFFERED = frozenset({400, 404, 406, 415, 501})
 class ImageFetcher:
     """Thread-safe: one instance is shared by the sync's worker threads."""
 
-    def __init__(self, client, mode: str = "auto", max_pixels: int = 50_000_000) -> None:
+    def __init__(self, client, mode: str = "auto", max_pixels: int | None = None) -> None:
         if mode not in FETCH_MODES:
             raise MCMFHError(f"--fetch {mode!r}: expected one of {', '.join(FETCH_MODES)}")
-        self.client, self.mode, self.max_pixels = client, mode, max_pixels
+        self.client, self.mode, self.max_pixels = client, mode, pixel_limit(max_pixels)
         self._rendered = mode != "pixels"
         self._lock = threading.Lock()
         self.rendered = 0  # images that came as the server's rendered frame
@@ -53,7 +54,8 @@ class ImageFetcher:
         )
         image = Image.open(io.BytesIO(data))
         if image.width * image.height > self.max_pixels:
-            raise MCMFHError(f"instance {ref.sop_uid}: rendered image over {self.max_pixels} pixels")
+            raise DecodeError(f"instance {ref.sop_uid}", "too_large", f"rendered image has {image.width}x"
+                              f"{image.height} pixels, over the limit of {self.max_pixels}")  # fmt: skip
         return image.convert("RGB")
 
     def _fetch_pixels(self, ref: InstanceRef) -> Image.Image:

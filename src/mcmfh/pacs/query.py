@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mcmfh.errors import MCMFHError
+from mcmfh.pacs.qido import PacsAnswerError, Paging
+from mcmfh.pacs.qido import dataset_value as _value
 
 # Series that hold documents, not images: reports are read from SR series, the others are skipped.
 NON_IMAGE_MODALITIES = frozenset({"SR", "KO", "PR", "DOC", "REG", "SEG", "RTSTRUCT"})
@@ -66,11 +68,6 @@ class InstanceRef:
     instance_number: int = 0
 
 
-def _value(dataset: dict, tag: str, default: str = "") -> str:
-    values = dataset.get(tag, {}).get("Value") or []
-    return str(values[0]) if values else default
-
-
 def _int(dataset: dict, tag: str, default: int) -> int:
     try:
         return int(float(_value(dataset, tag, str(default))))
@@ -88,32 +85,40 @@ INSTANCE_FIELDS = ["StudyDate", "AccessionNumber", "Modality", "BodyPartExamined
                    "SeriesInstanceUID"]  # fmt: skip
 
 
-def list_instances(client, filters: Filters, workers: int = 4) -> tuple[list[InstanceRef], list[InstanceRef]]:
+def list_instances(client, filters: Filters, paging: Paging,
+                   workers: int = 4) -> tuple[list[InstanceRef], list[InstanceRef]]:  # fmt: skip
     """All image instances matching ``filters``, and the SR instances of the same studies (for reports).
 
     One paged all-instances query (``/instances`` with study and series fields) where the server allows it, which
-    keeps a sync with nothing new to a few requests; else a walk studies -> series -> instances."""
+    keeps a sync with nothing new to a few requests; else a walk studies -> series -> instances. Every query is
+    paged by ``paging`` (``mcmfh.pacs.qido``: bounded, and stopped when a page brings nothing new)."""
     import requests
 
     study_filters = {"StudyDate": filters.date_range()} if filters.date_range() else {}
+    refs = []
     try:
-        found = client.search_for_instances(search_filters=study_filters, fields=INSTANCE_FIELDS, get_remaining=True)
+        for page in paging.pages(client.search_for_instances, "instances", SOP_UID, search_filters=study_filters,
+                                 fields=INSTANCE_FIELDS):  # fmt: skip
+            for inst in page:
+                modality, body = _value(inst, MODALITY).upper(), _value(inst, BODY_PART).upper()
+                if modality == "SR" or (modality not in NON_IMAGE_MODALITIES
+                                        and filters.matches(modality, body, _value(inst, STUDY_DATE))):  # fmt: skip
+                    refs.append(_ref(inst, inst, inst, modality, body, paging.url))
     except requests.HTTPError as e:
         if e.response is None or e.response.status_code not in (400, 403, 404, 405, 501):
             raise
-        return _walk(client, filters, study_filters, workers)
-    refs = []
-    for inst in found:
-        modality, body, date = _value(inst, MODALITY).upper(), _value(inst, BODY_PART).upper(), _value(inst, STUDY_DATE)
-        if modality == "SR" or (modality not in NON_IMAGE_MODALITIES and filters.matches(modality, body, date)):
-            refs.append(_ref(inst, inst, inst, modality, body))
+        return _walk(client, filters, study_filters, paging, workers)
     return _split(refs)
 
 
-def _ref(study: dict, series: dict, inst: dict, modality: str, body: str) -> InstanceRef:
-    return InstanceRef(_value(study, STUDY_UID), _value(series, SERIES_UID), _value(inst, SOP_UID), modality, body,
-                       _value(study, STUDY_DATE), _value(study, ACCESSION), max(1, _int(inst, FRAMES, 1)),
-                       _int(inst, INSTANCE_NUMBER, 0))  # fmt: skip
+def _ref(study: dict, series: dict, inst: dict, modality: str, body: str, url: str) -> InstanceRef:
+    ref = InstanceRef(_value(study, STUDY_UID), _value(series, SERIES_UID), _value(inst, SOP_UID), modality, body,
+                      _value(study, STUDY_DATE), _value(study, ACCESSION), max(1, _int(inst, FRAMES, 1)),
+                      _int(inst, INSTANCE_NUMBER, 0))  # fmt: skip
+    if not (ref.study_uid and ref.series_uid and ref.sop_uid):
+        raise PacsAnswerError(f"{url}: the PACS answered but a listed instance lacks its StudyInstanceUID, "
+                              "SeriesInstanceUID or SOPInstanceUID; check the PACS's QIDO-RS answers")  # fmt: skip
+    return ref
 
 
 def _split(found: list[InstanceRef]) -> tuple[list[InstanceRef], list[InstanceRef]]:
@@ -123,25 +128,30 @@ def _split(found: list[InstanceRef]) -> tuple[list[InstanceRef], list[InstanceRe
     return _unique(images), _unique(reports)
 
 
-def _walk(client, filters: Filters, study_filters: dict, workers: int) -> tuple[list[InstanceRef], list[InstanceRef]]:
+def _walk(client, filters: Filters, study_filters: dict, paging: Paging,
+          workers: int) -> tuple[list[InstanceRef], list[InstanceRef]]:  # fmt: skip
     from concurrent.futures import ThreadPoolExecutor
 
-    studies = client.search_for_studies(search_filters=study_filters, fields=["StudyDate", "AccessionNumber"],
-                                        get_remaining=True)  # fmt: skip
+    studies = [s for page in paging.pages(client.search_for_studies, "studies", STUDY_UID,
+                                          search_filters=study_filters, fields=["StudyDate", "AccessionNumber"])
+               for s in page]  # fmt: skip
 
     def one_study(study: dict) -> list[InstanceRef]:
         uid, date = _value(study, STUDY_UID), _value(study, STUDY_DATE)
         out = []
-        series_list = client.search_for_series(uid, fields=["Modality", "BodyPartExamined"], get_remaining=True)
+        series_list = [s for page in paging.pages(client.search_for_series, "series", SERIES_UID,
+                                                  study_instance_uid=uid, fields=["Modality", "BodyPartExamined"])
+                       for s in page]  # fmt: skip
         for series in series_list:
             modality, body = _value(series, MODALITY).upper(), _value(series, BODY_PART).upper()
             is_report = modality == "SR"
             if not is_report and (modality in NON_IMAGE_MODALITIES or not filters.matches(modality, body, date)):
                 continue
             series_uid = _value(series, SERIES_UID)
-            for inst in client.search_for_instances(uid, series_uid, fields=["NumberOfFrames", "InstanceNumber"],
-                                                    get_remaining=True):  # fmt: skip
-                out.append(_ref(study, series, inst, modality, body))
+            fields = ["NumberOfFrames", "InstanceNumber"]
+            for page in paging.pages(client.search_for_instances, "instances", SOP_UID, study_instance_uid=uid,
+                                     series_instance_uid=series_uid, fields=fields):  # fmt: skip
+                out.extend(_ref(study, series, inst, modality, body, paging.url) for inst in page)
         return out
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from mcmfh.errors import DataError
+from mcmfh.pacs.failures import failure_reason
 from mcmfh.pacs.query import InstanceRef
 
 KEYS = ("accession_number", "study_instance_uid")
@@ -88,18 +89,20 @@ def _rows(path: Path):
             yield f"{path}:{n}", row
 
 
-def sr_reports(client, refs: Sequence[InstanceRef], studies: set[str], errors: list[str]) -> dict[str, str]:
+def sr_reports(client, refs: Sequence[InstanceRef], studies: set[str],
+               failed: Callable[[str, str], None]) -> dict[str, str]:  # fmt: skip
     """Per study in ``studies``: the text of its latest SR (by ContentDate/Time, then InstanceNumber).
 
-    An SR that cannot be fetched is noted in ``errors``; its study then has no report this time (retried next sync)."""
+    An SR that cannot be fetched is passed to ``failed(sop_uid, reason)``; its study then has no report this time
+    (retried next sync)."""
     best: dict[str, tuple[tuple[str, str, int], str]] = {}
     for ref in refs:
         if ref.study_uid not in studies:
             continue
         try:
             ds = client.retrieve_instance(ref.study_uid, ref.series_uid, ref.sop_uid)
-        except Exception as e:  # the message may quote a URL but never a header value; keep the class only
-            errors.append(f"report {ref.sop_uid}: fetch failed ({fetch_error(e)})")
+        except Exception as e:  # the message may quote a URL but never a header value: the mapped reason only
+            failed(ref.sop_uid, failure_reason(e))
             continue
         text = sr_text(ds)
         if not text:
@@ -108,9 +111,3 @@ def sr_reports(client, refs: Sequence[InstanceRef], studies: set[str], errors: l
         if ref.study_uid not in best or rank > best[ref.study_uid][0]:
             best[ref.study_uid] = (rank, text)
     return {study: text for study, (_, text) in best.items()}
-
-
-def fetch_error(e: BaseException) -> str:
-    """A short reason for a failed request: the HTTP status, else the exception's class."""
-    status = getattr(getattr(e, "response", None), "status_code", None)
-    return f"HTTP {status}" if status else type(e).__name__

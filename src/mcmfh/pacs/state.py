@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS instances (
     synced_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS instances_study ON instances (study_uid);
+CREATE TABLE IF NOT EXISTS not_images (sop_uid TEXT PRIMARY KEY, reason TEXT NOT NULL, seen_at REAL NOT NULL);
 """
 COLUMNS = ("sop_uid", "item_id", "study_uid", "series_uid", "modality", "body_part", "study_date")
 
@@ -62,14 +63,36 @@ class SyncState:
     def _transaction(self) -> contextlib.AbstractContextManager[None]:
         return sqlite_transaction(self._db)
 
-    def bind_source(self, url: str) -> None:
-        """An archive syncs from one PACS: refuse another URL, so a prune never removes another server's items."""
+    def source(self) -> str | None:
+        """The PACS URL this archive syncs from: recorded by its first sync whose listing succeeded."""
         row = self._db.execute("SELECT value FROM meta WHERE key = 'source'").fetchone()
-        if row is None:
+        return None if row is None else str(row[0])
+
+    def check_source(self, url: str, repoint: bool = False) -> None:
+        """An archive syncs from one PACS: refuse another URL, so a prune never removes another server's items;
+        ``repoint`` lets this run move the archive to ``url`` (recorded once its listing succeeds)."""
+        bound = self.source()
+        if bound is not None and bound != url and not repoint:
+            raise MCMFHError(f"this archive syncs from {bound}, not {url}; if the PACS moved (or the archive was "
+                             "bound to a wrong URL), run this sync once with --repoint (see docs/pacs.md)")  # fmt: skip
+
+    def record_source(self, url: str) -> str | None:
+        """Bind the archive to ``url`` (after a successful listing); returns the URL it was bound to before."""
+        before = self.source()
+        if before != url:
             with self._transaction():
-                self._db.execute("INSERT INTO meta VALUES ('source', ?)", (url,))
-        elif row[0] != url:
-            raise MCMFHError(f"this archive syncs from {row[0]}, not {url}")
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('source', ?)", (url,))
+        return before
+
+    def not_images(self) -> set[str]:
+        """Instances that were fetched and are not images (no pixel data): never fetched again."""
+        return {r[0] for r in self._db.execute("SELECT sop_uid FROM not_images")}
+
+    def record_not_images(self, rows: Sequence[tuple[str, str]]) -> None:
+        """(sop_uid, reason) of instances found not to be images."""
+        now = time.time()
+        with self._transaction():
+            self._db.executemany("INSERT OR REPLACE INTO not_images VALUES (?, ?, ?)", [(*r, now) for r in rows])
 
     def known(self) -> dict[str, tuple[str, str, str, str]]:
         """sop_uid -> (item_id, modality, body_part, study_date)."""

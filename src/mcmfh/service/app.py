@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -129,6 +129,18 @@ def _filtered(
         if len(keep) >= k or len(hits) < want or want >= n_items:
             return keep[:k], study
         want = min(n_items, want * 4)
+
+
+IMAGE_FORM_FIELDS = ("file", "k", "modality", "body_part", "target")  # the parameters of POST /search/image
+
+
+def _refuse_unknown_fields(form: Mapping[str, object]) -> None:
+    """422 for a form field /search/image does not take, as JSON bodies refuse unknown fields (``extra="forbid"``):
+    a misspelt filter (``bodypart=CHEST``) must not answer unfiltered results as if it had applied."""
+    unknown = sorted({str(name) for name in form} - set(IMAGE_FORM_FIELDS))
+    if unknown:
+        names = "; ".join(f"{name[:64]!r}: Extra inputs are not permitted" for name in unknown[:5])
+        raise _fail(422, f"{names} (the form fields are {', '.join(IMAGE_FORM_FIELDS)})")
 
 
 def _filters(modality: str | None, body_part: str | None) -> dict[str, str]:
@@ -287,12 +299,14 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
 
     @app.post("/search/image", response_model=SearchOut | StudySearchOut)
     async def search_image(
+        request: Request,
         file: UploadFile = File(description="PNG, JPEG or DICOM; the type is read from the bytes."),
         k: WholeNumber | None = Form(default=None),
         modality: str | None = Form(default=None, max_length=64),
         body_part: str | None = Form(default=None, max_length=64),
         target: Target | None = Form(default=None, description=TARGET_HELP),
     ) -> SearchOut | StudySearchOut:
+        _refuse_unknown_fields(await request.form())
         k = bounded_k(k)
         start = time.perf_counter()
         data = await file.read()  # already bounded by BodyLimitMiddleware
