@@ -149,6 +149,54 @@ def test_no_private_names_imported_across_modules():
     assert not gone, f"these known private imports are gone: remove them from KNOWN_PRIVATE: {gone}"
 
 
+# The store contract (mcmfh.index.store): a store declares what it can do (``capabilities``), so no module that uses
+# stores asks which class it holds or probes for an attribute. Only the modules that implement or open stores name
+# their classes. Tolerated checks, as (module, check): none, and the list can only shrink.
+STORE_CLASSES = {"ItemIndex", "ServerStore", "SqliteMeta", "PostgresMeta", "MilvusIndex", "PostgresItemStore"}
+STORE_MODULES = {"mcmfh.index.storage", "mcmfh.index.server_store", "mcmfh.index.stores"}
+KNOWN_STORE_PROBES: set[tuple[str, str]] = set()
+
+
+def store_probes(root: Path, package: str) -> set[tuple[str, str]]:
+    """(module, check) for every ``isinstance(x, <store class>)`` outside the store modules, and every ``getattr`` /
+    ``hasattr`` in the archive's modules (``mcmfh.archive*``), whose one dynamic object kind is a store."""
+    found = set()
+    for path in sorted((root / package).rglob("*.py")):
+        mod = module_name(path, root)
+        if mod in STORE_MODULES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+                continue
+            if node.func.id == "isinstance" and len(node.args) == 2:
+                named = {n.id if isinstance(n, ast.Name) else getattr(n, "attr", "") for n in ast.walk(node.args[1])}
+                found.update((mod, f"isinstance {c}") for c in named & STORE_CLASSES)
+            elif node.func.id in ("getattr", "hasattr") and mod.split(".")[1].startswith("archive"):
+                found.add((mod, f"{node.func.id} line {node.lineno}"))
+    return found
+
+
+def test_no_store_is_asked_its_class_or_probed():
+    found = store_probes(SRC, PACKAGE)
+    new = sorted(found - KNOWN_STORE_PROBES)
+    assert not new, f"stores checked by class or probed (declare it in Capabilities / ItemStore instead): {new}"
+    gone = sorted(KNOWN_STORE_PROBES - found)
+    assert not gone, f"these known store probes are gone: remove them from KNOWN_STORE_PROBES: {gone}"
+
+
+def test_the_store_probe_checker_finds_both_kinds(tmp_path):
+    pkg = tmp_path / "mcmfh"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "archive_x.py").write_text("def f(ix):\n    return isinstance(ix, (int, ItemIndex)) or hasattr(ix, 'a')\n")
+    (pkg / "other.py").write_text("def f(ix):\n    return getattr(ix, 'a', isinstance(ix, s.ServerStore))\n")
+    assert store_probes(tmp_path, "mcmfh") == {
+        ("mcmfh.archive_x", "isinstance ItemIndex"),
+        ("mcmfh.archive_x", "hasattr line 2"),
+        ("mcmfh.other", "isinstance ServerStore"),
+    }
+
+
 def test_no_machine_paths_in_the_package_docs_and_benchmarks():
     machine = re.compile(r"(/work/|/home/\w+|/root/|/tmp/pytest|C:\\\\Users)")
     root = SRC.parent

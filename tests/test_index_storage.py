@@ -274,12 +274,12 @@ def test_segments_merge_like_a_binary_counter_and_search_like_one_index(tmp_path
         one.add(all_codes[alive], np.array(alive, np.int64))
         queries = rng.integers(0, 4, size=(20, 2), dtype=np.uint8)
         for k in (1, 10, 57, 400):
-            d, keys = idx.search_arrays(queries, k)
+            d, keys = idx.index.search(queries, k)
             d1, keys1 = one.search(queries, k)
             np.testing.assert_array_equal(d, d1)
             np.testing.assert_array_equal(keys, keys1)  # same items, same tie order (insertion order)
     with ItemIndex.open(folder) as back:  # the files give the same index
-        np.testing.assert_array_equal(back.search_arrays(queries, 57)[1], one.search(queries, 57)[1])
+        np.testing.assert_array_equal(back.index.search(queries, 57)[1], one.search(queries, 57)[1])
 
 
 def test_format_1_folders_are_read_and_upgraded_on_the_first_change(tmp_path: Path) -> None:

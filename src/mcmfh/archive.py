@@ -67,17 +67,8 @@ from mcmfh.features import FeatureSet
 from mcmfh.index.codes import pack_codes
 from mcmfh.index.items import Hit, Item, StudyHit, record_item
 from mcmfh.index.payload import PayloadCodec, make_codec
-from mcmfh.index.rerank import candidates, rescore
-from mcmfh.index.server_store import ServerStore
-from mcmfh.index.storage import ItemIndex
-from mcmfh.index.stores import (
-    ItemStore,
-    StoreConfig,
-    create_store,
-    drop_store,
-    open_store,
-    store_manifest,
-)
+from mcmfh.index.store import ItemStore, Rescore
+from mcmfh.index.stores import StoreConfig, create_store, drop_store, open_store, store_manifest
 from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.locking import lock_timeout, writer_lock
 from mcmfh.manifest import new_manifest, read_manifest, require_match
@@ -143,6 +134,8 @@ class Archive:
         self.manifest = manifest
         self.writable = writable
         self.lock_timeout = lock_timeout
+        self._batchers: dict[str, MicroBatcher[Any]] = {}
+        self._image_pool: ThreadPoolExecutor | None = None
         expect = {k: manifest[k] for k in IDENTITY_KEYS}
         store = manifest.get("store", {"backend": "local"})
         self.indexes: dict[str, ItemStore] = {}
@@ -174,8 +167,6 @@ class Archive:
         # runs outside it, in one micro-batcher per modality.
         self._lock = threading.Lock()
         self._changing = threading.Lock()  # held for a whole change (both sub-indexes and the record)
-        self._batchers: dict[str, MicroBatcher[Any]] = {}
-        self._image_pool: ThreadPoolExecutor | None = None
         self.batching = BatchingConfig()
 
     # ---------------------------------------------------------------------------------------------- make / open
@@ -235,8 +226,7 @@ class Archive:
                 try:
                     archive._add_batch(batch, method)
                     for index in archive.indexes.values():
-                        if isinstance(index, ServerStore):
-                            index.flush()  # a bulk load: searches then run on sealed, indexed segments
+                        index.flush()  # a bulk load on a server: searches then run on sealed, indexed segments
                 finally:
                     archive.close()
             except BaseException:
@@ -289,10 +279,7 @@ class Archive:
         raise AssertionError("unreachable")
 
     def _refresh_one(self, modality: str, record: dict[str, Any]) -> bool:
-        index = self.indexes[modality]
-        if isinstance(index, ItemIndex) and modality in record:
-            return index.refresh(at=record[modality])
-        return index.refresh()
+        return self.indexes[modality].refresh(at=record.get(modality))
 
     @contextlib.contextmanager
     def _writing(self, repair: bool = False) -> Iterator[None]:
@@ -300,9 +287,8 @@ class Archive:
             raise MCMFHError(f"archive {self.folder}: opened read-only (use Archive.open(..., writable=True))")
         what = f"archive {self.folder}"
         with writer_lock(self.folder, self.lock_timeout, what=what), self._changing, contextlib.ExitStack() as servers:
-            for index in self.indexes.values():
-                if isinstance(index, ServerStore):
-                    servers.enter_context(index.writer_lock(lock_timeout(self.lock_timeout), what))
+            for index in self.indexes.values():  # a server store's own lock serialises writers on other machines
+                servers.enter_context(index.writer_lock(lock_timeout(self.lock_timeout), what))
             with self._lock:
                 self._refresh_locked()
                 self._roll_back()
@@ -319,13 +305,12 @@ class Archive:
     def _roll_back(self) -> None:
         """Undo a sub-index commit that the record does not name (a writer died between sub-index and record)."""
         for m in self.parts:
-            index = self.indexes[m]
-            if isinstance(index, ItemIndex) and m in self.record:
-                index.roll_back_to(self.record[m])
+            if m in self.record:
+                self.indexes[m].roll_back_to(self.record[m])
 
     def _commit(self) -> None:
         """Write the commit record naming every local sub-index's committed state (the archive's commit point)."""
-        local = {m: ix.manifest for m, ix in self.indexes.items() if isinstance(ix, ItemIndex)}
+        local = {m: ix.snapshot() for m, ix in self.indexes.items() if ix.capabilities.snapshots}
         if not local or all(self.record.get(m) == state for m, state in local.items()):
             return  # nothing changed (e.g. an add of ids already present): readers have nothing to reload
         record = {"generation": int(self.record.get("generation", 0)) + 1, **local}
@@ -333,12 +318,11 @@ class Archive:
         self.record = record
 
     def close(self) -> None:
-        for batcher in getattr(self, "_batchers", {}).values():
+        for batcher in self._batchers.values():
             batcher.close()
         self._batchers = {}
-        pool = getattr(self, "_image_pool", None)
-        if pool is not None:
-            pool.shutdown(wait=True)
+        if self._image_pool is not None:
+            self._image_pool.shutdown(wait=True)
             self._image_pool = None
         for index in self.indexes.values():
             index.close()
@@ -470,12 +454,10 @@ class Archive:
             raise MCMFHError("search target 'studies': use search_studies_text / search_studies_image")
         mode = self._rerank_mode(rerank)
         code, relaxed = self._encode_query(modality, query)
+        codec = self.payload_codec
+        how = None if mode == "none" or codec is None or relaxed is None else Rescore(codec, relaxed[None, :])
         with self._lock:
-            index = self.indexes[_target(target)]
-            if mode == "none":
-                return index.search(pack_codes(code[None, :]), k)[0]
-            assert isinstance(index, ItemIndex) and relaxed is not None and self.payload_codec is not None
-            return _two_stage(index, code, relaxed, self.payload_codec, k)
+            return self.indexes[_target(target)].search(pack_codes(code[None, :]), k, rescore=how)[0]
 
     def _rerank_mode(self, rerank: str | None) -> str:
         mode = self.default_rerank() if rerank is None else rerank
@@ -580,7 +562,7 @@ class Archive:
     def compact(self) -> dict[str, bool]:
         """Fold each local sub-index's segments into one (see ``ItemIndex.compact``); server stores need none."""
         with self._writing(), self._lock:
-            return {m: bool(getattr(ix, "compact", lambda: False)()) for m, ix in self.indexes.items()}
+            return {m: ix.compact() for m, ix in self.indexes.items()}
 
     def _add_batch(self, batch: Batch, method: HashMethod) -> dict[str, int]:
         with self._writing():
@@ -601,11 +583,7 @@ class Archive:
             codes, relaxed = _hash(method, m, x, relaxed=codec is not None)
             items = [record_item(batch.records[i], batch.source) for i in rows]
             with self._lock:
-                if codec is None or relaxed is None:
-                    index.add(pack_codes(codes), items)
-                else:
-                    assert isinstance(index, ItemIndex)
-                    index.add(pack_codes(codes), items, payload=codec.encode(relaxed))
+                index.add(pack_codes(codes), items, payload=None if codec is None else codec.encode(relaxed))
             added[m] = len(rows)
         if "study_members" in self.indexes:
             added["studies"] = self._add_members(batch, method)
@@ -631,7 +609,6 @@ class Archive:
         new codes replace the old ones and a study left without members is dropped. Under ``self._lock``."""
         wanted = list(dict.fromkeys(study_ids))
         members_ix, studies_ix = self.indexes["study_members"], self.indexes["studies"]
-        assert isinstance(members_ix, ItemIndex) and isinstance(studies_ix, ItemIndex)
         groups = members_ix.members(wanted)
         live = [sid for sid in wanted if sid in groups]
         shape = self.manifest["studies"]["inputs"]
@@ -723,22 +700,6 @@ def _hash(method: HashMethod, modality: str, x: np.ndarray, relaxed: bool) -> tu
         return (method.encode_images(x) if modality == "images" else method.encode_texts(x)), None
     out = method.relaxed_images(x) if modality == "images" else method.relaxed_texts(x)
     return out > 0, out
-
-
-def _two_stage(index: ItemIndex, code: np.ndarray, relaxed: np.ndarray, codec: PayloadCodec, k: int) -> list[Hit]:
-    """Stage 1 from the Hamming index (whole tie groups, mcmfh.index.rerank), stage 2 from the stored payloads."""
-    cands = candidates(index.index, pack_codes(code[None, :]), k)
-    ids = cands.ids[0, : int(cands.count[0])]
-    if not len(ids):
-        return []
-    rows = index.payloads(ids, codec.bytes_per_item)
-    position = {int(key): i for i, key in enumerate(ids)}
-    rows_of = np.vectorize(lambda key: position.get(int(key), 0))  # padding slots (-1 -> 0) are masked by rescore
-    result = rescore(cands, rows, relaxed[None, :], codec, k, rows_of=rows_of)
-    keep = result.ids[0] >= 0
-    keys, dist, sims = result.ids[0][keep], result.distances[0][keep], result.similarities[0][keep]
-    items = {it.key: it for it in index.get(np.unique(keys))}
-    return [Hit(items[int(c)], int(d), float(s)) for c, d, s in zip(keys, dist, sims, strict=True)]
 
 
 def _quietly(fn: Any, *args: Any) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mcmfh.errors import ArtefactError
-from mcmfh.index.storage import ItemIndex
+from mcmfh.index.store import ItemStore
 
 SHOWN_IDS = 3  # ids quoted in a message
 
@@ -53,19 +53,19 @@ class Agreement:
                 "partial_items": {what: len(ids) for what, ids in self.partial.items()}}  # fmt: skip
 
 
-def check_agreement(indexes: Mapping[str, Any], has_record: bool) -> Agreement:
+def check_agreement(indexes: Mapping[str, ItemStore], has_record: bool) -> Agreement:
     """Compare the local sub-indexes' item ids (nothing to do, and ``ok``, when there is a record)."""
     out = Agreement(record=has_record)
     texts = indexes.get("texts")
-    if has_record or not isinstance(texts, ItemIndex):
+    if has_record or texts is None or not texts.capabilities.snapshots:
         return out
     every = texts.item_ids()
     pairs = []
     images = indexes.get("images")
-    if isinstance(images, ItemIndex):
+    if images is not None and images.capabilities.snapshots:
         pairs.append(("image", images.item_ids(), texts.item_ids(with_image=True)))
     members = indexes.get("study_members")
-    if isinstance(members, ItemIndex):
+    if members is not None:
         pairs.append(("study member", members.item_ids(), every))
     for what, have, want in pairs:
         extra, missing = sorted(have - want), sorted(want - have)

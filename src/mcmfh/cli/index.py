@@ -155,21 +155,19 @@ def info(archive_dir: Path = typer.Argument(..., help="Archive folder.")) -> Non
     from mcmfh.archive import Archive
     from mcmfh.archive_agreement import check_agreement
     from mcmfh.code_health import code_health
-    from mcmfh.index.sealed import sealed_from
-    from mcmfh.index.storage import ItemIndex
 
     with Archive.open(archive_dir, check_parts=False) as archive:
         counts = {m: len(ix) for m, ix in archive.indexes.items()}
+        infos = {m: ix.info() for m, ix in archive.indexes.items()}
         # Code health of the stored codes (local sub-indexes hold them in memory; server stores are not read back).
         # study_members/ holds blank codes (its payload is what counts): left out.
-        local = {m: ix.index.codes for m, ix in archive.indexes.items()
-                 if hasattr(ix, "index") and len(ix) and m != "study_members"}  # fmt: skip
+        local = {m: i.codes for m, i in infos.items() if i.codes is not None and len(i.codes) and m != "study_members"}
         health = {m: code_health(c, int(archive.manifest["bits"])) for m, c in local.items()}
-        segments = {m: len(ix.index.segments) for m, ix in archive.indexes.items() if hasattr(ix, "index")}
+        segments = {m: i.segments for m, i in infos.items() if i.segments is not None}
         integrity = check_agreement(archive.indexes, has_record=bool(archive.record)).as_dict()
         # Payload rows from this key on carry a checksum (mcmfh.index.sealed); null: none (written before them).
-        integrity["payload_sealed_from"] = {m: sealed_from(ix.manifest) for m, ix in archive.indexes.items()
-                                            if isinstance(ix, ItemIndex)}  # fmt: skip
+        payloads = {m for m, ix in archive.indexes.items() if ix.capabilities.payloads}
+        integrity["payload_sealed_from"] = {m: i.sealed_from for m, i in infos.items() if m in payloads}
         out = {**archive.manifest, "counts": counts, "segments": segments, "code_health": health,
                "integrity": integrity}  # fmt: skip
         typer.echo(json.dumps(out, indent=2, sort_keys=True))

@@ -52,8 +52,16 @@ def from_words(words: np.ndarray, bits: int) -> np.ndarray:
     return np.ascontiguousarray(words.astype("<u8", copy=False)).view(np.uint8)[:, : bits // 8].copy()
 
 
+class NearestCodes(Protocol):
+    """The one operation two-stage search and the archive's stores need of a codes index: exact k nearest,
+    ``search(queries, k) -> (distances int (Q, k), ids int64 (Q, k))``, ordered by (distance, insertion order) and
+    padded with -1. Every ``CodesIndex`` has it, and so has a segmented index (``mcmfh.index.segments``)."""
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
 @runtime_checkable
-class CodesIndex(Protocol):
+class CodesIndex(NearestCodes, Protocol):
     """Exact Hamming search over packed codes with int64 ids: what the archive, benchmarks and tools rely on."""
 
     bits: int

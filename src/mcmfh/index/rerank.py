@@ -11,9 +11,8 @@ Stage 2 — re-scoring. The candidates' payload rows (``mcmfh.index.payload``) a
 real-valued vector (or longer code); results are ordered by (similarity descending, Hamming distance, insertion
 order), so equal similarities fall back to the Hamming order and then to a fixed, label-independent order.
 
-Works on plain arrays (``two_stage_arrays``) and over any object with the codes-index contract
-``search(queries, k) -> (distances int (Q, k), ids int64 (Q, k), -1 padded)``, exact and ordered by
-(distance, insertion order) — every ``mcmfh.index.HammingIndex`` and the archive's item index.
+Works on plain arrays (``two_stage_arrays``) and over anything with exact k-NN (``mcmfh.index.base.NearestCodes``):
+every ``mcmfh.index.HammingIndex``, and the archive's stores (``mcmfh.index.store.search_store``).
 """
 
 from __future__ import annotations
@@ -21,19 +20,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from mcmfh.errors import MCMFHError
+from mcmfh.index.base import NearestCodes
 from mcmfh.index.flat import FlatIndex
 from mcmfh.index.payload import PayloadCodec
 
 DEFAULT_OVERSAMPLE = 10.0  # budget = 10 k: vector databases' usual rescoring oversampling (4-10x)
-
-
-class CodesIndex(Protocol):
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def candidate_budget(k: int, oversample: float = DEFAULT_OVERSAMPLE) -> int:
@@ -80,7 +75,7 @@ def select_candidates(distances: np.ndarray, ids: np.ndarray, k: int, cap: int) 
     )
 
 
-def candidates(index: CodesIndex, queries: np.ndarray, k: int, oversample: float = DEFAULT_OVERSAMPLE) -> Candidates:
+def candidates(index: NearestCodes, queries: np.ndarray, k: int, oversample: float = DEFAULT_OVERSAMPLE) -> Candidates:
     """Stage 1 over any codes index (packed query codes, as the index takes them)."""
     cap = candidate_budget(k, oversample)
     dist, ids = index.search(queries, cap + 1)
@@ -140,7 +135,7 @@ def rescore(
 
 
 def two_stage_search(
-    index: CodesIndex,
+    index: NearestCodes,
     query_codes: np.ndarray,
     query_vectors: np.ndarray,
     payload: np.ndarray,

@@ -35,6 +35,7 @@ from mcmfh.index.items import (
     study_filter,
 )
 from mcmfh.index.storage import DB_NAME
+from mcmfh.index.store import Capabilities, Rescore, StoreInfo, search_store
 from mcmfh.io import sqlite_transaction
 
 TOKEN_ENV = "MCMFH_MILVUS_TOKEN"
@@ -76,6 +77,7 @@ class MetadataStore(Protocol):
     def all_keys(self) -> np.ndarray: ...
     def max_key(self) -> int: ...
     def __len__(self) -> int: ...
+    def writer_lock(self, timeout: float, what: str) -> contextlib.AbstractContextManager[None]: ...
     def drop(self) -> None: ...
     def close(self) -> None: ...
 
@@ -175,6 +177,10 @@ class SqliteMeta:
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
 
+    def writer_lock(self, timeout: float, what: str) -> contextlib.AbstractContextManager[None]:
+        """Nothing beyond the archive's folder lock: the file lives in that folder."""
+        return contextlib.nullcontext()
+
     def drop(self) -> None:
         """The file goes with the archive folder; nothing on a server."""
 
@@ -217,6 +223,9 @@ class PostgresMeta:
     def __len__(self) -> int:
         return len(self.store)
 
+    def writer_lock(self, timeout: float, what: str) -> contextlib.AbstractContextManager[None]:
+        return self.store.writer_lock(timeout, what)
+
     def drop(self) -> None:
         self.store.drop()
 
@@ -226,7 +235,10 @@ class PostgresMeta:
 
 # ---------------------------------------------------------------------------------------------------- server store
 class ServerStore:
-    """Codes in Milvus, metadata in SQLite or PostgreSQL; see the module docstring for the add/remove order."""
+    """Codes in Milvus, metadata in SQLite or PostgreSQL; see the module docstring for the add/remove order. A
+    remote ``ItemStore`` (``mcmfh.index.store``): no payloads, no snapshots (nothing for a commit record to pin)."""
+
+    capabilities = Capabilities(payloads=False, snapshots=False, remote=True)
 
     def __init__(self, codes: Any, meta: MetadataStore, writable: bool, where: str) -> None:
         self.codes, self.meta, self.writable, self.where = codes, meta, writable, where
@@ -268,17 +280,28 @@ class ServerStore:
             self.codes.remove_ids(orphans)
         self._extra = 0
 
-    def refresh(self) -> bool:
-        """Nothing is cached here but the orphan allowance, recomputed; returns False (state lives on servers)."""
+    def refresh(self, at: Mapping[str, Any] | None = None) -> bool:
+        """Nothing is cached here but the orphan allowance, recomputed; returns False (state lives on servers, and
+        ``at`` is never given: a server store has no snapshot)."""
         self._extra = max(0, len(self.codes) - len(self.meta))
+        return False
+
+    def snapshot(self) -> None:
+        """None: a server store's committed state is on its servers (``capabilities.snapshots`` is False)."""
+        return None
+
+    def roll_back_to(self, snapshot: Mapping[str, Any]) -> bool:
+        """Nothing to roll back: a killed change leaves only orphan codes, which the next change deletes."""
+        return False
+
+    def compact(self) -> bool:
+        """Nothing to fold: the server manages its segments (False: nothing was compacted)."""
         return False
 
     def writer_lock(self, timeout: float, what: str) -> contextlib.AbstractContextManager[None]:
         """Held with the archive's file lock by every change: with metadata in PostgreSQL, writers on other
         machines (another copy of the archive folder) are serialised too."""
-        if isinstance(self.meta, PostgresMeta):
-            return self.meta.store.writer_lock(timeout, what)
-        return contextlib.nullcontext()
+        return self.meta.writer_lock(timeout, what)
 
     def state_token(self) -> tuple[int, int]:
         """Changes with the item count (server stores have no local commit file to watch)."""
@@ -287,8 +310,12 @@ class ServerStore:
     def __len__(self) -> int:
         return len(self.meta)
 
-    def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """Add new items with their packed codes (ids must be new); codes first, then the metadata commit."""
+    def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]], payload: np.ndarray | None = None,
+            replace: Sequence[str] = ()) -> np.ndarray:  # fmt: skip
+        """Add new items with their packed codes (ids must be new); codes first, then the metadata commit.
+        ``payload`` and ``replace`` are refused: a server store keeps neither payloads nor studies."""
+        if payload is not None or replace:
+            raise MCMFHError(f"{self.where}: a server store keeps no payloads and replaces no items")
         self._require_writable()
         codes = np.asarray(codes)
         rows = [item_row(i, it) for i, it in enumerate(items)]  # validate before anything is written
@@ -334,15 +361,23 @@ class ServerStore:
         """The items of each study (see ``ItemIndex.members``)."""
         return self.meta.members(study_ids)
 
-    def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
-        """Top-k items per packed query, nearest first, ties in insertion order (as ``ItemIndex.search``)."""
-        dist, keys = self.codes.search(queries, k + self._extra)
-        found = keys[keys >= 0]
-        items = self.meta.lookup(np.unique(found)) if found.size else {}
-        return [
-            [Hit(items[int(c)], int(d)) for d, c in zip(dr, kr, strict=True) if int(c) in items][:k]
-            for dr, kr in zip(dist, keys, strict=True)
-        ]
+    def item_ids(self, with_image: bool = False) -> set[str]:
+        """The ids of every item (``with_image``: of those with an image path); O(N), for integrity checks."""
+        items = self.meta.lookup(self.meta.all_keys()).values()
+        return {it.item_id for it in items if not with_image or it.image is not None}
+
+    def payloads(self, keys: Sequence[int] | np.ndarray, width: int) -> np.ndarray:
+        raise MCMFHError(f"{self.where}: a server store keeps no payloads (two-stage search needs a local store)")
+
+    def info(self) -> StoreInfo:
+        return StoreInfo(segments=None, codes=None, sealed_from=None)
+
+    def search(self, queries: np.ndarray, k: int = 10, rescore: Rescore | None = None) -> list[list[Hit]]:
+        """Top-k items per packed query, nearest first, ties in insertion order (as ``ItemIndex.search``); codes a
+        killed change left without metadata are asked for on top and left out."""
+        if rescore is not None:
+            self.payloads([], 0)  # refused: no payloads to re-score with
+        return search_store(self.codes, self.meta, queries, k, spare=self._extra, strict=False)
 
     def drop(self) -> None:
         """Delete the collection and the PostgreSQL schema (the SQLite file goes with the folder)."""

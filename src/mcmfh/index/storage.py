@@ -51,6 +51,7 @@ from mcmfh.index.items import (
 )
 from mcmfh.index.sealed import SEALED_FROM, seal, sealed_from, unseal
 from mcmfh.index.segments import SegmentedIndex, merge_plan
+from mcmfh.index.store import Capabilities, Rescore, StoreInfo, search_store
 from mcmfh.io import atomic_dir, atomic_write_json, sqlite_transaction
 from mcmfh.locking import writer_lock
 from mcmfh.manifest import MANIFEST_NAME, new_manifest, read_manifest, require_match
@@ -104,7 +105,10 @@ def _read_removed(folder: Path, manifest: Mapping[str, Any], verify: bool) -> np
 
 
 class ItemIndex:
-    """Exact Hamming search over stored items. Create with ``ItemIndex.create``, reopen with ``ItemIndex.open``."""
+    """Exact Hamming search over stored items. Create with ``ItemIndex.create``, reopen with ``ItemIndex.open``.
+    The local ``ItemStore`` (``mcmfh.index.store``)."""
+
+    capabilities = Capabilities(payloads=True, snapshots=True, remote=False)
 
     def __init__(self, folder: Path, manifest: dict[str, Any], writable: bool, verify: bool = True,
                  lock_timeout: float | None = None) -> None:  # fmt: skip
@@ -299,8 +303,8 @@ class ItemIndex:
     def _gen2(self) -> tuple[int, int]:
         return self.generation, self.generation
 
-    def get(self, keys: Sequence[int] | np.ndarray) -> list[Item]:
-        """Items by key, in the given order; unknown keys raise MCMFHError."""
+    def lookup(self, keys: Sequence[int] | np.ndarray) -> dict[int, Item]:
+        """The items among ``keys`` (unknown keys are left out)."""
         keys = [int(k) for k in keys]
         rows: dict[int, Item] = {}
         for start in range(0, len(keys), SQL_CHUNK):
@@ -308,6 +312,12 @@ class ItemIndex:
             sql = f"SELECT {self._select()} FROM items WHERE key IN ({','.join('?' * len(chunk))}) AND {_VISIBLE}"
             for row in self._db.execute(sql, (*chunk, *self._gen2())):
                 rows[int(row[0])] = item_from_row(row)
+        return rows
+
+    def get(self, keys: Sequence[int] | np.ndarray) -> list[Item]:
+        """Items by key, in the given order; unknown keys raise MCMFHError."""
+        keys = [int(k) for k in keys]
+        rows = self.lookup(keys)
         absent = [k for k in keys if k not in rows]
         if absent:
             raise MCMFHError(f"index {self.folder.name}: no items with keys {absent[:5]}")
@@ -383,19 +393,17 @@ class ItemIndex:
         where = f"{_VISIBLE} AND image IS NOT NULL" if with_image else _VISIBLE
         return {r[0] for r in self._db.execute(f"SELECT item_id FROM items WHERE {where}", self._gen2())}
 
-    def search_arrays(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Raw (distances, keys) as ``HammingIndex.search``."""
-        return self.index.search(queries, k)
+    def search(self, queries: np.ndarray, k: int = 10, rescore: Rescore | None = None) -> list[list[Hit]]:
+        """Top-k items per packed query code, nearest first (ties: earlier added first); ``rescore``: two-stage,
+        re-scored by the stored payloads (``mcmfh.index.store.search_store``)."""
+        return search_store(self.index, self, queries, k, rescore)
 
-    def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]:
-        """Top-k items per packed query code, nearest first (ties: earlier added first)."""
-        dist, keys = self.index.search(queries, k)
-        found = keys[keys >= 0]
-        items = {it.key: it for it in self.get(np.unique(found))} if found.size else {}
-        return [
-            [Hit(items[int(c)], int(d)) for d, c in zip(dr, kr, strict=True) if c >= 0]
-            for dr, kr in zip(dist, keys, strict=True)
-        ]
+    def info(self) -> StoreInfo:
+        return StoreInfo(len(self.index.segments), self.index.codes, sealed_from(self.manifest))
+
+    def snapshot(self) -> dict[str, Any]:
+        """The committed state (this folder's manifest) an archive's commit record pins."""
+        return self.manifest
 
     def __iter__(self) -> Iterator[Item]:
         sql = f"SELECT {self._select()} FROM items WHERE {_VISIBLE} ORDER BY key"
@@ -496,6 +504,16 @@ class ItemIndex:
                 fields.update(segments=[self._write_segment(codes, keys, gen, tag)], removed=None)
                 self._removed = np.zeros(0, np.int64)
         return True
+
+    def flush(self) -> None:
+        """Nothing to seal: every add is committed to the folder before it returns."""
+
+    def writer_lock(self, timeout: float, what: str) -> contextlib.AbstractContextManager[None]:
+        """Nothing beyond the lock of this folder, which every change takes itself."""
+        return contextlib.nullcontext()
+
+    def drop(self) -> None:
+        """The files go with the archive folder; nothing is kept elsewhere."""
 
     def roll_back_to(self, snapshot: Mapping[str, Any]) -> bool:
         """Make ``snapshot`` (this generation or the previous one) the committed state again, under the lock.

@@ -2,7 +2,8 @@
 
 ``local`` (the default) is ``ItemIndex`` (``mcmfh.index.storage``): codes and SQLite metadata in the archive folder,
 crash-safe by generations. ``milvus`` is ``ServerStore`` (``mcmfh.index.server_store``): codes in a Milvus
-collection, metadata in SQLite in the archive folder or in PostgreSQL. ``Archive`` only sees ``ItemStore``.
+collection, metadata in SQLite in the archive folder or in PostgreSQL. ``Archive`` only sees ``ItemStore``
+(``mcmfh.index.store``): this module picks and opens the implementation.
 
 The archive manifest records the store (``store_manifest``) without secrets: a URI's user:password and a DSN's
 password are stripped. On open, the Milvus token comes from ``MCMFH_MILVUS_TOKEN`` and the PostgreSQL DSN from
@@ -12,35 +13,18 @@ password are stripped. On open, the Milvus token comes from ``MCMFH_MILVUS_TOKEN
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-import numpy as np
+from typing import Any
 
 from mcmfh.errors import ArtefactError, MCMFHError
-from mcmfh.index.items import Hit, Item
 from mcmfh.index.server_store import DSN_ENV, ServerStore, redact_dsn, split_uri
 from mcmfh.index.storage import ItemIndex
+from mcmfh.index.store import ItemStore
 
 BACKENDS = ("local", "milvus")
 METADATA = ("sqlite", "postgres")
-
-
-class ItemStore(Protocol):
-    """What ``Archive`` needs of a sub-index: ``ItemIndex`` (local) and ``ServerStore`` (milvus) provide it."""
-
-    def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]]) -> np.ndarray: ...
-    def search(self, queries: np.ndarray, k: int = 10) -> list[list[Hit]]: ...
-    def refresh(self) -> bool: ...
-    def state_token(self) -> Any: ...
-    def get(self, keys: Sequence[int] | np.ndarray) -> list[Item]: ...
-    def keys_of(self, item_ids: Sequence[str]) -> dict[str, int]: ...
-    def members(self, study_ids: Sequence[str]) -> dict[str, list[Item]]: ...
-    def remove(self, item_ids: Sequence[str]) -> int: ...
-    def __len__(self) -> int: ...
-    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -110,6 +94,5 @@ def open_store(folder: Path, modality: str, bits: int, store: Mapping[str, Any],
 
 def drop_store(store: ItemStore) -> None:
     """Delete what a server store holds on its servers (used when a build fails or is overwritten)."""
-    if isinstance(store, ServerStore):
-        store.drop()
+    store.drop()
     store.close()
