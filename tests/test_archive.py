@@ -184,7 +184,7 @@ def test_concurrent_batched_queries_equal_one_at_a_time(chain, monkeypatch):
     """Queries from many threads share encoder calls (micro-batching) and get exactly the one-at-a-time results."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from mcmfh.archive import BATCH_ENV
+    from mcmfh.archive_query import BATCH_ENV
 
     records = [r for r in chain["ds"].records if r.split == "test"][:12]
     texts = [r.text for r in records] + ["bright solid nodule in the right lung"]
@@ -199,10 +199,11 @@ def test_concurrent_batched_queries_equal_one_at_a_time(chain, monkeypatch):
     with Archive.open(chain["idx"]) as archive:
         monkeypatch.setenv(BATCH_ENV, "0")
         single = run_all(archive)
-        assert archive._batchers == {}
+        assert archive.coder.batchers == {}
         monkeypatch.delenv(BATCH_ENV)
         batched = run_all(archive)
-        assert set(archive._batchers) == {"encode-texts", "hash-images"}  # images: encoded one each, hashed together
+        # images: encoded one each, hashed together
+        assert set(archive.coder.batchers) == {"encode-texts", "hash-images"}
     assert batched == single
 
 

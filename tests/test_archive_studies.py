@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mcmfh.archive import Archive
+from mcmfh.archive_commit import CommittedIndexes
 from mcmfh.cli import main
 from mcmfh.data import load_dataset
 from mcmfh.data.records import Record
@@ -186,7 +187,7 @@ def test_readers_see_items_and_studies_change_together(chain, tmp_path, monkeypa
     with Archive.open(folder) as fresh:
         assert stored_codes(reader) == stored_codes(fresh)
     # a writer killed after its sub-indexes but before the commit record: a reader sees none of the change
-    monkeypatch.setattr(Archive, "_commit", lambda self: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(CommittedIndexes, "commit", lambda self: (_ for _ in ()).throw(KeyboardInterrupt()))
     with Archive.open(folder, writable=True) as writer, pytest.raises(KeyboardInterrupt):
         writer.add_records([_new_record(chain, "new-2", "st003", 41)], source="test")
     monkeypatch.undo()
@@ -339,9 +340,9 @@ def test_http_write_joins_a_study_and_info_counts_studies(chain, tmp_path, capsy
 
 
 def test_studies_coded_in_chunks_equal_one_pass(chain, tmp_path, monkeypatch):
-    import mcmfh.archive
+    import mcmfh.archive_writes
 
-    monkeypatch.setattr(mcmfh.archive, "RECODE_STUDIES", 3)
+    monkeypatch.setattr(mcmfh.archive_writes, "RECODE_STUDIES", 3)
     chunked = Archive.build(chain["run"], chain["fs"], tmp_path / "idx", dataset=chain["ds"])
     with chunked, Archive.open(chain["idx"]) as whole:
         assert stored_codes(chunked) == stored_codes(whole)

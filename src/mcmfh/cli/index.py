@@ -194,7 +194,8 @@ def search(
 ) -> None:
     """Search an archive with a text or an image; prints ranked items with Hamming distances (and, two-stage, the
     re-scored similarity they are ordered by)."""
-    from mcmfh.archive import TARGETS, Archive
+    from mcmfh.archive import Archive
+    from mcmfh.archive_search import TARGETS
 
     if (text is None) == (image is None):
         raise MCMFHError("give exactly one of --text or --image")
