@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,20 +22,13 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from mcmfh.errors import ArtefactError, MCMFHError
+from mcmfh.index.item_table import DB_NAME, SqliteItemTable
 from mcmfh.index.items import (
-    NAMES,
-    SQL_CHUNK,
     Hit,
     Item,
-    item_from_row,
     item_row,
-    select_names,
-    sqlite_table,
-    study_filter,
 )
-from mcmfh.index.storage import DB_NAME
 from mcmfh.index.store import Capabilities, Rescore, StoreInfo, search_store
-from mcmfh.io import sqlite_transaction
 
 TOKEN_ENV = "MCMFH_MILVUS_TOKEN"
 DSN_ENV = "MCMFH_POSTGRES_DSN"
@@ -83,99 +75,39 @@ class MetadataStore(Protocol):
 
 
 class SqliteMeta:
-    """Item metadata in ``items.sqlite`` beside nothing else: the codes are on the server."""
-
-    _SCHEMA = "\n".join(
-        [
-            sqlite_table("items", unique_ids=True),
-            "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
-            "INSERT OR IGNORE INTO counters VALUES ('next_key', 0);",
-        ]
-    )
+    """Item metadata in the folder's ``items.sqlite`` (``mcmfh.index.item_table``, live layout): the codes are on
+    the server."""
 
     def __init__(self, path: Path, create: bool) -> None:
-        if not create and not path.is_file():
-            raise ArtefactError(f"{path}: missing")
-        try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA synchronous = FULL")
-            if create:
-                self._db.executescript(self._SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise ArtefactError(f"{path}: unreadable item database ({e})") from e
-        self._names: str | None = None
-
-    def _columns(self) -> set[str]:
-        return {r[1] for r in self._db.execute("PRAGMA table_info(items)")}
-
-    def _select(self) -> str:
-        if self._names is None:  # a table made before studies lacks study_id: read as NULL until a writer adds it
-            self._names = select_names(self._columns())
-        return self._names
+        self.table = SqliteItemTable(path, generations=False, create=create)
 
     def reserve_keys(self, n: int) -> np.ndarray:
         """Fresh keys, never reused, so a code left on the server by a killed add cannot alias a new item."""
-        with self._transaction():
-            start = self._db.execute("SELECT value FROM counters WHERE name = 'next_key'").fetchone()[0]
-            self._db.execute("UPDATE counters SET value = ? WHERE name = 'next_key'", (start + n,))
-        return np.arange(start, start + n, dtype=np.int64)
+        return self.table.reserve_keys(n)
 
     def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]], keys: np.ndarray) -> None:
-        rows = [(int(k), *item_row(i, it)) for i, (k, it) in enumerate(zip(keys, items, strict=True))]
-        if "study_id" not in self._columns():
-            self._db.execute("ALTER TABLE items ADD COLUMN study_id TEXT")  # a table made before studies
-            self._names = None
-        with self._transaction():  # the commit point of an add
-            self._db.executemany(f"INSERT INTO items ({NAMES}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        self.table.insert(keys, [item_row(i, it) for i, it in enumerate(items)])  # the commit point of an add
 
     def remove(self, item_ids: Sequence[str]) -> np.ndarray:
-        keys = np.array(sorted(self.keys_of(item_ids).values()), np.int64)
-        with self._transaction():
-            self._db.executemany("DELETE FROM items WHERE key = ?", [(int(k),) for k in keys])
-        return keys
-
-    def _transaction(self) -> contextlib.AbstractContextManager[None]:
-        return sqlite_transaction(self._db)
+        return self.table.delete(item_ids)
 
     def keys_of(self, item_ids: Sequence[str]) -> dict[str, int]:
-        ids, out = [str(x) for x in item_ids], {}
-        for start in range(0, len(ids), SQL_CHUNK):
-            chunk = ids[start : start + SQL_CHUNK]
-            sql = f"SELECT item_id, key FROM items WHERE item_id IN ({','.join('?' * len(chunk))})"
-            out.update(self._db.execute(sql, chunk).fetchall())
-        return out
+        return self.table.keys_of(item_ids)
 
     def lookup(self, keys: Sequence[int] | np.ndarray) -> dict[int, Item]:
-        keys, out = [int(k) for k in keys], {}
-        for start in range(0, len(keys), SQL_CHUNK):
-            chunk = keys[start : start + SQL_CHUNK]
-            sql = f"SELECT {self._select()} FROM items WHERE key IN ({','.join('?' * len(chunk))})"
-            for row in self._db.execute(sql, chunk):
-                out[int(row[0])] = item_from_row(row)
-        return out
+        return self.table.lookup(keys)
 
     def members(self, study_ids: Sequence[str]) -> dict[str, list[Item]]:
-        ids, out = list(dict.fromkeys(str(s) for s in study_ids)), {}
-        study_col = "study_id" in self._columns()
-        for start in range(0, len(ids), SQL_CHUNK // 2):
-            chunk = ids[start : start + SQL_CHUNK // 2]
-            if study_col:
-                where, params = study_filter(len(chunk)), (*chunk, *chunk)
-            else:
-                where, params = f"item_id IN ({','.join('?' * len(chunk))})", tuple(chunk)
-            for row in self._db.execute(f"SELECT {self._select()} FROM items WHERE {where} ORDER BY key", params):
-                item = item_from_row(row)
-                out.setdefault(item.study_id or item.item_id, []).append(item)
-        return out
+        return self.table.members(study_ids)
 
     def all_keys(self) -> np.ndarray:
-        return np.array([r[0] for r in self._db.execute("SELECT key FROM items ORDER BY key")], np.int64)
+        return self.table.all_keys()
 
     def max_key(self) -> int:
-        return int(self._db.execute("SELECT coalesce(max(key), -1) FROM items").fetchone()[0])
+        return self.table.max_key()
 
     def __len__(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+        return len(self.table)
 
     def writer_lock(self, timeout: float, what: str) -> contextlib.AbstractContextManager[None]:
         """Nothing beyond the archive's folder lock: the file lives in that folder."""
@@ -185,7 +117,7 @@ class SqliteMeta:
         """The file goes with the archive folder; nothing on a server."""
 
     def close(self) -> None:
-        self._db.close()
+        self.table.close()
 
 
 class PostgresMeta:

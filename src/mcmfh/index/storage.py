@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
-import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,26 +37,20 @@ import numpy as np
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.index import _files
 from mcmfh.index.factory import default_kind, make_index
+from mcmfh.index.item_table import DB_NAME, SqliteItemTable, create_table
 from mcmfh.index.items import (
-    NAMES,
-    SQL_CHUNK,
     Hit,
     Item,
-    item_from_row,
     item_row,
-    select_names,
-    sqlite_table,
-    study_filter,
 )
-from mcmfh.index.sealed import SEALED_FROM, seal, sealed_from, unseal
+from mcmfh.index.sealed import SEALED_FROM, sealed_from
 from mcmfh.index.segments import SegmentedIndex, merge_plan
 from mcmfh.index.store import Capabilities, Rescore, StoreInfo, search_store
-from mcmfh.io import atomic_dir, atomic_write_json, sqlite_transaction
+from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.locking import writer_lock
 from mcmfh.manifest import MANIFEST_NAME, new_manifest, read_manifest, require_match
 
 KIND = "index"
-DB_NAME = "items.sqlite"
 FORMAT_VERSION = 2  # 2: segments + removed keys; 1 (one codes/keys pair under "files") is still read
 READABLE_FORMATS = (1, 2)
 OPEN_RETRIES = 5  # an open that races a commit re-reads the manifest this many times before giving up
@@ -67,19 +60,6 @@ _OWN_FIELDS = ("kind", "format", "bits", "index_kind", "index_params", "generati
                "segments", "removed", SEALED_FROM)  # fmt: skip
 # Files this module writes (and so may delete): generation files and atomic-write temps. Nothing else is touched.
 _OURS = re.compile(r"^(codes|keys|removed)-\d+(-[0-9a-f]+)?\.npy$|^\.(codes|keys|removed|manifest).*\.tmp$")
-
-# The record (mcmfh.index.items) plus the generation that added a row and the one that removed it.
-_SCHEMA = "\n".join(
-    [
-        sqlite_table("items", extra=("gen INTEGER NOT NULL", "removed_gen INTEGER", "payload BLOB")),
-        "CREATE INDEX IF NOT EXISTS items_item_id ON items (item_id);",
-        "CREATE INDEX IF NOT EXISTS items_removed ON items (removed_gen) WHERE removed_gen IS NOT NULL;",
-        "CREATE INDEX IF NOT EXISTS items_study ON items (study_id) WHERE study_id IS NOT NULL;",
-    ]
-)
-# Columns added to the table after the first folders, with their definitions: a writer adds what a table lacks.
-_LATER_COLUMNS = {"payload": "payload BLOB", "study_id": "study_id TEXT"}
-_VISIBLE = "gen <= ? AND (removed_gen IS NULL OR removed_gen > ?)"
 
 
 def segments_of(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -118,19 +98,11 @@ class ItemIndex:
         self.manifest: dict[str, Any] = {}
         self.index = SegmentedIndex(int(manifest["bits"]), self._make_segment_for(manifest))
         self._removed = np.zeros(0, np.int64)
-        self._schema_checked = False
-        self._payload_column = False
-        self._names: str | None = None  # the SELECT list for this table's columns (older tables lack study_id)
-        try:
-            # check_same_thread=False: callers such as the service serialise access with their own lock.
-            self._db = sqlite3.connect(folder / DB_NAME, isolation_level=None, check_same_thread=False, timeout=30)
-            self._db.execute("PRAGMA synchronous = FULL")
-        except sqlite3.DatabaseError as e:
-            raise ArtefactError(f"{folder / DB_NAME}: unreadable item database ({e})") from e
+        self.table = SqliteItemTable(folder / DB_NAME, generations=True)
         try:
             self._load(manifest, verify)
         except BaseException:
-            self._db.close()
+            self.table.close()
             raise
 
     @staticmethod
@@ -158,9 +130,7 @@ class ItemIndex:
             raise MCMFHError(f"index manifest: fields {clash} are reserved")
         index = make_index(bits, kind, **dict(index_params or {}))  # validates bits and kind before writing
         with atomic_dir(folder, overwrite=overwrite) as tmp:
-            con = sqlite3.connect(tmp / DB_NAME)
-            con.executescript(_SCHEMA)
-            con.close()
+            create_table(tmp / DB_NAME, generations=True)
             manifest = new_manifest(
                 KIND,
                 format=FORMAT_VERSION,
@@ -245,11 +215,9 @@ class ItemIndex:
             self.index.add_segment(codes[alive], keys[alive])
         self._removed = removed
         self.manifest = manifest
-        self._names = None  # a writer in another process may have added a column since: read the table again
-        try:
-            n_rows = self._db.execute(f"SELECT COUNT(*) FROM items WHERE {_VISIBLE}", self._gen2()).fetchone()[0]
-        except sqlite3.DatabaseError as e:
-            raise ArtefactError(f"{self.folder / DB_NAME}: unreadable item database ({e})") from e
+        self.table.generation, self.table.sealed_from = int(manifest["generation"]), sealed_from(manifest)
+        self.table.forget_columns()  # a writer in another process may have added a column since
+        n_rows = len(self.table)
         if len(self.index) != manifest["count"] or n_rows != manifest["count"]:
             raise ArtefactError(f"{self.folder}: {n_rows} items in {DB_NAME} and {len(self.index)} codes, but "
                                 f"{manifest['count']} in the manifest")  # fmt: skip
@@ -300,98 +268,31 @@ class ItemIndex:
     def __len__(self) -> int:
         return len(self.index)
 
-    def _gen2(self) -> tuple[int, int]:
-        return self.generation, self.generation
-
     def lookup(self, keys: Sequence[int] | np.ndarray) -> dict[int, Item]:
         """The items among ``keys`` (unknown keys are left out)."""
-        keys = [int(k) for k in keys]
-        rows: dict[int, Item] = {}
-        for start in range(0, len(keys), SQL_CHUNK):
-            chunk = keys[start : start + SQL_CHUNK]
-            sql = f"SELECT {self._select()} FROM items WHERE key IN ({','.join('?' * len(chunk))}) AND {_VISIBLE}"
-            for row in self._db.execute(sql, (*chunk, *self._gen2())):
-                rows[int(row[0])] = item_from_row(row)
-        return rows
+        return self.table.lookup(keys)
 
     def get(self, keys: Sequence[int] | np.ndarray) -> list[Item]:
         """Items by key, in the given order; unknown keys raise MCMFHError."""
-        keys = [int(k) for k in keys]
-        rows = self.lookup(keys)
-        absent = [k for k in keys if k not in rows]
-        if absent:
-            raise MCMFHError(f"index {self.folder.name}: no items with keys {absent[:5]}")
-        return [rows[k] for k in keys]
+        return self.table.get(keys)
 
     def payloads(self, keys: Sequence[int] | np.ndarray, width: int) -> np.ndarray:
         """The stored payload rows of ``keys`` as (len(keys), width) uint8, in the given order; a key without a
-        payload of that width (added without one, or unknown) raises MCMFHError."""
-        keys = [int(k) for k in keys]
-        found: dict[int, bytes] = {}
-        if not self._has_payload_column():
-            raise MCMFHError(f"index {self.folder.name}: made before payloads existed (rebuild it for two-stage)")
-        for start in range(0, len(keys), SQL_CHUNK):
-            chunk = keys[start : start + SQL_CHUNK]
-            sql = f"SELECT key, payload FROM items WHERE key IN ({','.join('?' * len(chunk))}) AND {_VISIBLE}"
-            found.update(self._db.execute(sql, (*chunk, *self._gen2())).fetchall())
-        first = sealed_from(self.manifest)
-        rows = {k: unseal(k, found.get(k), width, first) for k in keys}
-        bad = [k for k in keys if rows[k] is None]
-        if bad:
-            what = "fails its checksum or has the wrong length" if found.get(bad[0]) is not None else "is missing"
-            item = self.get([bad[0]])[0].item_id
-            raise ArtefactError(f"{self.folder / DB_NAME}: the {width}-byte payload of item {item!r} (key {bad[0]}"
-                                f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}) {what}: the archive is "
-                                "damaged; restore it from a backup or rebuild it (mcmfh index build)")  # fmt: skip
-        out = np.frombuffer(b"".join(rows[k] or b"" for k in keys), dtype=np.uint8)
-        return out.reshape(len(keys), width)
-
-    def _columns(self) -> set[str]:
-        return {r[1] for r in self._db.execute("PRAGMA table_info(items)")}
-
-    def _select(self) -> str:
-        if self._names is None:
-            self._names = select_names(self._columns())
-        return self._names
+        payload of that width (added without one, or unknown) raises MCMFHError, a damaged one ArtefactError."""
+        return self.table.payloads(keys, width)
 
     def members(self, study_ids: Sequence[str]) -> dict[str, list[Item]]:
         """The items of each of ``study_ids`` (by ``Item.study_id``, or its own id for an item of no study), in key
-        order; a study with no item here is left out. An index made before studies has none but singletons."""
-        ids = list(dict.fromkeys(str(s) for s in study_ids))
-        out: dict[str, list[Item]] = {}
-        study_col = "study_id" in self._columns()
-        for start in range(0, len(ids), SQL_CHUNK // 2):
-            chunk = ids[start : start + SQL_CHUNK // 2]
-            if study_col:
-                where, params = study_filter(len(chunk)), (*chunk, *chunk)
-            else:
-                where, params = f"item_id IN ({','.join('?' * len(chunk))})", tuple(chunk)
-            sql = f"SELECT {self._select()} FROM items WHERE {where} AND {_VISIBLE} ORDER BY key"
-            for row in self._db.execute(sql, (*params, *self._gen2())):
-                item = item_from_row(row)
-                out.setdefault(item.study_id or item.item_id, []).append(item)
-        return out
-
-    def _has_payload_column(self) -> bool:
-        # Once there, always there (columns are only added): the PRAGMA runs until then, not on every search.
-        if not self._payload_column:
-            self._payload_column = "payload" in {r[1] for r in self._db.execute("PRAGMA table_info(items)")}
-        return self._payload_column
+        order; a study with no item here is left out."""
+        return self.table.members(study_ids)
 
     def keys_of(self, item_ids: Sequence[str]) -> dict[str, int]:
         """Keys of the given item ids that are in the index."""
-        out: dict[str, int] = {}
-        ids = [str(x) for x in item_ids]
-        for start in range(0, len(ids), SQL_CHUNK):
-            chunk = ids[start : start + SQL_CHUNK]
-            sql = f"SELECT item_id, key FROM items WHERE item_id IN ({','.join('?' * len(chunk))}) AND {_VISIBLE}"
-            out.update(self._db.execute(sql, (*chunk, *self._gen2())).fetchall())
-        return out
+        return self.table.keys_of(item_ids)
 
     def item_ids(self, with_image: bool = False) -> set[str]:
         """The ids of every item (``with_image``: of those that have an image path); O(N), for integrity checks."""
-        where = f"{_VISIBLE} AND image IS NOT NULL" if with_image else _VISIBLE
-        return {r[0] for r in self._db.execute(f"SELECT item_id FROM items WHERE {where}", self._gen2())}
+        return self.table.item_ids(with_image)
 
     def search(self, queries: np.ndarray, k: int = 10, rescore: Rescore | None = None) -> list[list[Hit]]:
         """Top-k items per packed query code, nearest first (ties: earlier added first); ``rescore``: two-stage,
@@ -406,9 +307,7 @@ class ItemIndex:
         return self.manifest
 
     def __iter__(self) -> Iterator[Item]:
-        sql = f"SELECT {self._select()} FROM items WHERE {_VISIBLE} ORDER BY key"
-        for row in self._db.execute(sql, self._gen2()):
-            yield item_from_row(row)
+        return iter(self.table)
 
     # ------------------------------------------------------------------------------------------ writing
     def add(
@@ -429,12 +328,10 @@ class ItemIndex:
         codes = np.asarray(codes)
         if codes.ndim != 2 or len(codes) != len(rows):
             raise MCMFHError(f"index add: {len(rows)} items but codes of shape {codes.shape}")
-        blobs: list[bytes | None] = [None] * len(rows)
         if payload is not None:
             payload = np.ascontiguousarray(payload, dtype=np.uint8)
             if payload.ndim != 2 or len(payload) != len(rows):
                 raise MCMFHError(f"index add: {len(rows)} items but payload of shape {payload.shape}")
-            blobs = [row.tobytes() for row in payload]
         item_ids = [r[0] for r in rows]
         if len(set(item_ids)) != len(item_ids):
             raise MCMFHError("index add: item ids repeat within the batch")
@@ -462,13 +359,7 @@ class ItemIndex:
                     merged = self.index.merge_tail(n_merge)
                     segments[-n_merge:] = [self._write_segment(merged.codes, merged.ids, gen, tag + "m")]
                 fields.update(segments=segments, next_key=start + len(rows))
-                self._db.executemany(
-                    f"INSERT INTO items ({NAMES}, gen, payload) VALUES (?,?,?,?,?,?,?,?,?)",
-                    [
-                        (int(k), *r, gen, None if b is None else seal(int(k), b))
-                        for k, r, b in zip(keys, rows, blobs, strict=True)
-                    ],
-                )
+                self.table.insert(keys, rows, gen, payload)
         return keys
 
     def remove(self, item_ids: Sequence[str]) -> int:
@@ -488,7 +379,7 @@ class ItemIndex:
         removed = np.union1d(self._removed, keys)
         entry = _files.write_arrays(self.folder, {"removed": removed}, suffix=f"-{gen}-{tag}")["files"]
         fields["removed"] = {**entry["removed"], "count": len(removed)}
-        self._db.executemany("UPDATE items SET removed_gen = ? WHERE key = ?", [(gen, int(k)) for k in keys])
+        self.table.mark_removed(keys, gen)
         self._removed = removed
 
     def compact(self) -> bool:
@@ -557,50 +448,28 @@ class ItemIndex:
         fields: dict[str, Any] = {}
         committed = self.manifest
         try:
-            self._db.execute("BEGIN IMMEDIATE")
+            self.table.begin()
             yield fields
-            # Rows removed before the previous generation are no one's any more (see _cleanup for the files).
-            self._db.execute("DELETE FROM items WHERE removed_gen <= ?", (gen - 1,))
-            self._db.execute("COMMIT")
+            self.table.commit(gen)  # also forgets rows removed before the previous generation (files: _cleanup)
             manifest = {**committed, **fields, "format": FORMAT_VERSION, "generation": gen, "count": len(self.index)}
             manifest.pop("files", None)  # a format-1 folder becomes format 2 on its first change
             manifest.setdefault("segments", segments_of(committed))
             atomic_write_json(self.folder / MANIFEST_NAME, manifest)  # the commit point
         except BaseException:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+            self.table.rollback()
             self.manifest = {}
             self._load(read_manifest(self.folder, KIND), verify=False)
             for path in self.folder.glob(f"*-{gen}-{tag}*.npy"):
                 path.unlink(missing_ok=True)
             raise
         previous, self.manifest = committed, manifest
+        self.table.generation, self.table.sealed_from = gen, sealed_from(manifest)
         self._cleanup(previous)
 
     def _recover(self) -> None:
         """Undo what an interrupted change left: rows of later generations, removal marks, stray files."""
-        gen, next_key = self.generation, int(self.manifest.get("next_key", 0))
-        try:
-            if not self._schema_checked:  # folders made before the removal index / payloads / studies get them
-                have = self._columns()
-                for name, definition in _LATER_COLUMNS.items():
-                    if name not in have:
-                        self._db.execute(f"ALTER TABLE items ADD COLUMN {definition}")
-                self._db.executescript(_SCHEMA)  # after the columns: its indexes name them
-                self._names = None
-                self._schema_checked = True
-            # An interrupted add left rows with keys from next_key on; a remove, marks above this generation.
-            sql = ("SELECT EXISTS(SELECT 1 FROM items WHERE key >= ?) "
-                   "OR EXISTS(SELECT 1 FROM items WHERE removed_gen > ?)")  # fmt: skip
-            left = self._db.execute(sql, (next_key, gen)).fetchone()[0]
-            if left:  # only after a crash: the common case costs one read, no transaction
-                with sqlite_transaction(self._db):
-                    self._db.execute("DELETE FROM items WHERE gen > ?", (gen,))
-                    self._db.execute("UPDATE items SET removed_gen = NULL WHERE removed_gen > ?", (gen,))
-        except sqlite3.OperationalError as e:
-            if "readonly" in str(e):
-                raise MCMFHError(f"index {self.folder}: not writable (its item database is read-only)") from e
-            raise
+        self.table.upgrade()  # folders made before the removal index / payloads / studies get them
+        self.table.undo_after(self.generation, int(self.manifest.get("next_key", 0)))
         self._cleanup(self.manifest)
 
     def _cleanup(self, previous: Mapping[str, Any]) -> None:
@@ -620,7 +489,7 @@ class ItemIndex:
 
     # ------------------------------------------------------------------------------------------ lifetime
     def close(self) -> None:
-        self._db.close()
+        self.table.close()
 
     def __enter__(self) -> ItemIndex:
         return self

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException
 from mcmfh import __version__
 from mcmfh.errors import MCMFHError
 from mcmfh.index.items import Hit, Item, StudyHit
+from mcmfh.index.store import widen
 from mcmfh.locking import LockTimeout
 from mcmfh.service.engine import SearchEngine, StudyEngine, WritableEngine
 from mcmfh.service.imaging import SNIFF_BYTES, ImageRejected, decode_image, read_image_file, sniff, to_png
@@ -115,20 +116,21 @@ def _filtered(
 ) -> tuple[list[Hit], dict[str, dict[str, str]]]:
     """The k best hits whose PACS metadata matches ``filters`` (exact values), with every hit's metadata.
 
-    Filtering after the search keeps results exact: the request widens (x4 each round) until k hits match or
-    every item has been ranked."""
+    Filtering after the search keeps results exact: the request widens (``mcmfh.index.store.widen``) until k hits
+    match or every item has been ranked."""
     if not filters:
         hits = search(k)
         return hits, engine.study_metadata([h.item.item_id for h in hits])
-    want = k
-    n_items = max(1, engine.info().items)
-    while True:
+
+    def matching(want: int) -> tuple[list[Hit], list[Hit], dict[str, dict[str, str]]]:
         hits = search(want)
         study = engine.study_metadata([h.item.item_id for h in hits])
         keep = [h for h in hits if all(study.get(h.item.item_id, {}).get(f) == v for f, v in filters.items())]
-        if len(keep) >= k or len(hits) < want or want >= n_items:
-            return keep[:k], study
-        want = min(n_items, want * 4)
+        return hits, keep, study
+
+    hits, keep, study = widen(matching, lambda r, want: len(r[1]) >= k or len(r[0]) < want, k,
+                              limit=max(1, engine.info().items))  # fmt: skip
+    return keep[:k], study
 
 
 IMAGE_FORM_FIELDS = ("file", "k", "modality", "body_part", "target")  # the parameters of POST /search/image
