@@ -87,7 +87,7 @@ def test_same_seed_same_codes(feats, fitted, name):
 def test_unknown_and_badly_typed_options_are_clear_errors():
     with pytest.raises(MCMFHError, match="unknown option.*ridg"):
         create_method("cca-itq", 16, ridg=0.1)
-    with pytest.raises(MCMFHError, match="'epochs'.*expected int"):
+    with pytest.raises(MCMFHError, match="'epochs' expects int, got 'many'"):
         create_method("ucmfh", 16, epochs="many")
     assert create_method("ucmfh", 16, epochs="3").opts.epochs == 3  # CLI strings are coerced
 

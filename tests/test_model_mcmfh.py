@@ -63,8 +63,12 @@ def test_bad_bits_and_bad_input_are_refused(data, fitted) -> None:
 def test_config_options_are_checked() -> None:
     with pytest.raises(MCMFHError, match="unknown option.*widht"):
         MCMFHConfig.from_options(widht=3)
-    with pytest.raises(MCMFHError, match="'experts' must be an integer"):
+    with pytest.raises(MCMFHError, match="'experts' expects int, got 2.5"):
         MCMFHConfig.from_options(experts=2.5)
+    with pytest.raises(MCMFHError, match="'lr' expects float, got True"):
+        MCMFHConfig.from_options(lr=True)
+    with pytest.raises(MCMFHError, match="'use_moe' expects bool, got 1"):
+        MCMFHConfig.from_options(use_moe=1)
     with pytest.raises(MCMFHError, match="'gate' must be one of"):
         MCMFHConfig.from_options(gate="noisy")
     with pytest.raises(MCMFHError, match="top_k"):

@@ -33,6 +33,9 @@ class HashMethod(ABC):
     continuous: ClassVar[bool] = False
     # The method this one ablates (one component switched off), for the report's ablation table; None: not one.
     ablation_of: ClassVar[str | None] = None
+    # The chance baseline: the evaluator reports the exact expected mAP of a random ranking (mcmfh.metrics.chance_map)
+    # and reports compare every other row with it.
+    reports_exact_chance: ClassVar[bool] = False
 
     def __init__(self, bits: int, seed: int = 0, **options: Any) -> None:
         self.bits = int(bits)

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mcmfh.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from mcmfh.method import HashMethod
 
 # (column title, row key) of the per-direction numbers in the table.
 # The first two are the headline (tie-aware mAP@all); stable-order figures come last and say so.
@@ -104,12 +107,12 @@ def run_info(config: str | Path | None = None, cwd: str | Path | None = None) ->
 
 def _chance_check(groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]]]) -> list[str]:
     """One line saying whether every hashing row's mean mAP@all beats the `chance` row at the same bits."""
-    chance = {b: rs for (m, b), rs in groups.items() if m == "chance"}
+    chance = {b: rs for (m, b), rs in groups.items() if _is_chance(m)}
     if not chance:
         return []
     below = []
     for (method, bits), rs in groups.items():
-        if method == "chance" or rs[0].get("continuous") or bits not in chance:
+        if _is_chance(method) or rs[0].get("continuous") or bits not in chance:
             continue
         for d in ("i2t", "t2i"):
             ref = mean_std([headline(r, d) for r in chance[bits]])[0]
@@ -119,10 +122,21 @@ def _chance_check(groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]]])
     return [f"Chance check (mean tie-aware mAP vs `chance` at the same bits): {verdict}.", ""]
 
 
-def _ablates_mcmfh(method: str) -> bool:
+def _registered(method: str) -> type[HashMethod] | None:
+    """The class of a row's method, whose declarations the report reads (None: a method not registered here)."""
     from mcmfh.factory import available_methods, method_class
 
-    return method in available_methods() and method_class(method).ablation_of == "mcmfh"
+    return method_class(method) if method in available_methods() else None
+
+
+def _is_chance(method: str) -> bool:
+    cls = _registered(method)
+    return cls is not None and cls.reports_exact_chance
+
+
+def _ablates_mcmfh(method: str) -> bool:
+    cls = _registered(method)
+    return cls is not None and cls.ablation_of == "mcmfh"
 
 
 def _ablation_table(groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]]]) -> list[str]:

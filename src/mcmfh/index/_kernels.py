@@ -64,17 +64,6 @@ def csr_keys(offsets, positions):
 
 # ------------------------------------------------------------------------------------------------------------- flat
 @njit(inline="always")
-def _kth(hist, kk):
-    """Smallest distance D with at least kk counted items at distance <= D, or -1."""
-    c = 0
-    for d in range(hist.shape[0]):
-        c += hist[d]
-        if c >= kk:
-            return d
-    return -1
-
-
-@njit(inline="always")
 def _emit_sorted(cd, cp, nc, tau, kk, out_d, out_p, i):
     """Write the kk smallest (distance, position) pairs among the first nc candidates with distance <= tau."""
     keys = np.empty(nc, np.int64)

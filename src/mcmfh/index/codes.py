@@ -6,8 +6,6 @@ import numpy as np
 
 from mcmfh.errors import MCMFHError
 
-VALID_BITS = (8, 16, 32, 64, 128, 256)
-
 
 def pack_codes(codes: np.ndarray) -> np.ndarray:
     """Bool or ±1 / {0,1} codes (N, bits) → packed uint8 (N, bits // 8)."""

@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Literal, get_type_hints
+from typing import Any, Literal
 
 from mcmfh.errors import MCMFHError
+from mcmfh.options import parse_options
 
 GateType = Literal["hybrid", "dense", "sparse"]
 SingleRule = Literal["absent", "alone"]
@@ -93,24 +94,8 @@ class MCMFHConfig:
 
     @classmethod
     def from_options(cls, **options: Any) -> MCMFHConfig:
-        hints = get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise MCMFHError(f"mcmfh: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        options = {k: _from_string(v, hints[k], k) if isinstance(v, str) else v for k, v in options.items()}
-        for key, value in options.items():
-            want = hints[key]
-            if want is bool and not isinstance(value, bool):
-                raise MCMFHError(f"mcmfh: option {key!r} must be true/false, got {value!r}")
-            if want is int and (isinstance(value, bool) or not isinstance(value, int)):
-                raise MCMFHError(f"mcmfh: option {key!r} must be an integer, got {value!r}")
-            if want is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise MCMFHError(f"mcmfh: option {key!r} must be a number, got {value!r}")
-            allowed = getattr(want, "__args__", None)
-            if allowed and value not in allowed:
-                raise MCMFHError(f"mcmfh: option {key!r} must be one of {allowed}, got {value!r}")
-        cfg = cls(**{k: (float(v) if hints[k] is float else v) for k, v in options.items()})
+        """The config with ``options`` (keyword arguments, YAML values or CLI strings) over the defaults."""
+        cfg = parse_options(cls, options, "mcmfh")
         cfg.validate()
         return cfg
 
@@ -136,22 +121,3 @@ class MCMFHConfig:
         """The fields that shape the fitted arrays (a checkpoint must match them); run-only fields excluded."""
         run_only = {"num_threads", "checkpoint_dir"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in run_only}
-
-
-def _from_string(value: str, want: Any, key: str) -> Any:
-    """CLI options arrive as strings (``--option epochs_stage2=12``): coerce them to the field's type."""
-    try:
-        if want is bool:
-            lowered = value.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if want is int:
-            return int(value)
-        if want is float:
-            return float(value)
-    except ValueError as e:
-        raise MCMFHError(f"mcmfh: option {key!r} expects {getattr(want, '__name__', want)}, got {value!r}") from e
-    return value
