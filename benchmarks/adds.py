@@ -30,6 +30,7 @@ from mcmfh import __version__
 from mcmfh.index import _files
 from mcmfh.index.factory import make_index
 from mcmfh.index.storage import ItemIndex
+from mcmfh.items import Item
 
 CHUNK = 1_000_000  # items per build step: bounds the memory held by their metadata mappings
 
@@ -40,7 +41,7 @@ def build(folder: Path, n: int, bits: int, rng: np.random.Generator) -> tuple[It
     for start in range(0, n, CHUNK):
         stop = min(n, start + CHUNK)
         codes = rng.integers(0, 256, size=(stop - start, bits // 8), dtype=np.uint8)
-        idx.add(codes, [{"id": f"b{i}"} for i in range(start, stop)])
+        idx.add(codes, [Item(f"b{i}", None, "") for i in range(start, stop)])
     idx.compact()
     return idx, time.perf_counter() - t0
 
@@ -49,7 +50,7 @@ def time_new(idx: ItemIndex, adds: int, batch: int, bits: int, rng: np.random.Ge
     out = []
     for a in range(adds):
         codes = rng.integers(0, 256, size=(batch, bits // 8), dtype=np.uint8)
-        items = [{"id": f"new{a}-{j}"} for j in range(batch)]
+        items = [Item(f"new{a}-{j}", None, "") for j in range(batch)]
         t0 = time.perf_counter()
         idx.add(codes, items)
         out.append(time.perf_counter() - t0)

@@ -77,12 +77,12 @@ class SyntheticEngine:
 
     def _rank(self, bits: np.ndarray, k: int):
         from mcmfh.index.codes import hamming_matrix, pack_codes
-        from mcmfh.index.items import Hit, Item
+        from mcmfh.items import Hit, Item
 
         distances = hamming_matrix(pack_codes(bits[None]), self.codes)[0]
         top = np.argpartition(distances, min(k, len(distances) - 1))[:k]
         top = top[np.lexsort((top, distances[top]))]
-        items = [Item(int(j), f"item{j}", f"synthetic item {j}", None, ("tag",), "bench") for j in top]
+        items = [Item(f"item{j}", None, f"synthetic item {j}", ("tag",), source="bench", key=int(j)) for j in top]
         return [Hit(item, int(distances[j])) for item, j in zip(items, top, strict=True)]
 
     def search_text(self, query: str, k: int):

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from mcmfh.index import FlatIndex, make_index
+from mcmfh.items import Item
 
 
 @dataclass
@@ -121,7 +122,7 @@ def bench_postgres(args: argparse.Namespace, db: np.ndarray, q: np.ndarray, flat
     from mcmfh.index.postgres import PostgresItemStore
 
     n = min(args.postgres_n, len(db))
-    items = [{"id": f"i{j}", "caption": "", "labels": [], "source": "bench"} for j in range(n)]
+    items = [Item(f"i{j}", None, "", source="bench") for j in range(n)]
     store = PostgresItemStore(args.postgres_dsn, args.bits)
     keys, b = _timed(lambda: store.add(db[:n], items, keys=np.arange(n)))
     sub = FlatIndex(args.bits)
@@ -185,7 +186,7 @@ def bench_milvus(args: argparse.Namespace, db: np.ndarray, q: np.ndarray, ref: A
 def bench_encode(args: argparse.Namespace) -> list[EncodeRow]:
     from PIL import Image
 
-    from mcmfh.data.records import Dataset, LoadReport, Record
+    from mcmfh.data.records import Dataset, LoadReport
     from mcmfh.distributed import RayChunkRunner
     from mcmfh.encoders import get_encoder
     from mcmfh.feature_cache import EncodeOptions, run_encode
@@ -198,7 +199,7 @@ def bench_encode(args: argparse.Namespace) -> list[EncodeRow]:
         path = tmp / f"img{i}.png"
         Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(path)
         records.append(
-            Record(f"r{i}", path, f"chest x-ray {i}: opacity in the {('left', 'right')[i % 2]} lobe", ("a",), "train")
+            Item(f"r{i}", path, f"chest x-ray {i}: opacity in the {('left', 'right')[i % 2]} lobe", ("a",), "train")
         )
     ds = Dataset("bench", records, "bench", ["a"], LoadReport())
     enc = get_encoder(args.encoder)

@@ -54,20 +54,15 @@ def main() -> None:
     k = ["--k", str(args.k)]
     runner = CliRunner()
     cases: list[tuple[str, list[str]]] = []
-    for i, q in enumerate(texts):
-        cases.append((f"text {i}", [archive, "--text", q, *k]))
-        if i < SAMPLE:
-            cases.append((f"text {i} one-stage", [archive, "--text", q, *k, "--rerank", "none"]))
-            cases.append((f"text {i} texts", [archive, "--text", q, *k, "--target", "texts"]))
-            if manifest.get("studies"):
-                cases.append((f"text {i} studies", [archive, "--text", q, *k, "--target", "studies"]))
-    for i, q in enumerate(images):
-        cases.append((f"image {i}", [archive, "--image", q, *k]))
-        if i < SAMPLE:
-            cases.append((f"image {i} one-stage", [archive, "--image", q, *k, "--rerank", "none"]))
-            cases.append((f"image {i} images", [archive, "--image", q, *k, "--target", "images"]))
-            if manifest.get("studies"):
-                cases.append((f"image {i} studies", [archive, "--image", q, *k, "--target", "studies"]))
+    for kind, flag, queries, same in (("text", "--text", texts, "texts"), ("image", "--image", images, "images")):
+        for i, q in enumerate(queries):
+            base = [archive, flag, q, *k]
+            cases.append((f"{kind} {i}", base))
+            if i < SAMPLE:
+                cases.append((f"{kind} {i} one-stage", [*base, "--rerank", "none"]))
+                cases.append((f"{kind} {i} {same}", [*base, "--target", same]))
+                if manifest.get("studies"):
+                    cases.append((f"{kind} {i} studies", [*base, "--target", "studies"]))
     snapshot = {name: {"query": argv[2], "options": argv[3:], **run(runner, argv)} for name, argv in cases}
     args.out.write_text(json.dumps(snapshot, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     n_text, n_image = len(texts), len(images)

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from mcmfh.index.codes import hamming_matrix, pack_codes
-from mcmfh.index.items import Hit, Item, StudyHit
+from mcmfh.items import Hit, Item, StudyHit
 from mcmfh.service.engine import EngineInfo
 
 BITS = 16
@@ -120,7 +120,7 @@ class FakeEngine:
             image = pattern_image(i)
             image_codes.append(image_code(image))
             if not has_image:
-                self.items[item_id] = Item(i, item_id, text, None, labels, "fake")
+                self.items[item_id] = Item(item_id, None, text, labels, source="fake", key=i)
                 continue
             if i == 1:
                 path = images / f"{item_id}.jpg"
@@ -132,9 +132,9 @@ class FakeEngine:
                 path = images / f"{item_id}.png"
                 path.write_bytes(png_bytes(image))
             self.paths[item_id] = path
-            self.items[item_id] = Item(i, item_id, text, str(path), labels, "fake")
+            self.items[item_id] = Item(item_id, path, text, labels, source="fake", key=i)
         if escape_path is not None:  # an engine bug the service must catch: a path outside the image root
-            self.items["escape"] = Item(len(TEXTS), "escape", "outside", str(escape_path), (), "fake")
+            self.items["escape"] = Item("escape", escape_path, "outside", source="fake", key=len(TEXTS))
             self.paths["escape"] = escape_path
             text_codes.append(text_code("outside"))
             image_codes.append(image_code(pattern_image(99)))
@@ -151,7 +151,7 @@ class FakeEngine:
             path = self.root / "images" / f"extra-{len(self.ids)}.png"
             path.write_bytes(png_bytes(pattern_image(image_seed)))
             self.paths[item_id] = path
-        self.items[item_id] = Item(len(self.ids), item_id, text, None if path is None else str(path), (), "fake")
+        self.items[item_id] = Item(item_id, path, text, source="fake", key=len(self.ids))
         self.ids.append(item_id)
         self.text_codes = np.vstack([self.text_codes, text_code(text)])
         self.image_codes = np.vstack([self.image_codes, image_code(pattern_image(image_seed or 0))])

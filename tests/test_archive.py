@@ -38,7 +38,7 @@ def test_build_holds_database_split_with_metadata(chain):
         assert len(archive) == len(db) == len(archive.indexes["images"])
         record = {r.id: r for r in ds.records}[db.ids[0]]
         item = archive.get(db.ids[0])
-        assert item.caption == record.text and set(item.labels) == set(record.labels)
+        assert item.text == record.text and set(item.labels) == set(record.labels)
         assert archive.get("no-such-id") is None
         assert archive.image_root == data_root(chain)
 
@@ -56,7 +56,7 @@ def test_text_search_equals_bruteforce_over_image_codes(chain):
         q = pack_codes(archive.method.encode_texts(archive.encoder.encode_texts([query])))
         dist = hamming_matrix(q, pack_codes(archive.method.encode_images(db.image)))[0]
     order = np.argsort(dist, kind="stable")[:10]  # ties: insertion (database) order
-    assert [h.item.item_id for h in hits] == [db.ids[i] for i in order]
+    assert [h.item.id for h in hits] == [db.ids[i] for i in order]
     assert [h.distance for h in hits] == dist[order].tolist()
     assert all(h.score is None for h in hits)
 
@@ -80,7 +80,7 @@ def test_two_stage_is_the_default_and_equals_rescoring_the_stored_payload(chain)
         )  # fmt: skip
         with pytest.raises(MCMFHError, match="stores int8 payloads"):
             archive.search_text(query, k=10, rerank="float16")
-    assert [h.item.item_id for h in hits] == [db.ids[i] for i in expected.ids[0]]
+    assert [h.item.id for h in hits] == [db.ids[i] for i in expected.ids[0]]
     assert [h.distance for h in hits] == expected.distances[0].tolist()
     assert np.allclose([h.score for h in hits], expected.similarities[0], atol=1e-6)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
@@ -171,7 +171,7 @@ def test_service_over_archive(chain):
         assert all(isinstance(x, float) for x in scores) and scores == sorted(scores, reverse=True)
         with Archive.open(chain["idx"]) as archive:
             direct = archive.search_text("fracture of the chest wall", 5)
-        assert [(h["id"], h["distance"]) for h in results] == [(h.item.item_id, h.distance) for h in direct]
+        assert [(h["id"], h["distance"]) for h in results] == [(h.item.id, h.distance) for h in direct]
         first = results[0]
         assert client.get(f"/items/{first['id']}").json()["text"] == first["text"]
         img = client.get(first["image_url"])
@@ -194,7 +194,7 @@ def test_concurrent_batched_queries_equal_one_at_a_time(chain, monkeypatch):
         with ThreadPoolExecutor(16) as pool:
             t = [pool.submit(archive.search_text, q, 7) for q in texts]
             i = [pool.submit(archive.search_image, q, 7) for q in images]
-            return [[(h.item.item_id, h.distance) for h in f.result()] for f in t + i]
+            return [[(h.item.id, h.distance) for h in f.result()] for f in t + i]
 
     with Archive.open(chain["idx"]) as archive:
         monkeypatch.setenv(BATCH_ENV, "0")
@@ -219,26 +219,25 @@ def _copy_with_new(chain, tmp_path, n=3):
 def test_a_writer_killed_between_sub_indexes_is_never_seen_half_done(chain, tmp_path):
     """Images committed, texts and the record not (a kill between them): readers see neither; the next writer
     rolls the images back and a rerun adds both."""
-    from mcmfh.index.items import record_item
     from mcmfh.index.storage import ItemIndex
 
     idx, new = _copy_with_new(chain, tmp_path)
     with Archive.open(idx) as before:
         n0, n0_images = len(before), len(before.indexes["images"])
         query = new[0].text
-        hits_before = [(h.item.item_id, h.distance) for h in before.search_text(query, k=n0_images)]
+        hits_before = [(h.item.id, h.distance) for h in before.search_text(query, k=n0_images)]
     with Archive.open(idx) as archive:  # the codes the add would write
         codes = archive.method.encode_images(archive.encoder.encode_images([r.image for r in new]))
     with ItemIndex.open(idx / "images", writable=True) as images:  # what a writer did before it was killed
-        images.add(pack_codes(codes), [record_item(r, "ward") for r in new])
+        images.add(pack_codes(codes), [dataclasses.replace(r, source="ward") for r in new])
     with Archive.open(idx) as reader:  # a reader opening now is pinned to the record
         assert len(reader.indexes["images"]) == n0_images and len(reader) == n0
-        assert [(h.item.item_id, h.distance) for h in reader.search_text(query, k=n0_images)] == hits_before
+        assert [(h.item.id, h.distance) for h in reader.search_text(query, k=n0_images)] == hits_before
         with Archive.open(idx, writable=True) as writer:
             assert writer.add_records(new, source="ward") == {"images": 3, "texts": 3}
         assert reader.refresh()  # now both modalities show the new items together
         assert len(reader.indexes["images"]) == n0_images + 3 and len(reader) == n0 + 3
-        assert {h.item.item_id for h in reader.search_text(query, k=n0_images + 3)} >= {r.id for r in new}
+        assert {h.item.id for h in reader.search_text(query, k=n0_images + 3)} >= {r.id for r in new}
     assert ItemIndex.open(idx / "images").manifest == json.loads((idx / "commit.json").read_text())["images"]
 
 

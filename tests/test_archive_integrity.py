@@ -16,7 +16,6 @@ from data_fixtures import tiny_archive
 from mcmfh.archive import Archive
 from mcmfh.cli import main
 from mcmfh.index.codes import pack_codes
-from mcmfh.index.items import record_item
 from mcmfh.index.storage import ItemIndex
 
 QUERY = "bright solid nodule in the right lung"
@@ -75,7 +74,7 @@ def test_half_an_add_without_its_commit_record_is_refused_reported_and_repaired(
         n0, n0_images = len(a), len(a.indexes["images"])
         codes = a.method.encode_images(a.encoder.encode_images([r.image for r in new]))
     with ItemIndex.open(archive / "images", writable=True) as images:  # what the killed writer had committed
-        images.add(pack_codes(codes), [record_item(r, "ward") for r in new])
+        images.add(pack_codes(codes), [dataclasses.replace(r, source="ward") for r in new])
     (archive / "commit.json").unlink()
 
     code, out, _ = cli(capsys, "index", "info", archive)
@@ -109,7 +108,7 @@ def test_half_an_add_without_its_commit_record_is_refused_reported_and_repaired(
 
 def test_half_a_remove_without_its_commit_record_is_completed_by_repair(archive, capsys):
     with Archive.open(archive) as a:
-        victim = next(it for it in a.indexes["texts"] if it.image is not None).item_id
+        victim = next(it for it in a.indexes["texts"] if it.image is not None).id
         n0 = len(a)
     with ItemIndex.open(archive / "images", writable=True) as images:  # images/ removed it, texts/ not yet
         assert images.remove([victim]) == 1

@@ -15,13 +15,13 @@ from mcmfh.archive import Archive
 from mcmfh.archive_commit import CommittedIndexes
 from mcmfh.cli import main
 from mcmfh.data import load_dataset
-from mcmfh.data.records import Record
 from mcmfh.data.synthetic import make_synthetic_dataset
 from mcmfh.encoders import get_encoder
 from mcmfh.errors import MCMFHError
 from mcmfh.feature_cache import encode_dataset
 from mcmfh.features import FeatureSet
 from mcmfh.index.codes import hamming_matrix, pack_codes
+from mcmfh.items import Item
 from mcmfh.runs import train_run
 from mcmfh.service.app import create_app
 from mcmfh.service.search_engine import ArchiveEngine
@@ -81,7 +81,7 @@ def reference_codes(method, fs: FeatureSet) -> tuple[list[str], np.ndarray]:
 def stored_codes(archive: Archive) -> dict[str, np.ndarray]:
     ix = archive.indexes["studies"]
     codes = dict(zip(ix.index.ids.tolist(), ix.index.codes, strict=True))
-    return {it.item_id: codes[it.key].tolist() for it in ix}
+    return {it.id: codes[it.key].tolist() for it in ix}
 
 
 def query_code(archive: Archive, text: str = QUERY) -> np.ndarray:
@@ -119,16 +119,16 @@ def test_study_search_equals_bruteforce_over_study_codes(chain):
         assert all(by_id[h.study_id] == h.distance for h in hits)
         members = {s: [db.ids[i] for i in np.flatnonzero(db.study_ids() == s)] for s in ids}
         for h in hits:
-            assert [it.item_id for it in h.members] == members[h.study_id]
+            assert [it.id for it in h.members] == members[h.study_id]
         image = chain["data"] / "images" / f"{db.ids[0]}.png"
         assert len(archive.search_studies_image(image, k=3)) == 3
         with pytest.raises(MCMFHError, match="Hamming distance only"):
             archive.search_studies_text(QUERY, k=3, rerank="int8")
 
 
-def _new_record(chain, item_id: str, study: str, like: int) -> Record:
+def _new_record(chain, item_id: str, study: str, like: int) -> Item:
     r = chain["ds"].records[like]
-    return dataclasses.replace(r, id=item_id, study=study, text=r.text + " Follow-up.")
+    return dataclasses.replace(r, id=item_id, study_id=study, text=r.text + " Follow-up.")
 
 
 def test_add_to_a_study_recodes_it_from_all_members(chain, tmp_path):
@@ -150,7 +150,7 @@ def test_add_to_a_study_recodes_it_from_all_members(chain, tmp_path):
         _, code = archive.method.encode_study_inputs(inputs, np.ones(len(img), bool), ["st001"] * len(img))
         assert after["st001"] == pack_codes(code)[0].tolist()
         hit = next(h for h in archive.search_studies_text(QUERY, k=len(after)) if h.study_id == "st001")
-        assert [it.item_id for it in hit.members] == [*(db.ids[i] for i in rows), "new-1"]
+        assert [it.id for it in hit.members] == [*(db.ids[i] for i in rows), "new-1"]
         # a new study of its own, and a rerun that adds nothing
         archive.add_records([_new_record(chain, "new-2", "st-new", 31)], source="test")
         assert "st-new" in stored_codes(archive)
@@ -180,10 +180,10 @@ def test_readers_see_items_and_studies_change_together(chain, tmp_path, monkeypa
     # not refreshed: the reader stays at its commit, items and studies alike
     assert reader.get("new-1") is None
     old = {h.study_id: h for h in reader.search_studies_text(QUERY, k=100)}
-    assert "new-1" not in [it.item_id for it in old["st003"].members]
+    assert "new-1" not in [it.id for it in old["st003"].members]
     assert reader.refresh()
     new = {h.study_id: h for h in reader.search_studies_text(QUERY, k=100)}
-    assert "new-1" in [it.item_id for it in new["st003"].members] and reader.get("new-1") is not None
+    assert "new-1" in [it.id for it in new["st003"].members] and reader.get("new-1") is not None
     with Archive.open(folder) as fresh:
         assert stored_codes(reader) == stored_codes(fresh)
     # a writer killed after its sub-indexes but before the commit record: a reader sees none of the change
@@ -196,14 +196,13 @@ def test_readers_see_items_and_studies_change_together(chain, tmp_path, monkeypa
         assert stored_codes(fresh) == stored_codes(reader)
     with Archive.open(folder, writable=True) as writer:  # the next writer rolls back and completes it
         assert writer.add_records([_new_record(chain, "new-2", "st003", 41)], source="test")["studies"] == 1
-        assert "new-2" in [it.item_id for it in writer.indexes["texts"].members(["st003"])["st003"]]
+        assert "new-2" in [it.id for it in writer.indexes["texts"].members(["st003"])["st003"]]
     reader.close()
 
 
 def test_half_an_add_to_a_study_archive_without_its_record_is_refused_and_repaired(chain, tmp_path):
     """Killed after images/ and texts/ committed, before study_members/, and commit.json lost (issue 28)."""
     from mcmfh.errors import ArtefactError
-    from mcmfh.index.items import record_item
     from mcmfh.index.storage import ItemIndex
 
     folder = copy_archive(chain, tmp_path)
@@ -214,7 +213,7 @@ def test_half_an_add_to_a_study_archive_without_its_record_is_refused_and_repair
                  "texts": archive.method.encode_texts(archive.encoder.encode_texts([new.text]))}  # fmt: skip
     for part, code in codes.items():
         with ItemIndex.open(folder / part, writable=True) as index:
-            index.add(pack_codes(code), [record_item(new, "test")])
+            index.add(pack_codes(code), [dataclasses.replace(new, source="test")])
     (folder / "commit.json").unlink()
     with pytest.raises(ArtefactError, match=r"1 item\(s\) have a text row but no study member row \(e.g. 'half-1'\)"):
         Archive.open(folder)
@@ -240,7 +239,7 @@ def test_baseline_without_study_head_ranks_studies_by_nearest_member(chain):
         for k in (1, 5, len(best)):
             hits = archive.search_studies_text(QUERY, k=k)
             assert [(h.study_id, h.distance) for h in hits] == expected[:k]
-        assert {it.item_id for it in hits[0].members} == {db.ids[i] for i in np.flatnonzero(sids == hits[0].study_id)}
+        assert {it.id for it in hits[0].members} == {db.ids[i] for i in np.flatnonzero(sids == hits[0].study_id)}
 
 
 def test_archive_without_studies_refuses_target_studies(chain):
@@ -274,15 +273,15 @@ def test_http_target_studies(chain):
         body = r.json()
         expected = archive.search_studies_text(QUERY, k=4)
         assert [(x["study_id"], x["distance"]) for x in body["results"]] == [(h.study_id, h.distance) for h in expected]
-        assert [m["id"] for m in body["results"][0]["members"]] == [it.item_id for it in expected[0].members]
+        assert [m["id"] for m in body["results"][0]["members"]] == [it.id for it in expected[0].members]
         assert body["results"][0]["members"][0]["image_url"].startswith("/images/")
-        image = (chain["data"] / "images" / f"{expected[0].members[0].item_id}.png").read_bytes()
+        image = (chain["data"] / "images" / f"{expected[0].members[0].id}.png").read_bytes()
         r = client.post("/search/image", files={"file": ("q.png", image, "image/png")}, data={"target": "studies"})
         assert r.status_code == 200 and r.json()["target"] == "studies"
         first = client.post("/search/text", json={"query": QUERY}).json()["results"][0]  # items by default
         assert first["study_id"] == archive.get(first["id"]).study_id
         member = expected[0].members[0]
-        assert client.get(f"/items/{member.item_id}").json()["study_id"] == member.study_id
+        assert client.get(f"/items/{member.id}").json()["study_id"] == member.study_id
         r = client.post("/search/text", json={"query": QUERY, "target": "series"})
         assert r.status_code == 422 and "target" in r.json()["error"]
         r = client.post("/search/text", json={"query": QUERY, "target": "studies", "modality": "CT"})
@@ -306,7 +305,7 @@ def test_archive_made_before_studies_stays_readable_and_gains_the_column(chain, 
     with Archive.open(folder) as archive:
         item = archive.get(first)
         assert item is not None and item.study_id is None
-        assert archive.indexes["texts"].members([first])[first][0].item_id == first
+        assert archive.indexes["texts"].members([first])[first][0].id == first
         assert len(archive.search_text(QUERY, k=3)) == 3
     with Archive.open(folder, writable=True) as archive:
         archive.add_records([_new_record(chain, "new-1", "st-x", 10)], source="test")
@@ -323,12 +322,12 @@ def test_http_write_joins_a_study_and_info_counts_studies(chain, tmp_path, capsy
         settings = Settings(token=token, allow_writes=True, image_root=chain["data"].resolve())
         client = TestClient(create_app(engine, settings))
         auth = {"Authorization": f"Bearer {token}"}
-        body = {"id": "api-1", "caption": "Follow-up CT: the nodule is smaller.", "study_id": "st004"}
+        body = {"id": "api-1", "text": "Follow-up CT: the nodule is smaller.", "study_id": "st004"}
         r = client.post("/items", json=body, headers=auth)
         assert r.status_code == 201, r.text
         assert engine.archive.get("api-1").study_id == "st004"
         members = engine.archive.indexes["study_members"].members(["st004"])["st004"]
-        assert "api-1" in [it.item_id for it in members]
+        assert "api-1" in [it.id for it in members]
         r = client.post("/items", json={**body, "id": "api-2", "study_id": 7}, headers=auth)
         assert r.status_code == 422
     finally:
@@ -362,7 +361,7 @@ def test_cli_index_add_from_a_csv_with_study_ids(chain, tmp_path, capsys):
     with Archive.open(folder) as archive:
         assert archive.get("csv-1").study_id == "st005"
         hit = next(h for h in archive.search_studies_text(QUERY, k=200) if h.study_id == "st005")
-        assert "csv-1" in [it.item_id for it in hit.members]
+        assert "csv-1" in [it.id for it in hit.members]
 
 
 def test_server_store_sqlite_metadata_keeps_studies(tmp_path):
@@ -372,17 +371,16 @@ def test_server_store_sqlite_metadata_keeps_studies(tmp_path):
     from mcmfh.index.server_store import SqliteMeta
 
     meta = SqliteMeta(tmp_path / "items.sqlite", create=True)
-    items = [{"id": "a", "caption": "x", "study_id": "s1"}, {"id": "b", "caption": "y", "study_id": "s1"},
-             {"id": "c", "caption": "z"}]  # fmt: skip
+    items = [Item("a", None, "x", study_id="s1"), Item("b", None, "y", study_id="s1"), Item("c", None, "z")]
     meta.add(np.zeros((3, 2), np.uint8), items, meta.reserve_keys(3))
     got = meta.members(["s1", "c", "nothing"])
-    assert {s: [it.item_id for it in v] for s, v in got.items()} == {"s1": ["a", "b"], "c": ["c"]}
+    assert {s: [it.id for it in v] for s, v in got.items()} == {"s1": ["a", "b"], "c": ["c"]}
     assert meta.lookup([0])[0].study_id == "s1" and meta.lookup([2])[2].study_id is None
     meta.close()
     with sqlite3.connect(tmp_path / "items.sqlite") as db:  # a table made before studies
         db.execute("ALTER TABLE items DROP COLUMN study_id")
     meta = SqliteMeta(tmp_path / "items.sqlite", create=False)
     assert meta.lookup([0])[0].study_id is None and list(meta.members(["a"])) == ["a"]
-    meta.add(np.zeros((1, 2), np.uint8), [{"id": "d", "caption": "w", "study_id": "s2"}], meta.reserve_keys(1))
+    meta.add(np.zeros((1, 2), np.uint8), [Item("d", None, "w", study_id="s2")], meta.reserve_keys(1))
     assert meta.lookup([3])[3].study_id == "s2"
     meta.close()

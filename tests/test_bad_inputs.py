@@ -269,7 +269,7 @@ def test_read_only_archive_is_named_not_writable_and_stays_searchable(small_arch
 
     arc = _copy(small_archive["arc"], tmp_path)
     with Archive.open(arc) as archive:
-        some_id = next(iter(archive.indexes["texts"])).item_id
+        some_id = next(iter(archive.indexes["texts"])).id
     r = run_cli("index", "remove", str(arc), some_id, patch=_READ_ONLY_FS)
     line = one_error_line(r, "arc", "not writable")
     assert "unreadable" not in line

@@ -71,13 +71,13 @@ while not os.path.exists(stop):
         with Archive.open(folder) as archive:  # a fresh reader each time: opens race every commit
             for _ in range(3):
                 hits = archive.search_text("a small bright square", k=5)
-                assert len(hits) == 5 and len({{h.item.item_id for h in hits}}) == 5
+                assert len(hits) == 5 and len({{h.item.id for h in hits}}) == 5
                 searches += 1
             n = len(archive)
             assert last is None or n >= last, (n, last)  # adds only: a reader never sees the count go back
             last = n
             # Every new item has an image: a change is seen in both sub-indexes or in neither (commit record).
-            new = [{{it.item_id for it in archive.indexes[m] if it.item_id[0] == "w"}} for m in ("images", "texts")]
+            new = [{{it.id for it in archive.indexes[m] if it.id[0] == "w"}} for m in ("images", "texts")]
             assert new[0] == new[1], ("half-commit", new[0] ^ new[1])
     except Exception as e:
         errors += 1
@@ -134,7 +134,7 @@ def codes_by_id(folder: Path) -> dict[tuple[str, str], bytes]:
         for m, ix in archive.indexes.items():
             keys, codes = ix.index.ids, ix.index.codes
             for item, code in zip(ix.get(keys), codes, strict=True):
-                out[(m, item.item_id)] = code.tobytes()
+                out[(m, item.id)] = code.tobytes()
     return out
 
 
@@ -152,7 +152,7 @@ def test_writers_at_once_with_kills_give_the_union_and_a_reader_never_errors(bas
             archive.add_records(worker_records(base["data"], w), source="serial")
     with Archive.open(folder) as archive:
         assert len(archive) == n0 + WORKERS * PER_WORKER
-        ids = [it.item_id for it in archive.indexes["texts"]]
+        ids = [it.id for it in archive.indexes["texts"]]
         assert len(ids) == len(set(ids))
         expected = {r.id for w in range(WORKERS) for r in worker_records(base["data"], w)}
         assert expected <= set(ids)
@@ -204,13 +204,13 @@ def test_compact_keeps_results_and_tie_order(base, tmp_path):
         archive.remove([worker_records(base["data"], 0)[1].id])
         assert len(archive.indexes["texts"].index.segments) > 1
         queries = ["a small bright square", "a large dark circle", "stripes"]
-        before = [[(h.item.item_id, h.distance) for h in archive.search_text(q, k=40)] for q in queries]
+        before = [[(h.item.id, h.distance) for h in archive.search_text(q, k=40)] for q in queries]
         assert archive.compact() == {"images": True, "texts": True}
         assert len(archive.indexes["texts"].index.segments) == 1
-        after = [[(h.item.item_id, h.distance) for h in archive.search_text(q, k=40)] for q in queries]
+        after = [[(h.item.id, h.distance) for h in archive.search_text(q, k=40)] for q in queries]
     assert after == before
     with Archive.open(folder) as archive:
-        assert [[(h.item.item_id, h.distance) for h in archive.search_text(q, k=40)] for q in queries] == before
+        assert [[(h.item.id, h.distance) for h in archive.search_text(q, k=40)] for q in queries] == before
 
 
 def test_cli_compact_and_info_show_segments(base, tmp_path, capsys):

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mcmfh.data import Dataset, Record
+from mcmfh.data import Dataset
 from mcmfh.encoders.tiny import TinyEncoder
 from mcmfh.errors import ArtefactError, DataError
 from mcmfh.feature_cache import EncodeOptions, encode_dataset, run_encode
 from mcmfh.features import FeatureSet
+from mcmfh.items import Item
 
 
 class CountingEncoder(TinyEncoder):
@@ -45,7 +46,7 @@ def make_dataset(root, n=12, text_only=(), label_set="labels"):
             if not img.exists():
                 Image.fromarray(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)).save(img)
         split = ("train", "dev", "test")[i % 3]
-        records.append(Record(f"id{i}", img, f"caption {i} about organ {i % 4}", (f"tag{i % 4}",), split))
+        records.append(Item(f"id{i}", img, f"caption {i} about organ {i % 4}", (f"tag{i % 4}",), split))
     return Dataset("gen", records, label_set, [f"tag{j}" for j in range(4)])
 
 
@@ -82,7 +83,7 @@ def test_mismatch_is_recomputed_or_refused(tmp_path, change):
         ds = Dataset(ds.name, ds.records, "labels_coarse", ds.label_vocab)
     elif change == "text":
         recs = list(ds.records)
-        recs[0] = Record(recs[0].id, recs[0].image, "another caption", recs[0].labels, recs[0].split)
+        recs[0] = Item(recs[0].id, recs[0].image, "another caption", recs[0].labels, recs[0].split)
         ds = Dataset(ds.name, recs, ds.label_set, ds.label_vocab)
     else:  # same path, new pixels: size or mtime changes
         time.sleep(0.01)
@@ -180,7 +181,7 @@ def test_same_files_named_relatively_reuse_the_cache(tmp_path, monkeypatch):
     ds = make_dataset(tmp_path / "data", n=3)
     run_encode(ds, CountingEncoder(), tmp_path / "f")
     monkeypatch.chdir(tmp_path)
-    rel = [Record(r.id, r.image.relative_to(tmp_path), r.text, r.labels, r.split) for r in ds.records]
+    rel = [Item(r.id, r.image.relative_to(tmp_path), r.text, r.labels, r.split) for r in ds.records]
     assert run_encode(Dataset(ds.name, rel, ds.label_set, ds.label_vocab), CountingEncoder(), "f").reused
 
 
@@ -191,7 +192,7 @@ def test_studies_reach_the_cache_and_change_its_key(tmp_path):
     ds = make_dataset(tmp_path / "data")
     plain = encode_dataset(ds, CountingEncoder(), tmp_path / "plain", batch_size=4)
     assert not plain.has_studies
-    grouped = Dataset(ds.name, [replace(r, study=f"S{i // 2}") for i, r in enumerate(ds.records)], ds.label_set,
+    grouped = Dataset(ds.name, [replace(r, study_id=f"S{i // 2}") for i, r in enumerate(ds.records)], ds.label_set,
                       ds.label_vocab)  # fmt: skip
     enc = CountingEncoder()
     fs = encode_dataset(grouped, enc, tmp_path / "plain", batch_size=4)

@@ -6,8 +6,9 @@ from PIL import Image
 
 from mcmfh.cli import encode as encode_cli
 from mcmfh.cli import main
-from mcmfh.data import Dataset, Record
+from mcmfh.data import Dataset
 from mcmfh.features import FeatureSet
+from mcmfh.items import Item
 
 
 @pytest.fixture
@@ -17,7 +18,7 @@ def dataset(tmp_path, monkeypatch):
     for i in range(9):
         img = tmp_path / f"im{i}.png"
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(img)
-        records.append(Record(f"r{i}", img, f"text {i}", (f"t{i % 2}",), ("train", "dev", "test")[i % 3]))
+        records.append(Item(f"r{i}", img, f"text {i}", (f"t{i % 2}",), ("train", "dev", "test")[i % 3]))
     ds = Dataset("gen", records, "labels", ["t0", "t1"])
     calls = []
 

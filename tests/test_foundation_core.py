@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 
 from conftest import make_features
-from mcmfh.data import Dataset, Record
+from mcmfh.data import Dataset
 from mcmfh.errors import ArtefactError, DataError
 from mcmfh.features import FeatureSet
 from mcmfh.index.codes import hamming_matrix, pack_codes, unpack_codes
 from mcmfh.io import atomic_dir, atomic_write_json
+from mcmfh.items import Item
 from mcmfh.manifest import fingerprint, new_manifest, read_manifest, require_match
 
 
@@ -71,10 +72,10 @@ def test_pack_and_hamming_match_bruteforce():
 
 
 def test_dataset_rejects_duplicates_and_unknown_split():
-    r = Record("a", None, "t", ("x",), "train")
+    r = Item("a", None, "t", ("x",), "train")
     with pytest.raises(DataError, match="duplicate"):
         Dataset("d", [r, r], "labels", ["x"])
     with pytest.raises(DataError, match="unknown split"):
-        Dataset("d", [Record("b", None, "t", (), "val")], "labels", [])
-    ds = Dataset("d", [r, Record("b", None, "t", ("y", "z"), "test")], "labels", ["x", "y"])
+        Dataset("d", [Item("b", None, "t", (), "val")], "labels", [])
+    ds = Dataset("d", [r, Item("b", None, "t", ("y", "z"), "test")], "labels", ["x", "y"])
     np.testing.assert_array_equal(ds.label_matrix(), [[1, 0], [0, 1]])

@@ -120,7 +120,7 @@ def test_head_health_and_json_errors_for_unknown_routes(client: TestClient) -> N
     error_of(client.get("/no/such/route"), 404)
     error_of(client.post("/health"), 405)
     error_of(client.delete("/items/MPX0000_synpic0"), 405)  # writes are off by default
-    error_of(client.post("/items", json={"id": "x", "caption": "y"}), 405)
+    error_of(client.post("/items", json={"id": "x", "text": "y"}), 405)
 
 
 # --- ids ---------------------------------------------------------------------------------------------------------

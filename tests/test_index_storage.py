@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import pytest
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.index.codes import hamming_matrix
 from mcmfh.index.storage import DB_NAME, ItemIndex
+from mcmfh.items import Item
 from mcmfh.locking import LOCK_NAME
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -32,10 +34,7 @@ def codes_of(ns: np.ndarray) -> np.ndarray:
 
 
 def items(lo: int, hi: int) -> tuple[np.ndarray, list[dict]]:
-    meta = [
-        {"id": f"it{n}", "caption": f"caption {n}", "image": f"img/{n}.png", "labels": [f"l{n % 3}"], "source": "t"}
-        for n in range(lo, hi)
-    ]
+    meta = [Item(f"it{n}", Path(f"img/{n}.png"), f"caption {n}", (f"l{n % 3}",), source="t") for n in range(lo, hi)]
     return codes_of(np.arange(lo, hi)), meta
 
 
@@ -50,8 +49,8 @@ def check_consistent(folder: Path) -> int:
         numbers = []
         for key in keys.tolist():
             it = by_key[key]
-            n = int(it.item_id[2:])
-            assert it.caption == f"caption {n}" and it.labels == (f"l{n % 3}",) and it.image == f"img/{n}.png"
+            n = int(it.id[2:])
+            assert it.text == f"caption {n}" and it.labels == (f"l{n % 3}",) and it.image == Path(f"img/{n}.png")
             numbers.append(n)
         np.testing.assert_array_equal(codes, codes_of(np.array(numbers, np.int64)))
         if len(idx):
@@ -69,9 +68,9 @@ def test_create_add_search_remove_reopen(tmp_path: Path) -> None:
     keys = idx.add(codes, meta)
     assert keys.tolist() == list(range(50))
     hits = idx.search(codes[7:8], k=3)[0]
-    assert hits[0].item.item_id == "it7" and hits[0].distance == 0 and hits[0].item.labels == ("l1",)
+    assert hits[0].item.id == "it7" and hits[0].distance == 0 and hits[0].item.labels == ("l1",)
     assert idx.remove(["it7", "it8", "nope"]) == 2
-    assert idx.search(codes[7:8], k=1)[0][0].item.item_id != "it7"
+    assert idx.search(codes[7:8], k=1)[0][0].item.id != "it7"
     with pytest.raises(MCMFHError, match="already in the index"):
         idx.add(codes[:1], meta[:1])
     idx.add(*items(50, 60))
@@ -80,7 +79,7 @@ def test_create_add_search_remove_reopen(tmp_path: Path) -> None:
     with ItemIndex.open(folder, expect={"run": "run-1", "bits": BITS}) as back:
         assert back.manifest["kind"] == "index" and back.manifest["count"] == 58 and back.manifest["mcmfh_version"]
         assert back.keys_of(["it9", "it7"]) == {"it9": 9}
-        assert [it.item_id for it in back.get([51, 0])] == ["it51", "it0"]
+        assert [it.id for it in back.get([51, 0])] == ["it51", "it0"]
         with pytest.raises(MCMFHError, match="read-only"):
             back.add(*items(60, 61))
     assert set(own_files(folder)) <= set(listed_files(folder))  # the previous generation's are kept for readers
@@ -107,8 +106,12 @@ def own_files(folder: Path) -> list[str]:
 def test_bad_items_are_clear_errors(tmp_path: Path) -> None:
     idx = ItemIndex.create(tmp_path / "idx", BITS)
     codes, meta = items(0, 2)
-    with pytest.raises(MCMFHError, match="non-empty 'id'"):
-        idx.add(codes, [{"caption": "x"}, meta[1]])
+    with pytest.raises(MCMFHError, match=r"items\[0\]: expected an Item with a non-empty id"):
+        idx.add(codes, [Item("", None, "x"), meta[1]])
+    with pytest.raises(MCMFHError, match=r"items\[1\]: expected an Item"):
+        idx.add(codes, [meta[0], {"id": "a mapping"}])  # type: ignore[list-item]
+    with pytest.raises(MCMFHError, match=r"items\[1\] \(it1\): labels must be a list of strings"):
+        idx.add(codes, [meta[0], replace(meta[1], labels="lung")])
     with pytest.raises(MCMFHError, match="repeat"):
         idx.add(codes, [meta[0], meta[0]])
     with pytest.raises(MCMFHError, match="2 items but codes"):
@@ -264,9 +267,9 @@ def test_segments_merge_like_a_binary_counter_and_search_like_one_index(tmp_path
     with ItemIndex.create(folder, 16, kind="bucket") as idx:
         rng = np.random.default_rng(0)
         all_codes = rng.integers(0, 4, size=(400, 2), dtype=np.uint8)  # few distinct codes: many ties
-        idx.add(all_codes[:300], [{"id": f"it{i}"} for i in range(300)])
+        idx.add(all_codes[:300], [Item(f"it{i}", None, "") for i in range(300)])
         for i in range(300, 400):  # single adds: segments merge, never more than about log2 of the tail + 2
-            idx.add(all_codes[i : i + 1], [{"id": f"it{i}"}])
+            idx.add(all_codes[i : i + 1], [Item(f"it{i}", None, "")])
             assert len(idx.index.segments) <= 2 + int(np.log2(i - 299)) + 1
         idx.remove([f"it{i}" for i in range(0, 400, 7)])
         one = make_index(16, "bucket")

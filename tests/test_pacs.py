@@ -111,9 +111,9 @@ def test_sync_search_incremental_prune(pacs, archive, basic_auth, capsys):
     assert rows[b_sops[1]] == (b_uid, "MR", "ABDOMEN", "20240220")
     with Archive.open(archive) as a:
         assert len(a) == n0 + 5 and len(a.indexes["images"]) == n0 + 5
-        assert a.get(a_sops[0]).caption == REPORT_A and a.get(a_sops[0]).source == "pacs"
+        assert a.get(a_sops[0]).text == REPORT_A and a.get(a_sops[0]).source == "pacs"
         hits = a.search_text(REPORT_B, k=5, target="texts")
-        assert {h.item.item_id for h in hits if h.distance == 0} >= set(b_sops)
+        assert {h.item.id for h in hits if h.distance == 0} >= set(b_sops)
         image_hits = a.search_image(a.get(a_sops[2]).image, k=3, target="images")
         assert image_hits[0].distance == 0
 
@@ -127,7 +127,7 @@ def test_sync_search_incremental_prune(pacs, archive, basic_auth, capsys):
     r3 = run_sync(archive, pacs.url)
     assert (r3.new, r3.added, r3.fetched) == (3, 3, 3)
     with Archive.open(archive) as a:
-        assert len(a) == n0 + 8 and a.get(c_sops[0]).caption == REPORT_C
+        assert len(a) == n0 + 8 and a.get(c_sops[0]).text == REPORT_C
 
     pacs.delete_study(b_uid)
     assert run_sync(archive, pacs.url).pruned == 0  # without --prune nothing is removed
@@ -169,7 +169,7 @@ def test_filters_report_file_and_pixel_fetch(pacs, archive, basic_auth, tmp_path
     r2 = run_sync(archive, pacs.url, sr=False, reports=reports, filters=Filters(modalities=("MR",)), prune=True)
     assert (r2.added, r2.pruned) == (2, 0)
     with Archive.open(archive) as a:
-        assert a.get(b_sops[0]).caption == REPORT_B and a.get(c_sops[1]).caption == REPORT_C
+        assert a.get(b_sops[0]).text == REPORT_B and a.get(c_sops[1]).text == REPORT_C
         assert a.get(a_sops[0]) is None
 
     bad = tmp_path / "bad.csv"

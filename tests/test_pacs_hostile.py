@@ -183,7 +183,7 @@ def test_a_pacs_that_dies_mid_sync_gives_a_partial_exit_code(capsys, archive, re
     assert "partial sync: 4 instance(s)/report(s) failed" in err
     assert synced(archive) == 2
     with Archive.open(archive) as a:  # what came before the PACS died is committed
-        assert {it.item_id for it in a.indexes["texts"] if it.source == "pacs"} == {
+        assert {it.id for it in a.indexes["texts"] if it.source == "pacs"} == {
             str(d.SOPInstanceUID) for d in datasets[:2]
         }
 

@@ -15,9 +15,9 @@ from mcmfh.archive import Archive, drop_server_stores
 from mcmfh.cli import main
 from mcmfh.errors import MCMFHError
 from mcmfh.index.codes import pack_codes
-from mcmfh.index.items import Item
 from mcmfh.index.server_store import ServerStore
 from mcmfh.index.stores import StoreConfig
+from mcmfh.items import Item
 from scale_servers import free_port
 from test_archive import chain  # noqa: F401 (fixture: synthetic data -> tiny encoder -> 16-bit cca-itq run)
 
@@ -61,7 +61,7 @@ def _plain_hits(hits: list) -> list:
 def _all_hits(archive: Archive, queries: dict[str, np.ndarray], k: int) -> dict[str, list]:
     """Per sub-index, (item id, distance) lists for the packed queries."""
     return {
-        m: [[(h.item.item_id, h.distance) for h in hits] for hits in archive.indexes[m].search(queries[m], k)]
+        m: [[(h.item.id, h.distance) for h in hits] for hits in archive.indexes[m].search(queries[m], k)]
         for m in ("images", "texts")
     }
 
@@ -130,7 +130,7 @@ def test_add_remove_reopen(chain, built) -> None:  # noqa: F811
         assert len(archive) == n0 + 3 and len(archive.indexes["images"].codes) == n0 + 3
         assert archive.get(renamed[0].id) is None and archive.get(renamed[1].id).source == "ward"
         q = pack_codes(archive.method.encode_texts(archive.encoder.encode_texts([renamed[1].text])))
-        found = [h.item.item_id for h in archive.indexes["texts"].search(q, n0 + 3)[0]]
+        found = [h.item.id for h in archive.indexes["texts"].search(q, n0 + 3)[0]]
         assert renamed[1].id in found and renamed[0].id not in found
         with pytest.raises(MCMFHError, match="read-only"):
             archive.remove([renamed[1].id])

@@ -33,7 +33,7 @@ while not os.path.exists(stop):
         archive.refresh()
         for _ in range(3):
             hits = archive.search_text("a small bright square", k=5)
-            assert len(hits) == 5 and len({{h.item.item_id for h in hits}}) == 5
+            assert len(hits) == 5 and len({{h.item.id for h in hits}}) == 5
             searches += 1
         n = len(archive)
         assert last is None or n >= last, (n, last)  # adds only: a reader never sees the count go back
@@ -59,7 +59,7 @@ def server_archive(base, milvus_uri: str, postgres_dsn: str, tmp_path: Path, mon
 def _distances(archive: Archive, queries: dict[str, np.ndarray]) -> dict[str, list[set]]:
     """Per sub-index and query, the set of (item id, distance) over every item: equal iff every code is equal."""
     return {
-        m: [{(h.item.item_id, h.distance) for h in hits}
+        m: [{(h.item.id, h.distance) for h in hits}
             for hits in archive.indexes[m].search(queries[m], len(archive.indexes[m]))]
         for m in ("images", "texts")
     }  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,20 +11,15 @@ import pytest
 from mcmfh.errors import MCMFHError
 from mcmfh.index import FlatIndex
 from mcmfh.index.codes import pack_codes, unpack_codes
+from mcmfh.items import Item
 from scale_servers import free_port
 
 pytestmark = pytest.mark.scale
 
 
-def _items(n: int, start: int = 0) -> list[dict]:
+def _items(n: int, start: int = 0) -> list[Item]:
     return [
-        {
-            "id": f"item{i}",
-            "caption": f"caption {i}",
-            "image": f"img/{i}.png",
-            "labels": ["a", f"l{i % 3}"],
-            "source": "h1" if i % 2 else "h2",
-        }
+        Item(f"item{i}", Path(f"img/{i}.png"), f"caption {i}", ("a", f"l{i % 3}"), source="h1" if i % 2 else "h2")
         for i in range(start, start + n)
     ]
 
@@ -39,7 +35,7 @@ def test_schema_migrations_and_reopen(postgres_dsn: str) -> None:  # noqa: F811
         keys = store.add(codes, _items(20))
     with PostgresItemStore(postgres_dsn, 32) as store:  # reopening migrates nothing and keeps the data
         assert len(store) == 20
-        assert store.get(keys[[3, 0]])[0].item_id == "item3"
+        assert store.get(keys[[3, 0]])[0].id == "item3"
         np.testing.assert_array_equal(store.codes(keys), codes)
     with psycopg.connect(postgres_dsn) as db:
         assert [r[0] for r in db.execute("SELECT version FROM mcmfh_schema ORDER BY 1")] == list(
@@ -50,10 +46,10 @@ def test_schema_migrations_and_reopen(postgres_dsn: str) -> None:  # noqa: F811
 
 
 def test_migrated_items_table_is_the_one_item_record(postgres_dsn: str) -> None:  # noqa: F811
-    """Migrations are never edited; this fails when mcmfh.index.items.COLUMNS changes and no migration follows."""
+    """Migrations are never edited; this fails when mcmfh.index.columns.COLUMNS changes and no migration follows."""
     import psycopg
 
-    from mcmfh.index.items import COLUMNS
+    from mcmfh.index.columns import COLUMNS
     from mcmfh.index.postgres import PostgresItemStore
 
     PostgresItemStore(postgres_dsn, 16, schema="columns_check").close()

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcmfh.data.records import Dataset, LoadReport, Record, build_vocab
+from mcmfh.data.records import Dataset, LoadReport, build_vocab
 from mcmfh.encoders import get_encoder
 from mcmfh.feature_cache import EncodeOptions, run_encode
 from mcmfh.features import FeatureSet
+from mcmfh.items import Item
 
 pytestmark = pytest.mark.scale
 
@@ -26,7 +27,7 @@ def _dataset(tmp_path: Path, n: int = 90) -> Dataset:
             image = tmp_path / f"img{i}.png"
             Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(image)
         labels = (f"l{i % 5}",)
-        records.append(Record(f"r{i}", image, f"report {i} finding {i % 7}", labels, ("train", "dev", "test")[i % 3]))
+        records.append(Item(f"r{i}", image, f"report {i} finding {i % 7}", labels, ("train", "dev", "test")[i % 3]))
     (tmp_path / "img5.png").write_bytes(b"not a png")  # one unreadable image, skipped with --skip-bad
     vocab = build_vocab([r.labels for r in records], 1)
     return Dataset("toy", records, "toy", vocab, LoadReport())

@@ -44,18 +44,18 @@ def archive(tmp_path_factory: pytest.TempPathFactory):
 def test_add_then_remove_through_the_api(archive) -> None:
     client = archive["client"]
     n0 = client.get("/health", headers=AUTH).json()["items"]
-    body = {"id": "api/new ünï", "caption": "a bright round nodule in the left lung", "image": "images/syn00003.png",
+    body = {"id": "api/new ünï", "text": "a bright round nodule in the left lung", "image": "images/syn00003.png",
             "labels": ["lung"]}  # fmt: skip
     assert client.post("/items", json=body).status_code == 401
     r = client.post("/items", json=body, headers=AUTH)
     assert r.status_code == 201, r.text
     assert r.json() == {"id": body["id"], "changed": True, "url": "/items/" + quote(body["id"], safe="")}
     item = client.get(r.json()["url"], headers=AUTH).json()
-    assert item["text"] == body["caption"] and item["labels"] == ["lung"] and item["image_url"]
+    assert item["text"] == body["text"] and item["labels"] == ["lung"] and item["image_url"]
     assert client.get("/health", headers=AUTH).json()["items"] == n0 + 1
     again = client.post("/items", json=body, headers=AUTH)
     assert again.status_code == 200 and again.json()["changed"] is False
-    hits = client.post("/search/text", json={"query": body["caption"], "k": 50}, headers=AUTH).json()["results"]
+    hits = client.post("/search/text", json={"query": body["text"], "k": 50}, headers=AUTH).json()["results"]
     assert body["id"] in [h["id"] for h in hits]
 
     assert client.delete(r.json()["url"], headers=AUTH).status_code == 200
@@ -67,14 +67,14 @@ def test_add_then_remove_through_the_api(archive) -> None:
 @pytest.mark.parametrize(
     ("body", "status", "fragment"),
     [
-        ({"id": "x1", "caption": "c", "image": "../run/weights.safetensors"}, 422, "inside it"),
-        ({"id": "x2", "caption": "c", "image": "/etc/passwd"}, 422, "relative to the image root"),
-        ({"id": "x3", "caption": "c", "image": "images/none.png"}, 422, "no such file"),
-        ({"id": "x\u0001", "caption": "c"}, 422, "control characters"),
-        ({"id": "x5", "caption": ""}, 422, "caption"),
-        ({"id": "x6", "caption": "c", "labels": "lung"}, 422, "labels"),
-        ({"id": "x7", "caption": "\ud800"}, 422, "unicode"),
-        ({"id": "x8", "caption": "c", "extra": 1}, 422, "extra"),
+        ({"id": "x1", "text": "c", "image": "../run/weights.safetensors"}, 422, "inside it"),
+        ({"id": "x2", "text": "c", "image": "/etc/passwd"}, 422, "relative to the image root"),
+        ({"id": "x3", "text": "c", "image": "images/none.png"}, 422, "no such file"),
+        ({"id": "x\u0001", "text": "c"}, 422, "control characters"),
+        ({"id": "x5", "text": ""}, 422, "text"),
+        ({"id": "x6", "text": "c", "labels": "lung"}, 422, "labels"),
+        ({"id": "x7", "text": "\ud800"}, 422, "unicode"),
+        ({"id": "x8", "text": "c", "extra": 1}, 422, "extra"),
     ],
 )
 def test_bad_new_items_are_refused(archive, body: dict, status: int, fragment: str) -> None:
@@ -90,17 +90,17 @@ def test_a_held_writer_lock_answers_503_with_retry_after(archive) -> None:
     client = archive["client"]
     with writer_lock(archive["idx"], 0):  # e.g. a CLI `mcmfh index add` in progress
         t0 = time.monotonic()
-        r = client.post("/items", json={"id": "locked", "caption": "waits for the lock"}, headers=AUTH)
+        r = client.post("/items", json={"id": "locked", "text": "waits for the lock"}, headers=AUTH)
         assert time.monotonic() - t0 < 5
     assert r.status_code == 503 and int(r.headers["retry-after"]) > 0
     assert "busy" in r.json()["error"] and str(archive["idx"]) not in r.text
-    assert client.post("/items", json={"id": "locked", "caption": "now it can"}, headers=AUTH).status_code == 201
+    assert client.post("/items", json={"id": "locked", "text": "now it can"}, headers=AUTH).status_code == 201
     client.delete("/items/locked", headers=AUTH)
 
 
 def test_an_api_write_reaches_another_server_within_a_second(archive) -> None:
     client, reader = archive["client"], archive["reader"]
-    assert client.post("/items", json={"id": "shared/1", "caption": "cyst"}, headers=AUTH).status_code == 201
+    assert client.post("/items", json={"id": "shared/1", "text": "cyst"}, headers=AUTH).status_code == 201
     t0 = time.monotonic()
     while reader.get_item("shared/1") is None:
         assert time.monotonic() - t0 < 2 * PROMISE_S + 5, "never seen"

@@ -15,6 +15,7 @@ from mcmfh.index.payload import make_codec
 from mcmfh.index.server_store import ServerStore, SqliteMeta
 from mcmfh.index.storage import DB_NAME, ItemIndex
 from mcmfh.index.store import ItemStore, Rescore
+from mcmfh.items import Item
 
 BITS = 16
 
@@ -44,10 +45,10 @@ def make(kind: str, folder: Path) -> ItemStore:
     return ServerStore(MemoryServer(BITS), SqliteMeta(folder / DB_NAME, create=True), writable=True, where="memory")
 
 
-def data(n: int = 60) -> tuple[np.ndarray, list[dict]]:
+def data(n: int = 60) -> tuple[np.ndarray, list[Item]]:
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 4, size=(n, BITS // 8), dtype=np.uint8)  # few distinct codes: many ties
-    items = [{"id": f"it{i}", "caption": f"c{i}", "labels": [f"l{i % 3}"], "source": "t"} for i in range(n)]
+    items = [Item(f"it{i}", None, f"c{i}", (f"l{i % 3}",), source="t") for i in range(n)]
     return codes, items
 
 
@@ -66,7 +67,7 @@ def test_both_stores_give_the_same_hits_in_distance_then_insertion_order(tmp_pat
         s = make(kind, tmp_path / kind)
         s.add(codes, items)
         s.remove(["it3", "it40"])
-        answers.append([[(h.item.item_id, h.distance) for h in hits] for hits in s.search(queries, 12)])
+        answers.append([[(h.item.id, h.distance) for h in hits] for hits in s.search(queries, 12)])
         s.close()
     assert answers[0] == answers[1]
     for hits in answers[0]:
@@ -111,7 +112,7 @@ def test_a_server_store_stays_exact_with_codes_a_killed_add_left_without_metadat
     before = s.search(codes[:4], 10)
     s.codes.add(codes[:6], np.arange(1000, 1006, dtype=np.int64))  # codes written, metadata never committed
     reader = ServerStore(s.codes, s.meta, writable=False, where="memory")
-    assert [[h.item.item_id for h in hits] for hits in reader.search(codes[:4], 10)] == [
-        [h.item.item_id for h in hits] for hits in before
+    assert [[h.item.id for h in hits] for hits in reader.search(codes[:4], 10)] == [
+        [h.item.id for h in hits] for hits in before
     ]
     s.close()

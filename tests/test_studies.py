@@ -86,7 +86,7 @@ def test_csv_study_id_column_reaches_the_feature_cache(tmp_path) -> None:
         rows.append(f"{i}.png,caption {i},a,train,{'S1' if i < 2 else ''}")
     (tmp_path / "items.csv").write_text("\n".join(rows) + "\n")
     ds = load_dataset("csv", tmp_path)
-    assert [r.study for r in ds.records] == ["S1", "S1", "", ""]
+    assert [r.study_id for r in ds.records] == ["S1", "S1", None, None]
     assert ds.has_studies and ds.studies()[2] == ds.records[2].id  # no study: a study of its own
 
     fs = make_features(n=4)

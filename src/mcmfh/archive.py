@@ -41,15 +41,15 @@ from mcmfh.archive_writes import (
     payload_entry,
     studies_entry,
 )
-from mcmfh.data.records import Dataset, Record
+from mcmfh.data.records import Dataset
 from mcmfh.encoders.base import Encoder, ImageInput
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.features import FeatureSet
-from mcmfh.index.items import Hit, Item, StudyHit
 from mcmfh.index.payload import PayloadCodec, make_codec
 from mcmfh.index.store import ItemStore
 from mcmfh.index.stores import StoreConfig, create_store, drop_store, open_store, store_manifest
 from mcmfh.io import atomic_dir, atomic_write_json
+from mcmfh.items import Hit, Item, StudyHit
 from mcmfh.manifest import new_manifest, read_manifest, require_match
 from mcmfh.method import weights_sha256
 from mcmfh.runs import check_features, load_run
@@ -296,7 +296,7 @@ class Archive:
             return self.indexes["texts"].get([keys[item_id]])[0] if keys else None
 
     # ---------------------------------------------------------------------------------------------- changes
-    def add_records(self, records: Sequence[Record], source: str, batch_size: int = 32) -> dict[str, int]:
+    def add_records(self, records: Sequence[Item], source: str, batch_size: int = 32) -> dict[str, int]:
         """Encode new items with the run's encoder and add them; ids already present are skipped."""
         # Encoding runs before the writer lock on purpose (docs/index.md, "Validate, encode, then lock"): the lock is
         # held only to commit, and the ids are checked again under it.

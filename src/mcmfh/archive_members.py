@@ -8,11 +8,10 @@ id and the union of its members' labels.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
-from mcmfh.index.items import Item
+from mcmfh.items import Item
 
 STUDY_INPUT_DTYPE = "<f2"
 
@@ -35,7 +34,7 @@ def member_inputs(raw: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np
     return inputs.reshape(len(raw), *shape), raw[:, 0].astype(bool)
 
 
-def study_item(study_id: str, members: Sequence[Item]) -> dict[str, Any]:
+def study_item(study_id: str, members: Sequence[Item]) -> Item:
     """The row of a study in ``studies/``: its id, and the union of its members' labels (first seen first)."""
-    labels = list(dict.fromkeys(label for it in members for label in it.labels))
-    return {"id": study_id, "caption": "", "labels": labels, "source": members[0].source, "study_id": study_id}
+    labels = tuple(dict.fromkeys(label for it in members for label in it.labels))
+    return Item(id=study_id, image=None, text="", labels=labels, study_id=study_id, source=members[0].source)

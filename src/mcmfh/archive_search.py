@@ -15,9 +15,9 @@ import numpy as np
 
 from mcmfh.errors import MCMFHError
 from mcmfh.index.codes import pack_codes
-from mcmfh.index.items import Hit, StudyHit
 from mcmfh.index.payload import PayloadCodec
 from mcmfh.index.store import ItemStore, Rescore, widen
+from mcmfh.items import Hit, StudyHit
 
 MODALITIES = ("images", "texts")
 TARGETS = ("images", "texts", "studies")
@@ -62,7 +62,7 @@ def search_studies(indexes: Mapping[str, ItemStore], rule: str, code: np.ndarray
     """The k studies nearest to one query by ``rule`` (``fused`` or ``min``), each with its members."""
     packed = pack_codes(code[None, :])
     if rule == "fused":
-        found = [(h.item.item_id, h.distance) for h in indexes["studies"].search(packed, k)[0]]
+        found = [(h.item.id, h.distance) for h in indexes["studies"].search(packed, k)[0]]
     else:
         found = nearest_studies(indexes, packed, k)
     members = indexes["texts"].members([sid for sid, _ in found])
@@ -81,7 +81,7 @@ def nearest_studies(indexes: Mapping[str, ItemStore], packed: np.ndarray, k: int
         for hits in lists:
             for h in hits:
                 if h.distance < bound:
-                    sid = h.item.study_id or h.item.item_id
+                    sid = h.item.study_id or h.item.id
                     best[sid] = min(best.get(sid, h.distance), h.distance)
         return sorted(best.items(), key=lambda kv: (kv[1], kv[0])), bool(full)
 

@@ -13,21 +13,21 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from mcmfh.archive_members import member_inputs, member_payload, member_width, study_item
 from mcmfh.archive_query import hash_rows
-from mcmfh.data.records import Dataset, Record
+from mcmfh.data.records import Dataset
 from mcmfh.encoders.base import Encoder
 from mcmfh.errors import ArtefactError
 from mcmfh.features import FeatureSet
 from mcmfh.index.codes import pack_codes
-from mcmfh.index.items import record_item
 from mcmfh.index.payload import PayloadCodec
 from mcmfh.index.store import ItemStore
+from mcmfh.items import Item
 from mcmfh.method import HashMethod
 
 MODALITIES = ("images", "texts")
@@ -39,7 +39,7 @@ PAYLOAD_CODEC = "int8"  # two-stage payload: the model's relaxed outputs, bits b
 class Batch:
     """Items to index with their frozen embeddings (image rows only where ``has_image``)."""
 
-    records: list[Record]
+    records: list[Item]
     image: np.ndarray
     text: np.ndarray
     has_image: np.ndarray
@@ -59,7 +59,7 @@ def batch_from_features(features: FeatureSet, dataset: Dataset) -> Batch:
                  has_image=features.has_image, source=dataset.name)  # fmt: skip
 
 
-def batch_from_records(records: Sequence[Record], encoder: Encoder, source: str, batch_size: int) -> Batch:
+def batch_from_records(records: Sequence[Item], encoder: Encoder, source: str, batch_size: int) -> Batch:
     """``records`` encoded with ``encoder`` (image rows zero where an item has no image)."""
     has_image = np.array([r.image is not None for r in records], dtype=bool)
     image = np.zeros((len(records), encoder.image_dim), dtype=np.float32)
@@ -110,7 +110,7 @@ class ArchiveWriter:
                 continue
             x = batch.image[rows] if m == "images" else batch.text[rows]
             codes, relaxed = hash_rows(self.method, m, x, relaxed=self.codec is not None)
-            items = [record_item(batch.records[i], batch.source) for i in rows]
+            items = [replace(batch.records[i], source=batch.source) for i in rows]
             payload = None if self.codec is None or relaxed is None else self.codec.encode(relaxed)
             with self.lock:
                 index.add(pack_codes(codes), items, payload=payload)
@@ -128,11 +128,11 @@ class ArchiveWriter:
         if not len(rows):
             return 0
         inputs = self.method.study_inputs(batch.image[rows], batch.text[rows])
-        items = [record_item(batch.records[i], batch.source) for i in rows]
+        items = [replace(batch.records[i], source=batch.source) for i in rows]
         blank = np.zeros((len(rows), self.bits // 8), np.uint8)  # never searched: the members index holds inputs
         with self.lock:
             members.add(blank, items, payload=member_payload(inputs, batch.has_image[rows]))
-            return self.recode_studies([batch.records[i].study or batch.records[i].id for i in rows])
+            return self.recode_studies([batch.records[i].study_id or batch.records[i].id for i in rows])
 
     def remove(self, item_ids: Sequence[str]) -> int:
         """Remove items from every sub-index and re-code (or drop) their studies. Under ``lock``."""
@@ -141,8 +141,8 @@ class ArchiveWriter:
             members = self.indexes["study_members"]
             gone = members.get(list(members.keys_of(list(item_ids)).values()))
             if gone:
-                members.remove([it.item_id for it in gone])
-                self.recode_studies([it.study_id or it.item_id for it in gone])
+                members.remove([it.id for it in gone])
+                self.recode_studies([it.study_id or it.id for it in gone])
         return removed
 
     def recode_studies(self, study_ids: Sequence[str]) -> int:

@@ -202,8 +202,8 @@ def _examples(archive: Archive, ds: Dataset, features: FeatureSet, cfg: DemoConf
             "query_id": rec.id,
             "query": query,
             "query_labels": list(rec.labels),
-            "hits": [{"id": h.item.item_id, "distance": h.distance, "score": h.score, "labels": list(h.item.labels),
-                      "text": h.item.caption, "relevant": bool(set(h.item.labels) & set(rec.labels))}
+            "hits": [{"id": h.item.id, "distance": h.distance, "score": h.score, "labels": list(h.item.labels),
+                      "text": h.item.text, "relevant": bool(set(h.item.labels) & set(rec.labels))}
                      for h in hits],
         })  # fmt: skip
     return out

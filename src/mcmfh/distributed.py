@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from mcmfh.data.records import Record
 from mcmfh.encoders.base import Encoder
 from mcmfh.errors import MCMFHError
 from mcmfh.feature_cache import ChunkEncoder, ChunkResult, EncodeOptions, EncodeOutcome
+from mcmfh.items import Item
 
 
 def _ray() -> Any:
@@ -44,7 +44,7 @@ class _EncodeActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         records = [
-            Record(str(i), Path(img) if img else None, str(t), (), "train")
+            Item(str(i), Path(img) if img else None, str(t), (), "train")
             for i, img, t in zip(batch["id"], batch["image"], batch["text"], strict=True)
         ]
         t0 = (self.outcome.image_seconds, self.outcome.text_seconds)
@@ -88,7 +88,7 @@ class RayChunkRunner:
     def __call__(
         self,
         encoder: Encoder,
-        missing: list[tuple[int, Sequence[Record]]],
+        missing: list[tuple[int, Sequence[Item]]],
         options: EncodeOptions,
         outcome: EncodeOutcome,
     ) -> Iterator[ChunkResult]:

@@ -24,12 +24,13 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
-from mcmfh.data.records import Dataset, Record
+from mcmfh.data.records import Dataset
 from mcmfh.encoders.base import Encoder
 from mcmfh.encoders.common import read_image
 from mcmfh.errors import ArtefactError, DataError, MCMFHError
 from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_write_bytes, atomic_write_json
+from mcmfh.items import Item
 from mcmfh.manifest import MANIFEST_NAME, fingerprint, new_manifest, read_manifest
 
 CACHE_FORMAT = 1  # bump when the cache layout or the meaning of its fields changes
@@ -83,7 +84,7 @@ def input_fingerprint(dataset: Dataset) -> str:
     """Hash of everything the encoder reads, with images represented by path, size and mtime (no image bytes)."""
     rows = [
         [r.id, r.text, None if r.image is None else _image_stat(Path(r.image)), list(r.labels), r.split]
-        + ([r.study] if r.study else [])  # sources without studies keep the keys their caches were made with
+        + ([r.study_id] if r.study_id else [])  # sources without studies keep the keys their caches were made with
         for r in dataset.records
     ]
     return fingerprint(dataset.name, dataset.label_set, dataset.label_vocab, rows)
@@ -181,7 +182,7 @@ class ChunkEncoder:
         emb = enc.encode_images(good, batch_size=bs) if good else np.zeros((0, enc.image_dim), np.float32)
         return emb, bad
 
-    def __call__(self, records: Sequence[Record]) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
+    def __call__(self, records: Sequence[Item]) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
         enc, out = self.encoder, self.outcome
         n = len(records)
         image = np.zeros((n, enc.image_dim), np.float32)
@@ -226,7 +227,7 @@ class ChunkRunner(Protocol):
     def __call__(
         self,
         encoder: Encoder,
-        missing: list[tuple[int, Sequence[Record]]],
+        missing: list[tuple[int, Sequence[Item]]],
         options: EncodeOptions,
         outcome: EncodeOutcome,
     ) -> Iterator[ChunkResult]: ...
@@ -238,7 +239,7 @@ class InProcessRunner:
     def __call__(
         self,
         encoder: Encoder,
-        missing: list[tuple[int, Sequence[Record]]],
+        missing: list[tuple[int, Sequence[Item]]],
         options: EncodeOptions,
         outcome: EncodeOutcome,
     ) -> Iterator[ChunkResult]:
@@ -339,7 +340,7 @@ def _assemble(
         split=split,
         has_image=has_image,
         manifest=manifest,
-        study=np.array([dataset.records[i].study for i in idx]) if dataset.has_studies else None,
+        study=np.array([dataset.records[i].study_id or "" for i in idx]) if dataset.has_studies else None,
     )
 
 

@@ -1,6 +1,6 @@
 """Studies: the grouping of an archive's items into studies (exams, cases), one type from loader to HTTP edge.
 
-A study is one or more items that belong together (``Record.study``, ``FeatureSet.study``; the ``study_id`` column
+A study is one or more items that belong together (``Item.study_id``, ``FeatureSet.study``; the ``study_id`` column
 of the csv/jsonl loaders, MedPix's ``case_id``). An item of no study is a study of its own. A study is about every
 label of its members (the union), and holds each distinct text once (a report shared by a study's images).
 """

@@ -211,8 +211,8 @@ def search(
         else:
             hits = archive.search_image(image, k, target=target or "texts", rerank=rerank)
         took_ms = (time.perf_counter() - t0) * 1000
-    rows = [{"rank": r + 1, "id": h.item.item_id, "distance": h.distance, "score": h.score,
-             "labels": list(h.item.labels), "text": h.item.caption} for r, h in enumerate(hits)]  # fmt: skip
+    rows = [{"rank": r + 1, "id": h.item.id, "distance": h.distance, "score": h.score,
+             "labels": list(h.item.labels), "text": h.item.text} for r, h in enumerate(hits)]  # fmt: skip
     if as_json:
         typer.echo(json.dumps({"results": rows, "took_ms": took_ms}, indent=2))
         return
@@ -237,7 +237,8 @@ def _search_studies(archive: object, text: str | None, image: Path | None, k: in
         hits = archive.search_studies_image(image, k, rerank=rerank)
     took_ms = (time.perf_counter() - t0) * 1000
     rows = [{"rank": r + 1, "study_id": h.study_id, "distance": h.distance, "score": h.score,
-             "members": [{"id": it.item_id, "image": it.image, "labels": list(it.labels), "text": it.caption}
+             "members": [{"id": it.id, "image": None if it.image is None else str(it.image), "labels": list(it.labels),
+                          "text": it.text}
                          for it in h.members]} for r, h in enumerate(hits)]  # fmt: skip
     if as_json:
         typer.echo(json.dumps({"target": "studies", "results": rows, "took_ms": took_ms}, indent=2))

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mcmfh.data.images import check_image
-from mcmfh.data.records import SPLITS, Dataset, LoadReport, Record, build_vocab
+from mcmfh.data.records import SPLITS, Dataset, LoadReport, build_vocab
 from mcmfh.errors import DataError
+from mcmfh.items import Item
 
 # How many bad items an error message quotes; the rest are counted (``--skip-bad`` writes the full list to a file).
 _QUOTE_FIRST = 3
@@ -104,7 +105,7 @@ def finalize(
     vocab = build_vocab([c.labels for c in kept], min_count=min_count)
     in_vocab = set(vocab)
     records = [
-        Record(c.id, c.image, c.text, tuple(t for t in c.labels if t in in_vocab), c.split, c.study) for c in kept
+        Item(c.id, c.image, c.text, tuple(t for t in c.labels if t in in_vocab), c.split, c.study or None) for c in kept
     ]
     return Dataset(name=name, records=records, label_set=label_set, label_vocab=vocab, report=report)
 

@@ -1,33 +1,17 @@
-"""One record type for every dataset: what the loaders produce and the encoders read."""
+"""A dataset: the items a loader produced (``mcmfh.items.Item``, what the encoders read) and its label vocabulary."""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mcmfh.errors import DataError
+from mcmfh.items import Item
 
 SPLITS = ("train", "dev", "test")
-
-
-@dataclass(frozen=True)
-class Record:
-    """One image–text item. ``image`` is None for text-only items (e.g. Open-i reports without images).
-
-    ``study``: the study (exam, case) the item belongs to; "" when the source groups nothing (the item is then a
-    study of its own wherever studies are asked for).
-    """
-
-    id: str
-    image: Path | None
-    text: str
-    labels: tuple[str, ...]
-    split: str
-    study: str = ""
 
 
 @dataclass
@@ -52,10 +36,10 @@ class LoadReport:
 
 @dataclass
 class Dataset:
-    """Records plus the dataset-level label vocabulary that turns tag names into multi-hot rows."""
+    """Items plus the dataset-level label vocabulary that turns tag names into multi-hot rows."""
 
     name: str
-    records: list[Record]
+    records: list[Item]
     label_set: str
     label_vocab: list[str]
     report: LoadReport = field(default_factory=LoadReport)
@@ -77,11 +61,11 @@ class Dataset:
     @property
     def has_studies(self) -> bool:
         """Whether the source grouped its items into studies (any record names one)."""
-        return any(r.study for r in self.records)
+        return any(r.study_id for r in self.records)
 
     def studies(self) -> list[str]:
-        """Per record, its study id; an item of no study is a study of its own (its id)."""
-        return [r.study or r.id for r in self.records]
+        """Per item, its study id; an item of no study is a study of its own (its id)."""
+        return [r.study_id or r.id for r in self.records]
 
     def label_matrix(self) -> np.ndarray:
         """Multi-hot (N, C) uint8 over ``label_vocab``; tags outside the vocabulary are ignored."""

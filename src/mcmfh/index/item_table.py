@@ -1,6 +1,6 @@
 """The one SQLite item table: ``items.sqlite`` in a sub-index folder, for local stores and server stores alike.
 
-The record is ``mcmfh.index.items``; the table comes in two layouts:
+The record is ``mcmfh.index.columns``; the table comes in two layouts:
 
 - ``generations=True`` (``ItemIndex``): rows carry the generation that added them (``gen``), the one that removed
   them (``removed_gen``) and an optional sealed ``payload`` blob (``mcmfh.index.sealed``). Readers see only the rows
@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from mcmfh.errors import ArtefactError, MCMFHError
-from mcmfh.index.items import NAMES, SQL_CHUNK, Item, item_from_row, select_names, sqlite_table, study_filter
+from mcmfh.index.columns import NAMES, SQL_CHUNK, item_from_row, select_names, sqlite_table, study_filter
 from mcmfh.index.sealed import seal, unseal
 from mcmfh.io import sqlite_transaction
+from mcmfh.items import Item
 
 DB_NAME = "items.sqlite"
 _GENERATIONS = "\n".join(
@@ -49,7 +50,7 @@ _LIVE = "\n".join(
 _LATER = {True: {"payload": "payload BLOB", "study_id": "study_id TEXT"}, False: {"study_id": "study_id TEXT"}}
 _VISIBLE = " AND gen <= ? AND (removed_gen IS NULL OR removed_gen > ?)"
 
-Row = tuple[Any, ...]  # an item's stored columns but its key (``mcmfh.index.items.item_row``)
+Row = tuple[Any, ...]  # an item's stored columns but its key (``mcmfh.index.columns.item_row``)
 
 
 def create_table(path: Path, generations: bool) -> None:
@@ -142,7 +143,7 @@ class SqliteItemTable:
         bad = [k for k in keys if rows[k] is None]
         if bad:
             what = "fails its checksum or has the wrong length" if found.get(bad[0]) is not None else "is missing"
-            item = self.get([bad[0]])[0].item_id
+            item = self.get([bad[0]])[0].id
             raise ArtefactError(f"{self.path}: the {width}-byte payload of item {item!r} (key {bad[0]}"
                                 f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}) {what}: the archive is "
                                 "damaged; restore it from a backup or rebuild it (mcmfh index build)")  # fmt: skip
@@ -171,7 +172,7 @@ class SqliteItemTable:
             sql = f"SELECT {self._select()} FROM items WHERE {match}{where} ORDER BY key"
             for row in self._db.execute(sql, (*params, *visible)):
                 item = item_from_row(row)
-                out.setdefault(item.study_id or item.item_id, []).append(item)
+                out.setdefault(item.study_id or item.id, []).append(item)
         return out
 
     def item_ids(self, with_image: bool = False) -> set[str]:

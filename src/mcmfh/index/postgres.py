@@ -16,19 +16,20 @@ import contextlib
 import hashlib
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from mcmfh.errors import MCMFHError
 from mcmfh.index.codes import unpack_codes
-from mcmfh.index.items import NAMES, Hit, Item, item_from_row, item_row
+from mcmfh.index.columns import NAMES, item_from_row, item_row
+from mcmfh.items import Hit, Item
 from mcmfh.locking import LockTimeout
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _LOCK_ID = 0x6D636D6668  # "mcmfh": pg_advisory_xact_lock key for migrations
-_ITEM_COLUMNS = NAMES  # the record's columns (mcmfh.index.items), every one of them present once migrated
+_ITEM_COLUMNS = NAMES  # the record's columns (mcmfh.index.columns), every one of them present once migrated
 
 
 def _v1(bits: int) -> list[str]:
@@ -148,9 +149,7 @@ class PostgresItemStore:
         """The largest key held (-1 when empty): with the count, it tells a poller whether anything changed."""
         return int(self._one("SELECT coalesce(max(key), -1) FROM mcmfh_items")[0])
 
-    def add(
-        self, codes: np.ndarray, items: Sequence[Mapping[str, Any]], keys: Sequence[int] | None = None
-    ) -> np.ndarray:
+    def add(self, codes: np.ndarray, items: Sequence[Item], keys: Sequence[int] | None = None) -> np.ndarray:
         """Insert items with their packed codes in one transaction; returns their keys (given or assigned)."""
         rows = [item_row(i, it) for i, it in enumerate(items)]
         strings = bit_strings(codes, self.bits)
@@ -226,7 +225,7 @@ class PostgresItemStore:
             out: dict[str, list[Item]] = {}
             for r in cur.fetchall():
                 item = item_from_row(r)
-                out.setdefault(item.study_id or item.item_id, []).append(item)
+                out.setdefault(item.study_id or item.id, []).append(item)
             return out
 
     def drop(self) -> None:

@@ -22,13 +22,10 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from mcmfh.errors import ArtefactError, MCMFHError
+from mcmfh.index.columns import item_row
 from mcmfh.index.item_table import DB_NAME, SqliteItemTable
-from mcmfh.index.items import (
-    Hit,
-    Item,
-    item_row,
-)
 from mcmfh.index.store import Capabilities, Rescore, StoreInfo, search_store
+from mcmfh.items import Hit, Item
 
 TOKEN_ENV = "MCMFH_MILVUS_TOKEN"
 DSN_ENV = "MCMFH_POSTGRES_DSN"
@@ -61,7 +58,7 @@ class MetadataStore(Protocol):
     """Item metadata beside codes kept elsewhere: ``SqliteMeta`` (a file in the archive) and ``PostgresMeta``."""
 
     def reserve_keys(self, n: int) -> np.ndarray: ...
-    def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]], keys: np.ndarray) -> None: ...
+    def add(self, codes: np.ndarray, items: Sequence[Item], keys: np.ndarray) -> None: ...
     def remove(self, item_ids: Sequence[str]) -> np.ndarray: ...
     def keys_of(self, item_ids: Sequence[str]) -> dict[str, int]: ...
     def lookup(self, keys: Sequence[int] | np.ndarray) -> dict[int, Item]: ...
@@ -85,7 +82,7 @@ class SqliteMeta:
         """Fresh keys, never reused, so a code left on the server by a killed add cannot alias a new item."""
         return self.table.reserve_keys(n)
 
-    def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]], keys: np.ndarray) -> None:
+    def add(self, codes: np.ndarray, items: Sequence[Item], keys: np.ndarray) -> None:
         self.table.insert(keys, [item_row(i, it) for i, it in enumerate(items)])  # the commit point of an add
 
     def remove(self, item_ids: Sequence[str]) -> np.ndarray:
@@ -131,7 +128,7 @@ class PostgresMeta:
     def reserve_keys(self, n: int) -> np.ndarray:
         return self.store.reserve_keys(n)
 
-    def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]], keys: np.ndarray) -> None:
+    def add(self, codes: np.ndarray, items: Sequence[Item], keys: np.ndarray) -> None:
         self.store.add(codes, items, keys=keys)
 
     def remove(self, item_ids: Sequence[str]) -> np.ndarray:
@@ -242,7 +239,7 @@ class ServerStore:
     def __len__(self) -> int:
         return len(self.meta)
 
-    def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]], payload: np.ndarray | None = None,
+    def add(self, codes: np.ndarray, items: Sequence[Item], payload: np.ndarray | None = None,
             replace: Sequence[str] = ()) -> np.ndarray:  # fmt: skip
         """Add new items with their packed codes (ids must be new); codes first, then the metadata commit.
         ``payload`` and ``replace`` are refused: a server store keeps neither payloads nor studies."""
@@ -296,7 +293,7 @@ class ServerStore:
     def item_ids(self, with_image: bool = False) -> set[str]:
         """The ids of every item (``with_image``: of those with an image path); O(N), for integrity checks."""
         items = self.meta.lookup(self.meta.all_keys()).values()
-        return {it.item_id for it in items if not with_image or it.image is not None}
+        return {it.id for it in items if not with_image or it.image is not None}
 
     def payloads(self, keys: Sequence[int] | np.ndarray, width: int) -> np.ndarray:
         raise MCMFHError(f"{self.where}: a server store keeps no payloads (two-stage search needs a local store)")

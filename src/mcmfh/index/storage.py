@@ -36,17 +36,14 @@ import numpy as np
 
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.index import _files
+from mcmfh.index.columns import item_row
 from mcmfh.index.factory import default_kind, make_index
 from mcmfh.index.item_table import DB_NAME, SqliteItemTable, create_table
-from mcmfh.index.items import (
-    Hit,
-    Item,
-    item_row,
-)
 from mcmfh.index.sealed import SEALED_FROM, sealed_from
 from mcmfh.index.segments import SegmentedIndex, merge_plan
 from mcmfh.index.store import Capabilities, Rescore, StoreInfo, search_store
 from mcmfh.io import atomic_dir, atomic_write_json
+from mcmfh.items import Hit, Item
 from mcmfh.locking import writer_lock
 from mcmfh.manifest import MANIFEST_NAME, new_manifest, read_manifest, require_match
 
@@ -313,12 +310,12 @@ class ItemIndex:
     def add(
         self,
         codes: np.ndarray,
-        items: Sequence[Mapping[str, Any]],
+        items: Sequence[Item],
         payload: np.ndarray | None = None,
         replace: Sequence[str] = (),
     ) -> np.ndarray:
-        """Add items (mappings with id, caption, image, labels, source, study_id) with their packed codes; returns
-        keys.
+        """Add items (``mcmfh.items.Item``: id, text, image, labels, source, study_id) with their packed codes;
+        returns their keys.
 
         ``payload``: optional (n, B) uint8 rows stored with the items, for two-stage search (``payloads``). Item ids
         must be new to the index, or be among ``replace``: ids removed in the same generation (a re-coded study:

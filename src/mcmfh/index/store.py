@@ -1,7 +1,7 @@
 """The store contract: what an archive needs of each sub-index (``ItemStore``), what a store declares it can do
 (``Capabilities``), and the one search every store runs (``search_store``), two-stage included.
 
-A store keeps items (``mcmfh.index.items.Item``) with their packed codes and, where it can, a payload row per item.
+A store keeps items (``mcmfh.items.Item``) with their packed codes and, where it can, a payload row per item.
 Two implementations: ``ItemIndex`` (``mcmfh.index.storage``: codes in segments and SQLite metadata in the archive
 folder, crash-safe by generations) and ``ServerStore`` (``mcmfh.index.server_store``: codes in Milvus, metadata in
 SQLite or PostgreSQL). An archive never asks which one it holds: it reads ``capabilities``, and every operation a
@@ -25,9 +25,9 @@ import numpy as np
 
 from mcmfh.errors import MCMFHError
 from mcmfh.index.base import NearestCodes
-from mcmfh.index.items import Hit, Item
 from mcmfh.index.payload import PayloadCodec
 from mcmfh.index.rerank import DEFAULT_OVERSAMPLE, candidates, rescore
+from mcmfh.items import Hit, Item
 
 T = TypeVar("T")
 # A search that filters or groups its hits asks again for this many times as many until it has enough: few rounds
@@ -83,7 +83,7 @@ class ItemStore(Protocol):
     def refresh(self, at: Mapping[str, Any] | None = None) -> bool: ...
 
     # ---- writing (stores opened writable)
-    def add(self, codes: np.ndarray, items: Sequence[Mapping[str, Any]], payload: np.ndarray | None = None,
+    def add(self, codes: np.ndarray, items: Sequence[Item], payload: np.ndarray | None = None,
             replace: Sequence[str] = ()) -> np.ndarray: ...  # fmt: skip
     def remove(self, item_ids: Sequence[str]) -> int: ...
     def compact(self) -> bool: ...

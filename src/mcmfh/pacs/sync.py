@@ -25,9 +25,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from mcmfh.data.records import Record
 from mcmfh.errors import MCMFHError
 from mcmfh.io import atomic_write_bytes
+from mcmfh.items import Item
 from mcmfh.pacs.client import PacsConfig, connect, require_extra
 from mcmfh.pacs.failures import failure_reason, not_an_image
 from mcmfh.pacs.fetch import ImageFetcher
@@ -213,7 +213,7 @@ def _add_all(todo, texts, client, config, options, archive_dir, writer, state, r
                     result.failed += 1
                     result.note_failure("instance", ref.sop_uid, failure_reason(err, options.fetch == "pixels"))
             result.not_image += len(skipped)
-            records = [Record(id=item_id_of(ref), image=path, text=texts[ref.study_uid], labels=(), split="pacs")
+            records = [Item(id=item_id_of(ref), image=path, text=texts[ref.study_uid], labels=(), split="pacs")
                        for ref, path in ok]  # fmt: skip
             t = time.perf_counter()
             if records:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from mcmfh.data.records import Record
+from mcmfh.items import Item
 
 
 class ArchiveWriter:
@@ -20,7 +20,7 @@ class ArchiveWriter:
 
         self._archive = Archive.open(folder, writable=True)
 
-    def add(self, records: Sequence[Record], source: str) -> int:
+    def add(self, records: Sequence[Item], source: str) -> int:
         return int(self._archive.add_records(list(records), source=source)["texts"])
 
     def remove(self, item_ids: Sequence[str]) -> int:

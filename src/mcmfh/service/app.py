@@ -27,8 +27,8 @@ from starlette.exceptions import HTTPException
 
 from mcmfh import __version__
 from mcmfh.errors import MCMFHError
-from mcmfh.index.items import Hit, Item, StudyHit
 from mcmfh.index.store import widen
+from mcmfh.items import Hit, Item, StudyHit
 from mcmfh.locking import LockTimeout
 from mcmfh.service.engine import SearchEngine, StudyEngine, WritableEngine
 from mcmfh.service.imaging import SNIFF_BYTES, ImageRejected, decode_image, read_image_file, sniff, to_png
@@ -79,17 +79,17 @@ class _WorkerPool:
 
 
 def _image_url(item: Item) -> str | None:
-    return None if item.image is None else image_url(item.item_id)
+    return None if item.image is None else image_url(item.id)
 
 
 def _item_out(item: Item) -> ItemOut:
-    return ItemOut(id=item.item_id, text=item.caption, labels=list(item.labels), image_url=_image_url(item),
+    return ItemOut(id=item.id, text=item.text, labels=list(item.labels), image_url=_image_url(item),
                    study_id=item.study_id)  # fmt: skip
 
 
 def _hit_out(hit: Hit, study: dict[str, str] | None, viewer_url: str | None) -> HitOut:
     it, study = hit.item, study or {}
-    return HitOut(id=it.item_id, distance=hit.distance, score=hit.score, text=it.caption, labels=list(it.labels),
+    return HitOut(id=it.id, distance=hit.distance, score=hit.score, text=it.text, labels=list(it.labels),
                   image_url=_image_url(it), modality=study.get("modality") or None,
                   body_part=study.get("body_part") or None, study_date=study.get("study_date") or None,
                   viewer_url=viewer_link(viewer_url, study) if viewer_url and study else None,
@@ -97,7 +97,7 @@ def _hit_out(hit: Hit, study: dict[str, str] | None, viewer_url: str | None) -> 
 
 
 def _study_out(hit: StudyHit) -> StudyHitOut:
-    members = [StudyMemberOut(id=it.item_id, text=it.caption, labels=list(it.labels), image_url=_image_url(it))
+    members = [StudyMemberOut(id=it.id, text=it.text, labels=list(it.labels), image_url=_image_url(it))
                for it in hit.members]  # fmt: skip
     return StudyHitOut(study_id=hit.study_id, distance=hit.distance, score=hit.score, members=members)
 
@@ -120,12 +120,12 @@ def _filtered(
     match or every item has been ranked."""
     if not filters:
         hits = search(k)
-        return hits, engine.study_metadata([h.item.item_id for h in hits])
+        return hits, engine.study_metadata([h.item.id for h in hits])
 
     def matching(want: int) -> tuple[list[Hit], list[Hit], dict[str, dict[str, str]]]:
         hits = search(want)
-        study = engine.study_metadata([h.item.item_id for h in hits])
-        keep = [h for h in hits if all(study.get(h.item.item_id, {}).get(f) == v for f, v in filters.items())]
+        study = engine.study_metadata([h.item.id for h in hits])
+        keep = [h for h in hits if all(study.get(h.item.id, {}).get(f) == v for f, v in filters.items())]
         return hits, keep, study
 
     hits, keep, study = widen(matching, lambda r, want: len(r[1]) >= k or len(r[0]) < want, k,
@@ -296,7 +296,7 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
             found = await workers.run(studies.search_studies_text, query, k)
             return StudySearchOut(results=[_study_out(h) for h in found], took_ms=(time.perf_counter() - start) * 1000)
         hits, study = await workers.run(_filtered, engine, lambda n: engine.search_text(query, n), k, filters)
-        return SearchOut(results=[_hit_out(h, study.get(h.item.item_id), settings.viewer_url) for h in hits],
+        return SearchOut(results=[_hit_out(h, study.get(h.item.id), settings.viewer_url) for h in hits],
                          took_ms=(time.perf_counter() - start) * 1000)  # fmt: skip
 
     @app.post("/search/image", response_model=SearchOut | StudySearchOut)
@@ -325,7 +325,7 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
             return _filtered(engine, lambda n: engine.search_image(image, n), k, filters)
 
         hits, study = await workers.run(run)
-        return SearchOut(results=[_hit_out(h, study.get(h.item.item_id), settings.viewer_url) for h in hits],
+        return SearchOut(results=[_hit_out(h, study.get(h.item.id), settings.viewer_url) for h in hits],
                          took_ms=(time.perf_counter() - start) * 1000)  # fmt: skip
 
     @app.get("/facets", response_model=FacetsOut)
@@ -363,7 +363,7 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
 
 def _image_file(engine: SearchEngine, settings: Settings, item: Item) -> Path:
     """The item's image file, re-checked here to lie inside the configured root whatever the engine says."""
-    path = engine.image_path(item.item_id)
+    path = engine.image_path(item.id)
     if path is None or settings.image_root is None:
         raise _fail(404, "the item has no image")
     resolved, root = Path(path).resolve(), settings.image_root.resolve()

@@ -15,8 +15,7 @@ from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
-from mcmfh.data.records import Record
-from mcmfh.index.items import Hit, Item, StudyHit
+from mcmfh.items import Hit, Item, StudyHit
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ class WritableEngine(SearchEngine, Protocol):
     """An engine that can also change its items (the optional write endpoints). Writes may block on another
     writer's lock and then raise ``mcmfh.locking.LockTimeout``."""
 
-    def add_records(self, records: list[Record]) -> int:
+    def add_records(self, records: list[Item]) -> int:
         """Add items (their image paths already checked by the service); returns how many were new."""
         ...
 

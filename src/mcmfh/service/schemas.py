@@ -145,14 +145,14 @@ class NewItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     id: str = Field(min_length=1, max_length=1024, description="Unique item id; any text without control characters.")
-    caption: str = Field(min_length=1, max_length=100_000, description="The report or caption text.")
+    text: str = Field(min_length=1, max_length=100_000, description="The report or caption text.")
     image: str | None = Field(default=None, description="Image file path relative to the image root, e.g. 'a/b.png'.")
     labels: list[str] = Field(default_factory=list, max_length=1000)
     study_id: str | None = Field(
         default=None, min_length=1, max_length=1024, description="The study (exam, case) it joins (re-coded)."
     )
 
-    _unicode = field_validator("id", "caption", "image", "study_id")(valid_unicode)
+    _unicode = field_validator("id", "text", "image", "study_id")(valid_unicode)
 
     @field_validator("labels")
     @classmethod

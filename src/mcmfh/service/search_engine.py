@@ -19,8 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from mcmfh.archive import Archive
-from mcmfh.data.records import Record
-from mcmfh.index.items import Hit, Item, StudyHit
+from mcmfh.items import Hit, Item, StudyHit
 from mcmfh.pacs.state import FACETS, SyncState, state_path
 from mcmfh.service.engine import EngineInfo
 
@@ -98,7 +97,7 @@ class ArchiveEngine:
     def get_item(self, item_id: str) -> Item | None:
         return self.archive.get(item_id)
 
-    def add_records(self, records: list[Record]) -> int:
+    def add_records(self, records: list[Item]) -> int:
         """Add through the served archive (opened writable, see ``open_engine``): the archive takes the writer
         lock per change, so this waits for (and excludes) CLI writers; one API write at a time in this process."""
         with self._write_lock:

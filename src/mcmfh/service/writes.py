@@ -14,7 +14,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Response
 from starlette.exceptions import HTTPException
 
-from mcmfh.data.records import Record
+from mcmfh.items import Item
 from mcmfh.service.engine import WritableEngine
 from mcmfh.service.schemas import NewItem, WriteOut, item_url, json_only
 from mcmfh.service.settings import Settings
@@ -48,8 +48,8 @@ def write_routes(engine: WritableEngine, settings: Settings) -> APIRouter:
     @router.post("/items", response_model=WriteOut, status_code=201, dependencies=[Depends(json_only)])
     async def add_item(body: NewItem, response: Response) -> WriteOut:
         item_id = checked_id(body.id, 422)
-        record = Record(id=item_id, image=_image_file(settings, body.image), text=body.caption,
-                        labels=tuple(body.labels), split="train", study=body.study_id or "")  # fmt: skip
+        record = Item(id=item_id, image=_image_file(settings, body.image), text=body.text, labels=tuple(body.labels),
+                      split="train", study_id=body.study_id or None)  # fmt: skip
         added = await anyio.to_thread.run_sync(engine.add_records, [record])
         if not added:
             response.status_code = 200  # already there: nothing changed (ids are unique; remove first to replace)

@@ -1,0 +1,51 @@
+"""One item from the loaders to the HTTP edge (``Item``), and what a search returns (``Hit``, ``StudyHit``).
+
+A loader makes items from its files (``split`` set, no ``key``); an archive stores them (a store gives each an
+int64 ``key`` and keeps its ``source``); searches return them inside hits; the HTTP API shapes them into JSON only
+at its edge (``mcmfh.service.schemas``). The report or caption is ``text`` and the study ``study_id`` throughout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image–report item. ``image`` is None for a text-only item (e.g. an Open-i report without images).
+
+    ``study_id``: the study (exam, case) the item belongs to; None when the source groups nothing (the item is then
+    a study of its own wherever studies are asked for). ``split`` is what a loader read (not stored); ``source`` the
+    dataset or channel an archive added it from; ``key`` the store's int64 key (-1 until stored)."""
+
+    id: str
+    image: Path | None
+    text: str
+    labels: tuple[str, ...] = ()
+    split: str = ""
+    study_id: str | None = None
+    source: str = ""
+    key: int = -1
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result: the item, its Hamming distance to the query code, and, after two-stage search, the re-scored
+    similarity the results are ordered by (``None`` for one-stage search)."""
+
+    item: Item
+    distance: int
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class StudyHit:
+    """One study result, carried unchanged from the archive to the HTTP edge: the study id, the Hamming distance
+    of the query code to the study (its fused study code, or for a method without a study head the nearest of its
+    members' image and text codes), and its member items (ascending key)."""
+
+    study_id: str
+    distance: int
+    members: tuple[Item, ...]
+    score: float | None = None
