@@ -116,3 +116,19 @@ def test_a_server_store_stays_exact_with_codes_a_killed_add_left_without_metadat
         [h.item.id for h in hits] for hits in before
     ]
     s.close()
+
+
+def test_two_stage_search_reads_items_and_payloads_in_one_query(tmp_path: Path) -> None:
+    codes, items = data(40)
+    codec = make_codec("int8", 8)
+    store = ItemIndex.create(tmp_path / "idx", BITS)
+    store.add(codes, items, payload=codec.encode(np.random.default_rng(3).normal(size=(40, 8))))
+    query = Rescore(codec, np.ones((2, 8), np.float32))
+    before = store.search(codes[:2], 5, rescore=query)  # the first read also learns the table's columns
+    statements: list[str] = []
+    store.table._db.set_trace_callback(statements.append)
+    again = store.search(codes[:2], 5, rescore=query)
+    store.table._db.set_trace_callback(None)
+    assert again == before and all(len(hits) == 5 for hits in again)
+    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1, statements
+    store.close()

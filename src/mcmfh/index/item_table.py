@@ -135,10 +135,18 @@ class SqliteItemTable:
     def payloads(self, keys: Sequence[int] | np.ndarray, width: int) -> np.ndarray:
         """Generations layout: the stored payload rows of ``keys`` as (len(keys), width) uint8, in the given order,
         each checked against its seal; a key without a sound payload of that width raises."""
+        return self.payload_rows(keys, width)[1]
+
+    def payload_rows(self, keys: Sequence[int] | np.ndarray, width: int) -> tuple[dict[int, Item], np.ndarray]:
+        """The items of ``keys`` and their payload rows (as ``payloads``), read in one query: two-stage search needs
+        both of its candidates, so it makes one round trip to the table, not two."""
         keys = [int(k) for k in keys]
         if not self._has_payload_column():
             raise MCMFHError(f"index {self.name}: made before payloads existed (rebuild it for two-stage)")
-        found = dict(self._in_chunks("SELECT key, payload FROM items WHERE key IN ({marks})", keys))
+        items: dict[int, Item] = {}
+        found: dict[int, object] = {}
+        for row in self._in_chunks(f"SELECT {self._select()}, payload FROM items WHERE key IN ({{marks}})", keys):
+            items[int(row[0])], found[int(row[0])] = item_from_row(row[:-1]), row[-1]
         rows = {k: unseal(k, found.get(k), width, self.sealed_from) for k in keys}
         bad = [k for k in keys if rows[k] is None]
         if bad:
@@ -148,7 +156,7 @@ class SqliteItemTable:
                                 f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}) {what}: the archive is "
                                 "damaged; restore it from a backup or rebuild it (mcmfh index build)")  # fmt: skip
         out = np.frombuffer(b"".join(rows[k] or b"" for k in keys), dtype=np.uint8)
-        return out.reshape(len(keys), width)
+        return items, out.reshape(len(keys), width)
 
     def _has_payload_column(self) -> bool:
         # Once there, always there (columns are only added): the PRAGMA runs until then, not on every search.

@@ -298,6 +298,12 @@ class ServerStore:
     def payloads(self, keys: Sequence[int] | np.ndarray, width: int) -> np.ndarray:
         raise MCMFHError(f"{self.where}: a server store keeps no payloads (two-stage search needs a local store)")
 
+    def payload_rows(self, keys: Sequence[int] | np.ndarray, width: int) -> tuple[dict[int, Item], np.ndarray]:
+        return {}, self.payloads(keys, width)
+
+    def lookup(self, keys: Sequence[int] | np.ndarray) -> dict[int, Item]:
+        return self.meta.lookup(keys)
+
     def info(self) -> StoreInfo:
         return StoreInfo(segments=None, codes=None, sealed_from=None)
 
@@ -306,7 +312,7 @@ class ServerStore:
         killed change left without metadata are asked for on top and left out."""
         if rescore is not None:
             self.payloads([], 0)  # refused: no payloads to re-score with
-        return search_store(self.codes, self.meta, queries, k, spare=self._extra, strict=False)
+        return search_store(self.codes, self, queries, k, spare=self._extra, strict=False)
 
     def drop(self) -> None:
         """Delete the collection and the PostgreSQL schema (the SQLite file goes with the folder)."""

@@ -273,6 +273,10 @@ class ItemIndex:
         """Items by key, in the given order; unknown keys raise MCMFHError."""
         return self.table.get(keys)
 
+    def payload_rows(self, keys: Sequence[int] | np.ndarray, width: int) -> tuple[dict[int, Item], np.ndarray]:
+        """The items of ``keys`` and their payload rows, in one query (two-stage search)."""
+        return self.table.payload_rows(keys, width)
+
     def payloads(self, keys: Sequence[int] | np.ndarray, width: int) -> np.ndarray:
         """The stored payload rows of ``keys`` as (len(keys), width) uint8, in the given order; a key without a
         payload of that width (added without one, or unknown) raises MCMFHError, a damaged one ArtefactError."""

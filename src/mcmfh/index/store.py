@@ -97,10 +97,11 @@ class ItemStore(Protocol):
 
 
 class ItemRows(Protocol):
-    """The metadata side a search reads: items by key, and (stores with payloads) their payload rows."""
+    """The metadata side a search reads: items by key, and (stores with payloads) items with their payload rows in
+    one round trip (a store without payloads refuses ``payload_rows``)."""
 
     def lookup(self, keys: Sequence[int] | np.ndarray) -> dict[int, Item]: ...
-    def payloads(self, keys: Sequence[int] | np.ndarray, width: int) -> np.ndarray: ...
+    def payload_rows(self, keys: Sequence[int] | np.ndarray, width: int) -> tuple[dict[int, Item], np.ndarray]: ...
 
 
 def search_store(codes: NearestCodes, rows: ItemRows, queries: np.ndarray, k: int, rescore: Rescore | None = None,
@@ -115,12 +116,13 @@ def search_store(codes: NearestCodes, rows: ItemRows, queries: np.ndarray, k: in
     if rescore is None:
         dist, keys = codes.search(queries, k + spare)
         sims = None
+        found = np.unique(keys[keys >= 0])
+        items = rows.lookup(found) if found.size else {}
     else:
-        dist, keys, sims = _two_stage(codes, rows, queries, k, rescore)
-    found = np.unique(keys[keys >= 0])
-    items = rows.lookup(found) if found.size else {}
-    if strict and len(items) != len(found):
-        absent = [int(x) for x in found if int(x) not in items]
+        dist, keys, sims, items = _two_stage(codes, rows, queries, k, rescore)
+        found = np.unique(keys[keys >= 0])
+    absent = [int(x) for x in found if int(x) not in items]
+    if strict and absent:
         raise MCMFHError(f"search: no items with keys {absent[:5]}")
     out = []
     for q in range(len(keys)):
@@ -132,15 +134,16 @@ def search_store(codes: NearestCodes, rows: ItemRows, queries: np.ndarray, k: in
 
 
 def _two_stage(codes: NearestCodes, rows: ItemRows, queries: np.ndarray, k: int,
-               how: Rescore) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+               how: Rescore) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, Item]]:  # fmt: skip
     """Stage 1 (whole tie groups, ``mcmfh.index.rerank.candidates``), then stage 2 on the candidates' payload rows,
-    read in one query: (distances, keys, similarities), each (Q, k), -1 / -inf padded."""
+    read with their items in one query: (distances, keys, similarities), each (Q, k), -1 / -inf padded, and the
+    candidates' items."""
     cands = candidates(codes, queries, k, how.oversample)
     ids = np.unique(cands.ids[cands.ids >= 0])  # sorted: a key's payload row is found by bisection
-    payload = rows.payloads(ids, how.codec.bytes_per_item)
+    items, payload = rows.payload_rows(ids, how.codec.bytes_per_item)
     # Padding slots (-1) land on row 0; rescore masks them.
     result = rescore(cands, payload, how.vectors, how.codec, k, rows_of=lambda key: np.searchsorted(ids, key))
-    return result.distances, result.ids, result.similarities
+    return result.distances, result.ids, result.similarities, items
 
 
 def widen(search: Callable[[int], T], enough: Callable[[T, int], bool], first: int, limit: int | None = None) -> T:
