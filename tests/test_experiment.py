@@ -183,7 +183,7 @@ def test_experiment_encodes_through_the_feature_cache_when_no_features_given(tmp
         calls["load"] = (name, root, label_set, options)
         return dataset
 
-    def fake_encode(dataset, encoder, out, batch_size=32):
+    def fake_encode(dataset, encoder, out, batch_size=32, progress=None):
         calls["encode"] = (dataset, encoder, out, batch_size)
         fs = make_features(n=200, di=24, dt=16, seed=4)
         fs.manifest["label_set"] = "labels"

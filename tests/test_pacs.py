@@ -72,7 +72,7 @@ def run_sync(archive, url, **options):
     from mcmfh.pacs import PacsConfig, SyncOptions, sync
 
     return sync(archive, PacsConfig(url=url, backoff_s=0.05, timeout_s=options.pop("timeout_s", 30)),
-                SyncOptions(progress=False, **{"sr": True, **options}))  # fmt: skip
+                SyncOptions(**{"sr": True, **options}))  # fmt: skip
 
 
 def assert_no_secrets(folder: Path, *outputs: str) -> None:

@@ -82,6 +82,7 @@ from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.locking import lock_timeout, writer_lock
 from mcmfh.manifest import new_manifest, read_manifest, require_match
 from mcmfh.method import WEIGHTS_NAME, HashMethod
+from mcmfh.progress import SILENT, Progress, Task
 from mcmfh.runs import check_features, load_run
 
 KIND = "archive"
@@ -189,8 +190,10 @@ class Archive:
         dataset: Dataset | None = None,
         overwrite: bool = False,
         store: StoreConfig | None = None,
+        progress: Progress = SILENT,
     ) -> Archive:
-        """Hash the ``splits`` of ``features`` with the run's model and store them with their metadata.
+        """Hash the ``splits`` of ``features`` with the run's model and store them with their metadata (``progress``
+        counts the sub-indexes written).
 
         ``store`` picks where the sub-indexes live (default: local). On a server, a failed build deletes the
         collections (and schemas) it made; ``overwrite`` also replaces those of an earlier archive of this run."""
@@ -233,7 +236,8 @@ class Archive:
                 atomic_write_json(tmp / "manifest.json", manifest)
                 archive = cls(tmp, manifest, writable=True)
                 try:
-                    archive._add_batch(batch, method)
+                    with progress.task("index build", total=len(archive.parts), unit="sub-index") as task:
+                        archive._add_batch(batch, method, task)
                     for index in archive.indexes.values():
                         if isinstance(index, ServerStore):
                             index.flush()  # a bulk load: searches then run on sealed, indexed segments
@@ -582,11 +586,11 @@ class Archive:
         with self._writing(), self._lock:
             return {m: bool(getattr(ix, "compact", lambda: False)()) for m, ix in self.indexes.items()}
 
-    def _add_batch(self, batch: Batch, method: HashMethod) -> dict[str, int]:
+    def _add_batch(self, batch: Batch, method: HashMethod, task: Task | None = None) -> dict[str, int]:
         with self._writing():
-            return self._add_locked(batch, method)
+            return self._add_locked(batch, method, task)
 
-    def _add_locked(self, batch: Batch, method: HashMethod) -> dict[str, int]:
+    def _add_locked(self, batch: Batch, method: HashMethod, task: Task | None = None) -> dict[str, int]:
         added = {}
         for m in MODALITIES:  # each sub-index skips what it holds, so a rerun completes a half-done add
             index = self.indexes[m]
@@ -607,8 +611,12 @@ class Archive:
                     assert isinstance(index, ItemIndex)
                     index.add(pack_codes(codes), items, payload=codec.encode(relaxed))
             added[m] = len(rows)
+            if task is not None:
+                task.update(1, items=f"{m} {len(rows)}")
         if "study_members" in self.indexes:
             added["studies"] = self._add_members(batch, method)
+            if task is not None:
+                task.update(len(STUDY_PARTS), items=f"studies {added['studies']}")
         return added
 
     def _add_members(self, batch: Batch, method: HashMethod) -> int:
