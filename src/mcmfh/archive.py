@@ -82,6 +82,7 @@ from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.locking import lock_timeout, writer_lock
 from mcmfh.manifest import new_manifest, read_manifest, require_match
 from mcmfh.method import WEIGHTS_NAME, HashMethod
+from mcmfh.numpy_hash import NumpyHasher
 from mcmfh.progress import SILENT, Progress, Task
 from mcmfh.runs import check_features, load_run
 
@@ -168,8 +169,13 @@ class Archive:
             except BaseException:
                 self.close()
                 raise
-        self.method, self.run_manifest = load_run(folder / "run")
+        self.run_manifest = read_manifest(folder / "run", kind="run")
         require_match(manifest, run_identity(folder / "run", self.run_manifest), IDENTITY_KEYS, f"archive {folder}")
+        # The torch model is loaded on first use (adds, studies, queries numpy cannot code exactly): a query is coded
+        # by the numpy copy of the model where there is one (mcmfh.numpy_hash), so a CLI search never imports torch.
+        self._method: HashMethod | None = None
+        self._method_lock = threading.Lock()
+        self.query_hasher = NumpyHasher.load(folder / "run", self.run_manifest.get("weights_sha256"))
         self._encoder: Encoder | None = None
         # One lock for the indexes and the SQLite handles: the service calls from several threads. Query encoding
         # runs outside it, in one micro-batcher per modality.
@@ -368,6 +374,14 @@ class Archive:
         return len(self.indexes["texts"])
 
     @property
+    def method(self) -> HashMethod:
+        """The run's fitted method (torch for the MCMFH family), loaded on first use."""
+        with self._method_lock:
+            if self._method is None:
+                self._method = load_run(self.folder / "run")[0]
+            return self._method
+
+    @property
     def encoder(self) -> Encoder:
         """The run's encoder, loaded on first use and checked to be the version the model was trained on."""
         if self._encoder is None:
@@ -531,8 +545,21 @@ class Archive:
         return self._hash_batch(modality, emb)
 
     def _hash_batch(self, modality: str, emb: np.ndarray) -> list[tuple[Any, Any]]:
-        codes, relaxed = _hash(self.method, modality, emb, relaxed=self.payload_codec is not None)
+        codes, relaxed = self._hash_queries(modality, emb)
         return [(codes[i], None if relaxed is None else relaxed[i]) for i in range(len(emb))]
+
+    def _hash_queries(self, modality: str, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Query codes (and relaxed outputs with a payload): the numpy copy of the model, with torch for the rows
+        it marks unsafe (a sign or expert choice within float32 rounding), so codes are always torch's."""
+        with_relaxed = self.payload_codec is not None
+        if self.query_hasher is None:
+            return _hash(self.method, modality, emb, relaxed=with_relaxed)
+        out, safe = self.query_hasher.relaxed(emb, modality)
+        if not safe.all():
+            rows = np.flatnonzero(~safe)
+            fn = self.method.relaxed_images if modality == "images" else self.method.relaxed_texts
+            out[rows] = fn(emb[rows])
+        return out > 0, (out if with_relaxed else None)
 
     def get(self, item_id: str) -> Item | None:
         with self._lock:

@@ -93,7 +93,7 @@ def stray_query_line(archive: Path, words: list[str], given: bool) -> str:
     --text (or an image path without --image)."""
     query = " ".join(words)
     if given:
-        return f"unexpected argument(s) {query!r} after the archive; quote a query with spaces: --text \"...\""
+        return f'unexpected argument(s) {query!r} after the archive; quote a query with spaces: --text "..."'
     mcmfh = mcmfh_command()
     if len(words) == 1 and Path(query).suffix.lower() in IMAGE_SUFFIXES:
         return f"{query!r} looks like an image; search with: {mcmfh} search {archive} --image {shlex.quote(query)}"
