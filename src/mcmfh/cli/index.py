@@ -185,6 +185,11 @@ def info(archive_dir: Path = typer.Argument(..., help="Archive folder.")) -> Non
         typer.echo(json.dumps(out, indent=2, sort_keys=True))
 
 
+# The search table's columns, said under it: a newcomer meets d= and s= before any documentation.
+D_KEY = "d = Hamming distance of the codes (0 to bits, smaller is closer)"
+S_KEY = "s = two-stage similarity (cosine, -1 to 1, the order shown)"
+
+
 @app.command()
 def search(
     archive_dir: Path = typer.Argument(..., help="Archive folder (from `mcmfh index build`)."),
@@ -237,6 +242,8 @@ def search(
         typer.echo(f"{row['rank']:>3}  d={row['distance']:<3} {score}{row['id']:<24} {caption}")
         typer.echo(f"{'':>10}labels: {', '.join(row['labels']) or '-'}")
     typer.echo(f"{len(rows)} result(s) in {took_ms:.1f} ms (encode + search)")
+    if rows:
+        typer.echo(f"{D_KEY}; {S_KEY}" if any(r["score"] is not None for r in rows) else D_KEY)
 
 
 def _search_studies(archive: object, text: str | None, image: Path | None, k: int, rerank: str | None,
