@@ -82,7 +82,7 @@ from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.locking import lock_timeout, writer_lock
 from mcmfh.manifest import new_manifest, read_manifest, require_match
 from mcmfh.method import WEIGHTS_NAME, HashMethod
-from mcmfh.numpy_hash import NumpyHasher
+from mcmfh.numpy_hash import NUMPY_QUERY_ROWS, NumpyHasher
 from mcmfh.progress import SILENT, Progress, Task
 from mcmfh.runs import check_features, load_run
 
@@ -552,7 +552,7 @@ class Archive:
         """Query codes (and relaxed outputs with a payload): the numpy copy of the model, with torch for the rows
         it marks unsafe (a sign or expert choice within float32 rounding), so codes are always torch's."""
         with_relaxed = self.payload_codec is not None
-        if self.query_hasher is None:
+        if self.query_hasher is None or len(emb) > NUMPY_QUERY_ROWS:
             return _hash(self.method, modality, emb, relaxed=with_relaxed)
         out, safe = self.query_hasher.relaxed(emb, modality)
         if not safe.all():

@@ -24,7 +24,6 @@ from mcmfh.encoders.base import Encoder, ImageInput, l2_normalize
 from mcmfh.encoders.common import batched, cache_root, file_digest, progress_bar, read_image, resolve_device
 from mcmfh.encoders.onnx_cache import OnnxMismatch, OnnxSpec, load_or_export, onnxruntime_available
 from mcmfh.encoders.registry import register_encoder
-from mcmfh.encoders.resample import resize_crop_normalise
 from mcmfh.errors import MCMFHError
 from mcmfh.manifest import fingerprint
 
@@ -187,6 +186,9 @@ class OfflineEncoder(Encoder):
         ``resize_crop_normalise`` gives Pillow 13's bicubic values for the crop (bit-identical, tested) at under a
         third of the CPU (0.9 against 3.1 ms per MedPix image): it computes only the cropped pixels, along contiguous
         rows."""
+        # Imported here: the resampler is numba, which a process that only encodes text queries need not load.
+        from mcmfh.encoders.resample import resize_crop_normalise
+
         c = self.config
         im = read_image(image)
         w, h = im.size
