@@ -29,6 +29,7 @@ VARIANTS = [
     ("mcmfh", {"single_rule": "alone"}),
     ("mcmfh", {"whiten_dim": 8, "center": False}),
     ("mcmfh", {"dv_votes": 3, "layers": 1, "heads": 2}),
+    ("mcmfh", {"capacity": "auto", "dv_hidden": 256, "width": 96, "ffn_hidden": 96}),  # resolved to small widths
 ]
 
 

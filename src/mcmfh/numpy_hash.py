@@ -29,13 +29,15 @@ from mcmfh.method import CONFIG_NAME, WEIGHTS_NAME
 # The registered methods whose image / text path is MCMFHNet's (mcmfh.model.mcmfh and its subclasses).
 SUPPORTED_METHODS = ("mcmfh", "mcmfh-no-moe", "mcmfh-no-dv", "mcmfh-no-gateloss", "mcmfh-no-fusion", "mcmfh-supervised")
 # MCMFHConfig fields the forward pass reads here, and those it need not read: training-only ones, and those the
-# weights carry (dv_dropout is in the stored vote masks, ffn_hidden in the experts' shapes).
+# weights carry (dv_dropout is in the stored vote masks, ffn_hidden in the experts' shapes; capacity is saved resolved
+# into the widths).
 INFERENCE_FIELDS = frozenset({
     "center", "whiten_dim", "dv_hidden", "width", "dropout_voting", "dv_votes", "layers", "heads", "use_moe",
     "experts", "top_k", "gate", "gate_blend", "single_rule", "hash_hidden", "study_head",
 })  # fmt: skip
 UNREAD_FIELDS = frozenset({
-    "whiten_eps", "input_dropout", "dv_dropout", "ffn_hidden", "attn_dropout", "ffn_dropout", "router_noise",
+    "whiten_eps", "input_dropout", "capacity", "small_train_pairs", "dv_dropout", "ffn_hidden", "attn_dropout",
+    "ffn_dropout", "router_noise",
     "modality_dropout", "hash_dropout", "temperature", "hash_temperature", "lambda_hash", "lambda_gate",
     "balance_weight", "z_weight", "lambda_pair", "lambda_decorrelation", "lambda_quant", "lambda_bit_balance",
     "lambda_label", "lambda_bank", "bank_temperature", "epochs_stage3", "min_steps_stage3", "study_batch",
@@ -94,8 +96,8 @@ class NumpyHasher:
             cfg = json.loads(bytes(weights["meta.config_json"]).decode())
         except Exception:  # safetensors' own error types: the torch path reports them
             return None
-        if set(cfg) - INFERENCE_FIELDS - UNREAD_FIELDS:
-            return None
+        if set(cfg) - INFERENCE_FIELDS - UNREAD_FIELDS or INFERENCE_FIELDS - set(cfg):
+            return None  # a newer option, or a model older than one this module reads: torch knows its defaults
         hasher = cls(cfg, weights, int(method["bits"]))
         have = {k for k in hasher.w if not k.startswith("study.")}
         return hasher if have == hasher.expected_keys() else None
