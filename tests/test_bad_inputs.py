@@ -289,6 +289,7 @@ files.atomic_write_bytes = full
 """
 
 
+@pytest.mark.slow  # a disk filling up mid-add, then a rerun: two CLI runs, 10-26 s on 2 busy cores
 def test_disk_full_during_index_add_loses_nothing_and_a_rerun_completes(small_archive, tmp_path: Path) -> None:
     from mcmfh.archive import Archive
 

@@ -224,6 +224,7 @@ def test_bearer_token_retries_and_errors(pacs, archive, base_archive, monkeypatc
     assert_no_secrets(archive, out.out, out.err)
 
 
+@pytest.mark.slow  # a sync killed mid-way in a subprocess, then resumed: 15-25 s on 2 busy cores
 def test_kill_mid_sync_then_resume(pacs, archive, tmp_path):
     from mcmfh.archive import Archive
 
