@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 EXTRAS ?= offline,service,dev,pacs
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-pacs test-scale test-biomedclip lint clean
+.PHONY: install demo test test-slow test-pacs test-scale test-biomedclip lint clean
 
 $(BIN)/mcmfh: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ install: $(BIN)/mcmfh
 demo: install
 	$(BIN)/mcmfh demo
 
+# The edit-test loop (3.6 min on 2 cores at load average 3): everything but the end-to-end runs marked `slow`.
 test: install
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m "not slow"
+
+# End-to-end runs of a minute or more (demo rerun, browser tests, MedPix encode, killed writers, load); CI runs them.
+test-slow: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m slow
 
 # Only the PACS group: a real Orthanc + DICOMweb plugin (apt-get install orthanc orthanc-dicomweb) on 127.0.0.1.
 # `make test` runs it too (skipped there when Orthanc is absent); here a missing Orthanc fails.

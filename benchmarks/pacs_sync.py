@@ -75,7 +75,7 @@ def main() -> None:
             os.environ.pop("MCMFH_PACS_TOKEN", None)
             os.environ["MCMFH_PACS_USER"], os.environ["MCMFH_PACS_PASSWORD"] = ps.USER, ps.PASSWORD
             config = PacsConfig(url=server.url, workers=args.workers)
-            options = SyncOptions(sr=True, fetch=args.fetch, batch_size=args.batch_size, progress=False)
+            options = SyncOptions(sr=True, fetch=args.fetch, batch_size=args.batch_size)
             cpu0 = time.process_time()
             first = sync(root / "idx", config, options)
             cpu_first = time.process_time() - cpu0

@@ -13,6 +13,7 @@ import pytest
 pytest_plugins = ["scale_servers"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI sets it (mcmfh.cli.main): spinning threads starve
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]

@@ -144,6 +144,10 @@ def test_cli_search_and_info(chain, capsys):
     assert main(["search", str(chain["idx"]), "--text", "cyst in the liver", "--k", "3", "--rerank", "none"]) == 0
     table = capsys.readouterr().out
     assert "d=" in table and "s=" not in table
+    assert table.splitlines()[-1].startswith("d = Hamming distance") and "s = " not in table  # the column said
+    assert main(["search", str(chain["idx"]), "--text", "cyst in the liver", "--k", "3"]) == 0
+    key = capsys.readouterr().out.splitlines()[-1]
+    assert key.startswith("d = Hamming distance") and "; s = two-stage similarity" in key
     assert main(["search", str(chain["idx"]), "--text", "cyst", "--rerank", "float16"]) == 2
     assert "stores int8 payloads" in capsys.readouterr().err
     assert main(["search", str(chain["idx"])]) == 2

@@ -26,7 +26,7 @@ from mcmfh.runs import train_run
 from mcmfh.service.app import create_app
 from mcmfh.service.search_engine import ArchiveEngine
 from mcmfh.service.settings import Settings
-from test_studies import TINY
+from tiny_config import TINY_MCMFH
 
 QUERY = "bright solid nodule in the right lung"
 STUDY_SIZE = 3
@@ -55,7 +55,7 @@ def chain(tmp_path_factory):
     ds = load_dataset("csv", data)
     fs = encode_dataset(ds, get_encoder("tiny"), root / "features")
     assert fs.has_studies
-    run = train_run(root / "features", "mcmfh", 16, 0, root / "run", options=TINY)
+    run = train_run(root / "features", "mcmfh", 16, 0, root / "run", options=TINY_MCMFH)
     base = train_run(root / "features", "cca-itq", 16, 0, root / "base")
     Archive.build(run, fs, root / "idx", dataset=ds).close()
     Archive.build(base, fs, root / "base-idx", dataset=ds).close()

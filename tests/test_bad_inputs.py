@@ -289,6 +289,7 @@ files.atomic_write_bytes = full
 """
 
 
+@pytest.mark.slow  # a disk filling up mid-add, then a rerun: two CLI runs, 10-26 s on 2 busy cores
 def test_disk_full_during_index_add_loses_nothing_and_a_rerun_completes(small_archive, tmp_path: Path) -> None:
     from mcmfh.archive import Archive
 
@@ -333,3 +334,78 @@ def test_unreadable_inputs_are_named_not_readable_and_nothing_is_added(small_arc
         data.chmod(0o644)
     with Archive.open(arc) as archive:
         assert len(archive) == n0
+
+
+# --- dead ends on the way to a first search (issue 26): each error names the next command -------------------------
+
+
+def test_search_of_a_missing_archive_says_how_to_build_one(tmp_path: Path) -> None:
+    line = one_error_line(run_cli("search", str(tmp_path / "nope"), "--text", "x"), "nope", "does not exist")
+    assert "index build" in line and "interrupted" not in line
+
+
+def test_search_of_a_run_folder_says_to_build_an_index(trained_run: tuple[Path, Path]) -> None:
+    run, _ = trained_run
+    line = one_error_line(run_cli("search", str(run), "--text", "x"), str(run), "trained run")
+    assert f"index build {run} --features" in line
+
+
+def test_search_of_the_demo_folder_points_at_its_archive(tmp_path: Path) -> None:
+    from mcmfh.demo import KIND
+    from mcmfh.io import atomic_write_json
+    from mcmfh.manifest import new_manifest
+
+    atomic_write_json(tmp_path / "demo" / "manifest.json", new_manifest(KIND))  # what `mcmfh demo` writes first
+    one_error_line(run_cli("search", str(tmp_path / "demo"), "--text", "x"), f"search {tmp_path / 'demo'}/archive")
+
+
+def test_index_commands_on_a_missing_archive_say_how_to_build_one(tmp_path: Path) -> None:
+    for args in (("info",), ("compact",), ("remove", "a1"), ("add", "--dataset", "csv", "--data-root", ".")):
+        r = run_cli("index", args[0], str(tmp_path / "nope"), *args[1:])
+        one_error_line(r, "nope", "does not exist", "index build")
+
+
+@pytest.mark.parametrize(
+    ("words", "hint"),
+    [(("hemorrhage",), "--text hemorrhage"), (("brain", "bleed"), "--text 'brain bleed'"),
+     (("scan.dcm",), "--image scan.dcm")],
+)  # fmt: skip
+def test_search_with_a_bare_query_says_which_option_was_meant(small_archive, words, hint) -> None:
+    line = one_error_line(run_cli("search", str(small_archive["arc"]), *words), "search", hint)
+    assert str(small_archive["arc"]) in line
+
+
+def test_search_with_text_and_extra_words_says_to_quote(small_archive) -> None:
+    r = run_cli("search", str(small_archive["arc"]), "--text", "brain", "bleed")
+    one_error_line(r, "'bleed'", "quote")
+
+
+def test_serve_on_a_busy_port_is_one_line_naming_another_port(small_archive) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = run_cli("serve", str(small_archive["arc"]), "--port", str(port))
+    one_error_line(r, f"port {port}", "already in use", f"--port {port + 1}")
+    assert "serving" not in r.stdout  # refused before the index was loaded or anything was announced
+
+
+def test_demo_hint_names_a_command_that_runs_from_this_shell(tmp_path: Path, monkeypatch) -> None:
+    """``make demo`` runs ``.venv/bin/mcmfh``: with the venv not activated, ``mcmfh`` alone is not on PATH, so the
+    hint is the script's path relative to the working folder; once it is on PATH, plain ``mcmfh``."""
+    from mcmfh.cli.next_steps import mcmfh_command
+
+    script = tmp_path / ".venv" / "bin" / "mcmfh"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(script), "demo"])
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert mcmfh_command() == ".venv/bin/mcmfh"
+    monkeypatch.setenv("PATH", str(script.parent))
+    assert mcmfh_command() == "mcmfh"
+    monkeypatch.setattr(sys, "argv", ["/somewhere/mcmfh/__main__.py"])
+    assert mcmfh_command().endswith(" -m mcmfh")

@@ -138,6 +138,7 @@ def codes_by_id(folder: Path) -> dict[tuple[str, str], bytes]:
     return out
 
 
+@pytest.mark.slow  # six writer processes killed and restarted: about 2 minutes on 2 busy cores
 def test_writers_at_once_with_kills_give_the_union_and_a_reader_never_errors(base, tmp_path):
     folder = tmp_path / "idx"
     shutil.copytree(base["idx"], folder)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
@@ -29,6 +30,11 @@ def test_demo_runs_whole_chain(tmp_path, capsys):
         assert row["i2t_map"] > row["chance_map"] and row["t2i_map"] > row["chance_map"]
         assert row["code_health"]["image"]["distinct"] > 1
     assert all(len(ex["hits"]) == 3 for ex in summary["examples"])
+    # the last lines are commands that work when pasted into the shell the demo ran from
+    pasted = [ln.strip() for ln in printed.splitlines()[-3:] if " search " in ln]
+    assert printed.splitlines()[-4] == "next, paste one of:" and len(pasted) == 1
+    r = subprocess.run(pasted[0], shell=True, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "result(s) in" in r.stdout, r.stderr
     # a second run reuses the cached features (the archive and runs are rebuilt)
     assert main(args) == 0
     assert "encode:" not in capsys.readouterr().err

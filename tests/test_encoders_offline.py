@@ -162,3 +162,18 @@ def test_preprocessing_and_pieces_are_exact(onnx_dir, monkeypatch):
     assert np.abs(whole - pieces).max() < 1e-5
     monkeypatch.setattr(offline_mod, "ONNX_PIECE", 32)
     assert np.array_equal(enc.encode_images(images, batch_size=len(images)), whole)
+
+
+def test_tokenizer_ids_equal_transformers_ids():
+    """The query path reads tokenizer.json with ``tokenizers`` alone (no transformers, no torch): the ids and the
+    padding must be what transformers' own tokenizer for the model gives, truncation included."""
+    from transformers import AutoTokenizer
+
+    enc = get_encoder("offline")
+    texts = ["Chest CT.", "Axial T2 MRI: a 3.2 cm ring-enhancing lesion (left frontal lobe), café-au-lait spots",
+             "word " * 400, "", "ÜBER naïve 肺 结节 🙂"]  # fmt: skip
+    ref = AutoTokenizer.from_pretrained(str(enc.text_dir), local_files_only=True)
+    want = ref(texts, padding=True, truncation=True, max_length=enc.config.max_tokens, return_tensors="np")
+    got = np.array([e.ids for e in enc._tokenizer().encode_batch(texts)])
+    np.testing.assert_array_equal(got, want["input_ids"])
+    np.testing.assert_array_equal(got != ref.pad_token_id, want["attention_mask"].astype(bool))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from types import SimpleNamespace
 
@@ -11,6 +12,7 @@ from conftest import make_features
 from mcmfh.cli import main
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.experiment import load_config, run_experiment
+from mcmfh.progress import Progress
 from mcmfh.runs import check_features, load_run, train_run
 
 CONFIG = """
@@ -86,8 +88,12 @@ def test_experiment_writes_results_and_resumes(tmp_path, feat_dir):
     mtime = row_file.stat().st_mtime_ns
 
     logs.clear()
-    run_experiment(cfg, out, log=logs.append)
+    shown = io.StringIO()
+    run_experiment(cfg, out, log=logs.append, progress=Progress("lines", shown, interval_s=3600))
     assert sum("skipped" in line for line in logs) == 12 and row_file.stat().st_mtime_ns == mtime
+    # rows done and left: the first and the last update (the interval holds the rest back)
+    assert [line.split(" | ")[0] for line in shown.getvalue().splitlines()] == [
+        "experiment: 1/12 row (8%)", "experiment: 12/12 row (100%)"]  # fmt: skip
 
     # Changing one method's options reruns only that method's rows.
     cfg.write_text(CONFIG.replace("ridge: 0.01", "ridge: 0.02"))
@@ -183,7 +189,7 @@ def test_experiment_encodes_through_the_feature_cache_when_no_features_given(tmp
         calls["load"] = (name, root, label_set, options)
         return dataset
 
-    def fake_encode(dataset, encoder, out, batch_size=32):
+    def fake_encode(dataset, encoder, out, batch_size=32, progress=None):
         calls["encode"] = (dataset, encoder, out, batch_size)
         fs = make_features(n=200, di=24, dt=16, seed=4)
         fs.manifest["label_set"] = "labels"

@@ -12,22 +12,21 @@ from data_fixtures import write_openi_with_images, write_roco_with_images
 from mcmfh.cli import main
 from mcmfh.errors import MCMFHError
 from mcmfh.experiment import load_config, parse_overrides, run_experiment
+from tiny_config import TINY_MCMFH
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TINY_MCMFH = dict(
-    width=32, dv_hidden=32, ffn_hidden=32, hash_hidden=32, epochs_stage1=2, epochs_stage2=3, batch_size=32,
-    num_threads=1,
-)  # fmt: skip
+SHORT_MCMFH = {**TINY_MCMFH, "epochs_stage2": 3, "batch_size": 32}
 METHODS = ["cca-itq", "lsh", "chance", "mcmfh"]
 
 
 def _overrides(root: Path) -> dict:
     return {
         "data_root": str(root), "encoder": "tiny", "bits": [16], "seeds": [0], "seeds_by_bits": {},
-        "methods": METHODS, "method_options": {"mcmfh": TINY_MCMFH},
+        "methods": METHODS, "method_options": {"mcmfh": SHORT_MCMFH},
     }  # fmt: skip
 
 
+@pytest.mark.slow  # a whole experiment per dataset layout (encode, 4 methods): 20-30 s each on 2 busy cores
 @pytest.mark.parametrize(
     ("config", "build", "label_set"),
     [("openi.yaml", write_openi_with_images, "mesh"), ("roco.yaml", write_roco_with_images, "semtypes")],

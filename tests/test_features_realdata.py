@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 REUSE_LIMIT_S = 5.0
 
 
+@pytest.mark.slow  # encodes all 2,050 MedPix images: about 3 minutes on 2 busy cores
 @pytest.mark.realdata
 def test_encode_medpix2_offline_then_reuse(shared_data, tmp_path_factory):
     pytest.importorskip("efficientnet_lite_pytorch")

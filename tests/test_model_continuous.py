@@ -7,16 +7,14 @@ import numpy as np
 from conftest import make_features
 from mcmfh.evaluate import evaluate_method
 from mcmfh.factory import create_method, load_method
-
-TINY = dict(width=32, dv_hidden=32, ffn_hidden=32, hash_hidden=32, epochs_stage1=2, epochs_stage2=2, batch_size=48,
-            num_threads=1)  # fmt: skip
+from tiny_config import TINY_MCMFH
 
 
 def test_continuous_mcmfh_is_the_fused_space_of_the_same_model(tmp_path) -> None:
     fs = make_features(n=200, di=24, dt=16, n_labels=5, seed=0)
     train, dev, test = fs.splits("train"), fs.splits("dev"), fs.splits("test")
-    cont = create_method("continuous-mcmfh", bits=16, seed=0, **TINY)
-    hashed = create_method("mcmfh", bits=16, seed=0, **TINY)
+    cont = create_method("continuous-mcmfh", bits=16, seed=0, **TINY_MCMFH)
+    hashed = create_method("mcmfh", bits=16, seed=0, **TINY_MCMFH)
     cont.fit(train, dev)
     hashed.fit(train, dev)
     assert cont.continuous and not hashed.continuous
@@ -40,8 +38,8 @@ def test_continuous_mcmfh_is_the_fused_space_of_the_same_model(tmp_path) -> None
 def test_relaxed_ceiling_is_tanh_of_what_sign_codes() -> None:
     fs = make_features(n=200, di=24, dt=16, n_labels=5, seed=1)
     train, dev, test = fs.splits("train"), fs.splits("dev"), fs.splits("test")
-    relaxed = create_method("continuous-mcmfh-relaxed", bits=32, seed=0, **TINY)
-    hashed = create_method("mcmfh", bits=32, seed=0, **TINY)
+    relaxed = create_method("continuous-mcmfh-relaxed", bits=32, seed=0, **TINY_MCMFH)
+    hashed = create_method("mcmfh", bits=32, seed=0, **TINY_MCMFH)
     relaxed.fit(train, dev)
     hashed.fit(train, dev)
     soft = relaxed.encode_texts(test.text)

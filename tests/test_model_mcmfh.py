@@ -14,11 +14,9 @@ from mcmfh.metrics import hamming_distances, map_all, relevance
 from mcmfh.model.config import MCMFHConfig
 from mcmfh.model.dv_mlp import DropoutVotingMLP
 from mcmfh.model.moe import DenseFeedForward, MoEFeedForward
+from tiny_config import TINY_MCMFH
 
-TINY = dict(
-    width=32, dv_hidden=32, ffn_hidden=32, hash_hidden=32, epochs_stage1=3, epochs_stage2=3, batch_size=48,
-    num_threads=1, eval_every=1, min_steps_stage1=0, min_steps_stage2=0,
-)  # fmt: skip
+TINY = {**TINY_MCMFH, "epochs_stage1": 3, "epochs_stage2": 3, "eval_every": 1}
 
 
 @pytest.fixture(scope="module")

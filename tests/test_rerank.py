@@ -21,9 +21,7 @@ from mcmfh.index.rerank import (
 )
 from mcmfh.metrics import cosine_distances, ranking_metrics, relevance
 from mcmfh.two_stage import RerankOptions
-
-TINY = dict(width=32, dv_hidden=32, ffn_hidden=32, hash_hidden=32, epochs_stage1=2, epochs_stage2=2, batch_size=48,
-            num_threads=1)  # fmt: skip
+from tiny_config import TINY_MCMFH
 
 
 def _codes_at(distances: list[int], bits: int = 16) -> np.ndarray:
@@ -163,7 +161,7 @@ def test_rescored_ranking_ties_only_where_scores_are_equal() -> None:
 
 def test_evaluate_reports_two_stage_next_to_one_stage() -> None:
     fs = make_features(n=200, di=24, dt=16, n_labels=5, seed=0)
-    m = create_method("mcmfh", bits=16, seed=0, **TINY)
+    m = create_method("mcmfh", bits=16, seed=0, **TINY_MCMFH)
     m.fit(fs.splits("train"), fs.splits("dev"))
     out = evaluate_method(m, fs, rerank=RerankOptions(payloads=("int8", "float32"), k=10, oversample=2))
     for d in ("i2t", "t2i"):
@@ -176,7 +174,7 @@ def test_evaluate_reports_two_stage_next_to_one_stage() -> None:
     dist = cosine_distances(m.relaxed_images(qi.image), m.relaxed_texts(dbt.text))
     ceiling = ranking_metrics(dist, relevance(qi.labels, dbt.labels))["map"]
     assert out["i2t_map_2s_float32_all"] == pytest.approx(ceiling, abs=1e-9)
-    relaxed = create_method("continuous-mcmfh-relaxed", bits=16, seed=0, **TINY)
+    relaxed = create_method("continuous-mcmfh-relaxed", bits=16, seed=0, **TINY_MCMFH)
     relaxed.fit(fs.splits("train"), fs.splits("dev"))
     assert np.allclose(relaxed.encode_images(qi.image), m.relaxed_images(qi.image))
     assert np.array_equal(m.relaxed_images(qi.image) > 0, m.encode_images(qi.image))

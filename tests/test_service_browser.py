@@ -230,7 +230,7 @@ def test_page_over_a_medpix_archive_shows_the_first_screen_by_rescored_similarit
         pytest.skip(f"MedPix 2.0 not found at {root}")
     ds = load_dataset("medpix2", root)
     fs = encode_dataset(ds, get_encoder("offline"), tmp_path / "features")
-    run = train_run(tmp_path / "features", "mcmfh", 16, 0, tmp_path / "run", {"num_threads": 2})
+    run = train_run(tmp_path / "features", "mcmfh", 16, 0, tmp_path / "run", {"num_threads": 1})
     Archive.build(run, fs, tmp_path / "idx", dataset=ds).close()
     engine = open_engine(tmp_path / "idx")
     app = create_app(engine, Settings(image_root=engine.image_root))

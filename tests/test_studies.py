@@ -22,12 +22,9 @@ from mcmfh.model.fusion import IMAGE, TEXT
 from mcmfh.model.study import StudyFusion, TokenSets, held_out_sets, pack_sets
 from mcmfh.studies import Studies, distinct_texts
 from mcmfh.study_eval import evaluate_modes
+from tiny_config import TINY_MCMFH
 
-TINY = dict(
-    width=32, dv_hidden=32, ffn_hidden=32, hash_hidden=32, epochs_stage1=2, epochs_stage2=2, epochs_stage3=2,
-    batch_size=48, study_batch=8, num_threads=1, min_steps_stage1=0, min_steps_stage2=0, min_steps_stage3=0,
-)  # fmt: skip
-FIT = {**TINY, "min_steps_stage1": 30, "min_steps_stage2": 60, "min_steps_stage3": 60}  # enough steps to learn
+FIT = {**TINY_MCMFH, "min_steps_stage1": 30, "min_steps_stage2": 60, "min_steps_stage3": 60}  # enough steps to learn
 
 
 def study_features(n_studies: int = 80, size: int = 3, classes: int = 6, seed: int = 1) -> FeatureSet:
@@ -182,7 +179,7 @@ def test_study_codes_do_not_depend_on_batch_or_other_studies(data, fitted) -> No
 
 def test_interrupted_stage3_resumes_to_the_same_study_codes(tmp_path, data) -> None:
     train, dev = data.splits("train"), data.splits("dev")
-    opts = {**TINY, "epochs_stage3": 3}
+    opts = {**TINY_MCMFH, "epochs_stage3": 3}
     clean = create_method("mcmfh", bits=16, seed=2, **opts)
     clean.fit(train, dev)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,9 @@ from mcmfh.index.stores import StoreConfig, create_store, drop_store, open_store
 from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.items import Hit, Item, StudyHit
 from mcmfh.manifest import new_manifest, read_manifest, require_match
-from mcmfh.method import weights_sha256
+from mcmfh.method import HashMethod, weights_sha256
+from mcmfh.numpy_hash import NumpyHasher
+from mcmfh.progress import SILENT, Progress, Task
 from mcmfh.runs import check_features, load_run
 
 KIND = "archive"
@@ -95,16 +98,21 @@ class Archive:
         parts = MODALITIES + (STUDY_PARTS if self.study_rule == "fused" else ())
         self.committed = CommittedIndexes(folder, parts, open_part, writable, lock_timeout, check_parts)
         try:
-            self.method, self.run_manifest = load_run(folder / "run")
+            self.run_manifest = read_manifest(folder / "run", kind="run")
             require_match(manifest, run_identity(folder / "run", self.run_manifest), IDENTITY_KEYS,
                           f"archive {folder}")  # fmt: skip
+            # The torch model is loaded on first use (adds, studies, queries numpy cannot code exactly): a query is
+            # coded by the numpy copy of the model where there is one, so a CLI search never imports torch.
+            hasher = NumpyHasher.load(folder / "run", self.run_manifest.get("weights_sha256"))
         except BaseException:
             self.committed.close()
             raise
+        self._method: HashMethod | None = None
+        self._method_lock = threading.Lock()
         entry = manifest.get("payload")
         self.payload_codec: PayloadCodec | None = make_codec(entry["codec"], int(entry["dim"])) if entry else None
-        self.coder = QueryCoder(self.method, manifest["encoder"], manifest["encoder_version"], self.payload_codec,
-                                f"archive {folder}")  # fmt: skip
+        self.coder = QueryCoder(lambda: self.method, manifest["encoder"], manifest["encoder_version"],
+                                self.payload_codec, f"archive {folder}", hasher=hasher)  # fmt: skip
 
     # ---------------------------------------------------------------------------------------------- make / open
     @classmethod
@@ -117,8 +125,10 @@ class Archive:
         dataset: Dataset | None = None,
         overwrite: bool = False,
         store: StoreConfig | None = None,
+        progress: Progress = SILENT,
     ) -> Archive:
-        """Hash the ``splits`` of ``features`` with the run's model and store them with their metadata.
+        """Hash the ``splits`` of ``features`` with the run's model and store them with their metadata (``progress``
+        counts the sub-indexes written).
 
         ``store`` picks where the sub-indexes live (default: local). On a server, a failed build deletes the
         collections (and schemas) it made; ``overwrite`` also replaces those of an earlier archive of this run."""
@@ -155,7 +165,8 @@ class Archive:
                 atomic_write_json(tmp / "manifest.json", manifest)
                 archive = cls(tmp, manifest, writable=True)
                 try:
-                    archive._add(batch)
+                    with progress.task("index build", total=len(archive.indexes), unit="sub-index") as task:
+                        archive._add(batch, task)
                     for index in archive.indexes.values():
                         index.flush()  # a bulk load on a server: searches then run on sealed, indexed segments
                 finally:
@@ -222,6 +233,14 @@ class Archive:
 
     def __len__(self) -> int:
         return len(self.indexes["texts"])
+
+    @property
+    def method(self) -> HashMethod:
+        """The run's fitted method (torch for the MCMFH family), loaded on first use."""
+        with self._method_lock:
+            if self._method is None:
+                self._method = load_run(self.folder / "run")[0]
+            return self._method
 
     @property
     def encoder(self) -> Encoder:
@@ -323,9 +342,9 @@ class Archive:
         with self.committed.change(), self.committed.lock:
             return {m: ix.compact() for m, ix in self.indexes.items()}
 
-    def _add(self, batch: Batch) -> dict[str, int]:
+    def _add(self, batch: Batch, task: Task | None = None) -> dict[str, int]:
         with self.committed.change():
-            return self._writer().add(batch)
+            return self._writer().add(batch, task)
 
     def _writer(self) -> ArchiveWriter:
         studies = self.manifest.get("studies") or {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
@@ -23,6 +24,7 @@ from mcmfh.encoders.base import Encoder
 from mcmfh.errors import ArtefactError
 from mcmfh.index.payload import PayloadCodec
 from mcmfh.method import HashMethod
+from mcmfh.numpy_hash import NUMPY_QUERY_ROWS, NumpyHasher
 
 BATCH_ENV = "MCMFH_BATCH_QUERIES"  # "0": encode queries one at a time (the behaviour before micro-batching)
 
@@ -48,11 +50,15 @@ def load_encoder(name: str, version: str, what: str) -> Encoder:
 
 
 class QueryCoder:
-    """Codes queries of one archive: ``code(modality, query) -> (code (bits,), relaxed (dim,) or None)``."""
+    """Codes queries of one archive: ``code(modality, query) -> (code (bits,), relaxed (dim,) or None)``.
 
-    def __init__(self, method: HashMethod, encoder: str, encoder_version: str, codec: PayloadCodec | None,
-                 what: str, batching: BatchingConfig | None = None) -> None:  # fmt: skip
-        self.method, self.codec, self.what = method, codec, what
+    ``method`` returns the run's fitted method (loaded on first use by the caller); ``hasher``, the numpy copy of the
+    model where there is one (``mcmfh.numpy_hash``), codes small query batches so a CLI search never imports torch."""
+
+    def __init__(self, method: Callable[[], HashMethod], encoder: str, encoder_version: str,
+                 codec: PayloadCodec | None, what: str, hasher: NumpyHasher | None = None,
+                 batching: BatchingConfig | None = None) -> None:  # fmt: skip
+        self.method, self.hasher, self.codec, self.what = method, hasher, codec, what
         self.batching = batching or BatchingConfig()
         self.batchers: dict[str, MicroBatcher[Any]] = {}
         self._encoder_name, self._encoder_version = encoder, encoder_version
@@ -101,8 +107,22 @@ class QueryCoder:
 
     def hash(self, modality: str, emb: np.ndarray) -> list[tuple[Any, Any]]:
         """Per row of embeddings ``emb``: its code and relaxed output (None without a payload codec)."""
-        codes, relaxed = hash_rows(self.method, modality, emb, relaxed=self.codec is not None)
+        codes, relaxed = self.hash_arrays(modality, emb)
         return [(codes[i], None if relaxed is None else relaxed[i]) for i in range(len(emb))]
+
+    def hash_arrays(self, modality: str, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Codes and relaxed outputs of ``emb``: the numpy copy of the model, with torch for the rows it marks unsafe
+        (a sign or expert choice within float32 rounding), so codes are always torch's."""
+        with_relaxed = self.codec is not None
+        if self.hasher is None or len(emb) > NUMPY_QUERY_ROWS:
+            return hash_rows(self.method(), modality, emb, relaxed=with_relaxed)
+        out, safe = self.hasher.relaxed(emb, modality)
+        if not safe.all():
+            rows = np.flatnonzero(~safe)
+            method = self.method()
+            fn = method.relaxed_images if modality == "images" else method.relaxed_texts
+            out[rows] = fn(emb[rows])
+        return out > 0, (out if with_relaxed else None)
 
     def close(self) -> None:
         for batcher in self.batchers.values():

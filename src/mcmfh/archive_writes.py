@@ -29,6 +29,7 @@ from mcmfh.index.payload import PayloadCodec
 from mcmfh.index.store import ItemStore
 from mcmfh.items import Item
 from mcmfh.method import HashMethod
+from mcmfh.progress import Task
 
 MODALITIES = ("images", "texts")
 RECODE_STUDIES = 4096  # studies coded per pass when many change at once (a build): bounds the inputs held
@@ -97,8 +98,9 @@ class ArchiveWriter:
         self.indexes, self.method, self.codec, self.bits = indexes, method, codec, bits
         self.study_shape, self.lock = study_shape, lock
 
-    def add(self, batch: Batch) -> dict[str, int]:
-        """Hash and add the batch's items each sub-index lacks; returns how many each added (and studies coded)."""
+    def add(self, batch: Batch, task: Task | None = None) -> dict[str, int]:
+        """Hash and add the batch's items each sub-index lacks; returns how many each added (and studies coded);
+        ``task`` counts the sub-indexes written."""
         added = {}
         for m in MODALITIES:
             index = self.indexes[m]
@@ -107,6 +109,8 @@ class ArchiveWriter:
             rows = np.array([i for i in rows if batch.records[i].id not in present], dtype=np.int64)
             if not len(rows):
                 added[m] = 0
+                if task is not None:
+                    task.update(1, items=f"{m} 0")
                 continue
             x = batch.image[rows] if m == "images" else batch.text[rows]
             codes, relaxed = hash_rows(self.method, m, x, relaxed=self.codec is not None)
@@ -115,8 +119,12 @@ class ArchiveWriter:
             with self.lock:
                 index.add(pack_codes(codes), items, payload=payload)
             added[m] = len(rows)
+            if task is not None:
+                task.update(1, items=f"{m} {len(rows)}")
         if self.study_shape is not None:
             added["studies"] = self._add_members(batch)
+            if task is not None:
+                task.update(len(self.indexes) - len(MODALITIES), items=f"studies {added['studies']}")
         return added
 
     def _add_members(self, batch: Batch) -> int:

@@ -96,7 +96,7 @@ class RayChunkRunner:
             return
         ray = _ray()
         self._init(ray)
-        ray.data.DataContext.get_current().enable_progress_bars = options.progress
+        ray.data.DataContext.get_current().enable_progress_bars = options.progress.enabled
         rows = [
             {"chunk": i, "pos": j, "id": r.id, "image": "" if r.image is None else str(r.image), "text": r.text}
             for i, part in missing

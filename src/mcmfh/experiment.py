@@ -31,6 +31,7 @@ from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.manifest import MANIFEST_NAME, fingerprint, new_manifest
 from mcmfh.metrics import RankingOptions
+from mcmfh.progress import SILENT, Progress
 from mcmfh.runs import feature_identity, fit_method, save_run
 from mcmfh.study_eval import PAIR_MODES, check_modes
 from mcmfh.two_stage import RerankOptions, needed_code_bits
@@ -228,7 +229,9 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
     return cfg
 
 
-def get_features(cfg: ExperimentConfig, out_dir: Path, log: Callable[[str], None] = print) -> FeatureSet:
+def get_features(
+    cfg: ExperimentConfig, out_dir: Path, log: Callable[[str], None] = print, progress: Progress = SILENT
+) -> FeatureSet:
     """The experiment's features: the given cache, or encoded once through the feature cache."""
     if cfg.features is not None:
         features = FeatureSet.load(cfg.features)
@@ -249,7 +252,7 @@ def get_features(cfg: ExperimentConfig, out_dir: Path, log: Callable[[str], None
                 f"{dataset.report.skipped[0]}"
             )
         encoder = get_encoder(cfg.encoder, **cfg.encoder_options)
-        features = encode_dataset(dataset, encoder, cache, batch_size=cfg.encode_batch_size)
+        features = encode_dataset(dataset, encoder, cache, batch_size=cfg.encode_batch_size, progress=progress)
     if cfg.label_set is not None and features.manifest.get("label_set") not in (None, cfg.label_set):
         raise MCMFHError(
             f"features label set {features.manifest.get('label_set')!r} != config label_set {cfg.label_set!r}"
@@ -293,10 +296,18 @@ def _row_key(
     return fingerprint(*parts)
 
 
-def run_row(cfg: ExperimentConfig, features: FeatureSet, method: str, bits: int, seed: int, out: Path) -> dict:
+def run_row(
+    cfg: ExperimentConfig,
+    features: FeatureSet,
+    method: str,
+    bits: int,
+    seed: int,
+    out: Path,
+    progress: Progress = SILENT,
+) -> dict:
     """Fit and evaluate one (method, bits, seed); returns the row (metrics summary + curves)."""
     opts = cfg.method_options.get(method, {})
-    m, log = fit_method(features, method, bits, seed, opts)
+    m, log = fit_method(features, method, bits, seed, opts, progress)
     rerank = cfg.rerank if cfg.rerank is not None and not m.continuous and m.has_relaxed else None
     # ``code<B>`` payloads re-score with the same method fitted at B bits (same seed and options).
     companions = {b: fit_method(features, method, b, seed, opts)[0] for b in needed_code_bits(rerank) if b != bits}
@@ -352,8 +363,10 @@ def run_experiment(
     log: Callable[[str], None] = print,
     overrides: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    progress: Progress = SILENT,
 ) -> Path:
     """Run (or resume) the experiment; returns the path of ``results.json``. ``overrides``: see ``load_config``.
+    ``progress`` counts rows done and left (and the epochs of the row being fitted).
 
     ``out_dir`` must be new, empty or an experiment folder (resumed); ``overwrite`` runs afresh in a folder beside
     it that replaces it once finished, so the old results stay until the new ones exist (see ``mcmfh.outputs``)."""
@@ -364,20 +377,23 @@ def run_experiment(
     plan = check_output(out, KIND, overwrite=overwrite, resumable=True)
     if plan == "replace":
         with atomic_dir(out) as tmp:
-            _run(cfg, config_path, tmp, log)
+            _run(cfg, config_path, tmp, log, progress)
         return out / "results.json"
     out.mkdir(parents=True, exist_ok=True)
     if plan == "new":  # first file: marks the folder as ours, so a rerun resumes into it
         atomic_write_json(out / MANIFEST_NAME, new_manifest(KIND, config=str(config_path)))
-    return _run(cfg, config_path, out, log)
+    return _run(cfg, config_path, out, log, progress)
 
 
-def _run(cfg: ExperimentConfig, config_path: str | Path, out: Path, log: Callable[[str], None]) -> Path:
+def _run(
+    cfg: ExperimentConfig, config_path: str | Path, out: Path, log: Callable[[str], None], progress: Progress
+) -> Path:
     if not (out / MANIFEST_NAME).is_file():
         atomic_write_json(out / MANIFEST_NAME, new_manifest(KIND, config=str(config_path)))
-    features = get_features(cfg, out, log)
+    features = get_features(cfg, out, log, progress)
     rows = []
     grid = cfg.grid()
+    task = progress.task("experiment", total=len(grid), unit="row")
     for i, (method, bits, seed) in enumerate(grid, 1):
         path = out / ROWS_DIR / f"{method}-{bits}-{seed}.json"
         key = _row_key(cfg, features, method, bits, seed)
@@ -389,13 +405,14 @@ def _run(cfg: ExperimentConfig, config_path: str | Path, out: Path, log: Callabl
             if row.get("row_key") == key:
                 log(f"[{i}/{len(grid)}] {method} {bits} bits seed {seed}: done, skipped")
                 rows.append(row)
+                task.update(1)
                 continue
             if row.get("row_key") == _row_key(cfg, features, method, bits, seed, with_rerank=False):
                 log(
                     f"[{i}/{len(grid)}] {method} {bits} bits seed {seed}: two-stage figures missing or made with "
                     "other rerank settings, recomputing the row"
                 )
-        row = {**run_row(cfg, features, method, bits, seed, out), "row_key": key}
+        row = {**run_row(cfg, features, method, bits, seed, out, progress), "row_key": key}
         atomic_write_json(path, row)
         rows.append(row)
         log(
@@ -404,6 +421,8 @@ def _run(cfg: ExperimentConfig, config_path: str | Path, out: Path, log: Callabl
             f"{two_stage_log(row)}"
             f"({row['train_seconds']:.1f}s){' COLLAPSED' if (row.get('code_health') or {}).get('collapsed') else ''}"
         )
+        task.update(1)
+    task.close()
     atomic_write_json(out / "results.json", {"rows": rows})
     from mcmfh.report import run_info, write_report
 

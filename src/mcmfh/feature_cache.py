@@ -32,6 +32,7 @@ from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_write_bytes, atomic_write_json
 from mcmfh.items import Item
 from mcmfh.manifest import MANIFEST_NAME, fingerprint, new_manifest, read_manifest
+from mcmfh.progress import SILENT, Progress
 
 CACHE_FORMAT = 1  # bump when the cache layout or the meaning of its fields changes
 WORK_NAME = "work.json"
@@ -45,7 +46,7 @@ class EncodeOptions:
     skip_bad: bool = False  # drop items whose image cannot be read (listed in the manifest) instead of failing
     resume: bool = True  # reuse finished chunks of an interrupted run with the same identity
     on_mismatch: str = "recompute"  # what to do when ``out`` holds a cache made from something else
-    progress: bool = False
+    progress: Progress = SILENT
 
 
 @dataclass
@@ -295,10 +296,7 @@ def run_encode(
             outcome.n_resumed += len(part)
     missing = [(i, parts[i]) for i in range(len(parts)) if chunks[i] is None]
     runner = chunk_runner or InProcessRunner()
-    from tqdm.auto import tqdm
-
-    with tqdm(total=len(records), desc="encode", unit="item", disable=not opts.progress, dynamic_ncols=True) as bar:
-        bar.update(outcome.n_resumed)
+    with opts.progress.task("encode", total=len(records), unit="item", initial=outcome.n_resumed) as bar:
         for i, arrays, skipped in runner(encoder, missing, opts, outcome):
             work.write(i, arrays, skipped)  # each finished chunk is durable before the next is awaited
             chunks[i] = {**arrays, "skipped": skipped}
@@ -349,7 +347,7 @@ def encode_dataset(
     encoder: Encoder,
     out: str | Path,
     batch_size: int = 32,
-    progress: bool = False,
+    progress: Progress = SILENT,
     resume: bool = True,
     skip_bad: bool = False,
     on_mismatch: str = "recompute",

@@ -22,6 +22,7 @@ from safetensors.numpy import save_file
 from mcmfh.errors import MCMFHError
 from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_write_bytes, atomic_write_json
+from mcmfh.progress import SILENT, Progress
 from mcmfh.studies import Studies
 
 WEIGHTS_NAME = "weights.safetensors"
@@ -36,6 +37,9 @@ class HashMethod(ABC):
     # The chance baseline: the evaluator reports the exact expected mAP of a random ranking (mcmfh.metrics.chance_map)
     # and reports compare every other row with it.
     reports_exact_chance: ClassVar[bool] = False
+    # Where ``fit`` reports its epochs (set by the caller, e.g. ``mcmfh.runs.fit_method``); methods without epochs
+    # ignore it.
+    progress: Progress = SILENT
 
     def __init__(self, bits: int, seed: int = 0, **options: Any) -> None:
         self.bits = int(bits)

@@ -21,6 +21,7 @@ from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.manifest import new_manifest, read_manifest, require_match
 from mcmfh.method import HashMethod, weights_sha256
+from mcmfh.progress import SILENT, Progress
 
 # Feature-cache manifest fields copied into a run's manifest; the first group must match at evaluation.
 FEATURE_KEYS = (
@@ -47,10 +48,17 @@ def feature_identity(features: FeatureSet) -> dict[str, Any]:
 
 
 def fit_method(
-    features: FeatureSet, method: str, bits: int, seed: int, options: Mapping[str, Any] | None = None
+    features: FeatureSet,
+    method: str,
+    bits: int,
+    seed: int,
+    options: Mapping[str, Any] | None = None,
+    progress: Progress = SILENT,
 ) -> tuple[HashMethod, dict[str, Any]]:
-    """Fit on the ``train`` split (``dev`` is passed for model choice); returns the method and its log."""
+    """Fit on the ``train`` split (``dev`` is passed for model choice); returns the method and its log. Methods
+    with epochs report them to ``progress``."""
     m = create_method(method, bits=bits, seed=seed, **dict(options or {}))
+    m.progress = progress
     train, dev = features.splits("train"), features.splits("dev")
     t0 = time.perf_counter()
     log = m.fit(train, dev if len(dev) else None)
@@ -88,10 +96,11 @@ def train_run(
     seed: int,
     out_dir: str | Path,
     options: Mapping[str, Any] | None = None,
+    progress: Progress = SILENT,
 ) -> Path:
     """Load features, fit ``method`` on train (dev for model choice), save the run folder; returns its path."""
     features = FeatureSet.load(features_dir)
-    m, log = fit_method(features, method, bits, seed, options)
+    m, log = fit_method(features, method, bits, seed, options, progress)
     return save_run(out_dir, m, log, features)
 
 

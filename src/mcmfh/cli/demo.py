@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import typer
 
 from mcmfh.cli.app import app
+from mcmfh.cli.inputs import QUIET_HELP, progress_for
+from mcmfh.cli.next_steps import mcmfh_command
 
 
 @app.command()
@@ -20,6 +23,8 @@ def demo(
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1),
     seeds: int = typer.Option(3, "--seeds", min=1, max=20, help="Training seeds per method (the table: mean ± std)."),
     n_synthetic: int = typer.Option(600, "--n-synthetic", min=36, help="Size of the built-in dataset."),
+    workers: int = typer.Option(0, "--workers", min=0, max=64, help="Fits at once, in processes (0: one per core)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Encode -> train 16-bit MCMFH (and a baseline) -> evaluate -> example image->text and text->image searches."""
     from mcmfh.demo import DemoConfig, run_demo
@@ -27,5 +32,22 @@ def demo(
     names = [m.strip() for m in methods.split(",") if m.strip()]
     if data_root is not None and dataset is None:
         dataset = "csv"
-    run_demo(DemoConfig(out=out, dataset=dataset, data_root=data_root, encoder=encoder, methods=names,
-                        bits=bits, seed=seed, n_seeds=seeds, n_synthetic=n_synthetic), log=typer.echo)  # fmt: skip
+    cfg = DemoConfig(out=out, dataset=dataset, data_root=data_root, encoder=encoder, methods=names, bits=bits,
+                     seed=seed, n_seeds=seeds, n_synthetic=n_synthetic, workers=workers)  # fmt: skip
+    summary = run_demo(cfg, log=typer.echo, progress=progress_for(quiet))
+    for line in next_commands(Path(summary["archive"]), summary["examples"]):
+        typer.echo(line)
+
+
+def next_commands(archive: Path, examples: list[dict]) -> list[str]:
+    """The demo's last lines: commands that work when pasted into the shell the demo was started from."""
+    mcmfh = mcmfh_command()
+    texts = [ex["query"] for ex in examples if ex["direction"] == "text->image"]
+    query = shlex.quote(texts[0] if texts else "axial CT of the brain")
+    lines = ["", "next, paste one of:",
+             f"  {mcmfh} search {archive} --text {query} --k 5",
+             f"  {mcmfh} serve {archive}     # then open http://127.0.0.1:8000/"]  # fmt: skip
+    activate = Path(mcmfh).parent / "activate"
+    if mcmfh != "mcmfh" and activate.is_file():
+        lines.append(f"  (or first `source {activate}`; then plain `mcmfh ...` works)")
+    return lines

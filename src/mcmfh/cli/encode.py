@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from mcmfh.cli.app import app
-from mcmfh.cli.inputs import ENCODING_HELP, SKIP_REPORT_HELP, load_input, write_skip_report
+from mcmfh.cli.inputs import ENCODING_HELP, QUIET_HELP, SKIP_REPORT_HELP, load_input, progress_for, write_skip_report
 from mcmfh.errors import MCMFHError
 
 
@@ -50,7 +50,8 @@ def encode(
     ),
     no_resume: bool = typer.Option(False, "--no-resume", help="Discard work left by an interrupted run."),
     encoder_opt: list[str] = typer.Option([], "--encoder-opt", "-E", help="Encoder option KEY=VALUE (repeatable)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+    progress: bool = typer.Option(True, "--progress/--no-progress", hidden=True),  # older spelling of --quiet
     ray: str = typer.Option(
         None,
         "--ray",
@@ -88,7 +89,7 @@ def encode(
             skip_bad=skip_bad,
             resume=not no_resume,
             on_mismatch="recompute" if overwrite else "refuse",
-            progress=progress,
+            progress=progress_for(quiet or not progress),
         ),
         chunk_runner=runner,
     )

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 import typer
 
 from mcmfh.cli.app import app
-from mcmfh.cli.inputs import ENCODING_HELP, SKIP_REPORT_HELP, load_input, write_skip_report
+from mcmfh.cli.inputs import ENCODING_HELP, QUIET_HELP, SKIP_REPORT_HELP, load_input, progress_for, write_skip_report
+from mcmfh.cli.next_steps import require_archive, stray_query_line
 from mcmfh.errors import MCMFHError
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ def build(
         help="PostgreSQL DSN for --metadata postgres (env MCMFH_POSTGRES_DSN keeps a password off the command line; "
         "it is never written to the archive).",
     ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Hash the database split with the run's model and store codes plus item metadata."""
     from mcmfh.archive import Archive
@@ -53,7 +55,8 @@ def build(
     t0 = time.perf_counter()
     store = StoreConfig(backend=backend, uri=uri, metadata=metadata, dsn=dsn)  # validated before the slow load
     fs = FeatureSet.load(features)
-    with Archive.build(run_dir, fs, out, splits=_splits(splits), overwrite=overwrite, store=store) as archive:
+    with Archive.build(run_dir, fs, out, splits=_splits(splits), overwrite=overwrite, store=store,
+                       progress=progress_for(quiet)) as archive:  # fmt: skip
         n_img = len(archive.indexes["images"])
         typer.echo(f"archive {out}: {len(archive)} items ({n_img} with images), {archive.bits} bits, "
                    f"{archive.manifest['method']}, {backend} backend, "
@@ -90,6 +93,7 @@ def add(
     """Encode new items with the archive's encoder and model, and add them (ids already present are skipped)."""
     from mcmfh.archive import Archive
 
+    require_archive(archive_dir)  # before the dataset is read
     ds = load_input(dataset, data_root, None, skip_bad, encoding)
     if ds.report.skipped:
         typer.echo(f"loader: {ds.report.summary()}")
@@ -112,6 +116,8 @@ def remove(
     """Remove items by id (unknown ids are ignored)."""
     from mcmfh.archive import Archive
 
+    require_archive(archive_dir)
+
     with Archive.open(archive_dir, writable=True, lock_timeout=lock_timeout) as archive:
         n = archive.remove(ids)
         typer.echo(f"removed {n} item(s); archive holds {len(archive)}")
@@ -126,6 +132,8 @@ def compact(
 
     Searches are exact either way; compacting makes them a little faster and reclaims removed items' space."""
     from mcmfh.archive import Archive
+
+    require_archive(archive_dir)
 
     with Archive.open(archive_dir, writable=True, lock_timeout=lock_timeout) as archive:
         done = archive.compact()
@@ -154,6 +162,8 @@ def info(archive_dir: Path = typer.Argument(..., help="Archive folder.")) -> Non
     """Print the archive's manifest, item counts and integrity (commit record, sub-indexes agreeing) as JSON."""
     from mcmfh.archive import Archive
     from mcmfh.archive_agreement import check_agreement
+
+    require_archive(archive_dir)
     from mcmfh.code_health import code_health
 
     with Archive.open(archive_dir, check_parts=False) as archive:
@@ -173,9 +183,15 @@ def info(archive_dir: Path = typer.Argument(..., help="Archive folder.")) -> Non
         typer.echo(json.dumps(out, indent=2, sort_keys=True))
 
 
+# The search table's columns, said under it: a newcomer meets d= and s= before any documentation.
+D_KEY = "d = Hamming distance of the codes (0 to bits, smaller is closer)"
+S_KEY = "s = two-stage similarity (cosine, -1 to 1, the order shown)"
+
+
 @app.command()
 def search(
     archive_dir: Path = typer.Argument(..., help="Archive folder (from `mcmfh index build`)."),
+    stray: list[str] | None = typer.Argument(None, hidden=True),  # a query without --text/--image: hinted below
     text: str = typer.Option(None, "--text", help="A text query: finds images (or texts with --target texts)."),
     image: Path = typer.Option(None, "--image", help="An image query (PNG/JPEG/DICOM): finds reports."),
     k: int = typer.Option(10, "--k", min=1, max=10_000),
@@ -197,8 +213,11 @@ def search(
     from mcmfh.archive import Archive
     from mcmfh.archive_search import TARGETS
 
+    if stray:
+        raise MCMFHError(stray_query_line(archive_dir, stray, given=text is not None or image is not None))
     if (text is None) == (image is None):
         raise MCMFHError("give exactly one of --text or --image")
+    require_archive(archive_dir)
     if target is not None and target not in TARGETS:
         raise MCMFHError(f"--target {target}: expected one of {list(TARGETS)}")
     with Archive.open(archive_dir) as archive:
@@ -222,6 +241,8 @@ def search(
         typer.echo(f"{row['rank']:>3}  d={row['distance']:<3} {score}{row['id']:<24} {caption}")
         typer.echo(f"{'':>10}labels: {', '.join(row['labels']) or '-'}")
     typer.echo(f"{len(rows)} result(s) in {took_ms:.1f} ms (encode + search)")
+    if rows:
+        typer.echo(f"{D_KEY}; {S_KEY}" if any(r["score"] is not None for r in rows) else D_KEY)
 
 
 def _search_studies(archive: object, text: str | None, image: Path | None, k: int, rerank: str | None,

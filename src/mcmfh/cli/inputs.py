@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from mcmfh.data.records import Dataset
+from mcmfh.progress import Progress
 
 ENCODING_HELP = "Text encoding of a csv/jsonl input (default utf-8), e.g. latin-1 or cp1252."
 SKIP_REPORT_HELP = "With --skip-bad: file listing every skipped item (default: OUT.skipped.tsv beside the output)."
@@ -30,3 +31,11 @@ def write_skip_report(target: Path, report: Path | None, skipped: list[tuple[str
     path = write(report or target.with_name(target.name + ".skipped.tsv"), skipped)
     typer.echo(f"skipped {len(skipped)} item(s) in all; full list: {path}")
     return path
+
+
+QUIET_HELP = "No progress output (default: a bar on a terminal, plain lines on stderr otherwise)."
+
+
+def progress_for(quiet: bool) -> Progress:
+    """The progress reporter of a long command (see ``mcmfh.progress``)."""
+    return Progress.for_cli(quiet)

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from mcmfh.cli.app import app
+from mcmfh.cli.inputs import QUIET_HELP, progress_for
 from mcmfh.errors import MCMFHError
 
 
@@ -31,6 +32,7 @@ def train(
     out: Path = typer.Option(..., "--out", help="Run folder to write (must not exist, or be a run: see --overwrite)."),
     option: list[str] = typer.Option([], "--option", help="Method option key=value (repeatable)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder (atomically)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Fit a method on the train split (dev for model choice) and save it as a run folder."""
     from mcmfh.code_health import collapse_warning
@@ -39,7 +41,7 @@ def train(
 
     check_output(out, "run", overwrite=overwrite)  # before the slow fit
 
-    run = train_run(features, method, bits, seed, out, parse_kv(option))
+    run = train_run(features, method, bits, seed, out, parse_kv(option), progress_for(quiet))
     log = json.loads((run / "train_log.json").read_text(encoding="utf-8"))
     typer.echo(f"trained {method} ({bits} bits, seed {seed}) in {log['train_seconds']:.1f}s -> {run}")
     warning = collapse_warning(log.get("code_health") or {}, "the codes of train + dev")
@@ -171,9 +173,11 @@ def experiment(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Start afresh: build a new experiment beside --out and swap it in when done."
     ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Run methods x bits x seeds from a config; writes results.json, results.md and plots."""
     from mcmfh.experiment import parse_overrides, run_experiment
 
-    path = run_experiment(config, out, log=typer.echo, overrides=parse_overrides(set_), overwrite=overwrite)
+    path = run_experiment(config, out, log=typer.echo, overrides=parse_overrides(set_), overwrite=overwrite,
+                          progress=progress_for(quiet))  # fmt: skip
     typer.echo(f"results: {path.resolve()}\nresults.md: {(path.parent / 'results.md').resolve()}")

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from mcmfh.cli.index import index_app
+from mcmfh.cli.inputs import QUIET_HELP, progress_for
 from mcmfh.pacs.client import PacsConfig
 from mcmfh.pacs.prune import DEFAULT_MAX_SHARE
 
@@ -61,7 +62,8 @@ def sync_command(
     max_pages: int = typer.Option(
         PacsConfig.max_pages, "--max-pages", min=1, help="Most pages one QIDO-RS query may take."
     ),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
+    progress: bool = typer.Option(True, "--progress/--no-progress", hidden=True),  # older spelling of --quiet
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Index new instances from a DICOMweb PACS (incremental; resumes after a kill)."""
@@ -71,8 +73,8 @@ def sync_command(
     config = PacsConfig(url=dicomweb, timeout_s=timeout, retries=retries, workers=workers, page_size=page_size,
                         max_pages=max_pages)  # fmt: skip
     options = SyncOptions(reports=reports, sr=sr or reports is None, filters=filters, prune=prune, fetch=fetch,
-                          batch_size=batch_size, progress=progress, force=force, prune_max_share=prune_max_share,
-                          repoint=repoint)  # fmt: skip
+                          batch_size=batch_size, progress=progress_for(quiet or not progress), force=force,
+                          prune_max_share=prune_max_share, repoint=repoint)  # fmt: skip
     result = sync(archive_dir, config, options, log=lambda m: typer.echo(m, err=True))
     for err in result.errors[:10]:
         typer.echo(f"warning: {err}", err=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from mcmfh.cli.app import app
+from mcmfh.cli.next_steps import require_archive, require_free_port
 from mcmfh.errors import MCMFHError
 
 MIB = 1024 * 1024
@@ -50,8 +51,7 @@ def serve(
     from mcmfh.service.settings import Settings
 
     check_bind(host, token)  # before anything slow is loaded
-    if not index.is_dir():
-        raise MCMFHError(f"index folder {index} does not exist")
+    require_archive(index, "index folder")
     settings = Settings(  # validates the token and limits before anything slow is loaded
         token=token, max_upload_bytes=int(max_upload_mb * MIB), max_k=max_k, access_log=access_log,  # type: ignore[arg-type]
         image_root=image_root.resolve() if image_root else None, header_timeout_s=header_timeout,
@@ -65,6 +65,7 @@ def serve(
         from mcmfh.service.server import make_server
     except ImportError as e:
         raise MCMFHError(f"the service needs its extra: pip install 'mcmfh[service]' ({e.name} is missing)") from None
+    require_free_port(host, port)  # uvicorn would only find out after the index is loaded, with a traceback
     from mcmfh.service import search_engine  # the real engine: loads the run's encoder and model
 
     engine = search_engine.open_engine(index, writable=allow_writes, lock_timeout=lock_timeout)

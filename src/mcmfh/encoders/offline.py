@@ -24,7 +24,6 @@ from mcmfh.encoders.base import Encoder, ImageInput, l2_normalize
 from mcmfh.encoders.common import batched, cache_root, file_digest, progress_bar, read_image, resolve_device
 from mcmfh.encoders.onnx_cache import OnnxMismatch, OnnxSpec, load_or_export, onnxruntime_available
 from mcmfh.encoders.registry import register_encoder
-from mcmfh.encoders.resample import resize_crop_normalise
 from mcmfh.errors import MCMFHError
 from mcmfh.manifest import fingerprint
 
@@ -34,6 +33,7 @@ BACKENDS = ("auto", "onnx", "eager")
 _HEAD = "gap1"  # names the pooled-feature graph in the ONNX cache key; bump if _Features changes
 _TEXT_HEAD = "meanpool1"  # the same for the text graph (_TextFeatures)
 ONNX_PIECE = 4  # images per ONNX Runtime call when encoding many (see encode_images)
+PAD_TOKEN = "[PAD]"  # all-MiniLM-L6-v2's padding token (its tokenizer_config.json)
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,7 @@ class OfflineEncoder(Encoder):
         self._version: str | None = None
         self._image_fn = None
         self._text = None
+        self._tok: Any = None
         self._text_fn: Callable[[Any], np.ndarray] | None = None
         self.text_onnx_info: dict[str, Any] = {}
         self.backend_used: str | None = None  # set on the first image batch: "onnx" or "eager"
@@ -185,6 +186,9 @@ class OfflineEncoder(Encoder):
         ``resize_crop_normalise`` gives Pillow 13's bicubic values for the crop (bit-identical, tested) at under a
         third of the CPU (0.9 against 3.1 ms per MedPix image): it computes only the cropped pixels, along contiguous
         rows."""
+        # Imported here: the resampler is numba, which a process that only encodes text queries need not load.
+        from mcmfh.encoders.resample import resize_crop_normalise
+
         c = self.config
         im = read_image(image)
         w, h = im.size
@@ -240,9 +244,10 @@ class OfflineEncoder(Encoder):
 
     # ---------------------------------------------------------------- text side
     def _text_model(self):
+        """MiniLM in torch (for the eager backend and the one-time ONNX export) and its device."""
         if self._text is None:
             try:
-                from transformers import AutoModel, AutoTokenizer
+                from transformers import AutoModel
             except ImportError as e:
                 raise _missing("transformers", e) from e
             device = resolve_device(self.config.device)
@@ -251,28 +256,51 @@ class OfflineEncoder(Encoder):
             bar_was_on = hf_logging.is_progress_bar_enabled()
             hf_logging.disable_progress_bar()  # a "Loading weights" bar on every load is noise in CLI output
             try:
-                tok = AutoTokenizer.from_pretrained(str(self.text_dir), local_files_only=True)
                 model = AutoModel.from_pretrained(str(self.text_dir), local_files_only=True).eval().to(device)
             finally:
                 if bar_was_on:
                     hf_logging.enable_progress_bar()
-            self._text = (tok, model, device)
+            self._text = (model, device)
         return self._text
+
+    def _tokenizer(self) -> Any:
+        """The model's fast tokenizer straight from its ``tokenizer.json`` (the file transformers' BertTokenizerFast
+        wraps; same ids, tested), truncating to ``max_tokens`` and padding to the longest text of a batch. Loading
+        it needs neither transformers nor torch: a text query on the ONNX path imports neither."""
+        if self._tok is None:
+            try:
+                from tokenizers import Tokenizer
+            except ImportError as e:
+                raise _missing("tokenizers", e) from e
+            tok = Tokenizer.from_file(str(self.text_dir / "tokenizer.json"))
+            tok.enable_truncation(max_length=self.config.max_tokens)
+            tok.enable_padding(pad_id=self._pad_id(tok), pad_token=PAD_TOKEN)
+            self._tok = tok
+        return self._tok
+
+    @staticmethod
+    def _pad_id(tok: Any) -> int:
+        pad = tok.token_to_id(PAD_TOKEN)
+        if pad is None:
+            raise MCMFHError(f"offline encoder: the text tokenizer has no {PAD_TOKEN} token")
+        return int(pad)
 
     def _text_runner(self) -> Callable[[Any], np.ndarray]:
         """(ids, mask) -> pooled (N, 384): ONNX Runtime when the image side uses it (checked against eager within
-        the tolerance on export; measured ~10x less CPU than torch per one-query call on 2 busy cores), else torch."""
+        the tolerance on export; measured ~10x less CPU than torch per one-query call on 2 busy cores), else torch.
+        Torch is loaded only for the eager backend or to export the ONNX graph once."""
         if self._text_fn is not None:
             return self._text_fn
-        tok, model, device = self._text_model()
         c = self.config
+        pad = self._pad_id(self._tokenizer())
         if self._wants_onnx():
+            vocab = self._tokenizer().get_vocab_size(with_added_tokens=False)
             spec = OnnxSpec(key=f"minilm-l6-{file_digest(self.text_dir / 'model.safetensors')[:16]}-{_TEXT_HEAD}",
                             input_shape=(2, 12), opset=c.onnx_opset, tolerance=c.onnx_tolerance,
-                            dynamic_dims=(0, 1), int_high=tok.vocab_size)  # fmt: skip
+                            dynamic_dims=(0, 1), int_high=vocab)  # fmt: skip
             folder = Path(c.cache_dir) if c.cache_dir else cache_root() / "onnx"
             try:
-                build = lambda: _text_features(model, tok)  # noqa: E731
+                build = lambda: _text_features(self._text_model()[0], pad)  # noqa: E731
                 session, self.text_onnx_info = load_or_export(spec, build, folder, c.threads)
                 self._text_fn = lambda ids: session.run(None, {"input": ids})[0]
                 return self._text_fn
@@ -280,7 +308,8 @@ class OfflineEncoder(Encoder):
                 if c.backend == "onnx":
                     raise MCMFHError(f"offline encoder: text {e}; use backend 'eager'") from e
                 log.warning("offline encoder: text %s; using eager torch instead", e)
-        features = _text_features(model, tok)
+        model, device = self._text_model()
+        features = _text_features(model, pad)
 
         def run(ids: np.ndarray) -> np.ndarray:
             import torch
@@ -292,27 +321,24 @@ class OfflineEncoder(Encoder):
         return run
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
-        tok, _, _ = self._text_model()
+        tok = self._tokenizer()
         run = self._text_runner()
         # Batches of similar length waste less compute on padding; the original order is restored at the end.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.zeros((len(texts), self.text_dim), np.float32)
         with progress_bar(len(texts), "offline texts", progress) as bar:
             for idx in batched(order, batch_size):
-                enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=self.config.max_tokens,
-                          return_tensors="np")  # fmt: skip
-                out[list(idx)] = run(np.ascontiguousarray(enc["input_ids"], dtype=np.int64))
+                ids = np.array([e.ids for e in tok.encode_batch([texts[i] for i in idx])], dtype=np.int64)
+                out[list(idx)] = run(ids)
                 bar.update(len(idx))
         return l2_normalize(out)
 
 
-def _text_features(model: Any, tok: Any) -> Any:
+def _text_features(model: Any, pad: int) -> Any:
     """MiniLM on token ids -> mean of the last hidden states over the non-padding tokens, (N, 384).
 
     The attention mask is ``ids != pad``: the tokenizer pads with its pad id, which no real word piece has."""
     import torch
-
-    pad = int(tok.pad_token_id)
 
     class _TextFeatures(torch.nn.Module):
         def __init__(self) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from mcmfh.index import _kernels as K
 from mcmfh.index.base import HammingIndex, parallel
 
 
@@ -37,6 +36,8 @@ class FlatIndex(HammingIndex):
 
 
 def flat_knn(db: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    from mcmfh.index import _kernels as K  # numba: loaded on first search (see bucket.NUMPY_MAX_ITEMS)
+
     out_d = np.full((q.shape[0], k), -1, np.int32)
     out_p = np.full((q.shape[0], k), -1, np.int64)
     (K.flat_knn if parallel(q) else K.flat_knn_serial)(db, q, k, out_d, out_p)
@@ -44,6 +45,8 @@ def flat_knn(db: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
 
 
 def flat_range(db: np.ndarray, q: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from mcmfh.index import _kernels as K
+
     counts = np.zeros(q.shape[0], np.int64)
     K.flat_range_count(db, q, radius, counts)
     lims = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 
 from mcmfh.errors import MCMFHError
-from mcmfh.index import _kernels as K
 from mcmfh.index.base import HammingIndex, parallel
 from mcmfh.index.flat import flat_range
 
@@ -92,6 +91,8 @@ class MIHIndex(HammingIndex):
 
     def build(self) -> None:
         """Build the substring tables now (otherwise the first search does)."""
+        from mcmfh.index import _kernels as K  # numba: loaded when first needed (see bucket.NUMPY_MAX_ITEMS)
+
         s = self.sub_bits or default_sub_bits(len(self._db), self.bits)
         word, shift, length = substring_layout(self.bits, s)
         offsets, positions, starts = [], [], [0]
@@ -141,6 +142,8 @@ class MIHIndex(HammingIndex):
         return out_d, out_p
 
     def _walk(self, q: np.ndarray, k: int, out_d: np.ndarray, out_p: np.ndarray) -> np.ndarray:
+        from mcmfh.index import _kernels as K
+
         assert self._tables is not None
         scanned = np.zeros(q.shape[0], np.uint8)
         scan_after = int(self.scan_fraction * len(self._db))
@@ -149,6 +152,8 @@ class MIHIndex(HammingIndex):
         return scanned
 
     def _scan(self, q: np.ndarray, k: int, out_d: np.ndarray, out_p: np.ndarray) -> None:
+        from mcmfh.index import _kernels as K
+
         if self._db.nbytes >= TILED_SCAN_MIN_BYTES and parallel(q):
             tau0 = np.full(q.shape[0], self._db.shape[1] * 64, np.int64)
             K.blocked_knn(self._db, q, np.arange(q.shape[0]), tau0, k, out_d, out_p)

@@ -72,6 +72,7 @@ class MCMFH(HashMethod):
             dev_split = to_split(dev.subset(dev.has_image)) if dev is not None and len(dev) else None
             key = run_key(self.cfg, self.seed, self.bits, train.image, train.text)
             trainer = Trainer(self.net, self.cfg, self.seed, to_split(train), dev_split, key, self.callback)
+            trainer.progress = self.progress
             log = trainer.run()
         finally:
             torch.set_num_threads(threads)

@@ -50,6 +50,7 @@ from mcmfh.model.config import MCMFHConfig
 from mcmfh.model.fusion import IMAGE, TEXT
 from mcmfh.model.network import MCMFHNet
 from mcmfh.model.study_stage import ItemTokens, StudyStage
+from mcmfh.progress import SILENT, Progress
 from mcmfh.selection import SCORES, DevEvaluation, evaluate_dev
 from mcmfh.studies import Studies
 
@@ -89,6 +90,7 @@ class Trainer:
         self.batch_index: torch.Tensor | None = None
         self.studies: StudyStage | None = None  # stage 3's data, once stage 2 is done
         self.ckpt = Path(cfg.checkpoint_dir) / CHECKPOINT_NAME if cfg.checkpoint_dir else None
+        self.progress: Progress = SILENT  # epochs with their dev score, as they finish
         has_dev_labels = dev is not None and len(dev) > 0 and bool(dev.labels.any())
         self.select_on = cfg.select_on
         if cfg.select_on in SCORES and not has_dev_labels or cfg.select_on == "dev_loss" and not dev:
@@ -225,6 +227,7 @@ class Trainer:
         min_steps = {1: cfg.min_steps_stage1, 2: cfg.min_steps_stage2, 3: cfg.min_steps_stage3}[stage]
         if epochs > 0:
             epochs = max(epochs, -(-min_steps // n_batches))  # the step floor: see MCMFHConfig.min_steps_stage*
+        task = self.progress.task(f"train stage {stage}", total=epochs, unit="epoch", initial=state["epoch"])
         for epoch in range(state["epoch"], epochs):
             if stage == 2 and cfg.lambda_bank > 0:
                 self.bank = self._bank_codes(data)  # from the model as it starts the epoch: deterministic on resume
@@ -253,6 +256,8 @@ class Trainer:
             self._save_checkpoint(stage, opt, best, state)
             if self.callback is not None:
                 self.callback(stage, epoch + 1)
+            task.update(1, dev=row.get("dev_score"), best=state["best_epoch"] or None)
+        task.close()
         self.batch_index, self.bank = None, None  # dev evaluations and later stages see no bank term
         if self.select_on != "last" and epochs > 0:
             net.load_state_dict(best)

@@ -37,6 +37,7 @@ from mcmfh.pacs.query import Filters, InstanceRef, list_instances
 from mcmfh.pacs.reports import ReportFile, sr_reports
 from mcmfh.pacs.state import FOLDER, SyncState
 from mcmfh.pacs.target import open_archive
+from mcmfh.progress import SILENT, Progress
 
 SOURCE = "pacs"
 LOCK_NAME = "sync.lock"
@@ -55,7 +56,7 @@ class SyncOptions:
     fetch: str = "auto"
     batch_size: int = 32
     image_side: int = 512  # the kept PNG's longest side: encoders read 224-384 px, so larger adds only disk
-    progress: bool = True
+    progress: Progress = SILENT  # instances fetched and indexed
 
     def __post_init__(self) -> None:
         if self.reports is not None and self.sr:
@@ -184,8 +185,6 @@ def _reports_for(
 
 
 def _add_all(todo, texts, client, config, options, archive_dir, writer, state, result) -> None:
-    from tqdm import tqdm
-
     fetcher = ImageFetcher(client, options.fetch)
     image_dir = archive_dir / FOLDER / IMAGES
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -199,7 +198,7 @@ def _add_all(todo, texts, client, config, options, archive_dir, writer, state, r
         atomic_write_bytes(path, _png(image, options.image_side))
         return ref, path, None
 
-    bar = tqdm(total=len(todo), desc="sync", unit="inst", disable=not options.progress)
+    bar = options.progress.task("index sync", total=len(todo), unit="instance")
     with ThreadPoolExecutor(max_workers=config.workers) as pool:
         for batch in _chunks(todo, options.batch_size):
             t = time.perf_counter()
@@ -222,7 +221,7 @@ def _add_all(todo, texts, client, config, options, archive_dir, writer, state, r
             if skipped:
                 state.record_not_images(skipped)
             result.encode_s += time.perf_counter() - t
-            bar.update(len(batch))
+            bar.update(len(batch), failed=result.failed or None)
     bar.close()
     result.rendered += fetcher.rendered
 
