@@ -213,8 +213,12 @@ class MCMFH(HashMethod):
             image_dim, text_dim = (int(v) for v in state["meta.dims"])
         except (KeyError, ValueError) as e:
             raise ArtefactError(f"{self.name}: saved state lacks its config or dims ({e})") from e
-        if saved_cfg != self.cfg.model_fields():
-            diff = sorted(k for k in saved_cfg if saved_cfg[k] != self.cfg.model_fields().get(k))
+        current = self.cfg.model_fields()
+        # A field added after the model was saved is absent from its config: at its default it is the same model.
+        defaults = MCMFHConfig().model_fields()
+        saved_cfg = {**{k: v for k, v in defaults.items() if k not in saved_cfg}, **saved_cfg}
+        if saved_cfg != current:
+            diff = sorted(k for k in current if saved_cfg.get(k) != current[k])
             raise ArtefactError(f"{self.name}: saved model was made with other settings ({', '.join(diff)})")
         with_study = bool(state["meta.study_head"][0]) if "meta.study_head" in state else False
         net = self._build(image_dim, text_dim, with_study)
