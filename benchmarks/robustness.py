@@ -25,9 +25,9 @@ built-in demo set and VQA-RAD are encoded under ``DIR`` once. Settings (all from
 
 ``--methods`` takes method names and the groups ``default`` (mcmfh, cca-itq, ucmfh), ``deep`` (djsrh, jdsh, dgcpn,
 ucch), ``ablations`` (mcmfh-no-moe, -no-dv, -no-gateloss, -no-fusion), ``unsupervised`` (default + deep) and
-``supervised`` (dcmht-head, dsph-head, tripah-head, mcmfh-supervised); the default is ``unsupervised,ablations``. The deep
-baselines run with the epoch budgets of ``configs/medpix2-deep-baselines.yaml``. Supervised methods appear in the
-table but not in the verdict (MCMFH reads no labels).
+``supervised`` (dcmht-head, dsph-head, tripah-head, mcmfh-supervised); the default is
+``unsupervised,ablations``. The deep baselines run with the epoch budgets of ``configs/medpix2-deep-baselines.yaml``.
+Supervised methods appear in the table but not in the verdict (MCMFH reads no labels).
 
 Every row is the protocol of ``mcmfh experiment``: queries = test, database = train + dev, fit on train, model choice
 on dev (``mcmfh.selection``). Each row shows tie-aware label mAP, the instance-level paired R@10 (``mcmfh.paired``:
@@ -72,7 +72,7 @@ METHOD_GROUPS = {
 DEFAULT_METHODS = "unsupervised,ablations"
 # The epoch budgets of configs/medpix2-deep-baselines.yaml (``--options`` replaces a method's entry).
 DEEP_OPTIONS: dict[str, dict[str, Any]] = {
-    **{m: {"epochs": 60, "eval_every": 2} for m in ("djsrh", "jdsh", "dgcpn", "dcmht-head", "dsph-head", "tripah-head")},
+    **{m: {"epochs": 60, "eval_every": 2} for m in ("djsrh", "jdsh", "dgcpn", *SUPERVISED[:3])},
     "ucch": {"epochs": 300, "eval_every": 10},
 }
 SETTINGS = (
