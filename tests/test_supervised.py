@@ -60,7 +60,7 @@ def test_label_similarity_is_the_indicator_or_the_label_cosine(soft: bool) -> No
 @pytest.mark.parametrize("soft", [False, True])
 def test_label_pair_loss_equals_loop_over_labelled_pairs(soft: bool) -> None:
     hi, ht = _rand(N, B), _rand(N, B)
-    intra, margin = 0.7, 0.1
+    intra, margin, pos = 0.7, 0.1, 0.8
 
     def term(a: torch.Tensor, b: torch.Tensor) -> float:
         total, count = 0.0, 0
@@ -69,17 +69,17 @@ def test_label_pair_loss_equals_loop_over_labelled_pairs(soft: bool) -> None:
                 if LABELS[i].sum() == 0 or LABELS[j].sum() == 0:
                     continue
                 s, c = _sim(i, j, soft), _cos(a[i], b[j])
-                total += s * (1 - c) ** 2 + (1 - s) * max(c - margin, 0.0) ** 2
+                total += s * max(pos - c, 0.0) ** 2 + (1 - s) * max(c - margin, 0.0) ** 2
                 count += 1
         return total / count
 
     want = term(hi, ht) + intra * (term(hi, hi) + term(ht, ht))
-    got = float(label_pair_loss(hi, ht, LABELS, intra, margin, soft))
+    got = float(label_pair_loss(hi, ht, LABELS, intra, margin, soft, pos))
     assert got == pytest.approx(want, rel=1e-9)
     # The unlabelled item's outputs do not matter to the term.
     hi2 = hi.clone()
     hi2[4] = -hi2[4]
-    assert float(label_pair_loss(hi2, ht, LABELS, intra, margin, soft)) == pytest.approx(got, rel=1e-12)
+    assert float(label_pair_loss(hi2, ht, LABELS, intra, margin, soft, pos)) == pytest.approx(got, rel=1e-12)
     # Without a mask the DCMHT form averages over every pair (the baselines' use).
     s = label_similarity(LABELS, LABELS)
     c = torch.nn.functional.normalize(hi, dim=1) @ torch.nn.functional.normalize(ht, dim=1).T
@@ -236,3 +236,27 @@ def test_cli_trains_the_supervised_mode_and_refuses_a_split_without_labels(tmp_p
     args = ["train", "--features", str(tmp_path / "nolabels"), "--method", "mcmfh-supervised", "--out", str(run) + "2"]
     assert main(args + tiny) == 2
     assert "error: mcmfh-supervised: no training item has a label" in capsys.readouterr().err
+
+
+def test_a_collapsed_supervised_fit_backs_off_to_the_best_healthy_label_weight(monkeypatch) -> None:
+    """Health first, then dev score, over the label-weight scales (mcmfh_supervised.LABEL_BACKOFF): the stand-in fit
+    collapses at full weight, is healthy below, and scores best at the middle scale."""
+    from mcmfh.baselines import mcmfh_supervised as ms
+    from mcmfh.model.mcmfh import MCMFH
+
+    def fake_fit(self, train, dev=None):
+        pair = self.cfg.lambda_label_pair
+        self.net = f"net-{pair:g}"
+        score = {10.0: 0.9, 3.0: 0.8, 1.0: 0.7}[round(pair, 6)]
+        return {"stage2": {"collapsed": pair > 5, "dev_score": score}}
+
+    monkeypatch.setattr(MCMFH, "fit", fake_fit)
+    fs = _conflicting_features(n=200)
+    m = create_method("mcmfh-supervised", 16, 0, lambda_label_pair=10.0)
+    log = m.fit(fs.splits("train"), fs.splits("dev"))
+    assert log["label_weight_scale"] == ms.LABEL_BACKOFF[0] and m.net == "net-3"
+    assert m.cfg.lambda_label_pair == pytest.approx(3.0) and m.options["lambda_label_pair"] == pytest.approx(3.0)
+    assert m.cfg.lambda_label_stage1 == pytest.approx(0.3 * ms.SUPERVISED_DEFAULTS["lambda_label_stage1"])
+    # A healthy full-weight fit is kept as it is.
+    healthy = create_method("mcmfh-supervised", 16, 0, lambda_label_pair=3.0)
+    assert healthy.fit(fs.splits("train"), fs.splits("dev"))["label_weight_scale"] == 1.0 and healthy.net == "net-3"

@@ -114,11 +114,18 @@ def labelled_pairs(labels_a_n_c: torch.Tensor, labels_b_m_c: torch.Tensor) -> to
 
 
 def pair_margin_loss(
-    cos_n_m: torch.Tensor, sim_n_m: torch.Tensor, margin: float, mask_n_m: torch.Tensor | None = None
+    cos_n_m: torch.Tensor,
+    sim_n_m: torch.Tensor,
+    margin: float,
+    mask_n_m: torch.Tensor | None = None,
+    pos_margin: float = 1.0,
 ) -> torch.Tensor:
-    """DCMHT's pairwise objective: mean over (masked) pairs of S (1 − c)² + (1 − S) relu(c − margin)²: similar
-    pairs pulled to cosine 1, dissimilar ones pushed below ``margin``; with a soft S both pulls are weighted."""
-    per_pair = sim_n_m * (1 - cos_n_m).pow(2) + (1 - sim_n_m) * torch.relu(cos_n_m - margin).pow(2)
+    """DCMHT's pairwise objective: mean over (masked) pairs of S relu(pos_margin − c)² + (1 − S) relu(c − margin)²:
+    similar pairs pulled up to cosine ``pos_margin`` (DCMHT: 1, i.e. (1 − c)²), dissimilar ones pushed below
+    ``margin``; with a soft S both pulls are weighted. A ``pos_margin`` below 1 leaves items of one label room to
+    differ (where a few coarse labels would otherwise put each label in one bucket)."""
+    pull = torch.relu(pos_margin - cos_n_m).pow(2)
+    per_pair = sim_n_m * pull + (1 - sim_n_m) * torch.relu(cos_n_m - margin).pow(2)
     if mask_n_m is None:
         return per_pair.mean()
     return (per_pair * mask_n_m).sum() / mask_n_m.sum().clamp_min(1)
@@ -131,16 +138,19 @@ def label_pair_loss(
     intra: float = 1.0,
     margin: float = 0.0,
     soft: bool = False,
+    pos_margin: float = 1.0,
 ) -> torch.Tensor:
     """``pair_margin_loss`` on the hash outputs of one batch of pairs: image–text (cross-modal) plus ``intra`` ×
     (image–image + text–text), pairs with an unlabelled item left out."""
     sim, mask = label_similarity(labels_n_c, labels_n_c, soft), labelled_pairs(labels_n_c, labels_n_c).float()
     ni, nt = F.normalize(h_img_n_b, dim=-1), F.normalize(h_txt_n_b, dim=-1)
-    loss = pair_margin_loss(ni @ nt.T, sim, margin, mask)
+
+    def term(c: torch.Tensor) -> torch.Tensor:
+        return pair_margin_loss(c, sim, margin, mask, pos_margin)
+
+    loss = term(ni @ nt.T)
     if intra > 0:
-        loss = loss + intra * (
-            pair_margin_loss(ni @ ni.T, sim, margin, mask) + pair_margin_loss(nt @ nt.T, sim, margin, mask)
-        )
+        loss = loss + intra * (term(ni @ ni.T) + term(nt @ nt.T))
     return loss
 
 
@@ -168,15 +178,24 @@ def proxy_loss(
 
 
 def label_contrastive_loss(
-    a_n_d: torch.Tensor, b_n_d: torch.Tensor, labels_n_c: torch.Tensor, temperature: float, soft: bool = False
+    a_n_d: torch.Tensor,
+    b_n_d: torch.Tensor,
+    labels_n_c: torch.Tensor,
+    temperature: float,
+    soft: bool = False,
+    instance_share: float = 0.0,
 ) -> torch.Tensor:
     """Label-similarity-weighted InfoNCE (multi-positive, SupCon-style, across modalities): the softmax over j of
-    cos(a_i, b_j)/τ is matched (cross-entropy) to the target t_ij ∝ S_ij with S_ii = 1, so every item sharing a
-    label with i is a positive in proportion to S. An unlabelled item's target is its own pair alone: for it the
-    term is the plain InfoNCE of ``info_nce``. Symmetric in the two modalities."""
+    cos(a_i, b_j)/τ is matched (cross-entropy) to the target t_i = w e_i + (1 − w) S_i / Σ_j S_ij with S_ii = 1, so
+    every item sharing a label with i is a positive in proportion to S, and ``instance_share`` w of the target stays
+    on i's own pair (w = 0: the own pair is one positive among the rest; with a few coarse labels, w > 0 keeps the
+    items of one label apart). An unlabelled item's target is its own pair alone: for it the term is the plain
+    InfoNCE of ``info_nce``. Symmetric in the two modalities."""
     sim_n_n = label_similarity(labels_n_c, labels_n_c, soft)
-    sim_n_n = torch.maximum(sim_n_n, torch.eye(len(sim_n_n), dtype=sim_n_n.dtype, device=sim_n_n.device))
+    eye_n_n = torch.eye(len(sim_n_n), dtype=sim_n_n.dtype, device=sim_n_n.device)
+    sim_n_n = torch.maximum(sim_n_n, eye_n_n)
     target_n_n = sim_n_n / sim_n_n.sum(1, keepdim=True)  # S is symmetric: the same targets serve both directions
+    target_n_n = instance_share * eye_n_n + (1 - instance_share) * target_n_n
     logits_n_n = F.normalize(a_n_d, dim=-1) @ F.normalize(b_n_d, dim=-1).T / temperature
     a2b = -(target_n_n * F.log_softmax(logits_n_n, dim=1)).sum(1).mean()
     b2a = -(target_n_n * F.log_softmax(logits_n_n.T, dim=1)).sum(1).mean()

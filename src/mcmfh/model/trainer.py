@@ -1,6 +1,7 @@
 """Two-stage MCMFH training, seeded and resumable.
 
-Stage 1: the two DV-MLPs alone, symmetric InfoNCE between modalities; then frozen with their T vote masks drawn.
+Stage 1: the two DV-MLPs alone, symmetric InfoNCE between modalities (+ its label-weighted form in supervised
+    mode, ``lambda_label_stage1``); then frozen with their T vote masks drawn.
 Stage 2: fusion transformer + hashing heads (+ the DV-MLPs in the no-dv ablation) on
     L = L_fusion + λ_pair·L_pair + λ_h·L_hash + λ_g·L_gate (+ optional quantisation, bit-balance, label terms)
   L_fusion: InfoNCE between the fused image token (image alone) and the fused text token (text alone): the tokens
@@ -110,7 +111,10 @@ class Trainer:
         terms = {"fusion": loss}
         if self.cfg.lambda_label_stage1 > 0:
             lab = torch.from_numpy(data.labels[idx.numpy()])
-            terms["label"] = label_contrastive_loss(ti, tt, lab, self.cfg.temperature, self.cfg.label_soft)
+            cfg = self.cfg
+            terms["label"] = label_contrastive_loss(
+                ti, tt, lab, cfg.temperature, cfg.label_soft, cfg.label_instance_share
+            )
             loss = loss + self.cfg.lambda_label_stage1 * terms["label"]
         return {"total": loss, **terms}
 
@@ -156,10 +160,14 @@ class Trainer:
             terms["label"] = label_similarity_loss(hi, ht, lab, lab)
             weights["label"] = cfg.lambda_label
         if cfg.lambda_label_contrast > 0:
-            terms["label_contrast"] = label_contrastive_loss(u, v, lab, cfg.temperature, cfg.label_soft)
+            terms["label_contrast"] = label_contrastive_loss(
+                u, v, lab, cfg.temperature, cfg.label_soft, cfg.label_instance_share
+            )
             weights["label_contrast"] = cfg.lambda_label_contrast
         if cfg.lambda_label_pair > 0:
-            terms["label_pair"] = label_pair_loss(hi, ht, lab, cfg.label_intra, cfg.label_margin, cfg.label_soft)
+            terms["label_pair"] = label_pair_loss(
+                hi, ht, lab, cfg.label_intra, cfg.label_margin, cfg.label_soft, cfg.label_pos_margin
+            )
             weights["label_pair"] = cfg.lambda_label_pair
         if self.proxies is not None:
             terms["label_proxy"] = 0.5 * (proxy_loss(hi, self.proxies, lab, cfg.label_delta)
