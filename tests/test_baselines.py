@@ -128,3 +128,11 @@ def test_ucmfh_dev_monitoring_logs_dev_map_and_does_not_change_the_model(feats, 
     assert sorted(log["dev_map_all"]) == [2, 4]
     assert all(0 < v <= 1 for d in log["dev_map_all"].values() for v in d.values())
     assert np.array_equal(m.encode_images(feats.image), fitted["ucmfh"].encode_images(feats.image))
+
+
+def test_ucmfh_trains_on_fewer_pairs_than_one_batch(feats):
+    train = feats.splits("train").subset(np.arange(40))
+    m = create_method("ucmfh", 16, 0, **{**UCMFH_SMALL, "batch_size": 128})
+    log = m.fit(train)
+    assert log["batch_size"] == 40 and all(np.isfinite(log["loss"]))
+    assert len(np.unique(m.encode_texts(train.text), axis=0)) > 1

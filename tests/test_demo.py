@@ -37,12 +37,15 @@ def test_demo_runs_whole_chain(tmp_path, capsys):
 def test_verdict_says_plainly_when_mcmfh_is_behind():
     from mcmfh.demo import verdict
 
-    def row(m, i2t, t2i):
-        return {"method": m, "i2t_map": i2t, "t2i_map": t2i}
+    def row(m, i2t, t2i, r10=(0.5, 0.5)):
+        return {"method": m, "i2t_map": i2t, "t2i_map": t2i, "i2t_paired_r10": r10[0], "t2i_paired_r10": r10[1]}
 
     assert verdict([row("mcmfh", 0.9, 0.9), row("cca-itq", 0.8, 0.85)], builtin=True).startswith("mcmfh leads")
     line = verdict([row("mcmfh", 0.856, 0.858), row("cca-itq", 0.875, 0.850)], builtin=True)
-    assert line.startswith("mcmfh is below cca-itq i2t") and "not yet established" in line
+    assert line.startswith("mcmfh is below cca-itq i2t mAP") and "not yet established" in line
     assert "t2i" not in line.split(".")[0]
+    # ahead in label mAP but behind in finding the own report: said, not hidden by the mAP
+    line = verdict([row("mcmfh", 0.9, 0.9, (0.2, 0.4)), row("cca-itq", 0.8, 0.8, (0.3, 0.3))], builtin=False)
+    assert line.startswith("mcmfh is below cca-itq i2t paired R@10") and "t2i" not in line.split(".")[0]
     assert "established" not in verdict([row("mcmfh", 0.1, 0.1), row("lsh", 0.2, 0.2)], builtin=False)
     assert verdict([row("cca-itq", 0.1, 0.1)], builtin=True) is None

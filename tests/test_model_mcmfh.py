@@ -327,3 +327,39 @@ def test_memory_bank_term_trains_and_resumes_bit_identically(data, tmp_path) -> 
     resumed = create_method("mcmfh", bits=16, seed=5, **{**opts, "checkpoint_dir": str(ckpt)})
     resumed.fit(train, dev)
     np.testing.assert_array_equal(resumed.encode_images(test.image), method.encode_images(test.image))
+
+
+def test_capacity_follows_the_training_set_size_and_survives_save_load(tmp_path, data) -> None:
+    train, _, test = data
+    quick = dict(epochs_stage1=1, epochs_stage2=1, min_steps_stage1=0, min_steps_stage2=0, num_threads=1)
+    quick["capacity"] = "auto"
+    small = create_method("mcmfh", bits=16, seed=0, **quick)  # default widths capped: len(train) < 400
+    small.fit(train)
+    assert small.cfg.capacity == "small" and small.net.dv_img.fc2.out_features == 64 < small.requested.width
+    full = create_method("mcmfh", bits=16, seed=0, **quick, small_train_pairs=len(train))
+    full.fit(train)
+    assert full.cfg.capacity == "full" and full.net.dv_img.fc2.out_features == full.requested.width == 128
+    # options say "auto"; the saved model says what it resolved to, and loads under the same options
+    small.save(tmp_path / "run")
+    loaded = load_method(tmp_path / "run")
+    assert loaded.cfg.capacity == "small"
+    assert np.array_equal(loaded.encode_texts(test.text), small.encode_texts(test.text))
+    forced = create_method("mcmfh", bits=16, seed=0, **{**quick, "capacity": "full"})
+    with pytest.raises(ArtefactError, match="other settings.*capacity"):
+        forced.load_state_dict(small.state_dict())
+
+
+def test_a_model_saved_before_a_field_existed_loads_with_that_field_at_its_default(data, fitted) -> None:
+    import json
+
+    _, _, test = data
+    method, _ = fitted
+    state = dict(method.state_dict())
+    old = {k: v for k, v in json.loads(bytes(state["meta.config_json"]).decode()).items() if k != "capacity"}
+    state["meta.config_json"] = np.frombuffer(json.dumps(old).encode(), dtype=np.uint8)
+    loaded = create_method("mcmfh", bits=16, seed=0, **TINY)
+    loaded.load_state_dict(state)
+    assert np.array_equal(loaded.encode_texts(test.text), method.encode_texts(test.text))
+    other = create_method("mcmfh", bits=16, seed=0, **{**TINY, "capacity": "small"})
+    with pytest.raises(ArtefactError, match="capacity"):
+        other.load_state_dict(state)

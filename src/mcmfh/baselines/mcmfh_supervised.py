@@ -61,7 +61,7 @@ class MCMFHSupervised(MCMFH):
         # stage-2 epoch (one bucket per label is what they reward). Then the fit is redone with the label weights
         # scaled down, and the healthy fit with the best dev score is kept (ties: the stronger weights; none healthy:
         # the full-weight fit, flagged collapsed in its log).
-        best = (_dev_evaluation(log), 1.0, log, (self.options, self.cfg, self.net))
+        best = (_dev_evaluation(log), 1.0, log, self._fitted())
         if not best[0].healthy:
             for scale in LABEL_BACKOFF:
                 weaker = MCMFHSupervised(self.bits, self.seed, **self._scaled_options(scale))
@@ -69,9 +69,12 @@ class MCMFHSupervised(MCMFH):
                 weaker_log = MCMFH.fit(weaker, train, dev)
                 ev = _dev_evaluation(weaker_log)
                 if ev.beats(best[0]):
-                    best = (ev, scale, weaker_log, (weaker.options, weaker.cfg, weaker.net))
-        _, scale, log, (self.options, self.cfg, self.net) = best
+                    best = (ev, scale, weaker_log, weaker._fitted())
+        _, scale, log, (self.options, self.requested, self.cfg, self.net, self.n_train) = best
         return {**log, "labelled_train_items": labelled, "label_weight_scale": scale}
+
+    def _fitted(self) -> tuple[Any, ...]:
+        return self.options, self.requested, self.cfg, self.net, self.n_train
 
     def _scaled_options(self, scale: float) -> dict[str, Any]:
         scaled = {k: getattr(self.cfg, k) * scale for k in LABEL_WEIGHTS if getattr(self.cfg, k) > 0}

@@ -129,8 +129,10 @@ class UCMFH(HashMethod):
     def fit(self, train: FeatureSet, dev: FeatureSet | None = None) -> dict[str, Any]:
         o = self.opts
         pairs = train.subset(np.flatnonzero(train.has_image)[: o.max_train])
-        if len(pairs) < o.batch_size:
-            raise MCMFHError(f"method 'ucmfh': needs at least batch_size={o.batch_size} pairs, got {len(pairs)}")
+        if len(pairs) < 2:
+            raise MCMFHError(f"method 'ucmfh': needs at least 2 training pairs, got {len(pairs)}")
+        # A training set smaller than one batch is one batch (else drop_last would leave no step at all).
+        batch = min(o.batch_size, len(pairs))
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)
         self.mean_image, self.mean_text = pairs.image.mean(0), pairs.text.mean(0)
@@ -151,8 +153,8 @@ class UCMFH(HashMethod):
         for _ in range(o.epochs):
             perm = torch.randperm(len(x), generator=gen)
             total, steps = 0.0, 0
-            for s in range(0, len(x) - o.batch_size + 1, o.batch_size):  # drop_last, as UCMFH
-                idx = perm[s : s + o.batch_size]
+            for s in range(0, len(x) - batch + 1, batch):  # drop_last, as UCMFH
+                idx = perm[s : s + batch]
                 loss = self.loss(x[idx], y[idx])
                 opt_fusion.zero_grad()
                 opt_hash.zero_grad()
@@ -171,6 +173,7 @@ class UCMFH(HashMethod):
             "loss": losses,
             "dev_map_all": dev_map,
             "n_train_pairs": len(pairs),
+            "batch_size": batch,
             "fit_seconds": time.perf_counter() - t0,
         }
 

@@ -37,21 +37,25 @@ class MCMFH(HashMethod):
         clash = sorted(k for k in self.ablation if k in options and options[k] != self.ablation[k])
         if clash:
             raise MCMFHError(f"{self.name}: option(s) {', '.join(clash)} are fixed by this ablation")
-        self.cfg = MCMFHConfig.from_options(**{**options, **self.ablation})
+        self.requested = MCMFHConfig.from_options(**{**options, **self.ablation})
+        self.cfg = self.requested  # the fit's config: capacity resolved for its training set by ``fit``
         self.net: MCMFHNet | None = None
+        self.n_train = 0  # pairs of the fit (its capacity was resolved for them): saved with the model
         self.callback: EpochCallback | None = None  # test hook: called after each epoch
 
     def _build(self, image_dim: int, text_dim: int, with_study: bool = False) -> MCMFHNet:
         return MCMFHNet(self.cfg, image_dim, text_dim, self.bits, with_study=with_study)
 
     def recipe(self) -> dict[str, Any]:
-        return self.cfg.model_fields()
+        return self.requested.model_fields()
 
     def fit(self, train: FeatureSet, dev: FeatureSet | None = None) -> dict[str, Any]:
         if len(train) < 2:
             raise MCMFHError(f"{self.name}: need at least 2 training pairs, got {len(train)}")
         if not bool(np.all(train.has_image)):
             train = train.subset(train.has_image)  # pairs only: an item without an image has nothing to pair
+        self.cfg = self.requested.sized_for(len(train))
+        self.n_train = len(train)
         threads = torch.get_num_threads()
         if self.cfg.num_threads > 0:
             torch.set_num_threads(self.cfg.num_threads)
@@ -204,6 +208,7 @@ class MCMFH(HashMethod):
         state = {f"net.{k}": v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
         state["meta.dims"] = np.array([self.net.pre_img.mean.shape[0], self.net.pre_txt.mean.shape[0]], np.int64)
         state["meta.study_head"] = np.array([self.net.study is not None], np.uint8)
+        state["meta.n_train"] = np.array([self.n_train], np.int64)
         state["meta.config_json"] = np.frombuffer(json.dumps(self.cfg.model_fields()).encode(), dtype=np.uint8)
         return state
 
@@ -213,14 +218,16 @@ class MCMFH(HashMethod):
             image_dim, text_dim = (int(v) for v in state["meta.dims"])
         except (KeyError, ValueError) as e:
             raise ArtefactError(f"{self.name}: saved state lacks its config or dims ({e})") from e
-        current = self.cfg.model_fields()
-        # A field added after the model was saved is absent from its config: at its default it is the same model.
-        defaults = MCMFHConfig().model_fields()
-        saved_cfg = {**{k: v for k, v in defaults.items() if k not in saved_cfg}, **saved_cfg}
-        if saved_cfg != current:
-            diff = sorted(k for k in current if saved_cfg.get(k) != current[k])
+        # The options give capacity "auto"; the saved model holds what it resolved to for its training set.
+        n_train = int(state["meta.n_train"][0]) if "meta.n_train" in state else 0
+        cfg = self.requested.sized_for(n_train) if n_train else self.requested
+        # A field added after the model was saved is at its default there: new fields default to the old behaviour.
+        saved_cfg = {**MCMFHConfig().model_fields(), **saved_cfg}
+        if saved_cfg != cfg.model_fields():
+            diff = sorted(k for k in saved_cfg if saved_cfg[k] != cfg.model_fields().get(k))
             raise ArtefactError(f"{self.name}: saved model was made with other settings ({', '.join(diff)})")
         with_study = bool(state["meta.study_head"][0]) if "meta.study_head" in state else False
+        self.cfg, self.n_train = cfg, n_train
         net = self._build(image_dim, text_dim, with_study)
         tensors = {k[4:]: torch.from_numpy(np.array(v)) for k, v in state.items() if k.startswith("net.")}
         for name, module in (("dv_img", net.dv_img), ("dv_txt", net.dv_txt)):
