@@ -260,3 +260,13 @@ def test_a_collapsed_supervised_fit_backs_off_to_the_best_healthy_label_weight(m
     # A healthy full-weight fit is kept as it is.
     healthy = create_method("mcmfh-supervised", 16, 0, lambda_label_pair=3.0)
     assert healthy.fit(fs.splits("train"), fs.splits("dev"))["label_weight_scale"] == 1.0 and healthy.net == "net-3"
+
+
+def test_supervised_config_lists_the_supervised_block() -> None:
+    from pathlib import Path
+
+    from mcmfh.experiment import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "medpix2-supervised.yaml")
+    assert {"mcmfh", "mcmfh-supervised", "dcmht-head", "dsph-head", "tripah-head"} <= set(cfg.methods)
+    assert cfg.label_set == "labels" and cfg.bits == [16, 32, 64] and cfg.seeds == [0, 1, 2]
