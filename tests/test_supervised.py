@@ -270,3 +270,25 @@ def test_supervised_config_lists_the_supervised_block() -> None:
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "medpix2-supervised.yaml")
     assert {"mcmfh", "mcmfh-supervised", "dcmht-head", "dsph-head", "tripah-head"} <= set(cfg.methods)
     assert cfg.label_set == "labels" and cfg.bits == [16, 32, 64] and cfg.seeds == [0, 1, 2]
+
+
+def test_a_supervised_run_is_indexed_and_searched_like_any_other(tmp_path, capsys) -> None:
+    import json
+
+    from mcmfh.cli import main
+    from mcmfh.data import load_dataset
+    from mcmfh.data.synthetic import make_synthetic_dataset
+    from mcmfh.encoders import get_encoder
+    from mcmfh.feature_cache import encode_dataset
+
+    ds = load_dataset("csv", make_synthetic_dataset(tmp_path / "syn", n=64, seed=0))
+    encode_dataset(ds, get_encoder("tiny"), tmp_path / "feats")
+    run, archive = tmp_path / "run", tmp_path / "archive"
+    tiny = ["--option", "epochs_stage1=1", "--option", "epochs_stage2=2", "--option", "min_steps_stage1=0",
+            "--option", "min_steps_stage2=0", "--option", "width=32", "--option", "num_threads=1"]  # fmt: skip
+    train = ["train", "--features", str(tmp_path / "feats"), "--method", "mcmfh-supervised", "--out", str(run)]
+    assert main(train + tiny) == 0
+    assert main(["index", "build", str(run), "--features", str(tmp_path / "feats"), "--out", str(archive)]) == 0
+    capsys.readouterr()
+    assert main(["search", str(archive), "--text", "a scan", "--k", "3", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["results"]) == 3
