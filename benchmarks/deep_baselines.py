@@ -23,7 +23,7 @@ from mcmfh.io import atomic_write_json, atomic_write_text
 from mcmfh.report import mean_std
 
 UNSUPERVISED = ("djsrh", "jdsh", "dgcpn", "ucch")
-SUPERVISED = ("dcmht-head", "dsph-head", "mcmfh-supervised")
+SUPERVISED = ("dcmht-head", "dsph-head", "tripah-head", "mcmfh-supervised")
 REFERENCE = ("mcmfh", "cca-itq")
 TARGET_RATIO = 1.15  # issue 15: MCMFH >= 1.15x the best unsupervised method at 16 bits, both directions
 DIRECTIONS = ("i2t", "t2i")

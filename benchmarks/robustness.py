@@ -25,9 +25,9 @@ built-in demo set and VQA-RAD are encoded under ``DIR`` once. Settings (all from
 
 ``--methods`` takes method names and the groups ``default`` (mcmfh, cca-itq, ucmfh), ``deep`` (djsrh, jdsh, dgcpn,
 ucch), ``ablations`` (mcmfh-no-moe, -no-dv, -no-gateloss, -no-fusion), ``unsupervised`` (default + deep) and
-``supervised`` (dcmht-head, dsph-head, mcmfh-supervised); the default is ``unsupervised,ablations``. The deep
-baselines run with the epoch budgets of ``configs/medpix2-deep-baselines.yaml``. Supervised methods appear in the
-table but not in the verdict (MCMFH reads no labels).
+``supervised`` (dcmht-head, dsph-head, tripah-head, mcmfh-supervised); the default is
+``unsupervised,ablations``. The deep baselines run with the epoch budgets of ``configs/medpix2-deep-baselines.yaml``.
+Supervised methods appear in the table but not in the verdict (MCMFH reads no labels).
 
 Every row is the protocol of ``mcmfh experiment``: queries = test, database = train + dev, fit on train, model choice
 on dev (``mcmfh.selection``). Each row shows tie-aware label mAP, the instance-level paired R@10 (``mcmfh.paired``:
@@ -60,7 +60,7 @@ METHODS = ("mcmfh", "cca-itq", "ucmfh")
 # The deep baselines of docs/baselines.md, an option (``--methods default,deep``): at about 1-4 minutes a fit on two
 # shared cores they would multiply the suite's hour by ~7, so the default list stays the three above.
 DEEP_UNSUPERVISED = ("djsrh", "jdsh", "dgcpn", "ucch")
-SUPERVISED = ("dcmht-head", "dsph-head", "mcmfh-supervised")  # read training labels: shown, left out of the verdict
+SUPERVISED = ("dcmht-head", "dsph-head", "tripah-head", "mcmfh-supervised")  # read labels: shown, not in the verdict
 ABLATIONS = ("mcmfh-no-moe", "mcmfh-no-dv", "mcmfh-no-gateloss", "mcmfh-no-fusion")
 METHOD_GROUPS = {
     "default": METHODS,
@@ -72,7 +72,7 @@ METHOD_GROUPS = {
 DEFAULT_METHODS = "unsupervised,ablations"
 # The epoch budgets of configs/medpix2-deep-baselines.yaml (``--options`` replaces a method's entry).
 DEEP_OPTIONS: dict[str, dict[str, Any]] = {
-    **{m: {"epochs": 60, "eval_every": 2} for m in ("djsrh", "jdsh", "dgcpn", "dcmht-head", "dsph-head")},
+    **{m: {"epochs": 60, "eval_every": 2} for m in ("djsrh", "jdsh", "dgcpn", *SUPERVISED[:3])},
     "ucch": {"epochs": 300, "eval_every": 10},
 }
 SETTINGS = (

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from conftest import make_features
-from mcmfh.baselines.dcmht import DCMHTOptions, dcmht_loss, pair_margin_loss
+from mcmfh.baselines.dcmht import DCMHTOptions, dcmht_loss
 from mcmfh.baselines.dgcpn import coherence_target, dgcpn_loss
 from mcmfh.baselines.djsrh import DJSRHOptions, djsrh_loss
-from mcmfh.baselines.dsph import proxy_loss
 from mcmfh.baselines.jdsh import JDSHOptions, jdsh_loss, jdsh_similarity
 from mcmfh.baselines.ucch import indexed_contrast_loss, memory_contrast_loss, ranking_loss
 from mcmfh.errors import MCMFHError
 from mcmfh.factory import create_method
+from mcmfh.losses import pair_margin_loss, proxy_loss
 
 G = torch.Generator().manual_seed(0)
 N, B, DI, DT, C = 6, 8, 5, 4, 3
@@ -183,7 +183,7 @@ def test_dsph_proxy_loss_equals_loop(toy):
         pull = sum(1 - cos(hi[i], proxies[c]) for c in pos) / max(len(pos), 1)
         push = sum(max(cos(hi[i], proxies[c]) - delta, 0.0) for c in neg) / max(len(neg), 1)
         want += (pull + push) / N
-    assert float(proxy_loss(hi, proxies, labels, delta)) == pytest.approx(want, rel=1e-9)
+    assert float(proxy_loss(hi, proxies, labels, delta, skip_unlabelled=False)) == pytest.approx(want, rel=1e-9)
 
 
 def test_dev_choice_is_logged_and_reproduced():
@@ -194,10 +194,13 @@ def test_dev_choice_is_logged_and_reproduced():
     assert log["chosen_epoch"] == int(np.argmax(log["dev_map_tie_aware"])) + 1
 
 
-def test_mcmfh_supervised_turns_the_label_term_on_and_keeps_the_option():
-    assert create_method("mcmfh-supervised", 16).cfg.lambda_label == 1.0
-    assert create_method("mcmfh-supervised", 16, lambda_label=0.3).cfg.lambda_label == 0.3
-    assert create_method("mcmfh", 16).cfg.lambda_label == 0.0
+def test_mcmfh_supervised_turns_the_label_terms_on_and_keeps_the_options():
+    from mcmfh.baselines.mcmfh_supervised import SUPERVISED_DEFAULTS
+
+    sup, plain = create_method("mcmfh-supervised", 16).cfg, create_method("mcmfh", 16).cfg
+    assert SUPERVISED_DEFAULTS and all(getattr(sup, k) == v for k, v in SUPERVISED_DEFAULTS.items())
+    assert any(getattr(sup, k) > 0 and getattr(plain, k) == 0 for k in SUPERVISED_DEFAULTS if k.startswith("lambda"))
+    assert create_method("mcmfh-supervised", 16, lambda_label_pair=0.3).cfg.lambda_label_pair == 0.3
 
 
 def test_eval_every_only_thins_the_dev_checks():

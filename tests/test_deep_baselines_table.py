@@ -56,7 +56,7 @@ def test_robustness_methods_take_groups_and_refuse_unknown_names(tmp_path) -> No
         sys.path.pop(0)
     assert robustness.expand_methods("default") == ["mcmfh", "cca-itq", "ucmfh"]
     assert robustness.expand_methods("mcmfh,deep,supervised,jdsh") == [
-        "mcmfh", "djsrh", "jdsh", "dgcpn", "ucch", "dcmht-head", "dsph-head", "mcmfh-supervised",
+        "mcmfh", "djsrh", "jdsh", "dgcpn", "ucch", "dcmht-head", "dsph-head", "tripah-head", "mcmfh-supervised",
     ]  # fmt: skip
     cmd = [sys.executable, str(REPO / "benchmarks" / "robustness.py"), "--features", str(tmp_path),
            "--out", str(tmp_path / "o"), "--methods", "default,nope"]  # fmt: skip

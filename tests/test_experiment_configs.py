@@ -84,7 +84,7 @@ def test_overrides_parse_yaml_values_dotted_keys_and_cwd_paths(tmp_path, monkeyp
 
 
 DEEP_UNSUPERVISED = ["djsrh", "jdsh", "dgcpn", "ucch"]
-SUPERVISED_BLOCK = ["dcmht-head", "dsph-head", "mcmfh-supervised"]
+SUPERVISED_BLOCK = ["dcmht-head", "dsph-head", "tripah-head", "mcmfh-supervised"]
 
 
 @pytest.mark.parametrize("config", ["medpix2.yaml", "medpix2-deep-baselines.yaml", "openi.yaml", "roco.yaml"])

@@ -40,7 +40,9 @@ UNREAD_FIELDS = frozenset({
     "ffn_dropout", "router_noise",
     "modality_dropout", "hash_dropout", "temperature", "hash_temperature", "lambda_hash", "lambda_gate",
     "balance_weight", "z_weight", "lambda_pair", "lambda_decorrelation", "lambda_quant", "lambda_bit_balance",
-    "lambda_label", "lambda_bank", "bank_temperature", "epochs_stage3", "min_steps_stage3", "study_batch",
+    "lambda_label", "label_soft", "lambda_label_stage1", "lambda_label_contrast", "label_instance_share",
+    "lambda_label_pair", "label_intra", "label_margin", "label_pos_margin", "lambda_label_proxy", "label_delta",
+    "lambda_bank", "bank_temperature", "epochs_stage3", "min_steps_stage3", "study_batch",
     "lambda_study_token", "lr", "weight_decay", "epochs_stage1", "epochs_stage2", "min_steps_stage1",
     "min_steps_stage2", "batch_size", "select_on", "eval_every",
 })  # fmt: skip

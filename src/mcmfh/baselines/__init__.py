@@ -12,6 +12,7 @@ from mcmfh.baselines import (  # noqa: F401
     jdsh,
     lsh,
     mcmfh_supervised,
+    tripah,
     ucch,
     ucmfh,
 )

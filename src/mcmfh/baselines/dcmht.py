@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from mcmfh.baselines.deep_common import Batch, DeepHashMethod, DeepHashOptions, cosine_matrix
+from mcmfh.losses import label_similarity, pair_margin_loss
 from mcmfh.method import register_method
 
 
@@ -28,12 +29,7 @@ class DCMHTOptions(DeepHashOptions):
 
 
 def label_pairs(la: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
-    return ((la @ lb.T) > 0).float()
-
-
-def pair_margin_loss(c: torch.Tensor, s: torch.Tensor, margin: float) -> torch.Tensor:
-    """mean over pairs of S (1 - c)^2 + (1 - S) relu(c - margin)^2."""
-    return (s * (1 - c).pow(2) + (1 - s) * torch.relu(c - margin).pow(2)).mean()
+    return label_similarity(la, lb)
 
 
 def dcmht_loss(hi: torch.Tensor, ht: torch.Tensor, labels: torch.Tensor, o: DCMHTOptions) -> torch.Tensor:

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mcmfh.baselines.dcmht import label_pairs, pair_margin_loss
+from mcmfh.baselines.dcmht import label_pairs
 from mcmfh.baselines.deep_common import Batch, DeepHashMethod, DeepHashOptions, cosine_matrix
+from mcmfh.losses import pair_margin_loss, proxy_loss
 from mcmfh.method import register_method
 
 
@@ -29,20 +30,10 @@ class DSPHOptions(DeepHashOptions):
     quant: float = 0.1
 
 
-def proxy_loss(h: torch.Tensor, proxies: torch.Tensor, labels: torch.Tensor, delta: float) -> torch.Tensor:
-    c = cosine_matrix(h, proxies)
-    pos = labels > 0
-    n_pos = pos.sum(1).clamp(min=1)
-    n_neg = (~pos).sum(1).clamp(min=1)
-    pull = torch.where(pos, 1 - c, torch.zeros_like(c)).sum(1) / n_pos
-    push = torch.where(pos, torch.zeros_like(c), torch.relu(c - delta)).sum(1) / n_neg
-    return (pull + push).mean()
-
-
 def dsph_loss(
     hi: torch.Tensor, ht: torch.Tensor, proxies: torch.Tensor, labels: torch.Tensor, o: DSPHOptions
 ) -> torch.Tensor:
-    lp = proxy_loss(hi, proxies, labels, o.delta) + proxy_loss(ht, proxies, labels, o.delta)
+    lp = proxy_loss(hi, proxies, labels, o.delta, False) + proxy_loss(ht, proxies, labels, o.delta, False)
     lpair = pair_margin_loss(cosine_matrix(hi, ht), label_pairs(labels, labels), 0.0)
     quant = (hi.abs() - 1).pow(2).mean() + (ht.abs() - 1).pow(2).mean()
     return lp + o.pair * lpair + o.quant * quant

@@ -44,6 +44,12 @@ def train(
     run = train_run(features, method, bits, seed, out, parse_kv(option), progress_for(quiet))
     log = json.loads((run / "train_log.json").read_text(encoding="utf-8"))
     typer.echo(f"trained {method} ({bits} bits, seed {seed}) in {log['train_seconds']:.1f}s -> {run}")
+    if "labelled_train_items" in log:  # supervised mode: say which labels it read and what it did without them
+        label_set = json.loads((run / "manifest.json").read_text(encoding="utf-8")).get("label_set")
+        typer.echo(
+            f"supervised: read the labels of label set {label_set!r} on {log['labelled_train_items']} of "
+            f"{log['n_train']} training items (items without labels trained the pairing terms only)"
+        )
     warning = collapse_warning(log.get("code_health") or {}, "the codes of train + dev")
     if warning:
         typer.echo(warning, err=True)

@@ -73,6 +73,18 @@ class MCMFHConfig:
     lambda_bit_balance: float = 0.0  # optional: each bit's batch mean pulled to 0, off by default
     lambda_decorrelation: float = 0.0  # optional: off-diagonal of HᵀH/N pulled to 0 (independent bits)
     lambda_label: float = 0.0  # optional, supervised: hash cosine vs shared-label similarity, off by default
+    # --- supervised terms (``mcmfh-supervised``, docs/model.md "Supervised mode"): they read the training labels
+    # of the feature cache's label set; an item without labels takes part in the unsupervised terms only ---
+    label_soft: bool = False  # S = cosine of the multi-hot label vectors, not the shared-label indicator
+    lambda_label_stage1: float = 0.0  # stage 1: label-weighted InfoNCE on the DV-MLP tokens
+    lambda_label_contrast: float = 0.0  # stage 2: label-weighted InfoNCE on the fused tokens
+    label_instance_share: float = 0.0  # share of those InfoNCE targets kept on the item's own pair
+    lambda_label_pair: float = 0.0  # stage 2: DCMHT-form pairwise term on the hash outputs (cross + intra-modal)
+    label_intra: float = 1.0  # weight of the intra-modal pairs inside lambda_label_pair's term
+    label_margin: float = 0.0  # dissimilar pairs are pushed below this cosine
+    label_pos_margin: float = 1.0  # similar pairs are pulled up to this cosine (DCMHT: 1)
+    lambda_label_proxy: float = 0.0  # stage 2: DSPH-form class proxies in hash space (trained with the heads)
+    label_delta: float = 0.0  # proxy term: other labels' proxies pushed below this cosine
     # Optional: UCCH's contrast of each hash output against the other modality's binary codes of the whole training
     # set (a memory bank, refreshed from the model at every stage-2 epoch), off by default (docs/model.md).
     lambda_bank: float = 0.0

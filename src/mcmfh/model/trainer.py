@@ -1,6 +1,7 @@
 """Two-stage MCMFH training, seeded and resumable.
 
-Stage 1: the two DV-MLPs alone, symmetric InfoNCE between modalities; then frozen with their T vote masks drawn.
+Stage 1: the two DV-MLPs alone, symmetric InfoNCE between modalities (+ its label-weighted form in supervised
+    mode, ``lambda_label_stage1``); then frozen with their T vote masks drawn.
 Stage 2: fusion transformer + hashing heads (+ the DV-MLPs in the no-dv ablation) on
     L = L_fusion + λ_pair·L_pair + λ_h·L_hash + λ_g·L_gate (+ optional quantisation, bit-balance, label terms)
   L_fusion: InfoNCE between the fused image token (image alone) and the fused text token (text alone): the tokens
@@ -42,7 +43,10 @@ from mcmfh.losses import (
     gate_loss,
     hash_contrastive_loss,
     info_nce,
+    label_contrastive_loss,
+    label_pair_loss,
     label_similarity_loss,
+    proxy_loss,
     quantization_loss,
 )
 from mcmfh.manifest import fingerprint
@@ -89,6 +93,12 @@ class Trainer:
         self.bank: tuple[torch.Tensor, torch.Tensor] | None = None
         self.batch_index: torch.Tensor | None = None
         self.studies: StudyStage | None = None  # stage 3's data, once stage 2 is done
+        # lambda_label_proxy: one learnable proxy per label in hash space, trained in stage 2 only (never saved with
+        # the model: codes do not use them); drawn from the run's generator, so seeded.
+        self.proxies: torch.nn.Parameter | None = None
+        if cfg.lambda_label_proxy > 0:
+            bits = net.hash_img.net[-1].out_features
+            self.proxies = torch.nn.Parameter(torch.randn(train.labels.shape[1], bits, generator=self.gen))
         self.ckpt = Path(cfg.checkpoint_dir) / CHECKPOINT_NAME if cfg.checkpoint_dir else None
         self.progress: Progress = SILENT  # epochs with their dev score, as they finish
         has_dev_labels = dev is not None and len(dev) > 0 and bool(dev.labels.any())
@@ -100,7 +110,15 @@ class Trainer:
     def stage1_loss(self, data: Split, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         ti, tt = self.net.dv_tokens(data.image[idx], data.text[idx])
         loss = info_nce(ti, tt, self.cfg.temperature)
-        return {"total": loss, "fusion": loss}
+        terms = {"fusion": loss}
+        if self.cfg.lambda_label_stage1 > 0:
+            lab = torch.from_numpy(data.labels[idx.numpy()])
+            cfg = self.cfg
+            terms["label"] = label_contrastive_loss(
+                ti, tt, lab, cfg.temperature, cfg.label_soft, cfg.label_instance_share
+            )
+            loss = loss + self.cfg.lambda_label_stage1 * terms["label"]
+        return {"total": loss, **terms}
 
     def stage2_loss(self, data: Split, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg, net = self.cfg, self.net
@@ -139,10 +157,24 @@ class Trainer:
                 bank_contrastive_loss(hi, bank_txt, idx, tau) + bank_contrastive_loss(ht, bank_img, idx, tau)
             )
             weights["bank"] = cfg.lambda_bank
+        lab = torch.from_numpy(labels)
         if cfg.lambda_label > 0:
-            lab = torch.from_numpy(labels)
             terms["label"] = label_similarity_loss(hi, ht, lab, lab)
             weights["label"] = cfg.lambda_label
+        if cfg.lambda_label_contrast > 0:
+            terms["label_contrast"] = label_contrastive_loss(
+                u, v, lab, cfg.temperature, cfg.label_soft, cfg.label_instance_share
+            )
+            weights["label_contrast"] = cfg.lambda_label_contrast
+        if cfg.lambda_label_pair > 0:
+            terms["label_pair"] = label_pair_loss(
+                hi, ht, lab, cfg.label_intra, cfg.label_margin, cfg.label_soft, cfg.label_pos_margin
+            )
+            weights["label_pair"] = cfg.lambda_label_pair
+        if self.proxies is not None:
+            terms["label_proxy"] = 0.5 * (proxy_loss(hi, self.proxies, lab, cfg.label_delta)
+                                          + proxy_loss(ht, self.proxies, lab, cfg.label_delta))  # fmt: skip
+            weights["label_proxy"] = cfg.lambda_label_proxy
         terms["total"] = sum(weights[k] * terms[k] for k in weights)
         return terms
 
@@ -290,6 +322,8 @@ class Trainer:
         net.dv_txt.freeze(self.gen)
         self.stage1_log = log["stage1"]
         stage2 = [p for name, p in net.named_parameters() if p.requires_grad and not name.startswith("dv_")]
+        if self.proxies is not None:
+            stage2.append(self.proxies)
         if not cfg.dropout_voting:
             stage2 += dv_params  # no-dv ablation: the plain MLP keeps training with the rest
         resume2 = saved if saved is not None and saved[0]["stage"] == "2" else None
@@ -342,6 +376,8 @@ class Trainer:
         for i, st in opt_state["state"].items():
             for k, v in st.items():
                 tensors[f"opt.{i}.{k}"] = torch.as_tensor(v).contiguous()
+        if self.proxies is not None:
+            tensors["label.proxies"] = self.proxies.detach().contiguous()
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["rng.gen"] = self.gen.get_state()
         meta = {
@@ -376,6 +412,9 @@ class Trainer:
         """Put a stage in progress back exactly as it was after its last finished epoch; returns that epoch."""
         meta, tensors = saved
         self._load_net(tensors, "net.")
+        if self.proxies is not None and "label.proxies" in tensors:
+            with torch.no_grad():
+                self.proxies.copy_(tensors["label.proxies"])
         best.update({k[5:]: v for k, v in tensors.items() if k.startswith("best.")})
         opt_state: dict[str, Any] = {"state": {}, "param_groups": json.loads(meta["param_groups"])}
         for key, v in tensors.items():
