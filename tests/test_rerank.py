@@ -1,4 +1,4 @@
-"""Two-stage search: candidate rule (exact, tie group kept, bound respected), payload codecs, re-scoring, evaluation."""
+"""Two-stage search: candidate rule (exact, the first budget items, a floor independent of k), payload codecs, re-scoring, evaluation."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from mcmfh.index import BucketIndex, FlatIndex
 from mcmfh.index.codes import hamming_matrix, pack_codes
 from mcmfh.index.payload import PAYLOADS, CodeCodec, make_codec
 from mcmfh.index.rerank import (
+    RERANK_FLOOR,
     candidate_budget,
     candidates,
+    rescore,
     rescored_ranking,
     two_stage_arrays,
     two_stage_search,
@@ -38,33 +40,49 @@ def _flat(codes: np.ndarray) -> FlatIndex:
     return index
 
 
-def test_candidates_keep_the_whole_tie_group_at_the_kth_distance() -> None:
-    # distances: 0, 1, 1, 1, 1, 2, 2, 3 (k = 2: the group at distance 1 must come in whole)
+def test_candidates_are_the_first_budget_items_in_hamming_order() -> None:
+    # distances: 0, 1, 1, 1, 1, 2, 2, 3 -> Hamming order 1 | 0 3 4 6 | 2 7 | 5
     db = _codes_at([1, 0, 2, 1, 1, 3, 1, 2])
     q = pack_codes(np.zeros((1, 16), bool))
-    c = candidates(_flat(db), q, k=2, oversample=3)  # budget 6: groups d<=1 (5 items) fit, d=2 would not
-    got = sorted(c.ids[0, : c.count[0]].tolist())
-    assert got == [0, 1, 3, 4, 6] and not c.truncated[0]
-    assert c.ids.shape == (1, 6) and c.ids[0, 5] == -1  # never more than the budget
-    c = candidates(_flat(db), q, k=2, oversample=3.5)  # budget 7: d<=2 (7 items) fits in whole
-    assert sorted(c.ids[0, : c.count[0]].tolist()) == [0, 1, 2, 3, 4, 6, 7] and c.count[0] == 7
+    c = candidates(_flat(db), q, k=2, oversample=3, floor=1)  # budget 6: the group at d=2 is cut after item 2
+    assert c.ids[0, : c.count[0]].tolist() == [1, 0, 3, 4, 6, 2] and c.truncated[0]
+    assert c.ids.shape == (1, 6)  # never more than the budget when k fits in it
+    c = candidates(_flat(db), q, k=2, oversample=3.5, floor=1)  # budget 7: d<=2 fits in whole
+    assert c.ids[0, : c.count[0]].tolist() == [1, 0, 3, 4, 6, 2, 7] and not c.truncated[0]
+    c = candidates(_flat(db), q, k=2)  # the default floor covers this small index: everything, uncut
+    assert c.count[0] == 8 and not c.truncated[0]
 
 
-def test_candidates_are_cut_only_when_the_tie_group_overflows_the_budget() -> None:
-    db = _codes_at([0] * 30 + [1] * 5)
-    q = pack_codes(np.zeros((1, 16), bool))
-    c = candidates(_flat(db), q, k=2, oversample=5)  # budget 10 < group of 30 at the k-th distance
-    assert c.truncated[0] and c.count[0] == 10
-    assert c.ids[0].tolist() == list(range(10))  # the first 10 in insertion order: a fixed, documented cut
-    c = candidates(_flat(db), q, k=2, oversample=20)  # budget 40 >= all 35 items: everything
-    assert c.count[0] == 35 and not c.truncated[0]
+def test_candidates_do_not_depend_on_k_below_the_floor() -> None:
+    rng = np.random.default_rng(7)
+    db = pack_codes(rng.random((3000, 16)) > 0.5)
+    q = pack_codes(rng.random((3, 16)) > 0.5)
+    small, large = candidates(_flat(db), q, k=1), candidates(_flat(db), q, k=100)
+    assert (small.count == RERANK_FLOOR).all() and np.array_equal(small.ids, large.ids[:, : small.ids.shape[1]])
+    assert (candidates(_flat(db), q, k=200).count == 2000).all()  # past the floor the budget grows with k
 
 
 def test_candidate_budget_rule() -> None:
-    assert candidate_budget(10, 10) == 100 and candidate_budget(3, 1.5) == 5 and candidate_budget(7, 1) == 7
-    for bad in ((0, 10.0), (5, 0.5), (5, float("nan"))):
+    assert candidate_budget(10, 10, floor=1) == 100 and candidate_budget(3, 1.5, 1) == 5
+    assert candidate_budget(7, 1, 1) == 7 and candidate_budget(5) == RERANK_FLOOR
+    assert candidate_budget(RERANK_FLOOR + 1, 1.0) == RERANK_FLOOR + 1  # never fewer than k
+    for bad in ((0, 10.0), (5, 0.5), (5, float("nan")), (5, 10.0, 0)):
         with pytest.raises(MCMFHError):
             candidate_budget(*bad)
+
+
+def test_past_a_fixed_budget_the_hamming_tail_follows_unscored() -> None:
+    rng = np.random.default_rng(8)
+    db_vec = rng.normal(size=(60, 16)).astype(np.float32)
+    q_vec = rng.normal(size=(2, 16)).astype(np.float32)
+    db_codes, q_codes = pack_codes(db_vec > 0), pack_codes(q_vec > 0)
+    codec = make_codec("int8", 16)
+    cands = candidates(_flat(db_codes), q_codes, k=20, budget=5)
+    res = rescore(cands, codec.encode(db_vec), q_vec, codec, k=20)
+    for i in range(2):
+        assert set(res.ids[i, :5].tolist()) == set(cands.ids[i, :5].tolist())  # the candidates first, re-scored
+        assert (np.diff(res.similarities[i, :5]) <= 0).all() and np.isnan(res.similarities[i, 5:]).all()
+        assert res.ids[i, 5:].tolist() == cands.ids[i, 5:20].tolist()  # then Hamming order
 
 
 @pytest.mark.parametrize("name", ["int8", "int4", "float16", "float32"])
@@ -126,8 +144,8 @@ def test_two_stage_results_come_only_from_the_candidates_and_ties_fall_back_to_h
     db_codes, q_codes = pack_codes(db_vec > 0), pack_codes(q_vec > 0)
     codec = make_codec("int8", 16)
     payload = codec.encode(db_vec)
-    res = two_stage_arrays(db_codes, payload, q_codes, q_vec, codec, k=5, oversample=4)
-    cands = candidates(_flat(db_codes), q_codes, 5, 4)
+    res = two_stage_arrays(db_codes, payload, q_codes, q_vec, codec, k=5, oversample=4, floor=1)
+    cands = candidates(_flat(db_codes), q_codes, 5, 4, floor=1)
     for i in range(4):
         assert set(res.ids[i].tolist()) <= set(cands.ids[i, : cands.count[i]].tolist())
         assert (np.diff(res.similarities[i]) <= 0).all()
@@ -135,7 +153,7 @@ def test_two_stage_results_come_only_from_the_candidates_and_ties_fall_back_to_h
     index = BucketIndex(16)
     ids = np.arange(400, dtype=np.int64) * 7 + 1000
     index.add(db_codes, ids)
-    res2 = two_stage_search(index, q_codes, q_vec, payload, codec, 5, 4, rows_of=lambda a: (a - 1000) // 7)
+    res2 = two_stage_search(index, q_codes, q_vec, payload, codec, 5, 4, rows_of=lambda a: (a - 1000) // 7, floor=1)
     assert np.array_equal((res2.ids - 1000) // 7, res.ids) and np.array_equal(res2.similarities, res.similarities)
 
 

@@ -1,7 +1,7 @@
 """Evaluation of two-stage search (``mcmfh.index.rerank``): the ranking a user sees, next to one-stage.
 
-For every query the database is ranked as a two-stage search shows it: the stage-1 candidates (whole Hamming tie
-groups within the budget of ``oversample * k`` items, see ``mcmfh.index.rerank``) first, ordered by their re-scored
+For every query the database is ranked as a two-stage search shows it: the stage-1 candidates (the first
+``max(RERANK_FLOOR, oversample * k)`` items in Hamming order, see ``mcmfh.index.rerank``) first, ordered by their re-scored
 similarity, then every other item in Hamming order. Items tie only where both the similarity and the Hamming
 distance are equal, and the usual tie-aware metrics (``mcmfh.metrics``) take the expectation over those ties. Each
 payload is evaluated at two depths: ``k`` (the bounded search the product runs) and ``all`` (every item re-scored:
@@ -85,7 +85,7 @@ def _direction(
         cand = candidates(index, q_packed, k, opts.oversample if depth == "k" else 1.0)
         mask = np.zeros(hamming.shape, bool)
         rows = np.repeat(np.arange(len(q_packed)), cand.ids.shape[1])
-        valid = cand.ids.ravel() >= 0
+        valid = cand.mask().ravel()
         mask[rows[valid], cand.ids.ravel()[valid]] = True
         keys = rescored_ranking(hamming, sims, mask)
         m = ranking_metrics(keys, rel, RankingOptions(ranking.map_k, REPORTED_P_AT_K, ranking.pr_points, None))

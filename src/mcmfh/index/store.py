@@ -11,7 +11,8 @@ one-line error (``payloads``, ``search(rescore=...)``, ``add(payload=...)``).
 Search is the same for every store: exact Hamming k-NN from its codes index, then, with ``rescore``, stage 2 of
 two-stage search (``mcmfh.index.rerank``: whole tie groups as candidates, re-scored by the payload rows), then one
 lookup of the hits' items. Results are ordered by (distance, insertion order), or (similarity, distance, insertion
-order) when re-scored.
+order) when re-scored; either way the top k is the prefix of the top K for one query (two-stage: while both share
+a candidate budget, see ``mcmfh.index.rerank``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Rescore:
     codec: PayloadCodec
     vectors: np.ndarray  # (Q, codec.dim): each query's real-valued output (never quantised)
     oversample: float = DEFAULT_OVERSAMPLE
+    budget: int | None = None  # a fixed candidate budget for every k (None: rerank.candidate_budget(k, oversample))
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,8 @@ def search_store(codes: NearestCodes, rows: ItemRows, queries: np.ndarray, k: in
                  spare: int = 0, strict: bool = True) -> list[list[Hit]]:  # fmt: skip
     """Top-k hits per packed query code from ``codes`` (exact k-NN) and ``rows`` (the items), nearest first.
 
-    ``rescore``: two-stage search; the hits then carry the similarity they are ordered by. ``spare``: codes the
+    ``rescore``: two-stage search; the hits then carry the similarity they are ordered by (None for the Hamming tail
+    past the candidate budget). ``spare``: codes the
     index may hold without rows (a server store's unfinished change): that many more are asked for. ``strict``:
     a key without a row is damage and raises; otherwise (a server store) it is left out."""
     if k < 1:
@@ -127,7 +130,7 @@ def search_store(codes: NearestCodes, rows: ItemRows, queries: np.ndarray, k: in
     out = []
     for q in range(len(keys)):
         pairs = enumerate(zip(dist[q], keys[q], strict=True))
-        hits = [Hit(items[int(c)], int(d), None if sims is None else float(sims[q, j]))
+        hits = [Hit(items[int(c)], int(d), None if sims is None or np.isnan(sims[q, j]) else float(sims[q, j]))
                 for j, (d, c) in pairs if c >= 0 and int(c) in items]  # fmt: skip
         out.append(hits[:k])
     return out
@@ -138,7 +141,7 @@ def _two_stage(codes: NearestCodes, rows: ItemRows, queries: np.ndarray, k: int,
     """Stage 1 (whole tie groups, ``mcmfh.index.rerank.candidates``), then stage 2 on the candidates' payload rows,
     read with their items in one query: (distances, keys, similarities), each (Q, k), -1 / -inf padded, and the
     candidates' items."""
-    cands = candidates(codes, queries, k, how.oversample)
+    cands = candidates(codes, queries, k, how.oversample, budget=how.budget)
     ids = np.unique(cands.ids[cands.ids >= 0])  # sorted: a key's payload row is found by bisection
     items, payload = rows.payload_rows(ids, how.codec.bytes_per_item)
     # Padding slots (-1) land on row 0; rescore masks them.
