@@ -1,4 +1,5 @@
-"""Two-stage search: candidate rule (exact, the first budget items, a floor independent of k), payload codecs, re-scoring, evaluation."""
+"""Two-stage search: candidate rule (the first budget items in Hamming order, a floor independent of k), payload
+codecs, re-scoring, evaluation."""
 
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mcmfh.io import atomic_write_text
 from mcmfh.index.rerank import RERANK_FLOOR
+from mcmfh.io import atomic_write_text
 
 if TYPE_CHECKING:
     from mcmfh.method import HashMethod
@@ -195,9 +195,9 @@ def two_stage_table(
         "### Two-stage (re-scored Hamming candidates)",
         "",
         f"What a search shows: stage 1 takes the first max({RERANK_FLOOR}, {settings['oversample']:g} × k) items in "
-        f"Hamming order (k = {settings['k']}), stage 2 orders them by the payload's cosine to the query's own relaxed output; the "
-        "rest of the database follows in Hamming order (`mcmfh.two_stage`). mAP is tie-aware mAP@all, ties only "
-        "where similarity and distance are both equal; *every item re-scored* is the payload's own ceiling. "
+        f"Hamming order (k = {settings['k']}), stage 2 orders them by the payload's cosine to the query's own "
+        "relaxed output; the rest of the database follows in Hamming order (`mcmfh.two_stage`). mAP is tie-aware "
+        "mAP@all, ties only where similarity and distance are both equal; *every item re-scored* is the payload's own ceiling. "
         "P@K cells are means, one-stage → two-stage. bytes/item = code + payload. Methods without a relaxed "
         "output (continuous, `chance`, `ucmfh`) have no row.",
         "",
