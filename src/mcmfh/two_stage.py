@@ -5,8 +5,9 @@ For every query the database is ranked as a two-stage search shows it: the stage
 re-scored similarity, then every other item in Hamming order. Items tie only where both the similarity and the
 Hamming distance are equal, and the usual tie-aware metrics (``mcmfh.metrics``) take the expectation over those
 ties. Each payload is evaluated at two depths: ``k`` (the bounded search the product runs) and ``all`` (every item
-re-scored: the payload's own ceiling). Database payloads are quantised by the codec; queries use their own real-
-valued output, coded alone, as at search time. """
+re-scored: the payload's own ceiling). Database payloads are quantised by the codec; queries use their own
+real-valued output, coded alone, as at search time.
+"""
 
 from __future__ import annotations
 
