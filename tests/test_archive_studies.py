@@ -111,7 +111,7 @@ def test_build_keeps_one_fused_code_per_study(chain):
 def test_study_search_equals_bruteforce_over_study_codes(chain):
     db = chain["fs"].splits("train", "dev")
     with Archive.open(chain["idx"]) as archive:
-        hits = archive.search_studies_text(QUERY, k=8)
+        hits = archive.search_studies_text(QUERY, k=8, rerank="none")
         ids, codes = reference_codes(archive.method, db)
         dist = hamming_matrix(query_code(archive), pack_codes(codes))[0]
         by_id = dict(zip(ids, dist.tolist(), strict=True))
@@ -122,8 +122,30 @@ def test_study_search_equals_bruteforce_over_study_codes(chain):
             assert [it.id for it in h.members] == members[h.study_id]
         image = chain["data"] / "images" / f"{db.ids[0]}.png"
         assert len(archive.search_studies_image(image, k=3)) == 3
-        with pytest.raises(MCMFHError, match="Hamming distance only"):
-            archive.search_studies_text(QUERY, k=3, rerank="int8")
+        with pytest.raises(MCMFHError, match="stores int8"):
+            archive.search_studies_text(QUERY, k=3, rerank="int4")
+
+
+def test_study_search_is_two_stage_by_default_and_scores_every_hit(chain):
+    """Fused studies keep the study head's relaxed output as payload: hits carry the similarity they are ordered
+    by, equal to the stored payload's cosine to the query's own relaxed output, and k is a prefix of K."""
+    with Archive.open(chain["idx"]) as archive:
+        assert archive.study_codec is not None and archive.manifest["studies"]["payload"]["codec"] == "int8"
+        hits = archive.search_studies_text(QUERY, k=8)
+        assert all(h.score is not None for h in hits)
+        assert [(-h.score, h.distance) for h in hits] == sorted((-h.score, h.distance) for h in hits)
+        studies = archive.indexes["studies"]
+        keys = studies.keys_of([h.study_id for h in hits])
+        rows = studies.payloads([keys[h.study_id] for h in hits], archive.study_codec.bytes_per_item)
+        _, relaxed = archive.coder.code("texts", QUERY)
+        codec = archive.study_codec
+        want = codec.score(codec.prepare_queries(relaxed[None, :]), rows[None])[0]
+        assert np.allclose([h.score for h in hits], want, atol=1e-6)
+        # the small archive fits in the candidate floor: the top 8 are the 8 best-scored studies of all
+        every = studies.payloads(sorted(studies.keys_of(list(stored_codes(archive))).values()), codec.bytes_per_item)
+        best = np.sort(codec.score(codec.prepare_queries(relaxed[None, :]), every[None])[0])[::-1][:8]
+        assert np.allclose([h.score for h in hits], best, atol=1e-6)
+        assert [h.study_id for h in archive.search_studies_text(QUERY, k=3)] == [h.study_id for h in hits[:3]]
 
 
 def _new_record(chain, item_id: str, study: str, like: int) -> Item:

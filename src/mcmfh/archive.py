@@ -111,6 +111,10 @@ class Archive:
         self._method_lock = threading.Lock()
         entry = manifest.get("payload")
         self.payload_codec: PayloadCodec | None = make_codec(entry["codec"], int(entry["dim"])) if entry else None
+        study_entry = (manifest.get("studies") or {}).get("payload")  # archives built before it: one-stage studies
+        self.study_codec: PayloadCodec | None = (
+            make_codec(study_entry["codec"], int(study_entry["dim"])) if study_entry else None
+        )
         self.coder = QueryCoder(lambda: self.method, manifest["encoder"], manifest["encoder_version"],
                                 self.payload_codec, f"archive {folder}", hasher=hasher)  # fmt: skip
 
@@ -280,7 +284,9 @@ class Archive:
         return self._search("images", image, k, target, rerank)
 
     def search_studies_text(self, query: str, k: int = 10, rerank: str | None = None) -> list[StudyHit]:
-        """Studies nearest to a text query (coded alone, as every query), nearest first; see ``study_rule``."""
+        """Studies nearest to a text query (coded alone, as every query), nearest first; see ``study_rule``.
+        ``rerank``: as for items; fused studies with a study payload are two-stage by default (hits carry
+        ``score``)."""
         if not query.strip():
             raise MCMFHError("empty text query")
         return self._search_studies("texts", query, k, rerank)
@@ -301,13 +307,13 @@ class Archive:
                 "search target 'studies': this archive has no studies (build it from features whose dataset has a "
                 "study_id column, or search --target images / texts)"
             )
-        if rerank not in (None, "none"):
-            raise MCMFHError(f"--rerank {rerank}: studies are ranked by Hamming distance only; use --rerank none")
+        codec = self.study_codec if self.study_rule == "fused" else None
+        mode = rerank_mode(codec, rerank, "studies")
         if k < 1:
             raise MCMFHError(f"k must be at least 1, got {k}")
-        code, _ = self.coder.code(modality, query)
+        code, relaxed = self.coder.code(modality, query)
         with self.committed.lock:
-            return search_studies(self.indexes, self.study_rule, code, k)
+            return search_studies(self.indexes, self.study_rule, code, k, relaxed, codec, mode)
 
     def get(self, item_id: str) -> Item | None:
         with self.committed.lock:
@@ -349,7 +355,8 @@ class Archive:
     def _writer(self) -> ArchiveWriter:
         studies = self.manifest.get("studies") or {}
         shape = studies.get("inputs") if studies.get("rule") == "fused" else None
-        return ArchiveWriter(self.indexes, self.method, self.payload_codec, self.bits, shape, self.committed.lock)
+        return ArchiveWriter(self.indexes, self.method, self.payload_codec, self.bits, shape, self.committed.lock,
+                             self.study_codec)  # fmt: skip
 
 
 def drop_server_stores(folder: Path) -> None:

@@ -36,37 +36,51 @@ def item_target(name: str) -> str:
     return _ALIASES[name]
 
 
-def rerank_mode(codec: PayloadCodec | None, rerank: str | None) -> str:
-    """``--rerank``: ``none`` or the archive's payload codec (default: the codec, i.e. two-stage, when there is one)."""
+def rerank_mode(codec: PayloadCodec | None, rerank: str | None, what: str = "items") -> str:
+    """``--rerank``: ``none`` or the archive's payload codec (default: the codec, i.e. two-stage, when there is one);
+    ``what``: items or studies (whose payload only fused studies of a model with relaxed outputs keep)."""
     mode = (codec.name if codec else "none") if rerank is None else rerank
     if mode == "none":
         return mode
     if codec is None:
         raise MCMFHError(
-            f"--rerank {mode}: this archive has no payload to re-score with (built by a model without relaxed "
-            "outputs, on a server store, or before payloads existed); use --rerank none"
+            f"--rerank {mode}: this archive has no {what} payload to re-score with (built by a model without relaxed "
+            "outputs or a study head, on a server store, or before payloads existed); use --rerank none"
         )
     if mode != codec.name:
         raise MCMFHError(f"--rerank {mode}: this archive stores {codec.name} payloads; use {codec.name} or none")
     return mode
 
 
+def rescore_of(relaxed: np.ndarray | None, codec: PayloadCodec | None, mode: str,
+               budget: int | None = None) -> Rescore | None:  # fmt: skip
+    """Two-stage search for one query (``mode`` from ``rerank_mode``), or None for Hamming order."""
+    return (
+        None if mode == "none" or codec is None or relaxed is None else Rescore(codec, relaxed[None, :], budget=budget)
+    )
+
+
 def search_items(store: ItemStore, code: np.ndarray, relaxed: np.ndarray | None, codec: PayloadCodec | None,
-                 mode: str, k: int) -> list[Hit]:  # fmt: skip
-    """The k items of ``store`` nearest to one query (``mode`` from ``rerank_mode``)."""
-    how = None if mode == "none" or codec is None or relaxed is None else Rescore(codec, relaxed[None, :])
-    return store.search(pack_codes(code[None, :]), k, rescore=how)[0]
+                 mode: str, k: int, budget: int | None = None) -> list[Hit]:  # fmt: skip
+    """The k items of ``store`` nearest to one query (``mode`` from ``rerank_mode``; ``budget``: a fixed two-stage
+    candidate budget, see ``mcmfh.index.rerank``)."""
+    return store.search(pack_codes(code[None, :]), k, rescore=rescore_of(relaxed, codec, mode, budget))[0]
 
 
-def search_studies(indexes: Mapping[str, ItemStore], rule: str, code: np.ndarray, k: int) -> list[StudyHit]:
-    """The k studies nearest to one query by ``rule`` (``fused`` or ``min``), each with its members."""
+def search_studies(indexes: Mapping[str, ItemStore], rule: str, code: np.ndarray, k: int,
+                   relaxed: np.ndarray | None = None, codec: PayloadCodec | None = None,
+                   mode: str = "none") -> list[StudyHit]:  # fmt: skip
+    """The k studies nearest to one query by ``rule`` (``fused`` or ``min``), each with its members. Fused studies
+    with a payload (``codec``, ``mode`` from ``rerank_mode``) are searched two-stage, as items: the hits carry the
+    similarity they are ordered by."""
     packed = pack_codes(code[None, :])
     if rule == "fused":
-        found = [(h.item.id, h.distance) for h in indexes["studies"].search(packed, k)[0]]
+        how = rescore_of(relaxed, codec, mode)
+        found = [(h.item.id, h.distance, h.score) for h in indexes["studies"].search(packed, k, rescore=how)[0]]
     else:
-        found = nearest_studies(indexes, packed, k)
-    members = indexes["texts"].members([sid for sid, _ in found])
-    return [StudyHit(sid, int(d), tuple(members.get(sid, ()))) for sid, d in found]
+        found = [(sid, d, None) for sid, d in nearest_studies(indexes, packed, k)]
+    members = indexes["texts"].members([sid for sid, _, _ in found])
+    return [StudyHit(sid, int(d), tuple(members.get(sid, ())), score) for sid, d, score in found]
 
 
 def nearest_studies(indexes: Mapping[str, ItemStore], packed: np.ndarray, k: int) -> list[tuple[str, int]]:

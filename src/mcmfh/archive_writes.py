@@ -1,11 +1,12 @@
 """An archive's writes: items hashed into its sub-indexes, and studies coded again from their members.
 
 Every write runs inside one change of the commit protocol (``mcmfh.archive_commit``); each sub-index skips the ids
-it already holds, so rerunning an add that was cut off completes it. An archive built from features with studies
-by a method with a study head (``HashMethod.has_study_codes``) on a local store keeps two study sub-indexes:
+it already holds, so rerunning an add that was cut off completes it. An archive built from features with studies by
+a method with a study head (``HashMethod.has_study_codes``) on a local store keeps two study sub-indexes:
 ``study_members`` (one row per item, its study inputs as payload: ``mcmfh.archive_members``) and ``studies`` (one
-fused code per study). An add re-codes exactly the studies it touched from their members' stored inputs and a
-remove re-codes or drops them; the re-coded rows replace the old ones in one generation of ``studies/``
+fused code per study, and, for a method with relaxed outputs, the study head's relaxed output as its int8 payload:
+two-stage study search re-scores with it). An add re-codes exactly the studies it touched from their members' stored
+inputs and a remove re-codes or drops them; the re-coded rows replace the old ones in one generation of ``studies/``
 (``add(replace=...)``).
 """
 
@@ -79,24 +80,31 @@ def payload_entry(method: HashMethod, store: dict[str, Any], probe: np.ndarray) 
 
 
 def studies_entry(method: HashMethod, store: dict[str, Any], part: FeatureSet) -> dict[str, Any] | None:
-    """The manifest's ``studies`` entry: None without studies; rule ``fused`` (with the study inputs' shape) for a
-    method with a study head on a local store, else ``min`` (members' own codes, nothing more to keep)."""
+    """The manifest's ``studies`` entry: None without studies; rule ``fused`` (with the study inputs' shape, and the
+    studies' payload for two-stage search where the method has relaxed outputs) for a method with a study head on a
+    local store, else ``min`` (members' own codes, nothing more to keep)."""
     if not part.has_studies:
         return None
     if store.get("backend", "local") != "local" or not method.has_study_codes:
         return {"rule": "min"}
-    shape = method.study_inputs(part.image[:1], part.text[:1]).shape[1:]
-    return {"rule": "fused", "inputs": [int(x) for x in shape], "dtype": "float16"}
+    inputs = method.study_inputs(part.image[:1], part.text[:1])
+    entry: dict[str, Any] = {"rule": "fused", "inputs": [int(x) for x in inputs.shape[1:]], "dtype": "float16"}
+    if method.has_relaxed:
+        _, relaxed = method.relaxed_study_inputs(inputs, part.has_image[:1], ["probe"])
+        entry["payload"] = {"codec": PAYLOAD_CODEC, "dim": int(relaxed.shape[1])}
+    return entry
 
 
 class ArchiveWriter:
     """Writes to an archive's ``indexes`` with its ``method`` and payload ``codec``; ``study_shape``: the study
-    inputs' shape when the archive keeps fused studies. ``lock`` guards the stores' handles."""
+    inputs' shape when the archive keeps fused studies, ``study_codec`` their payload's (None: no study payload).
+    ``lock`` guards the stores' handles."""
 
     def __init__(self, indexes: Mapping[str, ItemStore], method: HashMethod, codec: PayloadCodec | None, bits: int,
-                 study_shape: Sequence[int] | None, lock: threading.Lock) -> None:  # fmt: skip
+                 study_shape: Sequence[int] | None, lock: threading.Lock,
+                 study_codec: PayloadCodec | None = None) -> None:  # fmt: skip
         self.indexes, self.method, self.codec, self.bits = indexes, method, codec, bits
-        self.study_shape, self.lock = study_shape, lock
+        self.study_shape, self.lock, self.study_codec = study_shape, lock, study_codec
 
     def add(self, batch: Batch, task: Task | None = None) -> dict[str, int]:
         """Hash and add the batch's items each sub-index lacks; returns how many each added (and studies coded);
@@ -163,6 +171,7 @@ class ArchiveWriter:
         live = [sid for sid in wanted if sid in groups]
         width = member_width(self.study_shape)
         parts = [np.zeros((0, self.bits), bool)]
+        payloads = [] if self.study_codec is None else [np.zeros((0, self.study_codec.bytes_per_item), np.uint8)]
         for start in range(0, len(live), RECODE_STUDIES):  # a build codes every study: bounded memory
             chunk = live[start : start + RECODE_STUDIES]
             raw = members_ix.payloads([it.key for sid in chunk for it in groups[sid]], width)
@@ -171,6 +180,9 @@ class ArchiveWriter:
             coded, codes = self.method.encode_study_inputs(inputs, has_image, owners)
             assert coded.ids == chunk
             parts.append(np.asarray(codes, bool))
+            if self.study_codec is not None:
+                payloads.append(self.study_codec.encode(self.method.relaxed_study_inputs(inputs, has_image, owners)[1]))
         rows = [study_item(sid, groups[sid]) for sid in live]
-        studies_ix.add(pack_codes(np.concatenate(parts)), rows, replace=wanted)
+        payload = np.concatenate(payloads) if payloads else None
+        studies_ix.add(pack_codes(np.concatenate(parts)), rows, payload=payload, replace=wanted)
         return len(live)

@@ -87,6 +87,13 @@ class HashMethod(ABC):
         """The studies (items grouped by ``study_of_item``) and one code per study from its members' inputs."""
         raise MCMFHError(f"method {self.name!r} has no study codes (no study head)")
 
+    def relaxed_study_inputs(
+        self, inputs: np.ndarray, has_image: np.ndarray, study_of_item: Sequence[str] | np.ndarray
+    ) -> tuple[Studies, np.ndarray]:
+        """As ``encode_study_inputs``, the (S, D) real-valued study outputs whose signs are the study codes: what
+        two-stage study search re-scores with (``has_study_codes`` and ``has_relaxed`` methods)."""
+        raise MCMFHError(f"method {self.name!r} has no relaxed study output")
+
     def encode_studies(self, features: FeatureSet) -> tuple[Studies, np.ndarray]:
         """The studies of ``features`` (``FeatureSet.study_ids``) and one code (S, bits) bool per study, or (S, D)
         float for continuous methods. Methods without a study head are searched by their members' codes instead

@@ -265,11 +265,15 @@ def _search_studies(archive: object, text: str | None, image: Path | None, k: in
         typer.echo(json.dumps({"target": "studies", "results": rows, "took_ms": took_ms}, indent=2))
         return
     for row in rows:
-        typer.echo(f"{row['rank']:>3}  d={row['distance']:<3} study {row['study_id']} ({len(row['members'])} item(s))")
+        score = "" if row["score"] is None else f"s={row['score']:.3f} "
+        typer.echo(f"{row['rank']:>3}  d={row['distance']:<3} {score}study {row['study_id']} "
+                   f"({len(row['members'])} item(s))")  # fmt: skip
         for m in row["members"]:
             caption = m["text"] if len(m["text"]) <= 80 else m["text"][:77] + "..."
             typer.echo(f"{'':>10}{m['id']:<24} {'[image] ' if m['image'] else ''}{caption}")
     typer.echo(f"{len(rows)} stud{'y' if len(rows) == 1 else 'ies'} in {took_ms:.1f} ms (encode + search)")
+    if rows:
+        typer.echo(f"{D_KEY}; {S_KEY}" if any(r["score"] is not None for r in rows) else D_KEY)
 
 
 def _splits(value: str) -> list[str]:

@@ -171,8 +171,21 @@ class MCMFH(HashMethod):
         self, inputs: np.ndarray, has_image: np.ndarray, study_of_item: Sequence[str] | np.ndarray
     ) -> tuple[Studies, np.ndarray]:
         """One code per study from its members' ``study_inputs`` (rows grouped by ``study_of_item``)."""
+        return self._run_studies(inputs, has_image, study_of_item, self._study_output_fn())
+
+    def relaxed_study_inputs(
+        self, inputs: np.ndarray, has_image: np.ndarray, study_of_item: Sequence[str] | np.ndarray
+    ) -> tuple[Studies, np.ndarray]:
+        """The study hash head's tanh outputs (S, bits), whose signs are the study codes."""
+        assert self.net is not None and self.net.study is not None
+        study = self.net.study
+        return self._run_studies(inputs, has_image, study_of_item, lambda sets: study(sets)[1])
+
+    def _run_studies(
+        self, inputs: np.ndarray, has_image: np.ndarray, study_of_item: Sequence[str] | np.ndarray,
+        fn: Callable[[TokenSets], torch.Tensor],
+    ) -> tuple[Studies, np.ndarray]:  # fmt: skip
         studies, batches = self._study_batches(inputs, has_image, study_of_item)
-        fn = self._study_output_fn()
         self.net.eval()  # type: ignore[union-attr]
         with torch.no_grad():
             parts = [fn(b).numpy() for b in batches]
