@@ -15,6 +15,7 @@ from mcmfh.errors import MCMFHError
 from mcmfh.experiment import load_config
 from mcmfh.factory import create_method, load_method
 from mcmfh.features import FeatureSet
+from mcmfh.index.payload import make_codec
 from mcmfh.method import HashMethod
 from mcmfh.metrics import RankingOptions, hamming_distances, ranking_metrics, relevance
 from mcmfh.model.config import MCMFHConfig
@@ -207,6 +208,31 @@ def test_fused_study_code_learns(data, fitted) -> None:
         studies = Studies.group(data.splits("train", "dev").study_ids())
         chance = relevance(q.labels, studies.labels(data.splits("train", "dev").labels)).mean()
         assert out[f"{mode}_map"] > chance + 0.3
+
+
+def test_two_stage_study_rows_rank_by_the_relaxed_study_payload(data, fitted) -> None:
+    """``fused_2s``: every study re-scored (the test database is under the floor) by the int8 relaxed study output,
+    ties by Hamming distance; equal to a brute-force reference, and ahead of chance like the fused code."""
+    out = evaluate_modes(fitted, data, ["test"], ["train", "dev"], ["t2s"])
+    q, db = data.splits("test"), data.splits("train", "dev")
+    studies, codes = fitted.encode_studies(db)
+    relaxed = fitted.relaxed_study_inputs(fitted.study_inputs(db.image, db.text), db.has_image, db.study_ids())[1]
+    assert np.array_equal(relaxed > 0, codes)  # the payload's signs are the study codes
+    codec = make_codec("int8", relaxed.shape[1])
+    sims = codec.score(
+        codec.prepare_queries(fitted.relaxed_texts(q.text)), codec.encode(relaxed)[None].repeat(len(q), 0)
+    )
+    ham = hamming_distances(fitted.encode_texts(q.text), codes)
+    keys = np.zeros(ham.shape)
+    for i in range(len(q)):  # dense rank of (-similarity, distance)
+        pairs = sorted(set(zip((-sims[i]).tolist(), ham[i].tolist(), strict=True)))
+        keys[i] = [pairs.index(p) for p in zip((-sims[i]).tolist(), ham[i].tolist(), strict=True)]
+    rel = relevance(q.labels, studies.labels(db.labels))
+    assert not set(q.ids) & set(db.ids)  # test queries are not in the database: no study to leave out
+    ref = ranking_metrics(keys, rel, RankingOptions(p_at_k=(10,)))
+    assert out["t2s_fused_2s_map"] == pytest.approx(ref["map"], abs=1e-9)
+    assert out["t2s_fused_2s_p10"] == pytest.approx(ref["p_at_k"]["10"], abs=1e-9)
+    assert 0.0 <= out["t2s_fused_p10"] <= 1.0 and out["t2s_map"] == out["t2s_fused_map"]  # the headline stays put
 
 
 # ------------------------------------------------------------------ evaluation modes, against brute force

@@ -237,26 +237,31 @@ def two_stage_table(
 
 
 def modes_table(groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]]], order: Mapping[str, int]) -> list[str]:
-    """Tie-aware mAP per evaluation mode (``mcmfh.study_eval``) of the rows that have more than i2t / t2i: for the
-    study modes the fused study code (where the method has one) and the two no-fusion rules over members' codes."""
+    """Tie-aware mAP (and, for studies, P@10) per evaluation mode (``mcmfh.study_eval``) of the rows that have more
+    than i2t / t2i: for the study modes the fused study code (where the method has one) and the two no-fusion
+    rules over members' codes."""
     extra = [m for m in ("i2s", "t2s", "i2i", "t2t") if any(f"{m}_map" in r for rs in groups.values() for r in rs)]
     if not extra:
         return []
     cols: list[tuple[str, str]] = [("i2t", "i2t_map"), ("t2i", "t2i_map")]
     for m in extra:
         if m in ("i2s", "t2s"):
-            cols += [(f"{m} fused", f"{m}_fused_map"), (f"{m} min", f"{m}_min_map"), (f"{m} sum", f"{m}_sum_map")]
+            cols += [(f"{m} fused", f"{m}_fused_map"), (f"{m} fused 2s", f"{m}_fused_2s_map"),
+                     (f"{m} min", f"{m}_min_map"), (f"{m} sum", f"{m}_sum_map"), (f"{m} P@10 fused", f"{m}_fused_p10"),
+                     (f"{m} P@10 fused 2s", f"{m}_fused_2s_p10")]  # fmt: skip
         else:
             cols.append((m, f"{m}_map"))
     lines = [
         "### Evaluation modes",
         "",
-        "Tie-aware mAP@all, mean ± std over seeds. Queries are coded alone in every mode. *i2s / t2s*: an image / a "
-        "text query against the database studies (relevant: shares a label with any member). *fused*: the method's "
-        "own study code (one code per study, bits / 8 bytes); *min*: the smallest distance to any member's image or "
-        "text code; *sum*: the smallest over members of image + text distance (no fusion: 2 × bits / 8 bytes per "
-        "member). A study that holds the query's own item is left out of its ranking. – : the method has no study "
-        "codes.",
+        "Tie-aware mAP@all (P@10: tie-aware expected precision of the first 10), mean ± std over seeds. Queries "
+        "are coded alone in every mode. *i2s / t2s*: an image / a text query against the database studies "
+        "(relevant: shares a label with any member). *fused*: the method's own study code (one code per study, "
+        f"bits / 8 bytes); *fused 2s*: two-stage search over it as an archive runs it (the first {RERANK_FLOOR} "
+        "studies in Hamming order re-scored by the study head's relaxed output at int8, bits more bytes); *min*: "
+        "the smallest distance to any member's image or text code; *sum*: the smallest over members of image + "
+        "text distance (no fusion: 2 × bits / 8 bytes per member). A study that holds the query's own item is left"
+        " out of its ranking. – : the method has no study codes.",
         "",
     ]
     header = ["method", "bits", "seeds", *[c for c, _ in cols]]
@@ -265,7 +270,7 @@ def modes_table(groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]]], o
         if not any(f"{extra[0]}_map" in r for r in rs):
             continue
         cells = [method, str(bits), str(len(rs))]
-        cells += [_fmt([float(r[k]) for r in rs]) if all(k in r for r in rs) else "–" for _, k in cols]
+        cells += [_fmt([float(r[k]) for r in rs]) if all(r.get(k) is not None for r in rs) else "–" for _, k in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return [*lines, ""]
 

@@ -6,8 +6,11 @@ Modes (``mcmfh.evaluate.evaluate_method(modes=...)``, the experiment's ``modes:`
   ``fused`` — the method's own study code (``HashMethod.encode_studies``; MCMFH's study head, 2 bytes at 16 bits);
   ``min`` — the smallest distance to any member's image or text code (no fusion, every member's two codes kept);
   ``sum`` — the smallest, over members, of the member's image distance plus its text distance (a text-only member
-  counts its text distance twice). ``<mode>_map`` is the fused code where the method has one, else ``min``: a fixed
-  rule, never the better of the two on test.
+  counts its text distance twice); ``fused_2s`` — two-stage search over the fused study codes as an archive runs
+  it (``mcmfh.two_stage``: the first ``RERANK_FLOOR`` studies in Hamming order re-scored by the study head's relaxed
+  output at int8 against the query's own relaxed output; methods with a study head and relaxed outputs). Each
+  variant reports tie-aware mAP@all and P@10. ``<mode>_map`` is the fused code where the method has one, else
+  ``min``: a fixed rule, never the better of the two on test.
 - ``i2i`` / ``t2t``: image→image and text→text over the database items.
 A query is never matched with itself: a database item with the query's id, or a study that holds it, is left out of
 that query's ranking. It is put after every other candidate and marked not relevant, which leaves every AP-type
@@ -24,15 +27,21 @@ import numpy as np
 
 from mcmfh.errors import MCMFHError
 from mcmfh.features import FeatureSet
+from mcmfh.index.payload import make_codec
 from mcmfh.method import HashMethod
 from mcmfh.metrics import RankingOptions, cosine_distances, hamming_distances, ranking_metrics, relevance
 from mcmfh.studies import Studies
+from mcmfh.two_stage import TwoStageRanker
 
 PAIR_MODES = ("i2t", "t2i")
 STUDY_MODES = ("i2s", "t2s")
 SAME_MODES = ("i2i", "t2t")
 MODES = PAIR_MODES + STUDY_MODES + SAME_MODES
-REPORTED = ("map", "map_all", "map_all_tie_aware")  # per mode and variant, as flat row keys
+REPORTED = ("map", "map_all", "map_all_tie_aware", "p10")  # per mode and variant, as flat row keys
+STUDY_PAYLOAD = "int8"  # what an archive stores per study for two-stage search (mcmfh.archive_writes)
+# The number of results an archive's study search asks for; at or below RERANK_FLOOR / oversample its budget does
+# not depend on it (mcmfh.index.rerank), so the ranking evaluated is the one every page of results is a prefix of.
+STUDY_SEARCH_K = 10
 
 
 def check_modes(modes: Sequence[str]) -> list[str]:
@@ -78,17 +87,21 @@ class _StudyDatabase:
     img_col: np.ndarray  # per database item, its column among the image codes (-1: no image)
     img_cols: list[np.ndarray]  # per study, its members' image columns
     codes: np.ndarray | None  # the method's own study codes, if it has a study head
+    relaxed: np.ndarray | None  # their relaxed outputs (two-stage payload), if the method has them
 
     @classmethod
     def of(cls, method: HashMethod, db: FeatureSet, db_img_rows: np.ndarray) -> _StudyDatabase:
         studies = Studies.group(db.study_ids())
         img_col = np.full(len(db), -1)
         img_col[db_img_rows] = np.arange(len(db_img_rows))
-        codes = None
+        codes = relaxed = None
         if method.has_study_codes:
             coded, codes = method.encode_studies(db)
             if coded.ids != studies.ids:
                 raise MCMFHError(f"{method.name}: encode_studies grouped the database differently")
+            if method.has_relaxed and not method.continuous:
+                inputs = method.study_inputs(db.image, db.text)
+                relaxed = method.relaxed_study_inputs(inputs, db.has_image, db.study_ids())[1]
         return cls(
             studies=studies,
             labels=studies.labels(db.labels),
@@ -97,11 +110,13 @@ class _StudyDatabase:
             img_col=img_col,
             img_cols=[img_col[m][img_col[m] >= 0] for m in studies.members],
             codes=codes,
+            relaxed=relaxed,
         )
 
 
 def _metrics(prefix: str, dist: np.ndarray, rel: np.ndarray, opts: RankingOptions) -> dict[str, Any]:
-    m = ranking_metrics(dist, rel, opts)
+    m = ranking_metrics(dist, rel, RankingOptions(opts.map_k, (10,), opts.pr_points, opts.radius))
+    m["p10"] = m["p_at_k"].get("10")  # tie-aware expected P@10 (None: fewer than 10 studies)
     return {f"{prefix}_{k}": m[k] for k in REPORTED} | {f"{prefix}_n_queries": m["n_queries"]}
 
 
@@ -157,6 +172,11 @@ def evaluate_modes(
         variants["sum"] = _per_study_min(d_img_full + d_txt, studies.members)
         if db_side.codes is not None:
             variants["fused"] = _distances(method, codes, db_side.codes)
+        if db_side.codes is not None and db_side.relaxed is not None:
+            q_vec = method.relaxed_images(qs.image) if qm == "i" else method.relaxed_texts(qs.text)
+            codec = make_codec(STUDY_PAYLOAD, db_side.relaxed.shape[1])
+            ranker = TwoStageRanker(codes, db_side.codes, q_vec, db_side.relaxed, codec)
+            variants["fused_2s"] = ranker.rank(min(STUDY_SEARCH_K, len(studies)))[0].astype(np.float64)
         for name, dist in variants.items():
             out |= _metrics(f"{mode}_{name}", *_exclude(dist, rel, own), opts)
         headline = "fused" if "fused" in variants else "min"

@@ -21,7 +21,7 @@ from mcmfh.errors import MCMFHError
 from mcmfh.index.codes import pack_codes
 from mcmfh.index.flat import FlatIndex
 from mcmfh.index.payload import PayloadCodec, code_bits, make_codec
-from mcmfh.index.rerank import DEFAULT_OVERSAMPLE, candidates, rescored_ranking
+from mcmfh.index.rerank import DEFAULT_OVERSAMPLE, Candidates, candidates, rescored_ranking
 from mcmfh.method import HashMethod
 from mcmfh.metrics import RankingOptions, hamming_distances, ranking_metrics
 
@@ -63,6 +63,29 @@ def _vectors(method: HashMethod, x: np.ndarray, image: bool, payload: str, compa
     return other.encode_images(x) if image else other.encode_texts(x)
 
 
+class TwoStageRanker:
+    """One direction's whole-database two-stage ranking (module docstring) for (Q, bits) bool query and database
+    codes and their real-valued vectors (database ones quantised by ``codec``)."""
+
+    def __init__(self, q_codes: np.ndarray, db_codes: np.ndarray, q_vec: np.ndarray, db_vec: np.ndarray,
+                 codec: PayloadCodec) -> None:  # fmt: skip
+        self.q_packed, db_packed = pack_codes(q_codes), pack_codes(db_codes)
+        self.hamming = hamming_distances(self.q_packed, db_packed)
+        payload = codec.encode(db_vec)
+        self.sims = codec.score(codec.prepare_queries(q_vec), np.broadcast_to(payload, (len(q_vec), *payload.shape)))
+        self.index = FlatIndex(8 * db_packed.shape[1])
+        self.index.add(db_packed)
+
+    def rank(self, k: int, oversample: float = DEFAULT_OVERSAMPLE) -> tuple[np.ndarray, Candidates]:
+        """(Q, N) rank keys (``mcmfh.index.rerank.rescored_ranking``) of a search for k, and its candidates."""
+        cand = candidates(self.index, self.q_packed, k, oversample)
+        mask = np.zeros(self.hamming.shape, bool)
+        rows = np.repeat(np.arange(len(self.q_packed)), cand.ids.shape[1])
+        valid = cand.mask().ravel()
+        mask[rows[valid], cand.ids.ravel()[valid]] = True
+        return rescored_ranking(self.hamming, self.sims, mask), cand
+
+
 def _direction(
     q_codes: np.ndarray,
     db_codes: np.ndarray,
@@ -73,21 +96,11 @@ def _direction(
     opts: RerankOptions,
     ranking: RankingOptions,
 ) -> dict[str, Any]:
-    q_packed, db_packed = pack_codes(q_codes), pack_codes(db_codes)
-    hamming = hamming_distances(q_packed, db_packed)
-    payload = codec.encode(db_vec)
-    sims = codec.score(codec.prepare_queries(q_vec), np.broadcast_to(payload, (len(q_vec), *payload.shape)))
-    index = FlatIndex(8 * db_packed.shape[1])
-    index.add(db_packed)
-    n = db_packed.shape[0]
+    ranker = TwoStageRanker(q_codes, db_codes, q_vec, db_vec, codec)
+    n = len(db_codes)
     out: dict[str, Any] = {}
     for depth, k in (("k", min(opts.k, n)), ("all", n)):
-        cand = candidates(index, q_packed, k, opts.oversample if depth == "k" else 1.0)
-        mask = np.zeros(hamming.shape, bool)
-        rows = np.repeat(np.arange(len(q_packed)), cand.ids.shape[1])
-        valid = cand.mask().ravel()
-        mask[rows[valid], cand.ids.ravel()[valid]] = True
-        keys = rescored_ranking(hamming, sims, mask)
+        keys, cand = ranker.rank(k, opts.oversample if depth == "k" else 1.0)
         m = ranking_metrics(keys, rel, RankingOptions(ranking.map_k, REPORTED_P_AT_K, ranking.pr_points, None))
         out[depth] = {
             "k": int(k),
