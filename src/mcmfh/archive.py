@@ -33,7 +33,7 @@ from typing import Any
 from mcmfh.archive_agreement import check_agreement
 from mcmfh.archive_commit import CommittedIndexes
 from mcmfh.archive_query import QueryCoder
-from mcmfh.archive_search import MODALITIES, item_target, rerank_mode, search_items, search_studies
+from mcmfh.archive_search import MODALITIES, item_target, rerank_mode, search_diversified, search_studies
 from mcmfh.archive_writes import (
     ArchiveWriter,
     Batch,
@@ -43,6 +43,7 @@ from mcmfh.archive_writes import (
     studies_entry,
 )
 from mcmfh.data.records import Dataset
+from mcmfh.diversify import DEFAULT_PER_STUDY
 from mcmfh.encoders.base import Encoder, ImageInput
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.features import FeatureSet
@@ -268,20 +269,21 @@ class Archive:
         return self.payload_codec.name if self.payload_codec else "none"
 
     # ---------------------------------------------------------------------------------------------- search
-    def search_text(self, query: str, k: int = 10, target: str = "images", rerank: str | None = None) -> list[Hit]:
+    def search_text(self, query: str, k: int = 10, target: str = "images", rerank: str | None = None,
+                    per_study: int = DEFAULT_PER_STUDY) -> list[Hit]:  # fmt: skip
         """Items nearest to a text query, by their ``target`` codes (images: cross-modal; texts: same modality).
 
         ``rerank``: ``none`` (Hamming order only) or the archive's payload (two-stage: candidates re-scored, hits
-        carry ``score``); default: two-stage when the archive has a payload."""
+        carry ``score``); default: two-stage when the archive has a payload. ``per_study``: hits shown per study,
+        duplicate texts folded (``mcmfh.diversify``; 0: the raw item ranking)."""
         if not query.strip():
             raise MCMFHError("empty text query")
-        return self._search("texts", query, k, target, rerank)
+        return self._search("texts", query, k, target, rerank, per_study)
 
-    def search_image(
-        self, image: ImageInput, k: int = 10, target: str = "texts", rerank: str | None = None
-    ) -> list[Hit]:
+    def search_image(self, image: ImageInput, k: int = 10, target: str = "texts", rerank: str | None = None,
+                     per_study: int = DEFAULT_PER_STUDY) -> list[Hit]:  # fmt: skip
         """Items nearest to an image query (a path or a PIL image), by their ``target`` codes (see search_text)."""
-        return self._search("images", image, k, target, rerank)
+        return self._search("images", image, k, target, rerank, per_study)
 
     def search_studies_text(self, query: str, k: int = 10, rerank: str | None = None) -> list[StudyHit]:
         """Studies nearest to a text query (coded alone, as every query), nearest first; see ``study_rule``.
@@ -295,11 +297,14 @@ class Archive:
         """Studies nearest to an image query (a path or a PIL image), nearest first; see ``study_rule``."""
         return self._search_studies("images", image, k, rerank)
 
-    def _search(self, modality: str, query: Any, k: int, target: str, rerank: str | None) -> list[Hit]:
+    def _search(self, modality: str, query: Any, k: int, target: str, rerank: str | None,
+                per_study: int) -> list[Hit]:  # fmt: skip
         part, mode = item_target(target), rerank_mode(self.payload_codec, rerank)
+        if per_study < 0:
+            raise MCMFHError(f"per_study must be >= 0 (0: every item), got {per_study}")
         code, relaxed = self.coder.code(modality, query)
         with self.committed.lock:
-            return search_items(self.indexes[part], code, relaxed, self.payload_codec, mode, k)
+            return search_diversified(self.indexes[part], code, relaxed, self.payload_codec, mode, k, per_study)
 
     def _search_studies(self, modality: str, query: Any, k: int, rerank: str | None) -> list[StudyHit]:
         if self.study_rule is None:

@@ -13,10 +13,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from mcmfh.diversify import diversify, study_key, with_members
 from mcmfh.errors import MCMFHError
 from mcmfh.index.codes import pack_codes
 from mcmfh.index.payload import PayloadCodec
-from mcmfh.index.store import ItemStore, Rescore, widen
+from mcmfh.index.rerank import candidate_budget
+from mcmfh.index.store import WIDEN, ItemStore, Rescore, widen
 from mcmfh.items import Hit, StudyHit
 
 MODALITIES = ("images", "texts")
@@ -65,6 +67,24 @@ def search_items(store: ItemStore, code: np.ndarray, relaxed: np.ndarray | None,
     """The k items of ``store`` nearest to one query (``mode`` from ``rerank_mode``; ``budget``: a fixed two-stage
     candidate budget, see ``mcmfh.index.rerank``)."""
     return store.search(pack_codes(code[None, :]), k, rescore=rescore_of(relaxed, codec, mode, budget))[0]
+
+
+def search_diversified(store: ItemStore, code: np.ndarray, relaxed: np.ndarray | None, codec: PayloadCodec | None,
+                       mode: str, k: int, per_study: int) -> list[Hit]:  # fmt: skip
+    """The first k entries of the diversified ranking (``mcmfh.diversify``; ``per_study`` 0: the raw k items), each
+    with the rest of its study. The raw ranking is asked for until k entries survive folding or it is exhausted,
+    all requests with the budget of k (one ranking, of which every request is a prefix)."""
+    if per_study == 0:
+        return search_items(store, code, relaxed, codec, mode, k)
+    budget = candidate_budget(k) if mode != "none" else None
+
+    def shown(n: int) -> tuple[list[Hit], bool]:
+        hits = search_items(store, code, relaxed, codec, mode, n, budget)
+        return diversify(hits, per_study), len(hits) < n
+
+    found, _ = widen(shown, lambda r, _n: len(r[0]) >= k or r[1], k * WIDEN, limit=max(1, len(store)))
+    entries = found[:k]
+    return with_members(entries, store.members(list(dict.fromkeys(study_key(h.item) for h in entries))))
 
 
 def search_studies(indexes: Mapping[str, ItemStore], rule: str, code: np.ndarray, k: int,

@@ -32,11 +32,17 @@ class Item:
 @dataclass(frozen=True)
 class Hit:
     """One result: the item, its Hamming distance to the query code, and, after two-stage search, the re-scored
-    similarity the results are ordered by (``None`` for one-stage search)."""
+    similarity the results are ordered by (``None`` for one-stage search, or past the candidate budget).
+
+    Diversified results (``mcmfh.diversify``) also carry ``others``: the other items of its study not shown
+    themselves ("N more in this case"), and ``duplicates``: the ids of lower-ranked hits with the same text,
+    folded under this one. Both are empty for a raw ranking."""
 
     item: Item
     distance: int
     score: float | None = None
+    others: tuple[Item, ...] = ()
+    duplicates: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,64 @@
+"""Result diversification: one entry per study (case) with its best-matching member first, and duplicate texts
+folded, as search engines' field collapsing (or clip-retrieval's deduplication) does.
+
+A ranking of item hits is walked in order; a hit is shown unless ``per_study`` hits of its study (``Item.study_id``,
+or the item itself when it has none) are shown already, or its text is, word for word (whitespace and case aside),
+the text of a hit shown before it: the same caption of two images of one case, or a report shared by a study's
+images, never fills a screen. A folded duplicate is kept on the hit it repeats (``Hit.duplicates``). ``per_study``
+0 is the raw ranking: nothing folded. The hits shown for a prefix of a ranking are a prefix of those shown for the
+whole (only the duplicates folded under them may grow), so a search that keeps the prefix property
+(``mcmfh.index.rerank``) keeps it diversified too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from mcmfh.items import Hit, Item
+
+# Hits shown per study by default: one entry per case, its other members one click away ("N more in this case").
+DEFAULT_PER_STUDY = 1
+
+
+def study_key(item: Item) -> str:
+    """The study an item counts for: its ``study_id``, or its own id (an item of no study is a study of its own)."""
+    return item.study_id or item.id
+
+
+def text_key(item: Item) -> str:
+    """What makes two texts the same for folding: the words, case-folded (empty: never folded as a duplicate)."""
+    return " ".join(item.text.split()).casefold()
+
+
+def diversify(hits: Sequence[Hit], per_study: int = DEFAULT_PER_STUDY) -> list[Hit]:
+    """The hits shown, in rank order, each with the ids of the later hits folded under it as duplicates of its
+    text; ``per_study`` 0 returns the hits unchanged."""
+    if per_study < 0:
+        raise ValueError(f"per_study must be >= 0, got {per_study}")
+    if per_study == 0:
+        return list(hits)
+    shown: list[Hit] = []
+    dupes: dict[int, list[str]] = {}
+    per: dict[str, int] = {}
+    by_text: dict[str, int] = {}
+    for hit in hits:
+        text, study = text_key(hit.item), study_key(hit.item)
+        if text and text in by_text:
+            dupes.setdefault(by_text[text], []).append(hit.item.id)
+            continue
+        if per.get(study, 0) >= per_study:
+            continue
+        per[study] = per.get(study, 0) + 1
+        if text:
+            by_text[text] = len(shown)
+        shown.append(hit)
+    return [replace(h, duplicates=tuple(dupes[i])) if i in dupes else h for i, h in enumerate(shown)]
+
+
+def with_members(shown: Sequence[Hit], members: dict[str, list[Item]]) -> list[Hit]:
+    """Each shown hit with the other items of its study (``members``: by ``study_key``, e.g. a store's
+    ``members``) that are not shown themselves: "N more in this case"."""
+    on_screen = {h.item.id for h in shown}
+    return [replace(h, others=tuple(m for m in members.get(study_key(h.item), ()) if m.id not in on_screen))
+            for h in shown]  # fmt: skip

@@ -1,0 +1,63 @@
+"""Result diversification (``mcmfh.diversify``): one entry per study, duplicate texts folded, raw on request, and
+the prefix property kept; on an archive, the grouped search against the raw ranking it folds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mcmfh.archive import Archive
+from mcmfh.diversify import diversify, study_key, with_members
+from mcmfh.items import Hit, Item
+from test_archive_studies import QUERY, chain  # noqa: F401  (the module fixture: an archive with studies)
+
+
+def _hit(i: int, study: str | None, text: str) -> Hit:
+    return Hit(Item(f"i{i}", None, text, study_id=study), distance=i)
+
+
+RANKING = [_hit(0, "a", "ring lesion"), _hit(1, "a", "ring lesion, axial"), _hit(2, "b", "Ring  LESION"),
+           _hit(3, None, "infarct"), _hit(4, "c", "fracture"), _hit(5, "a", "other"), _hit(6, "c", "femur")]  # fmt: skip
+
+
+def test_one_entry_per_study_with_duplicate_texts_folded() -> None:
+    shown = diversify(RANKING)
+    assert [h.item.id for h in shown] == ["i0", "i3", "i4"]  # i2 repeats i0's text; a and c shown once each
+    assert shown[0].duplicates == ("i2",) and shown[1].duplicates == ()
+    assert [h.item.id for h in diversify(RANKING, per_study=2)] == ["i0", "i1", "i3", "i4", "i6"]
+    assert diversify(RANKING, per_study=0) == RANKING  # raw: nothing folded
+    with pytest.raises(ValueError):
+        diversify(RANKING, per_study=-1)
+
+
+def test_diversified_prefixes_are_prefixes() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        hits = [_hit(i, f"s{rng.integers(5)}", f"t{rng.integers(8)}") for i in range(int(rng.integers(1, 30)))]
+        whole = [h.item.id for h in diversify(hits)]
+        for n in range(len(hits) + 1):
+            part = [h.item.id for h in diversify(hits[:n])]
+            assert part == whole[: len(part)]
+
+
+def test_members_not_on_screen_are_the_rest_of_the_case() -> None:
+    shown = diversify(RANKING)
+    members = {"a": [RANKING[0].item, RANKING[1].item, RANKING[5].item], "i3": [RANKING[3].item]}
+    out = with_members(shown, members)
+    assert [m.id for m in out[0].others] == ["i1", "i5"] and out[1].others == () and out[2].others == ()
+
+
+def test_archive_search_is_grouped_by_default_and_raw_on_request(chain) -> None:  # noqa: F811
+    with Archive.open(chain["idx"]) as archive:
+        raw = archive.search_text(QUERY, k=len(archive), per_study=0)
+        for k in (3, 8):
+            grouped = archive.search_text(QUERY, k=k)
+            assert [h.item.id for h in grouped] == [h.item.id for h in diversify(raw)][:k]
+            studies = [study_key(h.item) for h in grouped]
+            assert len(set(studies)) == len(studies)  # one entry per study
+            members = archive.indexes["images"].members(studies)
+            for h in grouped:  # the rest of its study, none of them shown
+                assert {m.id for m in h.others} == {m.id for m in members[study_key(h.item)]} - {h.item.id}
+        assert [h.item.id for h in archive.search_text(QUERY, k=3)] == [h.item.id for h in grouped[:3]]
+        raw5 = archive.search_text(QUERY, k=5, per_study=0)
+        assert [h.item.id for h in raw5] == [h.item.id for h in raw[:5]] and all(not h.others for h in raw5)
