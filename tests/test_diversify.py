@@ -16,8 +16,15 @@ def _hit(i: int, study: str | None, text: str) -> Hit:
     return Hit(Item(f"i{i}", None, text, study_id=study), distance=i)
 
 
-RANKING = [_hit(0, "a", "ring lesion"), _hit(1, "a", "ring lesion, axial"), _hit(2, "b", "Ring  LESION"),
-           _hit(3, None, "infarct"), _hit(4, "c", "fracture"), _hit(5, "a", "other"), _hit(6, "c", "femur")]  # fmt: skip
+RANKING = [
+    _hit(0, "a", "ring lesion"),
+    _hit(1, "a", "ring lesion, axial"),
+    _hit(2, "b", "Ring  LESION"),
+    _hit(3, None, "infarct"),
+    _hit(4, "c", "fracture"),
+    _hit(5, "a", "other"),
+    _hit(6, "c", "femur"),
+]
 
 
 def test_one_entry_per_study_with_duplicate_texts_folded() -> None:
