@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mcmfh.diversify import diversify, study_key, with_members
 from mcmfh.index.codes import hamming_matrix, pack_codes
 from mcmfh.items import Hit, Item, StudyHit
 from mcmfh.service.engine import EngineInfo
@@ -166,12 +167,23 @@ class FakeEngine:
         order = np.argsort(distances, kind="stable")[:k]
         return [Hit(self.items[self.ids[j]], int(distances[j])) for j in order]
 
-    def search_text(self, query: str, k: int) -> list[Hit]:
-        return self._rank(text_code(query), self.text_codes, k)
+    def search_text(self, query: str, k: int, per_study: int | None = None) -> list[Hit]:
+        return self._shown(self._rank(text_code(query), self.text_codes, len(self.ids)), k, per_study)
 
-    def search_image(self, image: Image.Image, k: int) -> list[Hit]:
+    def search_image(self, image: Image.Image, k: int, per_study: int | None = None) -> list[Hit]:
         assert image.mode == "RGB", "the service must hand engines RGB images"
-        return self._rank(image_code(image), self.image_codes, k)
+        return self._shown(self._rank(image_code(image), self.image_codes, len(self.ids)), k, per_study)
+
+    def _shown(self, ranking: list[Hit], k: int, per_study: int | None) -> list[Hit]:
+        """The fake's default is the raw ranking; a request's per_study folds it as an archive does."""
+        self.per_study_asked = per_study
+        if not per_study:
+            return ranking[:k]
+        shown = diversify(ranking, per_study)[:k]
+        members: dict[str, list[Item]] = {}
+        for item_id in self.ids:
+            members.setdefault(study_key(self.items[item_id]), []).append(self.items[item_id])
+        return with_members(shown, members)
 
     def get_item(self, item_id: str) -> Item | None:
         return self.items.get(item_id)
@@ -189,6 +201,10 @@ class FakeEngine:
 class StudyFakeEngine(FakeEngine):
     """FakeEngine whose items form studies of two (``case0`` = items 0 and 1, ...), ranked by their nearest member
     (the no-fusion rule): enough to drive the page's study cards."""
+
+    def __init__(self, root: Path, escape_path: Path | None = None) -> None:
+        super().__init__(root, escape_path)
+        self.items = {i: dataclasses.replace(it, study_id=f"case{it.key // 2}") for i, it in self.items.items()}
 
     def info(self) -> EngineInfo:
         return dataclasses.replace(super().info(), studies=True)

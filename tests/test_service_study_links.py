@@ -112,3 +112,32 @@ def test_an_engine_without_the_whole_contract_is_refused_at_start_up(tmp_path) -
 
     with pytest.raises(TypeError, match="lacks facets"):
         create_app(Old(tmp_path), Settings())
+
+
+def test_per_study_groups_results_and_reaches_the_engine(tmp_path) -> None:
+    """``per_study`` (JSON field / form field) reaches the engine; grouped hits carry the rest of their case as
+    ``others`` (with image URLs) and the ids of folded duplicate texts; absent, the engine's default applies."""
+    from service_fake import StudyFakeEngine
+
+    engine = StudyFakeEngine(tmp_path)
+    client = _client(engine)
+    raw = client.post("/search/text", json={"query": TEXTS[3], "k": len(TEXTS)}).json()["results"]
+    assert engine.per_study_asked is None and all(h["others"] == [] for h in raw)
+    grouped = client.post("/search/text", json={"query": TEXTS[3], "k": len(TEXTS), "per_study": 1}).json()
+    grouped = grouped["results"]
+    assert engine.per_study_asked == 1
+    cases = [h["study_id"] for h in grouped]
+    first_of: dict[str, str] = {}
+    for h in raw:
+        first_of.setdefault(h["study_id"], h["id"])
+    assert len(set(cases)) == len(cases) == len(first_of) < len(raw)  # one entry per case
+    assert [h["id"] for h in grouped] == list(first_of.values())  # the best-matching member of each case
+    for h in grouped:
+        mates = [i for i in engine.ids if engine.items[i].study_id == h["study_id"] and i != h["id"]]
+        assert [m["id"] for m in h["others"]] == mates
+    assert any(m["image_url"] for h in grouped for m in h["others"])
+    for bad in (-1, True, 1001):
+        r = client.post("/search/text", json={"query": "x", "per_study": bad})
+        assert r.status_code == 422, bad
+    r = client.post("/search/image", files={"file": ("q.png", png_bytes(pattern_image(2)))}, data={"per_study": "0"})
+    assert r.status_code == 200 and engine.per_study_asked == 0

@@ -12,6 +12,7 @@ import typer
 from mcmfh.cli.app import app
 from mcmfh.cli.inputs import ENCODING_HELP, QUIET_HELP, SKIP_REPORT_HELP, load_input, progress_for, write_skip_report
 from mcmfh.cli.next_steps import require_archive, stray_query_line
+from mcmfh.diversify import DEFAULT_PER_STUDY
 from mcmfh.errors import MCMFHError
 
 if TYPE_CHECKING:
@@ -186,6 +187,7 @@ def info(archive_dir: Path = typer.Argument(..., help="Archive folder.")) -> Non
 # The search table's columns, said under it: a newcomer meets d= and s= before any documentation.
 D_KEY = "d = Hamming distance of the codes (0 to bits, smaller is closer)"
 S_KEY = "s = two-stage similarity (cosine, -1 to 1, the order shown)"
+MORE_SHOWN = 5  # member ids listed under a grouped hit in the table (all of them are in --json)
 
 
 @app.command()
@@ -207,6 +209,13 @@ def search(
         help="int8: two-stage (Hamming candidates re-scored by the stored payload; the default when "
         "the archive has one); none: Hamming order only.",
     ),
+    per_study: int = typer.Option(
+        DEFAULT_PER_STUDY,
+        "--per-study",
+        min=0,
+        help="Items shown per study (case), its other members listed under it, and repeated texts folded; "
+        "0: the raw item ranking.",
+    ),
 ) -> None:
     """Search an archive with a text or an image; prints ranked items with Hamming distances (and, two-stage, the
     re-scored similarity they are ordered by)."""
@@ -226,12 +235,14 @@ def search(
             return
         t0 = time.perf_counter()
         if text is not None:
-            hits = archive.search_text(text, k, target=target or "images", rerank=rerank)
+            hits = archive.search_text(text, k, target=target or "images", rerank=rerank, per_study=per_study)
         else:
-            hits = archive.search_image(image, k, target=target or "texts", rerank=rerank)
+            hits = archive.search_image(image, k, target=target or "texts", rerank=rerank, per_study=per_study)
         took_ms = (time.perf_counter() - t0) * 1000
-    rows = [{"rank": r + 1, "id": h.item.id, "distance": h.distance, "score": h.score,
-             "labels": list(h.item.labels), "text": h.item.text} for r, h in enumerate(hits)]  # fmt: skip
+    rows = [{"rank": r + 1, "id": h.item.id, "distance": h.distance, "score": h.score, "study_id": h.item.study_id,
+             "labels": list(h.item.labels), "text": h.item.text, "more": len(h.others),
+             "others": [m.id for m in h.others], "duplicates": list(h.duplicates)}
+            for r, h in enumerate(hits)]  # fmt: skip
     if as_json:
         typer.echo(json.dumps({"results": rows, "took_ms": took_ms}, indent=2))
         return
@@ -240,6 +251,11 @@ def search(
         score = "" if row["score"] is None else f"s={row['score']:.3f} "
         typer.echo(f"{row['rank']:>3}  d={row['distance']:<3} {score}{row['id']:<24} {caption}")
         typer.echo(f"{'':>10}labels: {', '.join(row['labels']) or '-'}")
+        if row["more"]:
+            shown = ", ".join(row["others"][:MORE_SHOWN]) + (" ..." if row["more"] > MORE_SHOWN else "")
+            typer.echo(f"{'':>10}+ {row['more']} more in this case: {shown}")
+        if row["duplicates"]:
+            typer.echo(f"{'':>10}same text: {', '.join(row['duplicates'][:MORE_SHOWN])}")
     typer.echo(f"{len(rows)} result(s) in {took_ms:.1f} ms (encode + search)")
     if rows:
         typer.echo(f"{D_KEY}; {S_KEY}" if any(r["score"] is not None for r in rows) else D_KEY)

@@ -40,6 +40,8 @@ from mcmfh.service.middleware import (
     error_logger,
 )
 from mcmfh.service.schemas import (
+    PER_STUDY_HELP,
+    PER_STUDY_MAX,
     TARGET_HELP,
     ErrorOut,
     FacetsOut,
@@ -87,18 +89,22 @@ def _item_out(item: Item) -> ItemOut:
                    study_id=item.study_id)  # fmt: skip
 
 
+def _member_out(item: Item) -> StudyMemberOut:
+    return StudyMemberOut(id=item.id, text=item.text, labels=list(item.labels), image_url=_image_url(item))
+
+
 def _hit_out(hit: Hit, study: dict[str, str] | None, viewer_url: str | None) -> HitOut:
     it, study = hit.item, study or {}
     return HitOut(id=it.id, distance=hit.distance, score=hit.score, text=it.text, labels=list(it.labels),
                   image_url=_image_url(it), modality=study.get("modality") or None,
                   body_part=study.get("body_part") or None, study_date=study.get("study_date") or None,
                   viewer_url=viewer_link(viewer_url, study) if viewer_url and study else None,
-                  study_id=it.study_id)  # fmt: skip
+                  study_id=it.study_id, others=[_member_out(m) for m in hit.others],
+                  duplicates=list(hit.duplicates))  # fmt: skip
 
 
 def _study_out(hit: StudyHit) -> StudyHitOut:
-    members = [StudyMemberOut(id=it.id, text=it.text, labels=list(it.labels), image_url=_image_url(it))
-               for it in hit.members]  # fmt: skip
+    members = [_member_out(it) for it in hit.members]
     return StudyHitOut(study_id=hit.study_id, distance=hit.distance, score=hit.score, members=members)
 
 
@@ -133,7 +139,14 @@ def _filtered(
     return keep[:k], study
 
 
-IMAGE_FORM_FIELDS = ("file", "k", "modality", "body_part", "target")  # the parameters of POST /search/image
+# The parameters of POST /search/image.
+IMAGE_FORM_FIELDS = ("file", "k", "modality", "body_part", "target", "per_study")
+
+
+def _per_study(value: int | None) -> dict[str, int]:
+    """The ``per_study`` keyword for the engine, only when the request gave one: an engine written before it (taking
+    query and k) keeps working, with its own default."""
+    return {} if value is None else {"per_study": value}
 
 
 def _refuse_unknown_fields(form: Mapping[str, object]) -> None:
@@ -295,7 +308,8 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
             studies = _study_engine(engine, filters)
             found = await workers.run(studies.search_studies_text, query, k)
             return StudySearchOut(results=[_study_out(h) for h in found], took_ms=(time.perf_counter() - start) * 1000)
-        hits, study = await workers.run(_filtered, engine, lambda n: engine.search_text(query, n), k, filters)
+        per = _per_study(body.per_study)
+        hits, study = await workers.run(_filtered, engine, lambda n: engine.search_text(query, n, **per), k, filters)
         return SearchOut(results=[_hit_out(h, study.get(h.item.id), settings.viewer_url) for h in hits],
                          took_ms=(time.perf_counter() - start) * 1000)  # fmt: skip
 
@@ -307,6 +321,7 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
         modality: str | None = Form(default=None, max_length=64),
         body_part: str | None = Form(default=None, max_length=64),
         target: Target | None = Form(default=None, description=TARGET_HELP),
+        per_study: WholeNumber | None = Form(default=None, ge=0, le=PER_STUDY_MAX, description=PER_STUDY_HELP),
     ) -> SearchOut | StudySearchOut:
         _refuse_unknown_fields(await request.form())
         k = bounded_k(k)
@@ -322,7 +337,8 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
 
         def run() -> tuple[list[Hit], dict[str, dict[str, str]]]:
             image = decode_image(data, settings.max_pixels)
-            return _filtered(engine, lambda n: engine.search_image(image, n), k, filters)
+            per = _per_study(per_study)
+            return _filtered(engine, lambda n: engine.search_image(image, n, **per), k, filters)
 
         hits, study = await workers.run(run)
         return SearchOut(results=[_hit_out(h, study.get(h.item.id), settings.viewer_url) for h in hits],

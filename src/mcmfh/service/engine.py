@@ -37,12 +37,13 @@ class SearchEngine(Protocol):
 
     def info(self) -> EngineInfo: ...
 
-    def search_text(self, query: str, k: int) -> list[Hit]:
-        """The ``k`` nearest items to a text query, closest first (ties in a stable order)."""
+    def search_text(self, query: str, k: int, per_study: int | None = None) -> list[Hit]:
+        """The ``k`` nearest items to a text query, closest first (ties in a stable order); ``per_study``: hits
+        shown per study with duplicate texts folded (``mcmfh.diversify``; 0: raw; None: the engine's default)."""
         ...
 
-    def search_image(self, image: Image.Image, k: int) -> list[Hit]:
-        """The ``k`` nearest items to an RGB image query, closest first."""
+    def search_image(self, image: Image.Image, k: int, per_study: int | None = None) -> list[Hit]:
+        """The ``k`` nearest items to an RGB image query, closest first (``per_study`` as for text)."""
         ...
 
     def get_item(self, item_id: str) -> Item | None: ...

@@ -53,6 +53,13 @@ TARGET_HELP = (
 )
 
 
+PER_STUDY_HELP = (
+    "Items shown per study (case), the study's other members listed under each (`others`) and repeated texts "
+    "folded (`duplicates`); 0: the raw item ranking. Default: the engine's (one per study for an archive)."
+)
+PER_STUDY_MAX = 1000  # a bound, not a tuning: no study holds more members than this on one page
+
+
 class TextQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
     query: str = Field(description="Free text, e.g. 'axial CT, ring-enhancing lesion in the right frontal lobe'.")
@@ -61,26 +68,9 @@ class TextQuery(BaseModel):
     modality: str | None = Field(default=None, max_length=64, description="Only items of this modality (PACS sync).")
     body_part: str | None = Field(default=None, max_length=64, description="Only items of this body part.")
     target: Target | None = Field(default=None, description=TARGET_HELP)
+    per_study: StrictInt | None = Field(default=None, ge=0, le=PER_STUDY_MAX, description=PER_STUDY_HELP)
 
     _unicode = field_validator("query")(valid_unicode)
-
-
-class HitOut(BaseModel):
-    id: str
-    distance: int = Field(description="Hamming distance between the query code and the item code.")
-    score: float | None = Field(
-        None,
-        description="Two-stage search: the re-scored similarity (cosine of the stored payload and the query's "
-        "own relaxed output) the results are ordered by; null for one-stage (Hamming order).",
-    )
-    text: str
-    labels: list[str]
-    image_url: str | None
-    modality: str | None = Field(None, description="From the PACS (items synced with `mcmfh index sync`).")
-    body_part: str | None = None
-    study_date: str | None = None
-    viewer_url: str | None = Field(None, description="The study in the PACS viewer (`mcmfh serve --viewer-url`).")
-    study_id: str | None = Field(None, description="The study (exam, case) the item belongs to, if any.")
 
 
 class StudyMemberOut(BaseModel):
@@ -90,13 +80,41 @@ class StudyMemberOut(BaseModel):
     image_url: str | None
 
 
+class HitOut(BaseModel):
+    id: str
+    distance: int = Field(description="Hamming distance between the query code and the item code.")
+    score: float | None = Field(
+        None,
+        description="Two-stage search: the re-scored similarity (cosine of the stored payload and the query's "
+        "own relaxed output, -1 to 1) the results are ordered by; null for one-stage (Hamming order).",
+    )
+    text: str
+    labels: list[str]
+    image_url: str | None
+    modality: str | None = Field(None, description="From the PACS (items synced with `mcmfh index sync`).")
+    body_part: str | None = None
+    study_date: str | None = None
+    viewer_url: str | None = Field(None, description="The study in the PACS viewer (`mcmfh serve --viewer-url`).")
+    study_id: str | None = Field(None, description="The study (exam, case) the item belongs to, if any.")
+    others: list[StudyMemberOut] = Field(
+        default_factory=list, description="Grouped results: the study's other items, not shown themselves."
+    )
+    duplicates: list[str] = Field(
+        default_factory=list, description="Grouped results: ids of lower-ranked items with the same text, folded."
+    )
+
+
 class StudyHitOut(BaseModel):
     study_id: str
     distance: int = Field(
         description="Hamming distance between the query code and the study's code (its fused "
         "study code, or the nearest of its members' codes for a model without a study head)."
     )
-    score: float | None = None
+    score: float | None = Field(
+        None,
+        description="Two-stage study search: the re-scored similarity (cosine of the study's stored relaxed output "
+        "and the query's own) the studies are ordered by; null for one-stage (Hamming order).",
+    )
     members: list[StudyMemberOut] = Field(description="The study's items (images and reports), in archive order.")
 
 

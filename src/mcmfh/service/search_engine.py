@@ -19,6 +19,7 @@ from pathlib import Path
 from PIL import Image
 
 from mcmfh.archive import Archive
+from mcmfh.diversify import DEFAULT_PER_STUDY
 from mcmfh.items import Hit, Item, StudyHit
 from mcmfh.pacs.state import FACETS, SyncState, state_path
 from mcmfh.service.engine import EngineInfo
@@ -82,11 +83,13 @@ class ArchiveEngine:
                           items=len(self.archive), name=self.archive.folder.name,
                           studies=self.archive.has_studies)  # fmt: skip
 
-    def search_text(self, query: str, k: int) -> list[Hit]:
-        return self.archive.search_text(query, k)
+    def search_text(self, query: str, k: int, per_study: int | None = None) -> list[Hit]:
+        per = DEFAULT_PER_STUDY if per_study is None else per_study
+        return self.archive.search_text(query, k, per_study=per)
 
-    def search_image(self, image: Image.Image, k: int) -> list[Hit]:
-        return self.archive.search_image(image, k)
+    def search_image(self, image: Image.Image, k: int, per_study: int | None = None) -> list[Hit]:
+        per = DEFAULT_PER_STUDY if per_study is None else per_study
+        return self.archive.search_image(image, k, per_study=per)
 
     def search_studies_text(self, query: str, k: int) -> list[StudyHit]:
         return self.archive.search_studies_text(query, k)
