@@ -146,8 +146,10 @@ def evaluate(
             f" | every item re-scored {metrics[f'i2t_map_2s_{name}_all']:.4f} / {metrics[f't2i_map_2s_{name}_all']:.4f}"
         )
     for mode in (m for m in mode_list if m not in PAIR_MODES and f"{m}_map" in metrics):
-        rules = [r for r in ("fused", "min", "sum") if f"{mode}_{r}_map" in metrics]
+        rules = [r for r in ("fused", "fused_2s", "min", "sum") if f"{mode}_{r}_map" in metrics]
         detail = ", ".join(f"{r} {metrics[f'{mode}_{r}_map']:.4f}" for r in rules)
+        p10 = [(r, metrics.get(f"{mode}_{r}_p10")) for r in rules]
+        detail += "; P@10 " + ", ".join(f"{r} {v:.4f}" for r, v in p10 if v is not None) if rules else ""
         typer.echo(f"{mode}: mAP (tie-aware) {metrics[f'{mode}_map']:.4f}" + (f" ({detail})" if detail else ""))
     if payloads != ["none"] and "two_stage" not in metrics:
         typer.echo(f"two-stage: none ({method.name} has no relaxed output to re-score with)")
