@@ -209,14 +209,18 @@ class StudyFakeEngine(FakeEngine):
     def info(self) -> EngineInfo:
         return dataclasses.replace(super().info(), studies=True)
 
+    def _rank(self, code: np.ndarray, database: np.ndarray, k: int) -> list[Hit]:
+        # Scored like two-stage hits (a similarity per hit, in rank order) so the page shows one.
+        return [dataclasses.replace(h, score=1.0 - 2.0 * h.distance / BITS) for h in super()._rank(code, database, k)]
+
     def _studies(self, hits: list[Hit], k: int) -> list[StudyHit]:
         members: dict[str, list[Item]] = {}
         for item_id in self.ids:
             members.setdefault(f"case{self.items[item_id].key // 2}", []).append(self.items[item_id])
-        best: dict[str, int] = {}
+        best: dict[str, Hit] = {}
         for h in hits:
-            best.setdefault(f"case{h.item.key // 2}", h.distance)
-        return [StudyHit(s, d, tuple(members[s])) for s, d in list(best.items())[:k]]
+            best.setdefault(f"case{h.item.key // 2}", h)
+        return [StudyHit(s, h.distance, tuple(members[s]), h.score) for s, h in list(best.items())[:k]]
 
     def search_studies_text(self, query: str, k: int) -> list[StudyHit]:
         return self._studies(self.search_text(query, len(self.ids)), k)

@@ -101,6 +101,11 @@ def test_text_search_image_upload_and_item_view(page, tmp_path: Path) -> None:
     expect(first.locator(".labels li")).to_have_text(["loc:region0", "cat:kind1"])
     wait_image_loaded(page, "#results img")
     expect(page.locator("#status")).to_contain_text("3 results")
+    # The query is shown beside its results, and a legend says what distance and similarity mean.
+    expect(page.locator("#query-text")).to_have_text(TEXTS[3])
+    expect(page.locator("#query-image")).to_be_hidden()
+    expect(page.locator("#legend")).to_contain_text("Hamming distance")
+    expect(page.locator("#legend")).to_contain_text("similarity")
 
     # Image search from the keyboard: Enter on the drop zone opens the file chooser.
     query_png = tmp_path / "query.png"
@@ -110,6 +115,9 @@ def test_text_search_image_upload_and_item_view(page, tmp_path: Path) -> None:
         page.keyboard.press("Enter")
     chooser.value.set_files(str(query_png))
     expect(page.locator("#status")).to_contain_text("for query.png")
+    expect(page.locator("#query-text")).to_contain_text("query.png")
+    expect(page.locator("#query-image")).to_be_visible()
+    wait_image_loaded(page, "#query-image")  # the uploaded image itself, from the browser's own copy
     expect(cards.first).to_contain_text("MPX0004_synpic4")
     expect(cards.first).to_contain_text("distance 0")
 
@@ -246,6 +254,7 @@ def test_page_over_a_medpix_archive_shows_the_first_screen_by_rescored_similarit
             cards = page.locator("#results li button.card .distance")
             sync_api.expect(cards).to_have_count(12)
             lines = cards.all_text_contents()
+            cases = page.locator("#results li button.card .case").all_text_contents()
             shot = Path(os.environ.get("MCMFH_SCREENSHOT_DIR", tmp_path)) / "service-page-medpix2-two-stage.png"
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot), full_page=True)
@@ -256,6 +265,7 @@ def test_page_over_a_medpix_archive_shows_the_first_screen_by_rescored_similarit
     sims = [float(m.group(1)) for m in parsed]
     assert sims == sorted(sims, reverse=True), lines  # the order on screen is the re-scored similarity
     assert len(set(sims)) > 1, lines  # and it separates items a Hamming tie group would leave in insertion order
+    assert len(cases) == 12 and len(set(cases)) == 12, cases  # one card per case (issue 25), by default
     assert shot.stat().st_size > 1000
 
 
@@ -303,6 +313,7 @@ def test_an_archive_with_studies_is_searched_by_study_and_shows_study_cards(tmp_
         first = cards.first
         expect(first.locator("h3")).to_have_text("Study case1")
         expect(first).to_contain_text("distance 0")
+        expect(first.locator(".distance")).to_contain_text("similarity 1.000")  # every study card is scored
         expect(first.locator(".thumbs img")).to_have_count(2)
         expect(first.locator(".reports li")).to_have_text([TEXTS[2], TEXTS[3]])
         wait_image_loaded(page, "#results .thumbs img")
@@ -313,7 +324,30 @@ def test_an_archive_with_studies_is_searched_by_study_and_shows_study_cards(tmp_
         first.locator(".thumbs button").nth(1).click()
         expect(page.locator("#item-title")).to_have_text("MPX0003_synpic3")
         page.keyboard.press("Escape")
+        # A study card opens to its members, each of which opens its item.
+        members = first.locator("details.members")
+        expect(members.locator("button").first).to_be_hidden()
+        members.locator("summary").click()
+        expect(members.locator("button")).to_have_count(2)
+        members.locator("button").first.click()
+        expect(page.locator("#item-title")).to_have_text("MPX0002_synpic2")
+        page.keyboard.press("Escape")
+        # Single items: one per case by default, the rest of the case one click away; unticked, the raw list.
         page.select_option("#target", "items")
+        expect(page.locator("#per-case")).to_be_checked()
+        page.press("#query", "Enter")
+        cards = page.locator("#results > li")
+        expect(cards).to_have_count(3)
+        top = cards.first
+        expect(top.locator("button.card")).to_contain_text("MPX0003_synpic3")
+        expect(top.locator("button.card")).to_contain_text("similarity")
+        expect(top.locator("button.card .case")).to_have_text("Case case1")
+        expect(top.locator("details.more summary")).to_have_text("1 more in this case")
+        top.locator("details.more summary").click()
+        top.locator("details.more button").click()
+        expect(page.locator("#item-title")).to_have_text("MPX0002_synpic2")
+        page.keyboard.press("Escape")
+        page.uncheck("#per-case")
         page.press("#query", "Enter")
         expect(page.locator("#results li button.card")).to_have_count(min(12, len(TEXTS)))
         assert errors == []

@@ -7,6 +7,7 @@ const VIEW_SIDE = 1024;
 let objectUrls = [];
 let lastCard = null;
 let searchSeq = 0;  // only the newest search may fill the grid (an older, slower answer is dropped)
+let queryUrl = null;  // the uploaded query image, shown beside the results until the next search
 
 function token() { return sessionStorage.getItem("mcmfh-token"); }
 
@@ -56,13 +57,43 @@ function labelList(labels) {
   return ul;
 }
 
+function similarity(hit) {
+  return hit.score === null || hit.score === undefined ? "" : ` · similarity ${hit.score.toFixed(3)}`;
+}
+
+function memberList(members, owner) {
+  // The items of a case, each a button that opens it (inside a <details>: opened on demand).
+  const ul = document.createElement("ul");
+  for (const member of members) {
+    const li = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.id = member.id;
+    button.textContent = `${member.id}${member.image_url ? "" : " (no image)"}: ${member.text}`;
+    button.setAttribute("aria-label", `Open item ${member.id} of ${owner}`);
+    button.addEventListener("click", () => openItem(member.id, button));
+    li.appendChild(button);
+    ul.appendChild(li);
+  }
+  return ul;
+}
+
+function foldable(className, summaryText, members, owner) {
+  const details = document.createElement("details");
+  details.className = className;
+  const summary = document.createElement("summary");
+  summary.textContent = summaryText;
+  details.append(summary, memberList(members, owner));
+  return details;
+}
+
 function card(hit, rank) {
   const li = document.createElement("li");
   const button = document.createElement("button");
   button.type = "button";
   button.className = "card";
   button.dataset.id = hit.id;
-  const scored = hit.score === null || hit.score === undefined ? "" : ` · similarity ${hit.score.toFixed(3)}`;
+  const scored = similarity(hit);
   button.setAttribute("aria-label", `Result ${rank}: ${hit.id}, Hamming distance ${hit.distance}${scored}. Open item.`);
   if (hit.image_url) {
     const img = document.createElement("img");
@@ -84,6 +115,12 @@ function card(hit, rank) {
   caption.textContent = hit.text;
   const study = [hit.modality, hit.body_part, hit.study_date].filter(Boolean).join(" · ");
   const parts = [distance, caption, labelList(hit.labels)];
+  if (hit.study_id) {
+    const which = document.createElement("span");
+    which.className = "case";
+    which.textContent = `Case ${hit.study_id}`;
+    parts.splice(1, 0, which);
+  }
   if (study) {
     const meta = document.createElement("span");
     meta.className = "study";
@@ -103,6 +140,17 @@ function card(hit, rank) {
     link.setAttribute("aria-label", `Open the study of ${hit.id} in the PACS viewer`);
     li.appendChild(link);
   }
+  const others = hit.others || [];
+  if (others.length) {  // grouped results: the rest of the case, one click away
+    li.appendChild(foldable("more", `${others.length} more in this case`, others, `case ${hit.study_id}`));
+  }
+  const duplicates = hit.duplicates || [];
+  if (duplicates.length) {
+    const same = document.createElement("p");
+    same.className = "more";
+    same.textContent = `${duplicates.length} more with the same text: ${duplicates.join(", ")}`;
+    li.appendChild(same);
+  }
   return li;
 }
 
@@ -112,13 +160,13 @@ function studyCard(hit, rank) {
   const box = document.createElement("article");
   box.className = "study-card";
   box.dataset.study = hit.study_id;
-  box.setAttribute("aria-label", `Result ${rank}: study ${hit.study_id}, Hamming distance ${hit.distance}, ` +
-    `${hit.members.length} item(s)`);
+  box.setAttribute("aria-label", `Result ${rank}: study ${hit.study_id}, Hamming distance ${hit.distance}` +
+    `${similarity(hit)}, ${hit.members.length} item(s)`);
   const title = document.createElement("h3");
   title.textContent = `Study ${hit.study_id}`;
   const distance = document.createElement("span");
   distance.className = "distance";
-  distance.textContent = `#${rank} · distance ${hit.distance} · ${hit.members.length} item(s)`;
+  distance.textContent = `#${rank}${similarity(hit)} · distance ${hit.distance} · ${hit.members.length} item(s)`;
   const thumbs = document.createElement("div");
   thumbs.className = "thumbs";
   for (const member of hit.members.filter((m) => m.image_url)) {
@@ -143,7 +191,9 @@ function studyCard(hit, rank) {
     reports.appendChild(report);
   }
   const labels = [...new Set(hit.members.flatMap((m) => m.labels))];
-  box.append(title, distance, thumbs, reports, labelList(labels));
+  const members = foldable("members", `Open the ${hit.members.length} item(s) of this study`, hit.members,
+    `study ${hit.study_id}`);
+  box.append(title, distance, thumbs, reports, labelList(labels), members);
   li.appendChild(box);
   return li;
 }
@@ -160,6 +210,22 @@ function render(payload, what, seq) {
 }
 
 function target() { return $("target-row").hidden ? "items" : $("target").value; }
+
+function perStudy() {
+  // Only where the archive has studies (the row is shown) and single items are asked for: 1 groups by case, 0 is raw.
+  if ($("target-row").hidden || target() !== "items") return {};
+  return { per_study: $("per-case").checked ? 1 : 0 };
+}
+
+function showQuery(text, file) {
+  if (queryUrl) URL.revokeObjectURL(queryUrl);
+  queryUrl = file ? URL.createObjectURL(file) : null;
+  const img = $("query-image");
+  img.hidden = !queryUrl;
+  if (queryUrl) img.src = queryUrl; else img.removeAttribute("src");
+  $("query-text").textContent = text;
+  $("query-view").hidden = false;
+}
 
 function k() { return Number.parseInt($("k").value, 10) || 12; }
 
@@ -196,11 +262,12 @@ async function searchText(event) {
   if (!query) { setStatus("Type a query first.", true); return; }
   setStatus("Searching…");
   const seq = ++searchSeq;
+  showQuery(query, null);
   try {
     const response = await api("/search/text", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ query, k: k(), target: target(), ...filters() }),
+      body: JSON.stringify({ query, k: k(), target: target(), ...perStudy(), ...filters() }),
     });
     render(await response.json(), "the text query", seq);
   } catch (error) {
@@ -215,8 +282,9 @@ async function searchImage(file) {
   form.append("file", file);
   form.append("k", String(k()));
   form.append("target", target());
-  for (const [name, value] of Object.entries(filters())) form.append(name, value);
+  for (const [name, value] of Object.entries({ ...perStudy(), ...filters() })) form.append(name, String(value));
   const seq = ++searchSeq;
+  showQuery(`Image: ${file.name}`, file);
   try {
     const response = await api("/search/image", { method: "POST", body: form });
     render(await response.json(), file.name, seq);
@@ -249,6 +317,7 @@ async function loadHealth() {
     const h = await (await api("/health")).json();
     $("k").max = String(h.max_k);
     $("target-row").hidden = !h.studies;  // an archive with studies is searched by study unless asked otherwise
+    syncPerCase();
     $("model").textContent = `${h.model}, ${h.bits}-bit codes, ${h.items} items` + (h.name ? ` (${h.name})` : "");
   } catch (error) {
     $("model").textContent = error.message;
@@ -271,8 +340,11 @@ function setupDrop() {
   file.addEventListener("change", () => { searchImage(file.files[0]); file.value = ""; });
 }
 
+function syncPerCase() { $("per-case-label").hidden = target() !== "items"; }
+
 document.addEventListener("DOMContentLoaded", () => {
   $("text-form").addEventListener("submit", searchText);
+  $("target").addEventListener("change", syncPerCase);
   $("token-form").addEventListener("submit", (event) => {
     event.preventDefault();
     sessionStorage.setItem("mcmfh-token", $("token").value);
