@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mcmfh.archive import Archive
-from mcmfh.diversify import diversify, study_key, with_members
+from mcmfh.diversify import case_metrics, diversified_rows, diversify, study_key, with_members
 from mcmfh.items import Hit, Item
 from test_archive_studies import QUERY, chain  # noqa: F401  (the module fixture: an archive with studies)
 
@@ -68,3 +68,21 @@ def test_archive_search_is_grouped_by_default_and_raw_on_request(chain) -> None:
         assert [h.item.id for h in archive.search_text(QUERY, k=3)] == [h.item.id for h in grouped[:3]]
         raw5 = archive.search_text(QUERY, k=5, per_study=0)
         assert [h.item.id for h in raw5] == [h.item.id for h in raw[:5]] and all(not h.others for h in raw5)
+
+
+def test_the_evaluations_array_view_matches_diversify_on_hits() -> None:
+    """``diversified_rows`` / ``case_metrics`` (the evaluation) fold a ranking exactly as ``diversify`` (search)."""
+    rng = np.random.default_rng(4)
+    for _ in range(30):
+        n = int(rng.integers(5, 40))
+        groups, texts = rng.integers(0, 6, n), [f"t{x}" for x in rng.integers(0, 10, n)]
+        keys = rng.integers(0, 4, n)  # ties: database order decides
+        order = np.argsort(keys, kind="stable")
+        hits = [Hit(Item(f"i{r}", None, texts[r], study_id=f"s{groups[r]}"), int(keys[r])) for r in order]
+        want = [int(h.item.id[1:]) for h in diversify(hits)][:10]
+        assert diversified_rows(order, groups, np.array(texts, dtype=object), 10) == want
+        rel = rng.random((1, n)) < 0.5
+        m = case_metrics(keys[None], rel, groups, np.array(texts, dtype=object), 10)
+        assert m["p_cases"] == pytest.approx(rel[0, want].sum() / 10)
+        assert m["p_items"] == pytest.approx(rel[0, order[:10]].sum() / 10)
+        assert m["cases_raw"] == len(set(groups[order[:10]].tolist()))

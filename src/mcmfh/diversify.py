@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
+
+import numpy as np
 
 from mcmfh.items import Hit, Item
 
@@ -62,3 +65,38 @@ def with_members(shown: Sequence[Hit], members: dict[str, list[Item]]) -> list[H
     on_screen = {h.item.id for h in shown}
     return [replace(h, others=tuple(m for m in members.get(study_key(h.item), ()) if m.id not in on_screen))
             for h in shown]  # fmt: skip
+
+
+def diversified_rows(order: np.ndarray, groups: np.ndarray, texts: np.ndarray, k: int, per_study: int = 1) -> list[int]:
+    """The first k rows of a database ranking (``order``: row numbers, best first) as diversification shows them:
+    at most ``per_study`` rows per group (``groups``: a study number per row) and no row whose text (``texts``: a
+    hashable text key per row, e.g. the text embedding's bytes) an earlier shown row had. The evaluation's view of
+    ``diversify``, on arrays."""
+    shown: list[int] = []
+    per: dict[int, int] = {}
+    seen: set[Any] = set()
+    for r in order:
+        g, t = int(groups[r]), texts[r]
+        if t in seen or per.get(g, 0) >= per_study:
+            continue
+        seen.add(t)
+        per[g] = per.get(g, 0) + 1
+        shown.append(int(r))
+        if len(shown) == k:
+            break
+    return shown
+
+
+def case_metrics(keys: np.ndarray, rel: np.ndarray, groups: np.ndarray, texts: np.ndarray, k: int) -> dict[str, float]:
+    """For (Q, N) rank keys (lower first; ties in database order) and relevance: ``p_cases`` — precision of the
+    first k entries of the diversified ranking (distinct cases); ``p_items`` — of the raw first k, same order;
+    ``cases_raw`` — distinct groups among the raw first k. Stable order inside ties, not tie-aware."""
+    p_cases, p_items, cases_raw = [], [], []
+    for q in range(keys.shape[0]):
+        order = np.argsort(keys[q], kind="stable")
+        shown = diversified_rows(order, groups, texts, k)
+        p_cases.append(float(rel[q, shown].sum()) / k)
+        p_items.append(float(rel[q, order[:k]].sum()) / k)
+        cases_raw.append(len(set(groups[order[:k]].tolist())))
+    return {"p_cases": float(np.mean(p_cases)), "p_items": float(np.mean(p_items)),
+            "cases_raw": float(np.mean(cases_raw))}  # fmt: skip
