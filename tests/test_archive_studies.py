@@ -406,3 +406,21 @@ def test_server_store_sqlite_metadata_keeps_studies(tmp_path):
     meta.add(np.zeros((1, 2), np.uint8), [Item("d", None, "w", study_id="s2")], meta.reserve_keys(1))
     assert meta.lookup([3])[3].study_id == "s2"
     meta.close()
+
+
+def test_an_archive_without_a_study_payload_answers_studies_one_stage(chain, tmp_path):
+    """An archive built before study payloads (its manifest's studies entry has none) keeps working: Hamming order,
+    ``score`` null, and asking for two-stage studies says why it cannot."""
+    import json
+
+    folder = copy_archive(chain, tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["studies"]["payload"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with Archive.open(folder) as archive:
+        assert archive.study_codec is None
+        hits = archive.search_studies_text(QUERY, k=5)
+        assert all(h.score is None for h in hits)
+        assert [h.distance for h in hits] == sorted(h.distance for h in hits)
+        with pytest.raises(MCMFHError, match="no studies payload"):
+            archive.search_studies_text(QUERY, k=5, rerank="int8")
