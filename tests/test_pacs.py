@@ -112,9 +112,9 @@ def test_sync_search_incremental_prune(pacs, archive, basic_auth, capsys):
     with Archive.open(archive) as a:
         assert len(a) == n0 + 5 and len(a.indexes["images"]) == n0 + 5
         assert a.get(a_sops[0]).text == REPORT_A and a.get(a_sops[0]).source == "pacs"
-        hits = a.search_text(REPORT_B, k=5, target="texts")
+        hits = a.search_text(REPORT_B, k=5, target="texts", per_study=0)
         assert {h.item.id for h in hits if h.distance == 0} >= set(b_sops)
-        image_hits = a.search_image(a.get(a_sops[2]).image, k=3, target="images")
+        image_hits = a.search_image(a.get(a_sops[2]).image, k=3, target="images", per_study=0)
         assert image_hits[0].distance == 0
 
     again = run_sync(archive, pacs.url)  # nothing new: lists only
