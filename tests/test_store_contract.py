@@ -118,7 +118,9 @@ def test_a_server_store_stays_exact_with_codes_a_killed_add_left_without_metadat
     s.close()
 
 
-def test_two_stage_search_reads_items_and_payloads_in_one_query(tmp_path: Path) -> None:
+def test_two_stage_search_reads_payloads_in_one_query_and_only_the_kept_items(tmp_path: Path) -> None:
+    """One query for every candidate's payload row, one for the k items kept: with the candidate floor (1000
+    candidates), building every candidate's item made a MedPix search 28 ms instead of 4.7 ms."""
     codes, items = data(40)
     codec = make_codec("int8", 8)
     store = ItemIndex.create(tmp_path / "idx", BITS)
@@ -130,5 +132,6 @@ def test_two_stage_search_reads_items_and_payloads_in_one_query(tmp_path: Path) 
     again = store.search(codes[:2], 5, rescore=query)
     store.table._db.set_trace_callback(None)
     assert again == before and all(len(hits) == 5 for hits in again)
-    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 1, statements
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 2 and "payload" in selects[0] and "payload" not in selects[1], statements
     store.close()

@@ -99,11 +99,12 @@ class ItemStore(Protocol):
 
 
 class ItemRows(Protocol):
-    """The metadata side a search reads: items by key, and (stores with payloads) items with their payload rows in
-    one round trip (a store without payloads refuses ``payload_rows``)."""
+    """The metadata side a search reads: items by key, and (stores with payloads) payload rows by key, alone or with
+    their items in one round trip (a store without payloads refuses ``payloads`` and ``payload_rows``)."""
 
     def lookup(self, keys: Sequence[int] | np.ndarray) -> dict[int, Item]: ...
     def payload_rows(self, keys: Sequence[int] | np.ndarray, width: int) -> tuple[dict[int, Item], np.ndarray]: ...
+    def payloads(self, keys: Sequence[int] | np.ndarray, width: int) -> np.ndarray: ...
 
 
 def search_store(codes: NearestCodes, rows: ItemRows, queries: np.ndarray, k: int, rescore: Rescore | None = None,
@@ -138,15 +139,16 @@ def search_store(codes: NearestCodes, rows: ItemRows, queries: np.ndarray, k: in
 
 def _two_stage(codes: NearestCodes, rows: ItemRows, queries: np.ndarray, k: int,
                how: Rescore) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, Item]]:  # fmt: skip
-    """Stage 1 (whole tie groups, ``mcmfh.index.rerank.candidates``), then stage 2 on the candidates' payload rows,
-    read with their items in one query: (distances, keys, similarities), each (Q, k), -1 / -inf padded, and the
-    candidates' items."""
+    """Stage 1 (``mcmfh.index.rerank.candidates``), then stage 2 on the candidates' payload rows (read without their
+    items), then one lookup of the items kept: (distances, keys, similarities), each (Q, k), -1 / -inf padded, and
+    the hits' items."""
     cands = candidates(codes, queries, k, how.oversample, budget=how.budget)
     ids = np.unique(cands.ids[cands.ids >= 0])  # sorted: a key's payload row is found by bisection
-    items, payload = rows.payload_rows(ids, how.codec.bytes_per_item)
+    payload = rows.payloads(ids, how.codec.bytes_per_item)
     # Padding slots (-1) land on row 0; rescore masks them.
     result = rescore(cands, payload, how.vectors, how.codec, k, rows_of=lambda key: np.searchsorted(ids, key))
-    return result.distances, result.ids, result.similarities, items
+    kept = np.unique(result.ids[result.ids >= 0])
+    return result.distances, result.ids, result.similarities, rows.lookup(kept) if kept.size else {}
 
 
 def widen(search: Callable[[int], T], enough: Callable[[T, int], bool], first: int, limit: int | None = None) -> T:
