@@ -20,4 +20,4 @@ def training_size_note(method: str, n_train: int) -> str | None:
         return None
     return (f"note: {n_train} training pairs: below {SMALL_ARCHIVE_PAIRS} pairs UCCH (and CCA-ITQ in paired recall) "
             f"measured ahead of MCMFH; compare them with `mcmfh experiment` (methods mcmfh, ucch, cca-itq) before "
-            f"you index (docs/model.md, 'Small archives')")  # fmt: skip
+            f"you index (docs/model.md, 'Small archives and collapse')")  # fmt: skip
