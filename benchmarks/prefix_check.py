@@ -35,7 +35,7 @@ SMALL, LARGE = 5, 50  # the issue's --k 5 against --k 50
 
 
 def _queries(features: Path, split: str, n: int) -> list[tuple[str, str, Path]]:
-    from mcmfh.archive import dataset_from_source
+    from mcmfh.data import dataset_from_source
     from mcmfh.features import FeatureSet
 
     fs = FeatureSet.load(features)
