@@ -86,3 +86,26 @@ def test_the_evaluations_array_view_matches_diversify_on_hits() -> None:
         assert m["p_cases"] == pytest.approx(rel[0, want].sum() / 10)
         assert m["p_items"] == pytest.approx(rel[0, order[:10]].sum() / 10)
         assert m["cases_raw"] == len(set(groups[order[:10]].tolist()))
+
+
+def test_cli_groups_by_default_and_per_study_zero_is_raw(chain, capsys) -> None:  # noqa: F811
+    import json
+
+    from mcmfh.cli import main
+
+    def run(*extra: str) -> list[dict]:
+        assert main(["search", str(chain["idx"]), "--text", QUERY, "--k", "6", "--json", *extra]) == 0
+        return json.loads(capsys.readouterr().out)["results"]
+
+    grouped, raw = run(), run("--per-study", "0")
+    with Archive.open(chain["idx"]) as archive:
+        want = archive.search_text(QUERY, k=6)
+    assert [r["id"] for r in grouped] == [h.item.id for h in want]
+    assert [r["others"] for r in grouped] == [[m.id for m in h.others] for h in want]
+    assert all(r["more"] == len(r["others"]) for r in grouped) and all(r["others"] == [] for r in raw)
+    studies = [r["study_id"] or r["id"] for r in grouped]
+    assert len(set(studies)) == len(studies)
+    assert main(["search", str(chain["idx"]), "--text", QUERY, "--k", "6"]) == 0
+    table = capsys.readouterr().out
+    assert any(r["more"] for r in grouped) and "more in this case" in table
+    assert main(["search", str(chain["idx"]), "--text", QUERY, "--per-study", "-1"]) == 2
