@@ -32,6 +32,7 @@ from typing import Any
 
 from mcmfh.archive_agreement import check_agreement
 from mcmfh.archive_commit import CommittedIndexes
+from mcmfh.archive_hybrid import channel_depth, hybrid_items, hybrid_studies, use_hybrid
 from mcmfh.archive_query import QueryCoder
 from mcmfh.archive_search import MODALITIES, item_target, rerank_mode, search_items, search_studies
 from mcmfh.archive_writes import (
@@ -264,14 +265,23 @@ class Archive:
         return self.payload_codec.name if self.payload_codec else "none"
 
     # ---------------------------------------------------------------------------------------------- search
-    def search_text(self, query: str, k: int = 10, target: str = "images", rerank: str | None = None) -> list[Hit]:
+    def search_text(self, query: str, k: int = 10, target: str = "images", rerank: str | None = None,
+                    hybrid: bool | None = None) -> list[Hit]:  # fmt: skip
         """Items nearest to a text query, by their ``target`` codes (images: cross-modal; texts: same modality).
 
         ``rerank``: ``none`` (Hamming order only) or the archive's payload (two-stage: candidates re-scored, hits
-        carry ``score``); default: two-stage when the archive has a payload."""
+        carry ``score``); default: two-stage when the archive has a payload. ``hybrid``: fuse with the lexical
+        channel over the stored texts (``mcmfh.archive_hybrid``; hits then carry the fused score); default
+        ``archive_hybrid.HYBRID_DEFAULT``."""
         if not query.strip():
             raise MCMFHError("empty text query")
-        return self._search("texts", query, k, target, rerank)
+        part = item_target(target)
+        if not use_hybrid(self.indexes, part, hybrid):
+            return self._search("texts", query, k, target, rerank)
+        mode = rerank_mode(self.payload_codec, rerank)
+        code, relaxed = self.coder.code("texts", query)
+        with self.committed.lock:
+            return hybrid_items(self.indexes[part], query, code, relaxed, self.payload_codec, mode, k)
 
     def search_image(
         self, image: ImageInput, k: int = 10, target: str = "texts", rerank: str | None = None
@@ -279,11 +289,18 @@ class Archive:
         """Items nearest to an image query (a path or a PIL image), by their ``target`` codes (see search_text)."""
         return self._search("images", image, k, target, rerank)
 
-    def search_studies_text(self, query: str, k: int = 10, rerank: str | None = None) -> list[StudyHit]:
-        """Studies nearest to a text query (coded alone, as every query), nearest first; see ``study_rule``."""
+    def search_studies_text(self, query: str, k: int = 10, rerank: str | None = None,
+                            hybrid: bool | None = None) -> list[StudyHit]:  # fmt: skip
+        """Studies nearest to a text query (coded alone, as every query), nearest first; see ``study_rule``.
+        ``hybrid``: as ``search_text``, studies ranked lexically by their best-matching member."""
         if not query.strip():
             raise MCMFHError("empty text query")
-        return self._search_studies("texts", query, k, rerank)
+        if self.study_rule is None or not use_hybrid(self.indexes, "texts", hybrid):
+            return self._search_studies("texts", query, k, rerank)
+        cross = self._search_studies("texts", query, channel_depth(k), rerank)
+        code, _ = self.coder.code("texts", query)
+        with self.committed.lock:
+            return hybrid_studies(self.indexes, self.study_rule, query, code, k, cross)
 
     def search_studies_image(self, image: ImageInput, k: int = 10, rerank: str | None = None) -> list[StudyHit]:
         """Studies nearest to an image query (a path or a PIL image), nearest first; see ``study_rule``."""
@@ -335,6 +352,8 @@ class Archive:
             partial = check_agreement(self.indexes, has_record=bool(self.record)).ids()
             if partial:
                 self._writer().remove(partial)
+            for index in self.indexes.values():  # an archive made before text search gets its text index
+                index.build_text_index()
             return partial
 
     def compact(self) -> dict[str, bool]:
