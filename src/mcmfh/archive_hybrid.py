@@ -89,12 +89,9 @@ def hybrid_studies(indexes: Mapping[str, ItemStore], rule: str, query: str, code
                    cross: list[StudyHit]) -> list[StudyHit]:  # fmt: skip
     """The top k studies for a text query: ``cross``, the cross-modal study ranking (top ``channel_depth(k)``),
     fused with the lexical ranking of the studies by their best-matching member's report."""
-    depth = channel_depth(k)
-    best: dict[str, float] = {}
-    for item, s in indexes["texts"].lexical(query, depth):
-        best.setdefault(item.study_id or item.id, s)  # best first: a study's first member is its best
+    lexical = lexical_studies(indexes["texts"], query, channel_depth(k))
     fused = rrf([[(h.study_id, (h.distance, -(h.score or 0.0))) for h in cross],
-                 [(sid, -s) for sid, s in best.items()]])[:k]  # fmt: skip
+                 [(sid, -s) for sid, s in lexical]])[:k]  # fmt: skip
     known = {h.study_id: h for h in cross}
     others = [sid for sid, _ in fused if sid not in known]
     members = indexes["texts"].members(others)
@@ -104,6 +101,15 @@ def hybrid_studies(indexes: Mapping[str, ItemStore], rule: str, query: str, code
         hit = known.get(sid)
         out.append(StudyHit(sid, hit.distance if hit else dist[sid], hit.members if hit else tuple(members[sid]), s))
     return out
+
+
+def lexical_studies(store: ItemStore, query: str, depth: int) -> list[tuple[str, float]]:
+    """The lexical study ranking: studies by their best-matching member among the top ``depth`` item matches,
+    (study id, that member's BM25 score), best first."""
+    best: dict[str, float] = {}
+    for item, s in store.lexical(query, depth):
+        best.setdefault(item.study_id or item.id, s)  # best first: a study's first member is its best
+    return list(best.items())
 
 
 def _study_distances(indexes: Mapping[str, ItemStore], rule: str, code: np.ndarray, study_ids: list[str],
