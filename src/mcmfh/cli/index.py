@@ -186,6 +186,7 @@ def info(archive_dir: Path = typer.Argument(..., help="Archive folder.")) -> Non
 # The search table's columns, said under it: a newcomer meets d= and s= before any documentation.
 D_KEY = "d = Hamming distance of the codes (0 to bits, smaller is closer)"
 S_KEY = "s = two-stage similarity (cosine, -1 to 1, the order shown)"
+H_KEY = "s = hybrid score (reciprocal rank fusion of the code and report-text rankings; the order shown)"
 
 
 @app.command()
@@ -207,6 +208,12 @@ def search(
         help="int8: two-stage (Hamming candidates re-scored by the stored payload; the default when "
         "the archive has one); none: Hamming order only.",
     ),
+    hybrid: bool = typer.Option(
+        None,
+        "--hybrid/--no-hybrid",
+        help="Text queries: also look the words up in the stored reports (BM25) and fuse both rankings "
+        "(docs/hybrid.md); default: off.",
+    ),
 ) -> None:
     """Search an archive with a text or an image; prints ranked items with Hamming distances (and, two-stage, the
     re-scored similarity they are ordered by)."""
@@ -220,13 +227,15 @@ def search(
     require_archive(archive_dir)
     if target is not None and target not in TARGETS:
         raise MCMFHError(f"--target {target}: expected one of {list(TARGETS)}")
+    if hybrid and image is not None:
+        raise MCMFHError("--hybrid: looks up the words of a text query; an image query has none (drop --hybrid)")
     with Archive.open(archive_dir) as archive:
         if target == "studies":
-            _search_studies(archive, text, image, k, rerank, as_json)
+            _search_studies(archive, text, image, k, rerank, as_json, hybrid)
             return
         t0 = time.perf_counter()
         if text is not None:
-            hits = archive.search_text(text, k, target=target or "images", rerank=rerank)
+            hits = archive.search_text(text, k, target=target or "images", rerank=rerank, hybrid=hybrid)
         else:
             hits = archive.search_image(image, k, target=target or "texts", rerank=rerank)
         took_ms = (time.perf_counter() - t0) * 1000
@@ -242,18 +251,19 @@ def search(
         typer.echo(f"{'':>10}labels: {', '.join(row['labels']) or '-'}")
     typer.echo(f"{len(rows)} result(s) in {took_ms:.1f} ms (encode + search)")
     if rows:
-        typer.echo(f"{D_KEY}; {S_KEY}" if any(r["score"] is not None for r in rows) else D_KEY)
+        key = H_KEY if hybrid else S_KEY
+        typer.echo(f"{D_KEY}; {key}" if any(r["score"] is not None for r in rows) else D_KEY)
 
 
 def _search_studies(archive: object, text: str | None, image: Path | None, k: int, rerank: str | None,
-                    as_json: bool) -> None:  # fmt: skip
+                    as_json: bool, hybrid: bool | None = None) -> None:  # fmt: skip
     """``mcmfh search --target studies``: one row per study, its members below it."""
     from mcmfh.archive import Archive
 
     assert isinstance(archive, Archive)
     t0 = time.perf_counter()
     if text is not None:
-        hits = archive.search_studies_text(text, k, rerank=rerank)
+        hits = archive.search_studies_text(text, k, rerank=rerank, hybrid=hybrid)
     else:
         hits = archive.search_studies_image(image, k, rerank=rerank)
     took_ms = (time.perf_counter() - t0) * 1000

@@ -293,9 +293,10 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
         filters = _filters(body.modality, body.body_part)
         if body.target == "studies":
             studies = _study_engine(engine, filters)
-            found = await workers.run(studies.search_studies_text, query, k)
+            found = await workers.run(studies.search_studies_text, query, k, body.hybrid)
             return StudySearchOut(results=[_study_out(h) for h in found], took_ms=(time.perf_counter() - start) * 1000)
-        hits, study = await workers.run(_filtered, engine, lambda n: engine.search_text(query, n), k, filters)
+        hits, study = await workers.run(_filtered, engine, lambda n: engine.search_text(query, n, body.hybrid), k,
+                                       filters)  # fmt: skip
         return SearchOut(results=[_hit_out(h, study.get(h.item.id), settings.viewer_url) for h in hits],
                          took_ms=(time.perf_counter() - start) * 1000)  # fmt: skip
 

@@ -37,8 +37,9 @@ class SearchEngine(Protocol):
 
     def info(self) -> EngineInfo: ...
 
-    def search_text(self, query: str, k: int) -> list[Hit]:
-        """The ``k`` nearest items to a text query, closest first (ties in a stable order)."""
+    def search_text(self, query: str, k: int, hybrid: bool | None = None) -> list[Hit]:
+        """The ``k`` nearest items to a text query, closest first (ties in a stable order); ``hybrid``: fused
+        with the report-text ranking (None: the archive's default)."""
         ...
 
     def search_image(self, image: Image.Image, k: int) -> list[Hit]:
@@ -66,8 +67,9 @@ class StudyEngine(SearchEngine, Protocol):
     """An engine that can also rank whole studies (``"target": "studies"``); ``info().studies`` says whether its
     archive has any."""
 
-    def search_studies_text(self, query: str, k: int) -> list[StudyHit]:
-        """The ``k`` nearest studies to a text query, closest first, each with its member items."""
+    def search_studies_text(self, query: str, k: int, hybrid: bool | None = None) -> list[StudyHit]:
+        """The ``k`` nearest studies to a text query, closest first, each with its member items (``hybrid``: as
+        ``search_text``)."""
         ...
 
     def search_studies_image(self, image: Image.Image, k: int) -> list[StudyHit]:

@@ -82,14 +82,14 @@ class ArchiveEngine:
                           items=len(self.archive), name=self.archive.folder.name,
                           studies=self.archive.has_studies)  # fmt: skip
 
-    def search_text(self, query: str, k: int) -> list[Hit]:
-        return self.archive.search_text(query, k)
+    def search_text(self, query: str, k: int, hybrid: bool | None = None) -> list[Hit]:
+        return self.archive.search_text(query, k, hybrid=hybrid)
 
     def search_image(self, image: Image.Image, k: int) -> list[Hit]:
         return self.archive.search_image(image, k)
 
-    def search_studies_text(self, query: str, k: int) -> list[StudyHit]:
-        return self.archive.search_studies_text(query, k)
+    def search_studies_text(self, query: str, k: int, hybrid: bool | None = None) -> list[StudyHit]:
+        return self.archive.search_studies_text(query, k, hybrid=hybrid)
 
     def search_studies_image(self, image: Image.Image, k: int) -> list[StudyHit]:
         return self.archive.search_studies_image(image, k)
