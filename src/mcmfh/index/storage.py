@@ -307,9 +307,10 @@ class ItemIndex:
 
     def build_text_index(self) -> bool:
         """Give an index made before text search its text index, under the writer lock; False when it has one."""
-        with self._writing():  # _writing's recovery upgrades the table, which builds the text index
+        had = self.table.has_text_index()
+        with self._writing():  # its recovery upgrades the table, which builds the text index, under the lock
             pass
-        return self.table.build_text_index()
+        return not had
 
     def info(self) -> StoreInfo:
         return StoreInfo(len(self.index.segments), self.index.codes, sealed_from(self.manifest), self.index.ids)
