@@ -196,5 +196,5 @@ def test_cli_and_api_take_the_hybrid_flag(chain, capsys, tmp_path):
     with TestClient(create_app(engine)) as client:
         assert client.post("/search/text", json={"query": "lung", "k": 2, "hybrid": True}).status_code == 200
         assert client.post("/search/text", json={"query": "lung", "k": 2}).status_code == 200
-        assert engine.hybrid == [True, None]
+        assert engine.hybrid == [True, None]  # None: called without the argument
         assert client.post("/search/text", json={"query": "lung", "hybrid": "yes"}).status_code == 422
