@@ -70,16 +70,6 @@ def run_identity(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
             "encoder": manifest.get("encoder"), "encoder_version": manifest.get("encoder_version")}  # fmt: skip
 
 
-def dataset_from_source(source: dict[str, Any]) -> Dataset:
-    """Reload the dataset a feature cache was encoded from (its manifest's ``source``)."""
-    from mcmfh.data import load_dataset
-
-    if not source or "loader" not in source:
-        raise MCMFHError("the features do not record which dataset they came from; pass the dataset explicitly")
-    return load_dataset(source["loader"], source["root"], label_set=source.get("label_set"), skip_bad=True,
-                        **source.get("options", {}))  # fmt: skip
-
-
 class Archive:
     """Open with ``Archive.open(folder)``; make with ``Archive.build(run_dir, features, out)``."""
 
@@ -141,7 +131,10 @@ class Archive:
         part = features.splits(*splits)
         if not len(part):
             raise MCMFHError(f"features have no items in split(s) {list(splits)}")
-        dataset = dataset or dataset_from_source(features.manifest.get("source", {}))
+        if dataset is None:
+            from mcmfh.data import dataset_from_source  # the loaders, only where an archive is built
+
+            dataset = dataset_from_source(features.manifest.get("source", {}))
         batch = batch_from_features(part, dataset)
         identity = run_identity(run_dir, run_manifest)
         config = store or StoreConfig()

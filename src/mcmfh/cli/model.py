@@ -35,6 +35,7 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Fit a method on the train split (dev for model choice) and save it as a run folder."""
+    from mcmfh.advice import training_size_note
     from mcmfh.code_health import collapse_warning
     from mcmfh.outputs import check_output
     from mcmfh.runs import train_run
@@ -51,8 +52,9 @@ def train(
             f"{log['n_train']} training items (items without labels trained the pairing terms only)"
         )
     warning = collapse_warning(log.get("code_health") or {}, "the codes of train + dev")
-    if warning:
-        typer.echo(warning, err=True)
+    for line in (warning, training_size_note(method, int(log["n_train"]))):
+        if line:
+            typer.echo(line, err=True)
 
 
 @app.command()

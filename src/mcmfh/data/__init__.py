@@ -3,7 +3,7 @@
 from mcmfh.data.images import check_image, load_image
 from mcmfh.data.loader_spec import register_loader
 from mcmfh.data.records import SPLITS, Dataset, LoadReport, build_vocab
-from mcmfh.data.registry import available_datasets, load_dataset
+from mcmfh.data.registry import available_datasets, dataset_from_source, load_dataset
 
 __all__ = [
     "SPLITS",
@@ -12,6 +12,7 @@ __all__ = [
     "available_datasets",
     "build_vocab",
     "check_image",
+    "dataset_from_source",
     "load_dataset",
     "load_image",
     "register_loader",

@@ -65,3 +65,11 @@ def load_dataset(
     dataset.report.skipped = list(issues.items)
     dataset.source = {"loader": name, "root": str(root.resolve()), "label_set": label_set, "options": options}
     return dataset
+
+
+def dataset_from_source(source: dict) -> Dataset:
+    """Reload the dataset a feature cache was encoded from (its manifest's ``source``)."""
+    if not source or "loader" not in source:
+        raise MCMFHError("the features do not record which dataset they came from; pass the dataset explicitly")
+    return load_dataset(source["loader"], source["root"], label_set=source.get("label_set"), skip_bad=True,
+                        **source.get("options", {}))  # fmt: skip

@@ -22,7 +22,7 @@ Selection = Literal["dev_map", "dev_map_recall", "dev_loss", "last"]
 Capacity = Literal["auto", "full", "small"]
 # Upper bounds on the widths for a small training set (capacity "small", or "auto" below ``small_train_pairs``):
 # about a tenth of the parameters. Not the default: +0.01-0.02 tie-aware mAP on MedPix subsets of 60 and 150 pairs
-# but -0.03 on the 60-pair stress-panels set (docs/model.md, "Small archives").
+# but -0.03 on the 60-pair stress-panels set (docs/model.md, "Small archives and collapse").
 SMALL_WIDTHS = {"dv_hidden": 128, "width": 64, "ffn_hidden": 64, "hash_hidden": 64}
 
 

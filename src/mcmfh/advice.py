@@ -1,0 +1,23 @@
+"""What ``mcmfh train`` tells a user whose archive is smaller than the MCMFH recipe was measured to lead on.
+
+The threshold is measured, not guessed (benchmarks/results/robustness_16bit_issue29.md, 16 bits, 3 seeds): on
+MedPix trained on about 60 pairs UCCH leads MCMFH in label mAP (0.300 / 0.291 against 0.260 / 0.250) and paired R@10
+(0.282 / 0.190 against 0.175 / 0.137); on about 150 pairs (MedPix) and 130 pairs (``vqa_rad``) MCMFH is level or
+ahead in label mAP. Nothing between 60 and 130 pairs was measured, so the line is drawn at 100.
+"""
+
+from __future__ import annotations
+
+# Below this many training pairs a user is told to compare MCMFH with the baselines that led it there.
+SMALL_ARCHIVE_PAIRS = 100
+# Methods whose recipe these measurements are about.
+MCMFH_FAMILY = ("mcmfh", "mcmfh-no-moe", "mcmfh-no-dv", "mcmfh-no-gateloss", "mcmfh-no-fusion")
+
+
+def training_size_note(method: str, n_train: int) -> str | None:
+    """One line for ``mcmfh train`` when ``method`` was fitted on fewer pairs than it was measured to lead on."""
+    if method not in MCMFH_FAMILY or n_train >= SMALL_ARCHIVE_PAIRS:
+        return None
+    return (f"note: {n_train} training pairs: below {SMALL_ARCHIVE_PAIRS} pairs UCCH (and CCA-ITQ in paired recall) "
+            f"measured ahead of MCMFH; compare them with `mcmfh experiment` (methods mcmfh, ucch, cca-itq) before "
+            f"you index (docs/model.md, 'Small archives and collapse')")  # fmt: skip
