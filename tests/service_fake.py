@@ -142,6 +142,7 @@ class FakeEngine:
         self.ids = list(self.items)
         self.text_codes, self.image_codes = np.stack(text_codes), np.stack(image_codes)
         self.calls = 0
+        self.hybrid: list[bool | None] = []  # the hybrid argument of each text search (tests read it)
         self._lock = threading.Lock()
         self.study: dict[str, dict[str, str]] = {}  # PACS metadata by item id (tests fill it)
 
@@ -167,7 +168,8 @@ class FakeEngine:
         order = np.argsort(distances, kind="stable")[:k]
         return [Hit(self.items[self.ids[j]], int(distances[j])) for j in order]
 
-    def search_text(self, query: str, k: int, per_study: int | None = None) -> list[Hit]:
+    def search_text(self, query: str, k: int, per_study: int | None = None, hybrid: bool | None = None) -> list[Hit]:
+        self.hybrid.append(hybrid)
         return self._shown(self._rank(text_code(query), self.text_codes, len(self.ids)), k, per_study)
 
     def search_image(self, image: Image.Image, k: int, per_study: int | None = None) -> list[Hit]:
@@ -222,8 +224,8 @@ class StudyFakeEngine(FakeEngine):
             best.setdefault(f"case{h.item.key // 2}", h)
         return [StudyHit(s, h.distance, tuple(members[s]), h.score) for s, h in list(best.items())[:k]]
 
-    def search_studies_text(self, query: str, k: int) -> list[StudyHit]:
-        return self._studies(self.search_text(query, len(self.ids)), k)
+    def search_studies_text(self, query: str, k: int, hybrid: bool | None = None) -> list[StudyHit]:
+        return self._studies(self.search_text(query, len(self.ids), hybrid), k)
 
     def search_studies_image(self, image: Image.Image, k: int) -> list[StudyHit]:
         return self._studies(self.search_image(image, len(self.ids)), k)

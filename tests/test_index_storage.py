@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from mcmfh.errors import ArtefactError, MCMFHError
+from mcmfh.index import text_index
 from mcmfh.index.codes import hamming_matrix
 from mcmfh.index.storage import DB_NAME, ItemIndex
 from mcmfh.items import Item
@@ -53,6 +54,15 @@ def check_consistent(folder: Path) -> int:
             assert it.text == f"caption {n}" and it.labels == (f"l{n % 3}",) and it.image == Path(f"img/{n}.png")
             numbers.append(n)
         np.testing.assert_array_equal(codes, codes_of(np.array(numbers, np.int64)))
+        # The text index (kept in step by triggers) holds exactly the committed items, and matches its item table.
+        assert {it.id for it, _ in idx.lexical("caption", len(all_items) + 10)} == {it.id for it in all_items}
+        for n in numbers[:3]:
+            assert [it.id for it, _ in idx.lexical(str(n), 5)] == [f"it{n}"]
+        con = sqlite3.connect(folder / DB_NAME, isolation_level=None)
+        try:
+            text_index.check(con)
+        finally:
+            con.close()
         if len(idx):
             q = codes[:3]
             hits = idx.search(q, 5)

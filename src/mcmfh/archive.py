@@ -32,6 +32,7 @@ from typing import Any
 
 from mcmfh.archive_agreement import check_agreement
 from mcmfh.archive_commit import CommittedIndexes
+from mcmfh.archive_hybrid import channel_depth, hybrid_items, hybrid_studies, use_hybrid
 from mcmfh.archive_query import QueryCoder
 from mcmfh.archive_search import MODALITIES, item_target, rerank_mode, search_diversified, search_studies
 from mcmfh.archive_writes import (
@@ -43,7 +44,7 @@ from mcmfh.archive_writes import (
     studies_entry,
 )
 from mcmfh.data.records import Dataset
-from mcmfh.diversify import DEFAULT_PER_STUDY
+from mcmfh.diversify import DEFAULT_PER_STUDY, diversify
 from mcmfh.encoders.base import Encoder, ImageInput
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.features import FeatureSet
@@ -263,28 +264,46 @@ class Archive:
 
     # ---------------------------------------------------------------------------------------------- search
     def search_text(self, query: str, k: int = 10, target: str = "images", rerank: str | None = None,
-                    per_study: int = DEFAULT_PER_STUDY) -> list[Hit]:  # fmt: skip
+                    per_study: int = DEFAULT_PER_STUDY, hybrid: bool | None = None) -> list[Hit]:  # fmt: skip
         """Items nearest to a text query, by their ``target`` codes (images: cross-modal; texts: same modality).
 
         ``rerank``: ``none`` (Hamming order only) or the archive's payload (two-stage: candidates re-scored, hits
         carry ``score``); default: two-stage when the archive has a payload. ``per_study``: hits shown per study,
-        duplicate texts folded (``mcmfh.diversify``; 0: the raw item ranking)."""
+        duplicate texts folded (``mcmfh.diversify``; 0: the raw item ranking). ``hybrid``: fuse with the lexical
+        channel over the stored texts (``mcmfh.archive_hybrid``; hits then carry the fused score; the fused list
+        is grouped as the plain one); default ``archive_hybrid.HYBRID_DEFAULT``."""
         if not query.strip():
             raise MCMFHError("empty text query")
-        return self._search("texts", query, k, target, rerank, per_study)
+        part = item_target(target)
+        if not use_hybrid(self.indexes, part, hybrid):
+            return self._search("texts", query, k, target, rerank, per_study)
+        if per_study < 0:
+            raise MCMFHError(f"per_study must be >= 0 (0: every item), got {per_study}")
+        mode = rerank_mode(self.payload_codec, rerank)
+        code, relaxed = self.coder.code("texts", query)
+        depth = channel_depth(k) if per_study else k  # grouping folds hits: group the fused list, then cut to k
+        with self.committed.lock:
+            hits = hybrid_items(self.indexes[part], query, code, relaxed, self.payload_codec, mode, depth)
+        return diversify(hits, per_study)[:k] if per_study else hits
 
     def search_image(self, image: ImageInput, k: int = 10, target: str = "texts", rerank: str | None = None,
                      per_study: int = DEFAULT_PER_STUDY) -> list[Hit]:  # fmt: skip
         """Items nearest to an image query (a path or a PIL image), by their ``target`` codes (see search_text)."""
         return self._search("images", image, k, target, rerank, per_study)
 
-    def search_studies_text(self, query: str, k: int = 10, rerank: str | None = None) -> list[StudyHit]:
+    def search_studies_text(self, query: str, k: int = 10, rerank: str | None = None,
+                            hybrid: bool | None = None) -> list[StudyHit]:  # fmt: skip
         """Studies nearest to a text query (coded alone, as every query), nearest first; see ``study_rule``.
         ``rerank``: as for items; fused studies with a study payload are two-stage by default (hits carry
-        ``score``)."""
+        ``score``). ``hybrid``: as ``search_text``, studies ranked lexically by their best-matching member."""
         if not query.strip():
             raise MCMFHError("empty text query")
-        return self._search_studies("texts", query, k, rerank)
+        if self.study_rule is None or not use_hybrid(self.indexes, "texts", hybrid):
+            return self._search_studies("texts", query, k, rerank)
+        cross = self._search_studies("texts", query, channel_depth(k), rerank)
+        code, _ = self.coder.code("texts", query)
+        with self.committed.lock:
+            return hybrid_studies(self.indexes, self.study_rule, query, code, k, cross)
 
     def search_studies_image(self, image: ImageInput, k: int = 10, rerank: str | None = None) -> list[StudyHit]:
         """Studies nearest to an image query (a path or a PIL image), nearest first; see ``study_rule``."""
@@ -339,6 +358,8 @@ class Archive:
             partial = check_agreement(self.indexes, has_record=bool(self.record)).ids()
             if partial:
                 self._writer().remove(partial)
+            for index in self.indexes.values():  # an archive made before text search gets its text index
+                index.build_text_index()
             return partial
 
     def compact(self) -> dict[str, bool]:

@@ -188,6 +188,7 @@ def info(archive_dir: Path = typer.Argument(..., help="Archive folder.")) -> Non
 D_KEY = "d = Hamming distance of the codes (0 to bits, smaller is closer)"
 S_KEY = "s = two-stage similarity (cosine, -1 to 1, the order shown)"
 MORE_SHOWN = 5  # member ids listed under a grouped hit in the table (all of them are in --json)
+H_KEY = "s = hybrid score (reciprocal rank fusion of the code and report-text rankings; the order shown)"
 
 
 @app.command()
@@ -216,6 +217,12 @@ def search(
         help="Items shown per study (case), its other members listed under it, and repeated texts folded; "
         "0: the raw item ranking.",
     ),
+    hybrid: bool = typer.Option(
+        None,
+        "--hybrid/--no-hybrid",
+        help="Text queries: also look the words up in the stored reports (BM25) and fuse both rankings "
+        "(docs/hybrid.md); default: off.",
+    ),
 ) -> None:
     """Search an archive with a text or an image; prints ranked items with Hamming distances (and, two-stage, the
     re-scored similarity they are ordered by)."""
@@ -229,13 +236,16 @@ def search(
     require_archive(archive_dir)
     if target is not None and target not in TARGETS:
         raise MCMFHError(f"--target {target}: expected one of {list(TARGETS)}")
+    if hybrid and image is not None:
+        raise MCMFHError("--hybrid: looks up the words of a text query; an image query has none (drop --hybrid)")
     with Archive.open(archive_dir) as archive:
         if target == "studies":
-            _search_studies(archive, text, image, k, rerank, as_json)
+            _search_studies(archive, text, image, k, rerank, as_json, hybrid)
             return
         t0 = time.perf_counter()
         if text is not None:
-            hits = archive.search_text(text, k, target=target or "images", rerank=rerank, per_study=per_study)
+            hits = archive.search_text(text, k, target=target or "images", rerank=rerank, per_study=per_study,
+                                       hybrid=hybrid)  # fmt: skip
         else:
             hits = archive.search_image(image, k, target=target or "texts", rerank=rerank, per_study=per_study)
         took_ms = (time.perf_counter() - t0) * 1000
@@ -258,18 +268,19 @@ def search(
             typer.echo(f"{'':>10}same text: {', '.join(row['duplicates'][:MORE_SHOWN])}")
     typer.echo(f"{len(rows)} result(s) in {took_ms:.1f} ms (encode + search)")
     if rows:
-        typer.echo(f"{D_KEY}; {S_KEY}" if any(r["score"] is not None for r in rows) else D_KEY)
+        key = H_KEY if hybrid else S_KEY
+        typer.echo(f"{D_KEY}; {key}" if any(r["score"] is not None for r in rows) else D_KEY)
 
 
 def _search_studies(archive: object, text: str | None, image: Path | None, k: int, rerank: str | None,
-                    as_json: bool) -> None:  # fmt: skip
+                    as_json: bool, hybrid: bool | None = None) -> None:  # fmt: skip
     """``mcmfh search --target studies``: one row per study, its members below it."""
     from mcmfh.archive import Archive
 
     assert isinstance(archive, Archive)
     t0 = time.perf_counter()
     if text is not None:
-        hits = archive.search_studies_text(text, k, rerank=rerank)
+        hits = archive.search_studies_text(text, k, rerank=rerank, hybrid=hybrid)
     else:
         hits = archive.search_studies_image(image, k, rerank=rerank)
     took_ms = (time.perf_counter() - t0) * 1000

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from mcmfh.errors import ArtefactError, MCMFHError
+from mcmfh.index import text_index
 from mcmfh.index.columns import NAMES, SQL_CHUNK, item_from_row, select_names, sqlite_table, study_filter
 from mcmfh.index.sealed import seal, unseal
 from mcmfh.io import sqlite_transaction
@@ -57,6 +58,8 @@ def create_table(path: Path, generations: bool) -> None:
     """Make the file's schema (a new, empty table)."""
     con = sqlite3.connect(path)
     con.executescript(_GENERATIONS if generations else _LIVE)
+    if generations:  # a local store's text index (mcmfh.index.text_index), kept in step by triggers
+        con.executescript(text_index.schema())
     con.close()
 
 
@@ -71,6 +74,7 @@ class SqliteItemTable:
         self.sealed_from: int | None = None  # generations layout: the first key whose payload is sealed
         self._names: str | None = None  # the SELECT list for this table's columns (older tables lack study_id)
         self._payload_column = False
+        self._text_index = False
         self._upgraded = False
         try:
             # check_same_thread=False: callers such as the service serialise access with their own lock.
@@ -170,6 +174,32 @@ class SqliteItemTable:
             self._payload_column = "payload" in self._columns()
         return self._payload_column
 
+    def has_text_index(self) -> bool:
+        """Whether the table has its text index (``mcmfh.index.text_index``; tables made before it have none)."""
+        if not self._text_index:  # once there, always there: the check runs until then, not on every search
+            self._text_index = text_index.exists(self._db)
+        return self._text_index
+
+    def lexical(self, query: str, n: int) -> list[tuple[Item, float]]:
+        """Generations layout: the ``n`` visible items whose text best matches ``query`` by BM25, best first (ties
+        by key), each with its BM25 score (higher is better); none when the query has no words to look up."""
+        if not self.has_text_index():
+            raise MCMFHError(f"index {self.name}: made before text search (run `mcmfh index repair` on the archive)")
+        match = text_index.match_expression(query)
+        if match is None or n < 1:
+            return []
+        where, params = self._visible()
+        rows = self._db.execute(text_index.search_sql(self._select(), where), (match, *params, int(n)))
+        return [(item_from_row(row[:-1]), float(row[-1])) for row in rows]
+
+    def build_text_index(self) -> bool:
+        """Generations layout, under the store's writer lock: give a table made before text search its text index
+        (one transaction); False when it has one."""
+        with self._writes():
+            made = text_index.build(self._db)
+        self._text_index = True
+        return made
+
     def members(self, study_ids: Sequence[str]) -> dict[str, list[Item]]:
         """The items of each of ``study_ids`` (by ``Item.study_id``, or its own id for an item of no study), in key
         order; a study with no item here is left out. A table made before studies has none but singletons."""
@@ -221,6 +251,8 @@ class SqliteItemTable:
                     self._db.execute(f"ALTER TABLE items ADD COLUMN {definition}")
             if self.generations:
                 self._db.executescript(_GENERATIONS)  # after the columns: its indexes name them
+        if self.generations:
+            self.build_text_index()
         self._names = None
         self._upgraded = True
 

@@ -227,6 +227,10 @@ class ServerStore:
         """Nothing to fold: the server manages its segments (False: nothing was compacted)."""
         return False
 
+    def build_text_index(self) -> bool:
+        """No text index on a server store yet (``capabilities.lexical`` is False): nothing is built."""
+        return False
+
     def writer_lock(self, timeout: float, what: str) -> contextlib.AbstractContextManager[None]:
         """Held with the archive's file lock by every change: with metadata in PostgreSQL, writers on other
         machines (another copy of the archive folder) are serialised too."""
@@ -300,6 +304,9 @@ class ServerStore:
 
     def payload_rows(self, keys: Sequence[int] | np.ndarray, width: int) -> tuple[dict[int, Item], np.ndarray]:
         return {}, self.payloads(keys, width)
+
+    def lexical(self, query: str, n: int) -> list[tuple[Item, float]]:
+        raise MCMFHError(f"{self.where}: a server store keeps no text index (hybrid search needs a local store)")
 
     def lookup(self, keys: Sequence[int] | np.ndarray) -> dict[int, Item]:
         return self.meta.lookup(keys)

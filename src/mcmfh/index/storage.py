@@ -85,7 +85,7 @@ class ItemIndex:
     """Exact Hamming search over stored items. Create with ``ItemIndex.create``, reopen with ``ItemIndex.open``.
     The local ``ItemStore`` (``mcmfh.index.store``)."""
 
-    capabilities = Capabilities(payloads=True, snapshots=True, remote=False)
+    capabilities = Capabilities(payloads=True, snapshots=True, remote=False, lexical=True)
 
     def __init__(self, folder: Path, manifest: dict[str, Any], writable: bool, verify: bool = True,
                  lock_timeout: float | None = None) -> None:  # fmt: skip
@@ -300,8 +300,20 @@ class ItemIndex:
         re-scored by the stored payloads (``mcmfh.index.store.search_store``)."""
         return search_store(self.index, self, queries, k, rescore)
 
+    def lexical(self, query: str, n: int) -> list[tuple[Item, float]]:
+        """The ``n`` items whose text best matches ``query`` (BM25 over the text index, ``mcmfh.index.text_index``),
+        best first, with their scores; the committed state only."""
+        return self.table.lexical(query, n)
+
+    def build_text_index(self) -> bool:
+        """Give an index made before text search its text index, under the writer lock; False when it has one."""
+        had = self.table.has_text_index()
+        with self._writing():  # its recovery upgrades the table, which builds the text index, under the lock
+            pass
+        return not had
+
     def info(self) -> StoreInfo:
-        return StoreInfo(len(self.index.segments), self.index.codes, sealed_from(self.manifest))
+        return StoreInfo(len(self.index.segments), self.index.codes, sealed_from(self.manifest), self.index.ids)
 
     def snapshot(self) -> dict[str, Any]:
         """The committed state (this folder's manifest) an archive's commit record pins."""

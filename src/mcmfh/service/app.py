@@ -304,12 +304,14 @@ def create_app(engine: SearchEngine, settings: Settings | None = None) -> FastAP
             raise _fail(422, f"query is {len(query)} characters, over the limit of {settings.max_query_chars}")
         start = time.perf_counter()
         filters = _filters(body.modality, body.body_part)
+        hybrid = () if body.hybrid is None else (body.hybrid,)  # engines written before the field are called as before
         if body.target == "studies":
             studies = _study_engine(engine, filters)
-            found = await workers.run(studies.search_studies_text, query, k)
+            found = await workers.run(studies.search_studies_text, query, k, *hybrid)
             return StudySearchOut(results=[_study_out(h) for h in found], took_ms=(time.perf_counter() - start) * 1000)
-        per = _per_study(body.per_study)
-        hits, study = await workers.run(_filtered, engine, lambda n: engine.search_text(query, n, **per), k, filters)
+        opts = {**_per_study(body.per_study), **({} if body.hybrid is None else {"hybrid": body.hybrid})}
+        hits, study = await workers.run(_filtered, engine, lambda n: engine.search_text(query, n, **opts), k,
+                                       filters)  # fmt: skip
         return SearchOut(results=[_hit_out(h, study.get(h.item.id), settings.viewer_url) for h in hits],
                          took_ms=(time.perf_counter() - start) * 1000)  # fmt: skip
 

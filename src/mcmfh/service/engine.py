@@ -37,9 +37,10 @@ class SearchEngine(Protocol):
 
     def info(self) -> EngineInfo: ...
 
-    def search_text(self, query: str, k: int, per_study: int | None = None) -> list[Hit]:
+    def search_text(self, query: str, k: int, per_study: int | None = None, hybrid: bool | None = None) -> list[Hit]:
         """The ``k`` nearest items to a text query, closest first (ties in a stable order); ``per_study``: hits
-        shown per study with duplicate texts folded (``mcmfh.diversify``; 0: raw; None: the engine's default)."""
+        shown per study with duplicate texts folded (``mcmfh.diversify``; 0: raw; None: the engine's default);
+        ``hybrid``: fused with the report-text ranking (None: the archive's default)."""
         ...
 
     def search_image(self, image: Image.Image, k: int, per_study: int | None = None) -> list[Hit]:
@@ -67,8 +68,9 @@ class StudyEngine(SearchEngine, Protocol):
     """An engine that can also rank whole studies (``"target": "studies"``); ``info().studies`` says whether its
     archive has any."""
 
-    def search_studies_text(self, query: str, k: int) -> list[StudyHit]:
-        """The ``k`` nearest studies to a text query, closest first, each with its member items."""
+    def search_studies_text(self, query: str, k: int, hybrid: bool | None = None) -> list[StudyHit]:
+        """The ``k`` nearest studies to a text query, closest first, each with its member items (``hybrid``: as
+        ``search_text``)."""
         ...
 
     def search_studies_image(self, image: Image.Image, k: int) -> list[StudyHit]:

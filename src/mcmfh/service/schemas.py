@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from urllib.parse import quote
 
 from fastapi import Request
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, field_validator
 from starlette.exceptions import HTTPException
 
 
@@ -69,6 +69,11 @@ class TextQuery(BaseModel):
     body_part: str | None = Field(default=None, max_length=64, description="Only items of this body part.")
     target: Target | None = Field(default=None, description=TARGET_HELP)
     per_study: StrictInt | None = Field(default=None, ge=0, le=PER_STUDY_MAX, description=PER_STUDY_HELP)
+    hybrid: StrictBool | None = Field(
+        default=None,
+        description="Also look the query's words up in the stored reports (BM25) and fuse both rankings; hits' "
+        "score is then the fused score. Default: off (docs/hybrid.md).",
+    )
 
     _unicode = field_validator("query")(valid_unicode)
 

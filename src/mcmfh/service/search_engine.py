@@ -83,16 +83,16 @@ class ArchiveEngine:
                           items=len(self.archive), name=self.archive.folder.name,
                           studies=self.archive.has_studies)  # fmt: skip
 
-    def search_text(self, query: str, k: int, per_study: int | None = None) -> list[Hit]:
+    def search_text(self, query: str, k: int, per_study: int | None = None, hybrid: bool | None = None) -> list[Hit]:
         per = DEFAULT_PER_STUDY if per_study is None else per_study
-        return self.archive.search_text(query, k, per_study=per)
+        return self.archive.search_text(query, k, per_study=per, hybrid=hybrid)
 
     def search_image(self, image: Image.Image, k: int, per_study: int | None = None) -> list[Hit]:
         per = DEFAULT_PER_STUDY if per_study is None else per_study
         return self.archive.search_image(image, k, per_study=per)
 
-    def search_studies_text(self, query: str, k: int) -> list[StudyHit]:
-        return self.archive.search_studies_text(query, k)
+    def search_studies_text(self, query: str, k: int, hybrid: bool | None = None) -> list[StudyHit]:
+        return self.archive.search_studies_text(query, k, hybrid=hybrid)
 
     def search_studies_image(self, image: Image.Image, k: int) -> list[StudyHit]:
         return self.archive.search_studies_image(image, k)
