@@ -1,6 +1,6 @@
 """Evaluation modes beyond image→text / text→image: queries against studies, and within one modality.
 
-Modes (``mcmfh.evaluate.evaluate_method(modes=...)``, the experiment's ``modes:``):
+Modes (``mcmfh.evaluation.evaluate.evaluate_method(modes=...)``, the experiment's ``modes:``):
 - ``i2s`` / ``t2s``: an image / a text query, coded alone as always, against the database *studies*
   (``FeatureSet.study_ids``; relevance: the query shares a label with any member, i.e. with the union). Variants:
   ``fused`` — the method's own study code (``HashMethod.encode_studies``; MCMFH's study head, 2 bytes at 16 bits);
@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from mcmfh.errors import MCMFHError
+from mcmfh.evaluation.metrics import RankingOptions, cosine_distances, hamming_distances, ranking_metrics, relevance
 from mcmfh.features import FeatureSet
 from mcmfh.method import HashMethod
-from mcmfh.metrics import RankingOptions, cosine_distances, hamming_distances, ranking_metrics, relevance
 from mcmfh.studies import Studies
 
 PAIR_MODES = ("i2t", "t2i")
@@ -114,7 +114,7 @@ def evaluate_modes(
     options: RankingOptions | None = None,
 ) -> dict[str, Any]:
     """Flat keys ``<mode>_map`` / ``_map_all`` / ``_map_all_tie_aware`` (and ``<mode>_<variant>_*`` for study
-    modes) for each of ``modes`` other than i2t / t2i (``mcmfh.evaluate`` computes those)."""
+    modes) for each of ``modes`` other than i2t / t2i (``mcmfh.evaluation.evaluate`` computes those)."""
     opts = options or RankingOptions()
     if method.continuous:
         opts = RankingOptions(opts.map_k, opts.p_at_k, opts.pr_points, radius=None)
