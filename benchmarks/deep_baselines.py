@@ -5,7 +5,7 @@
 
 Writes ``OUT.md`` (per code length: tie-aware mAP mean ± std per direction, MCMFH's ratio to the method, train
 seconds, bytes per item, the dev-chosen epochs, the database codes' effective bits and how many seeds fail the
-code-health rule of ``mcmfh.code_health``; then the verdict at 16 bits) and ``OUT.json`` (the same numbers
+code-health rule of ``mcmfh.evaluation.code_health``; then the verdict at 16 bits) and ``OUT.json`` (the same numbers
 and each row's dev choice, without the curves). Works on a partial run: a method or code length that has no rows
 yet is left out, and the number of seeds is shown.
 """
@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mcmfh.evaluation.report import mean_std
 from mcmfh.io import atomic_write_json, atomic_write_text
-from mcmfh.report import mean_std
 
 UNSUPERVISED = ("djsrh", "jdsh", "dgcpn", "ucch")
 SUPERVISED = ("dcmht-head", "dsph-head", "tripah-head", "mcmfh-supervised")

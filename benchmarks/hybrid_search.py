@@ -14,7 +14,7 @@ search fuses):
 
 ``cross-modal (all)`` ranks the whole database by Hamming distance (the evaluation's own protocol) for reference.
 Metrics: tie-aware mAP over the whole database (the items a list does not return tie below it: a truncated list is
-scored as if the rest came in random order) and tie-aware P@10 (``mcmfh.metrics``; relevance: a shared label,
+scored as if the rest came in random order) and tie-aware P@10 (``mcmfh.evaluation.metrics``; relevance: a shared label,
 for a study with any member). Every list's ties (equal distance and similarity, equal BM25, equal fused score) share
 their mean rank, so no figure depends on insertion order.
 
@@ -38,11 +38,11 @@ import numpy as np
 from mcmfh.archive import Archive, dataset_from_source
 from mcmfh.archive_hybrid import HYBRID_DEPTH, hybrid_items, hybrid_studies, lexical_studies
 from mcmfh.archive_search import rerank_mode, search_items, search_studies
+from mcmfh.evaluation.metrics import RankingOptions, ranking_metrics
 from mcmfh.features import FeatureSet
 from mcmfh.fusion import RRF_K, tie_ranks
 from mcmfh.index.codes import hamming_matrix, pack_codes
 from mcmfh.io import atomic_write_json
-from mcmfh.metrics import RankingOptions, ranking_metrics
 
 CHANNELS = ("cross-modal", "lexical", "hybrid")
 

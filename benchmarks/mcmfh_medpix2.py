@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mcmfh.evaluation.metrics import map_all, relevance
 from mcmfh.factory import create_method
 from mcmfh.features import FeatureSet
 from mcmfh.index.codes import hamming_matrix, pack_codes
 from mcmfh.io import atomic_write_json
-from mcmfh.metrics import map_all, relevance
 
 
 def evaluate(method, queries: FeatureSet, database: FeatureSet) -> tuple[float, float]:

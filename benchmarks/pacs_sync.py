@@ -48,7 +48,7 @@ def main() -> None:
     from mcmfh.encoders import get_encoder
     from mcmfh.feature_cache import encode_dataset
     from mcmfh.pacs import PacsConfig, SyncOptions, sync
-    from mcmfh.runs import train_run
+    from mcmfh.training.runs import train_run
 
     with tempfile.TemporaryDirectory(prefix="mcmfh-pacs-bench-") as tmp:
         root = Path(tmp)

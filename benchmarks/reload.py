@@ -23,8 +23,8 @@ from mcmfh.data import load_dataset
 from mcmfh.data.synthetic import make_synthetic_dataset
 from mcmfh.encoders import get_encoder
 from mcmfh.feature_cache import encode_dataset
-from mcmfh.runs import train_run
 from mcmfh.service.search_engine import open_engine
+from mcmfh.training.runs import train_run
 
 
 def _timed_commit(probe: Archive, args: list[str], visible: Callable[[], bool]) -> float:

@@ -30,7 +30,8 @@ ucch), ``ablations`` (mcmfh-no-moe, -no-dv, -no-gateloss, -no-fusion), ``unsuper
 Supervised methods appear in the table but not in the verdict (MCMFH reads no labels).
 
 Every row is the protocol of ``mcmfh experiment``: queries = test, database = train + dev, fit on train, model choice
-on dev (``mcmfh.selection``). Each row shows tie-aware label mAP, the instance-level paired R@10 (``mcmfh.paired``:
+on dev (``mcmfh.training.selection``). Each row shows tie-aware label mAP, the instance-level paired R@10
+(``mcmfh.evaluation.paired``:
 does an image find its own report in the test split?), code health and the flags. Rows are cached in ``DIR/rows``
 (keyed by setting, method, seed, options), so a rerun only fits new rows. Writes ``DIR/robustness.json`` and
 ``DIR/robustness.md`` and prints the table.
@@ -48,13 +49,13 @@ from typing import Any
 
 import numpy as np
 
-from mcmfh.evaluate import evaluate_method, summary
+from mcmfh.evaluation.evaluate import evaluate_method, summary
+from mcmfh.evaluation.report import mean_std, row_flags
 from mcmfh.factory import create_method
 from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_write_json, atomic_write_text
 from mcmfh.manifest import fingerprint
-from mcmfh.report import mean_std, row_flags
-from mcmfh.runs import fit_method
+from mcmfh.training.runs import fit_method
 
 METHODS = ("mcmfh", "cca-itq", "ucmfh")
 # The deep baselines of docs/baselines.md, an option (``--methods default,deep``): at about 1-4 minutes a fit on two

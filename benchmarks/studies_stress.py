@@ -2,7 +2,7 @@
 
 MedPix cases are an easy case for one code per study: every member of a case carries the same labels. This script
 re-groups a feature cache with studies and scores MCMFH's fused study code against the no-fusion rules
-(``mcmfh.study_eval``) in settings that real archives have:
+(``mcmfh.evaluation.study_eval``) in settings that real archives have:
 
 - ``cases``: the studies as given (MedPix: its cases);
 - ``shared_report``: every member of a study carries one report (the first member's text), as Open-i's frontal and
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mcmfh.evaluation.study_eval import evaluate_modes
 from mcmfh.factory import create_method
 from mcmfh.features import FeatureSet
-from mcmfh.study_eval import evaluate_modes
 
 SETTINGS = ("cases", "shared_report", "merged_cases")
 RULES = ("fused", "min", "sum")

@@ -1,6 +1,6 @@
 """The training-size note of ``mcmfh train``: only for the MCMFH family, only below the measured threshold."""
 
-from mcmfh.advice import SMALL_ARCHIVE_PAIRS, training_size_note
+from mcmfh.training.advice import SMALL_ARCHIVE_PAIRS, training_size_note
 
 
 def test_small_archive_note_names_the_baselines_that_led() -> None:

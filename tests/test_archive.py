@@ -16,7 +16,7 @@ from mcmfh.encoders import get_encoder
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.feature_cache import encode_dataset
 from mcmfh.index.codes import hamming_matrix, pack_codes
-from mcmfh.runs import train_run
+from mcmfh.training.runs import train_run
 
 
 @pytest.fixture(scope="module")

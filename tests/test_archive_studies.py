@@ -22,10 +22,10 @@ from mcmfh.feature_cache import encode_dataset
 from mcmfh.features import FeatureSet
 from mcmfh.index.codes import hamming_matrix, pack_codes
 from mcmfh.items import Item
-from mcmfh.runs import train_run
 from mcmfh.service.app import create_app
 from mcmfh.service.search_engine import ArchiveEngine
 from mcmfh.service.settings import Settings
+from mcmfh.training.runs import train_run
 from tiny_config import TINY_MCMFH
 
 QUERY = "bright solid nodule in the right lung"

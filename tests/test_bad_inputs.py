@@ -175,7 +175,7 @@ def test_huge_caption_is_one_bad_row_and_skip_bad_lists_every_row_in_a_file(tmp_
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A small fitted run and the feature cache it was trained on."""
     from conftest import make_features
-    from mcmfh.runs import train_run
+    from mcmfh.training.runs import train_run
 
     root = tmp_path_factory.mktemp("weights")
     make_features(n=60).save(root / "feats")
@@ -246,7 +246,7 @@ def small_archive(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from mcmfh.data.synthetic import make_synthetic_dataset
     from mcmfh.encoders import get_encoder
     from mcmfh.feature_cache import encode_dataset
-    from mcmfh.runs import train_run
+    from mcmfh.training.runs import train_run
 
     root = tmp_path_factory.mktemp("small-archive")
     data = make_synthetic_dataset(root / "syn", n=40, seed=0)

@@ -8,7 +8,7 @@ import torch
 
 from conftest import make_features
 from mcmfh.errors import MCMFHError
-from mcmfh.evaluate import evaluate_method
+from mcmfh.evaluation.evaluate import evaluate_method
 from mcmfh.factory import create_method, load_method
 from mcmfh.method import HashMethod
 

@@ -16,7 +16,7 @@ from mcmfh.baselines.jdsh import JDSHOptions, jdsh_loss, jdsh_similarity
 from mcmfh.baselines.ucch import indexed_contrast_loss, memory_contrast_loss, ranking_loss
 from mcmfh.errors import MCMFHError
 from mcmfh.factory import create_method
-from mcmfh.losses import pair_margin_loss, proxy_loss
+from mcmfh.training.losses import pair_margin_loss, proxy_loss
 
 G = torch.Generator().manual_seed(0)
 N, B, DI, DT, C = 6, 8, 5, 4, 3

@@ -21,7 +21,7 @@ from mcmfh.data.synthetic import make_synthetic_dataset
 from mcmfh.encoders import get_encoder
 from mcmfh.feature_cache import encode_dataset
 from mcmfh.locking import LockTimeout, writer_lock
-from mcmfh.runs import train_run
+from mcmfh.training.runs import train_run
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 WORKERS, PER_WORKER, BATCH = 6, 12, 3

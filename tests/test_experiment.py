@@ -11,9 +11,9 @@ import pytest
 from conftest import make_features
 from mcmfh.cli import main
 from mcmfh.errors import ArtefactError, MCMFHError
-from mcmfh.experiment import load_config, run_experiment
 from mcmfh.progress import Progress
-from mcmfh.runs import check_features, load_run, train_run
+from mcmfh.training.experiment import load_config, run_experiment
+from mcmfh.training.runs import check_features, load_run, train_run
 
 CONFIG = """
 features: feats

@@ -11,7 +11,7 @@ import pytest
 from data_fixtures import write_openi_with_images, write_roco_with_images
 from mcmfh.cli import main
 from mcmfh.errors import MCMFHError
-from mcmfh.experiment import load_config, parse_overrides, run_experiment
+from mcmfh.training.experiment import load_config, parse_overrides, run_experiment
 from tiny_config import TINY_MCMFH
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from mcmfh import __version__
-from mcmfh.report import results_markdown, run_info
+from mcmfh.evaluation.report import results_markdown, run_info
 
 
 def _row(method: str, bits: int, seed: int, i2t: float, t2i: float, continuous: bool = False) -> dict:

@@ -9,12 +9,12 @@ import pytest
 from conftest import make_features
 from mcmfh.cli import main
 from mcmfh.errors import MCMFHError
-from mcmfh.experiment import load_config, run_experiment
+from mcmfh.evaluation.metrics import RankingOptions, relevance
+from mcmfh.evaluation.report import results_markdown
+from mcmfh.evaluation.two_stage import RerankOptions, evaluate_two_stage
 from mcmfh.features import FeatureSet
-from mcmfh.metrics import RankingOptions, relevance
-from mcmfh.report import results_markdown
-from mcmfh.runs import fit_method
-from mcmfh.two_stage import RerankOptions, evaluate_two_stage
+from mcmfh.training.experiment import load_config, run_experiment
+from mcmfh.training.runs import fit_method
 
 CONFIG = """
 features: feats

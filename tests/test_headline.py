@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import make_features
-from mcmfh.code_health import code_health, is_collapsed, method_code_health
-from mcmfh.evaluate import evaluate_method
+from mcmfh.evaluation.code_health import code_health, is_collapsed, method_code_health
+from mcmfh.evaluation.evaluate import evaluate_method
 from mcmfh.factory import create_method
 from mcmfh.features import FeatureSet
 from mcmfh.method import HashMethod

@@ -24,7 +24,7 @@ from mcmfh.index import text_index
 from mcmfh.index.codes import hamming_matrix, pack_codes
 from mcmfh.index.storage import DB_NAME, ItemIndex
 from mcmfh.items import Item
-from mcmfh.runs import train_run
+from mcmfh.training.runs import train_run
 from tiny_config import TINY_MCMFH
 
 QUERY = "bright solid nodule in the right lung"

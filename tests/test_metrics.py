@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from mcmfh.metrics import (
+from mcmfh.evaluation.metrics import (
     RankingOptions,
     chance_map,
     cosine_distances,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from conftest import make_features
-from mcmfh.evaluate import evaluate_method
+from mcmfh.evaluation.evaluate import evaluate_method
 from mcmfh.factory import create_method, load_method
 from tiny_config import TINY_MCMFH
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from mcmfh.losses import (
+from mcmfh.training.losses import (
     bank_contrastive_loss,
     bit_balance_loss,
     gate_loss,

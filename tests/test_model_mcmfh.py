@@ -9,8 +9,8 @@ import torch
 
 from conftest import make_features
 from mcmfh.errors import ArtefactError, MCMFHError
+from mcmfh.evaluation.metrics import hamming_distances, map_all, relevance
 from mcmfh.factory import available_methods, create_method, load_method
-from mcmfh.metrics import hamming_distances, map_all, relevance
 from mcmfh.model.config import MCMFHConfig
 from mcmfh.model.dv_mlp import DropoutVotingMLP
 from mcmfh.model.moe import DenseFeedForward, MoEFeedForward

@@ -91,7 +91,7 @@ def test_every_config_field_is_classified_and_every_family_member_covered() -> N
 def test_a_cli_text_search_imports_no_torch_numba_or_transformers(tmp_path: Path) -> None:
     from data_fixtures import tiny_archive
     from mcmfh.archive import Archive
-    from mcmfh.runs import train_run
+    from mcmfh.training.runs import train_run
 
     pieces = tiny_archive(tmp_path / "a")
     run = train_run(tmp_path / "a" / "features", "mcmfh", 16, 0, tmp_path / "run", QUICK)

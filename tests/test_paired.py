@@ -1,4 +1,5 @@
-"""Instance-level paired recall (mcmfh.paired): tie-aware R@K against brute force over every tie order, identical
+"""Instance-level paired recall (mcmfh.evaluation.paired): tie-aware R@K against brute force over every tie order,
+identical
 captions as one text, and that collapsed codes cannot score above random ranking."""
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 
 from mcmfh.errors import MCMFHError
-from mcmfh.metrics import hamming_distances
-from mcmfh.paired import PairedGallery, chance_recall, paired_recall, tie_aware_recall
+from mcmfh.evaluation.metrics import hamming_distances
+from mcmfh.evaluation.paired import PairedGallery, chance_recall, paired_recall, tie_aware_recall
 
 
 def _brute_force(dist: np.ndarray, correct: np.ndarray, ks: tuple[int, ...]) -> tuple[dict[int, float], float]:

@@ -8,7 +8,9 @@ import pytest
 
 from conftest import make_features
 from mcmfh.errors import MCMFHError
-from mcmfh.evaluate import evaluate_method
+from mcmfh.evaluation.evaluate import evaluate_method
+from mcmfh.evaluation.metrics import cosine_distances, ranking_metrics, relevance
+from mcmfh.evaluation.two_stage import RerankOptions
 from mcmfh.factory import create_method
 from mcmfh.index import BucketIndex, FlatIndex
 from mcmfh.index.codes import hamming_matrix, pack_codes
@@ -22,8 +24,6 @@ from mcmfh.index.rerank import (
     two_stage_arrays,
     two_stage_search,
 )
-from mcmfh.metrics import cosine_distances, ranking_metrics, relevance
-from mcmfh.two_stage import RerankOptions
 from tiny_config import TINY_MCMFH
 
 

@@ -1,4 +1,4 @@
-"""Model choice (mcmfh.selection): healthy codes before a higher score, so collapse cannot win model choice."""
+"""Model choice (mcmfh.training.selection): healthy codes before a higher score, so collapse cannot win model choice."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from conftest import make_features
 from mcmfh.factory import create_method
 from mcmfh.model.trainer import Trainer
-from mcmfh.selection import DevEvaluation, evaluate_dev
+from mcmfh.training.selection import DevEvaluation, evaluate_dev
 
 
 def _collapsed_and_spread(n_db: int = 400, n_q: int = 60, bits: int = 16):

@@ -18,10 +18,10 @@ from mcmfh.data import load_dataset
 from mcmfh.data.synthetic import make_synthetic_dataset
 from mcmfh.encoders import get_encoder
 from mcmfh.feature_cache import encode_dataset
-from mcmfh.runs import train_run
 from mcmfh.service.app import create_app, public_message
 from mcmfh.service.search_engine import open_engine
 from mcmfh.service.settings import Settings
+from mcmfh.training.runs import train_run
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PROMISE_S = 1.0

@@ -15,10 +15,10 @@ from mcmfh.data.synthetic import make_synthetic_dataset
 from mcmfh.encoders import get_encoder
 from mcmfh.feature_cache import encode_dataset
 from mcmfh.locking import writer_lock
-from mcmfh.runs import train_run
 from mcmfh.service.app import create_app
 from mcmfh.service.search_engine import open_engine
 from mcmfh.service.settings import Settings
+from mcmfh.training.runs import train_run
 
 TOKEN = "write-token-for-tests-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -12,17 +12,17 @@ import torch
 from conftest import make_features
 from mcmfh.data import load_dataset
 from mcmfh.errors import MCMFHError
-from mcmfh.experiment import load_config
+from mcmfh.evaluation.metrics import RankingOptions, hamming_distances, ranking_metrics, relevance
+from mcmfh.evaluation.study_eval import evaluate_modes
 from mcmfh.factory import create_method, load_method
 from mcmfh.features import FeatureSet
 from mcmfh.index.payload import make_codec
 from mcmfh.method import HashMethod
-from mcmfh.metrics import RankingOptions, hamming_distances, ranking_metrics, relevance
 from mcmfh.model.config import MCMFHConfig
 from mcmfh.model.fusion import IMAGE, TEXT
 from mcmfh.model.study import StudyFusion, TokenSets, held_out_sets, pack_sets
 from mcmfh.studies import Studies, distinct_texts
-from mcmfh.study_eval import evaluate_modes
+from mcmfh.training.experiment import load_config
 from tiny_config import TINY_MCMFH
 
 FIT = {**TINY_MCMFH, "min_steps_stage1": 30, "min_steps_stage2": 60, "min_steps_stage3": 60}  # enough steps to learn

@@ -12,9 +12,10 @@ import torch
 
 from mcmfh.baselines.tripah import affinity_loss, class_balanced_pos_weight, image_quant_weight
 from mcmfh.errors import MCMFHError
+from mcmfh.evaluation.metrics import hamming_distances, map_all_tie_aware, relevance
 from mcmfh.factory import create_method
 from mcmfh.features import FeatureSet
-from mcmfh.losses import (
+from mcmfh.training.losses import (
     info_nce,
     label_contrastive_loss,
     label_pair_loss,
@@ -22,7 +23,6 @@ from mcmfh.losses import (
     pair_margin_loss,
     proxy_loss,
 )
-from mcmfh.metrics import hamming_distances, map_all_tie_aware, relevance
 
 G = torch.Generator().manual_seed(0)
 # Six items, three labels; item 4 has no label (unlabelled), items 0 and 1 share two labels.
@@ -265,7 +265,7 @@ def test_a_collapsed_supervised_fit_backs_off_to_the_best_healthy_label_weight(m
 def test_supervised_config_lists_the_supervised_block() -> None:
     from pathlib import Path
 
-    from mcmfh.experiment import load_config
+    from mcmfh.training.experiment import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "medpix2-supervised.yaml")
     assert {"mcmfh", "mcmfh-supervised", "dcmht-head", "dsph-head", "tripah-head"} <= set(cfg.methods)

@@ -57,7 +57,7 @@ from mcmfh.manifest import new_manifest, read_manifest, require_match
 from mcmfh.method import HashMethod, weights_sha256
 from mcmfh.numpy_hash import NumpyHasher
 from mcmfh.progress import SILENT, Progress, Task
-from mcmfh.runs import check_features, load_run
+from mcmfh.training.runs import check_features, load_run
 
 KIND = "archive"
 # Manifest fields every sub-index must share with the archive: an index made by another model is refused.

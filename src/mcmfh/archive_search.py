@@ -4,7 +4,8 @@ Items: one-stage (Hamming order) or two-stage (candidates re-scored by the store
 (``ItemStore.search``). Cross-modal by default: a text query searches image codes (the images for a clinical phrase),
 an image query searches text codes (the report for an image). Studies: ``fused`` ranks the one code per study of
 ``studies/`` (a method's study head); ``min`` ranks studies by the nearest of their members' image and text codes
-(a method without one; the no-fusion rule of ``mcmfh.study_eval``). Either way a study hit carries its members.
+(a method without one; the no-fusion rule of ``mcmfh.evaluation.study_eval``). Either way a study hit carries its
+members.
 """
 
 from __future__ import annotations

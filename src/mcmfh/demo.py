@@ -20,13 +20,13 @@ from mcmfh.data import load_dataset
 from mcmfh.data.records import Dataset
 from mcmfh.data.synthetic import make_synthetic_dataset
 from mcmfh.encoders import get_encoder
-from mcmfh.evaluate import evaluate_method
+from mcmfh.evaluation.evaluate import evaluate_method
 from mcmfh.feature_cache import encode_dataset
 from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_write_json
 from mcmfh.manifest import MANIFEST_NAME, new_manifest
 from mcmfh.progress import SILENT, Progress
-from mcmfh.runs import load_run, train_run
+from mcmfh.training.runs import load_run, train_run
 
 KIND = "demo"
 FIT_WORKERS_MAX = 2  # the demo's 2-core target; more processes would only add torch start-ups

@@ -34,10 +34,12 @@ class HashMethod(ABC):
     continuous: ClassVar[bool] = False
     # The method this one ablates (one component switched off), for the report's ablation table; None: not one.
     ablation_of: ClassVar[str | None] = None
-    # The chance baseline: the evaluator reports the exact expected mAP of a random ranking (mcmfh.metrics.chance_map)
+    # The chance baseline: the evaluator reports the exact expected mAP of a random ranking
+    # (mcmfh.evaluation.metrics.chance_map)
     # and reports compare every other row with it.
     reports_exact_chance: ClassVar[bool] = False
-    # Where ``fit`` reports its epochs (set by the caller, e.g. ``mcmfh.runs.fit_method``); methods without epochs
+    # Where ``fit`` reports its epochs (set by the caller, e.g. ``mcmfh.training.runs.fit_method``); methods without
+    # epochs
     # ignore it.
     progress: Progress = SILENT
 
@@ -97,7 +99,7 @@ class HashMethod(ABC):
     def encode_studies(self, features: FeatureSet) -> tuple[Studies, np.ndarray]:
         """The studies of ``features`` (``FeatureSet.study_ids``) and one code (S, bits) bool per study, or (S, D)
         float for continuous methods. Methods without a study head are searched by their members' codes instead
-        (``mcmfh.study_eval``)."""
+        (``mcmfh.evaluation.study_eval``)."""
         inputs = self.study_inputs(features.image, features.text)
         return self.encode_study_inputs(inputs, features.has_image, features.study_ids())
 

@@ -3,7 +3,7 @@
 The codes exist so that the method runs through the same pipeline as the others (and to sanity-check the exact
 number: their measured mAP lands near it). Each item's code is drawn from a generator seeded by the method seed
 and the bytes of the item's own feature row, so it is deterministic and does not depend on batch-mates.
-``reports_exact_chance`` tells the evaluator to report ``mcmfh.metrics.chance_map`` as this method's mAP.
+``reports_exact_chance`` tells the evaluator to report ``mcmfh.evaluation.metrics.chance_map`` as this method's mAP.
 """
 
 from __future__ import annotations

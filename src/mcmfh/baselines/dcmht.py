@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from mcmfh.baselines.deep_common import Batch, DeepHashMethod, DeepHashOptions, cosine_matrix
-from mcmfh.losses import label_similarity, pair_margin_loss
 from mcmfh.method import register_method
+from mcmfh.training.losses import label_similarity, pair_margin_loss
 
 
 @dataclass

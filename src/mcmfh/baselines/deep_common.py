@@ -7,7 +7,8 @@ same frozen features, so the comparison is about the objectives:
 - tower = Linear(d, hidden) -> ReLU -> Linear(hidden, bits) -> tanh, one per modality, separate weights (the papers'
   text networks are 1-2 hidden-layer MLPs; their image networks are CNNs whose last layers play this role);
 - inputs centred on the training mean (evaluation.md protocol), seeded initialisation and batch order;
-- the epoch is chosen on dev by ``mcmfh.selection`` (healthy codes first, then tie-aware mAP@all, dev queries vs the
+- the epoch is chosen on dev by ``mcmfh.training.selection`` (healthy codes first, then tie-aware mAP@all, dev queries
+vs the
   train set: the rule MCMFH's stages use),
   evaluated every ``eval_every`` epochs (default 1) and after the last one, the best state kept (never the test set);
   a larger ``eval_every`` only makes the choice coarser (it never changes what an epoch computes: the training
@@ -35,7 +36,7 @@ from mcmfh.errors import MCMFHError
 from mcmfh.features import FeatureSet
 from mcmfh.method import HashMethod
 from mcmfh.options import parse_options
-from mcmfh.selection import DevEvaluation, evaluate_dev
+from mcmfh.training.selection import DevEvaluation, evaluate_dev
 
 
 @dataclass

@@ -19,8 +19,8 @@ from torch import nn
 
 from mcmfh.baselines.dcmht import label_pairs
 from mcmfh.baselines.deep_common import Batch, DeepHashMethod, DeepHashOptions, cosine_matrix
-from mcmfh.losses import pair_margin_loss, proxy_loss
 from mcmfh.method import register_method
+from mcmfh.training.losses import pair_margin_loss, proxy_loss
 
 
 @dataclass

@@ -4,7 +4,8 @@ mode"). Its defaults (``SUPERVISED_DEFAULTS``) are the terms chosen by measureme
 be set as an option, and every other option is MCMFH's.
 
 Labels are those of the feature cache's label set (``mcmfh encode --label-set``). An item without labels (an all-zero
-row) is kept: it trains the pairing terms (InfoNCE), and the label terms leave it out (``mcmfh.losses``). A training
+row) is kept: it trains the pairing terms (InfoNCE), and the label terms leave it out (``mcmfh.training.losses``). A
+training
 split with no label at all is refused: there is nothing to supervise with (use ``mcmfh``).
 """
 
@@ -19,7 +20,7 @@ from mcmfh.errors import MCMFHError
 from mcmfh.features import FeatureSet
 from mcmfh.method import register_method
 from mcmfh.model.mcmfh import MCMFH
-from mcmfh.selection import DevEvaluation
+from mcmfh.training.selection import DevEvaluation
 
 # docs/model.md, "Supervised mode": label-weighted InfoNCE on the DV-MLP tokens (stage 1) and on the fused tokens
 # (stage 2), DCMHT's pairwise term on the hash outputs, and a longer stage 2 (the label terms were still improving
@@ -57,7 +58,8 @@ class MCMFHSupervised(MCMFH):
                 "train the unsupervised 'mcmfh' instead, or encode with a label set that has labels"
             )
         log = super().fit(train, dev)
-        # Health first, as for epochs (mcmfh.selection): with a few coarse labels the label terms can leave no healthy
+        # Health first, as for epochs (mcmfh.training.selection): with a few coarse labels the label terms can leave no
+        # healthy
         # stage-2 epoch (one bucket per label is what they reward). Then the fit is redone with the label weights
         # scaled down, and the healthy fit with the best dev score is kept (ties: the stronger weights; none healthy:
         # the full-weight fit, flagged collapsed in its log).

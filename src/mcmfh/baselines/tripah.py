@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mcmfh.baselines.deep_common import Batch, DeepHashMethod, DeepHashOptions
-from mcmfh.losses import label_similarity
 from mcmfh.method import register_method
+from mcmfh.training.losses import label_similarity
 
 
 @dataclass

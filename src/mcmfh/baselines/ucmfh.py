@@ -178,7 +178,7 @@ class UCMFH(HashMethod):
         }
 
     def _dev_map(self, train: FeatureSet, dev: FeatureSet) -> dict[str, float]:
-        from mcmfh.selection import dev_map
+        from mcmfh.training.selection import dev_map
 
         q_img, q_txt = self.encode_images(dev.image), self.encode_texts(dev.text)
         db_img, db_txt = self.encode_images(train.image), self.encode_texts(train.text)

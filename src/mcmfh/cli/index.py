@@ -67,8 +67,8 @@ def build(
 
 def _warn_if_collapsed(run_dir: Path, db: FeatureSet) -> None:
     """An archive of collapsed codes answers every query with the same few buckets: say so once, with the figures."""
-    from mcmfh.code_health import collapse_warning, method_code_health
-    from mcmfh.runs import load_run
+    from mcmfh.evaluation.code_health import collapse_warning, method_code_health
+    from mcmfh.training.runs import load_run
 
     method, _ = load_run(run_dir)
     if method.continuous:
@@ -165,7 +165,7 @@ def info(archive_dir: Path = typer.Argument(..., help="Archive folder.")) -> Non
     from mcmfh.archive_agreement import check_agreement
 
     require_archive(archive_dir)
-    from mcmfh.code_health import code_health
+    from mcmfh.evaluation.code_health import code_health
 
     with Archive.open(archive_dir, check_parts=False) as archive:
         counts = {m: len(ix) for m, ix in archive.indexes.items()}

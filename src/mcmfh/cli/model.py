@@ -35,10 +35,10 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Fit a method on the train split (dev for model choice) and save it as a run folder."""
-    from mcmfh.advice import training_size_note
-    from mcmfh.code_health import collapse_warning
+    from mcmfh.evaluation.code_health import collapse_warning
     from mcmfh.outputs import check_output
-    from mcmfh.runs import train_run
+    from mcmfh.training.advice import training_size_note
+    from mcmfh.training.runs import train_run
 
     check_output(out, "run", overwrite=overwrite)  # before the slow fit
 
@@ -82,15 +82,15 @@ def evaluate(
     ),
 ) -> None:
     """Evaluate a run: metrics JSON plus PR and P@K plots (PNG) in the run folder."""
-    from mcmfh.code_health import health_line
-    from mcmfh.evaluate import evaluate_method, plot_curves
+    from mcmfh.evaluation.code_health import health_line
+    from mcmfh.evaluation.evaluate import evaluate_method, plot_curves
+    from mcmfh.evaluation.metrics import RankingOptions
+    from mcmfh.evaluation.study_eval import PAIR_MODES, check_modes
+    from mcmfh.evaluation.two_stage import RerankOptions
     from mcmfh.features import FeatureSet
     from mcmfh.index.payload import code_bits
     from mcmfh.io import atomic_write_json
-    from mcmfh.metrics import RankingOptions
-    from mcmfh.runs import check_features, load_run
-    from mcmfh.study_eval import PAIR_MODES, check_modes
-    from mcmfh.two_stage import RerankOptions
+    from mcmfh.training.runs import check_features, load_run
 
     mode_list = check_modes([m.strip() for m in modes.split(",") if m.strip()])  # before anything is read
 
@@ -186,7 +186,7 @@ def experiment(
     quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Run methods x bits x seeds from a config; writes results.json, results.md and plots."""
-    from mcmfh.experiment import parse_overrides, run_experiment
+    from mcmfh.training.experiment import parse_overrides, run_experiment
 
     path = run_experiment(config, out, log=typer.echo, overrides=parse_overrides(set_), overwrite=overwrite,
                           progress=progress_for(quiet))  # fmt: skip

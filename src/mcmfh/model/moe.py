@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mcmfh.losses import load_balancing_loss, router_z_loss
+from mcmfh.training.losses import load_balancing_loss, router_z_loss
 
 
 class MoEFeedForward(nn.Module):

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mcmfh.losses import gate_loss, info_nce
-from mcmfh.metrics import hamming_distances, map_all_tie_aware, relevance
+from mcmfh.evaluation.metrics import hamming_distances, map_all_tie_aware, relevance
 from mcmfh.model.config import MCMFHConfig
 from mcmfh.model.fusion import IMAGE, TEXT
 from mcmfh.model.network import MCMFHNet
 from mcmfh.model.study import Studies, held_out_sets, pack_sets, whole_sets
+from mcmfh.training.losses import gate_loss, info_nce
 
 DEV_SEED = 12345  # the dev loss draws its held-out members from a fixed generator: the same view every epoch
 

@@ -36,7 +36,14 @@ from safetensors.torch import save as st_save
 
 from mcmfh.errors import ArtefactError
 from mcmfh.io import atomic_write_bytes
-from mcmfh.losses import (
+from mcmfh.manifest import fingerprint
+from mcmfh.model.config import MCMFHConfig
+from mcmfh.model.fusion import IMAGE, TEXT
+from mcmfh.model.network import MCMFHNet
+from mcmfh.model.study_stage import ItemTokens, StudyStage
+from mcmfh.progress import SILENT, Progress
+from mcmfh.studies import Studies
+from mcmfh.training.losses import (
     bank_contrastive_loss,
     bit_balance_loss,
     bit_decorrelation_loss,
@@ -49,14 +56,7 @@ from mcmfh.losses import (
     proxy_loss,
     quantization_loss,
 )
-from mcmfh.manifest import fingerprint
-from mcmfh.model.config import MCMFHConfig
-from mcmfh.model.fusion import IMAGE, TEXT
-from mcmfh.model.network import MCMFHNet
-from mcmfh.model.study_stage import ItemTokens, StudyStage
-from mcmfh.progress import SILENT, Progress
-from mcmfh.selection import SCORES, DevEvaluation, evaluate_dev
-from mcmfh.studies import Studies
+from mcmfh.training.selection import SCORES, DevEvaluation, evaluate_dev
 
 CHECKPOINT_NAME = "mcmfh-fit.safetensors"
 EpochCallback = Callable[[int, int], None]  # (stage, epoch) after each finished epoch
@@ -184,7 +184,7 @@ class Trainer:
     # ---------------------------------------------------------------- dev scores (higher is better)
     @torch.no_grad()
     def _dev_evaluation(self, stage: int) -> DevEvaluation:
-        """Dev queries vs the train set (mcmfh.selection): cosine on DV outputs in stage 1, Hamming on codes in
+        """Dev queries vs the train set (mcmfh.training.selection): cosine on DV outputs in stage 1, Hamming on codes in
         stage 2, where the codes' health is part of the choice."""
         assert self.dev is not None
         self.net.eval()
@@ -280,7 +280,7 @@ class Trainer:
                 row["dev_score"] = ev.score
                 row.update(ev.figures)
                 held = DevEvaluation(state["best_score"], state["best_healthy"]) if state["best_epoch"] else None
-                if ev.beats(held):  # mcmfh.selection: healthy codes first, then the score
+                if ev.beats(held):  # mcmfh.training.selection: healthy codes first, then the score
                     state["best_score"], state["best_epoch"], state["best_healthy"] = ev.score, epoch + 1, ev.healthy
                     best = {k: v.clone() for k, v in net.state_dict().items()}
             state["history"].append(row)

@@ -37,7 +37,8 @@ def headline(row: Mapping[str, Any], direction: str) -> float:
 
 
 def row_flags(rs: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Warnings for one (method, bits) group: collapsed codes (mcmfh.code_health rule) in any seed, and a mean gap
+    """Warnings for one (method, bits) group: collapsed codes (mcmfh.evaluation.code_health rule) in any seed, and a
+    mean gap
     between stable-order and tie-aware mAP above ``STABLE_GAP_FLAG``."""
     flags = []
     collapsed = sum(bool((r.get("code_health") or {}).get("collapsed")) for r in rs)
@@ -183,7 +184,8 @@ def _pair(rs: Sequence[Mapping[str, Any]], key: str) -> str:
 def two_stage_table(
     groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]]], order: Mapping[str, int]
 ) -> list[str]:
-    """One row per (method, bits, payload) of the rows that carry two-stage figures (``mcmfh.two_stage``), next to
+    """One row per (method, bits, payload) of the rows that carry two-stage figures (``mcmfh.evaluation.two_stage``),
+    next to
     their one-stage ones; groups whose rows were saved before two-stage existed are listed as not computed."""
     payloads = list(
         dict.fromkeys(p for rs in groups.values() for r in rs for p in (r.get("rerank") or {}).get("payloads", []))
@@ -196,9 +198,9 @@ def two_stage_table(
         "",
         f"What a search shows: stage 1 takes the first max({RERANK_FLOOR}, {settings['oversample']:g} × k) items in "
         f"Hamming order (k = {settings['k']}), stage 2 orders them by the payload's cosine to the query's own "
-        "relaxed output; the rest of the database follows in Hamming order (`mcmfh.two_stage`). mAP is tie-aware "
-        "mAP@all, ties only where similarity and distance are both equal; *every item re-scored* is the payload's "
-        "own ceiling. P@K cells are means, one-stage → two-stage. bytes/item = code + payload. Methods without a "
+        "relaxed output; the rest of the database follows in Hamming order (`mcmfh.evaluation.two_stage`). mAP is "
+        "tie-aware mAP@all, ties only where similarity and distance are both equal; *every item re-scored* is the "
+        "payload's own ceiling. P@K cells are means, one-stage → two-stage. bytes/item = code + payload. Methods without a "
         "relaxed output (continuous, `chance`, `ucmfh`) have no row.",
         "",
     ]
@@ -237,7 +239,8 @@ def two_stage_table(
 
 
 def modes_table(groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]]], order: Mapping[str, int]) -> list[str]:
-    """Tie-aware mAP (and, for studies, P@10) per evaluation mode (``mcmfh.study_eval``) of the rows that have more
+    """Tie-aware mAP (and, for studies, P@10) per evaluation mode (``mcmfh.evaluation.study_eval``) of the rows that
+    have more
     than i2t / t2i: for the study modes the fused study code (where the method has one) and the two no-fusion
     rules over members' codes."""
     extra = [m for m in ("i2s", "t2s", "i2i", "t2t") if any(f"{m}_map" in r for rs in groups.values() for r in rs)]
@@ -288,11 +291,12 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], map_k: int = 50, info: M
         "Every query counts (no relevant item scores 0). `chance` is the exact expected mAP of a random ranking. "
         "*Paired R@10* is instance-level and cannot be gamed by collapse: in the test split as a 1:1 gallery "
         "(identical captions are one text), the tie-aware probability that an image's own report is in its top 10 "
-        "(i2t), or one of a report's own images (t2i) (`mcmfh.paired`, docs/evaluation.md). "
+        "(i2t), or one of a report's own images (t2i) (`mcmfh.evaluation.paired`, docs/evaluation.md). "
         "Values are mean ± sample std over seeds. Codes: mean distinct database codes (effective bits = entropy "
         "of the code distribution), image / text. Flags: **collapsed** when a seed's codes fail the code-health "
         "rule (effective bits < 50% of min(bits, log2 N), or one code holding > 25% of the items; "
-        f"`mcmfh.code_health`), and when stable-order and tie-aware mAP differ by more than {STABLE_GAP_FLAG}.",
+        f"`mcmfh.evaluation.code_health`), and when stable-order and tie-aware mAP differ by more than "
+        f"{STABLE_GAP_FLAG}.",
         "",
     ]
     cols = [(t.format(k=map_k), k.format(k=map_k)) for t, k in _COLUMNS]
@@ -342,7 +346,7 @@ def plot_bits_vs_map(groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mcmfh.evaluate import save_figure
+    from mcmfh.evaluation.evaluate import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     methods = list(dict.fromkeys(m for m, _ in groups))
@@ -372,7 +376,7 @@ def write_report(
 ) -> Path:
     """results.md plus, per label set, PR/P@K curves at ``plot_bits`` (all methods) and a bits-vs-mAP plot.
     ``info`` (see ``run_info``) becomes the header line: date, mcmfh version, git commit."""
-    from mcmfh.evaluate import plot_curves
+    from mcmfh.evaluation.evaluate import plot_curves
 
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "results.md", results_markdown(rows, map_k, info))

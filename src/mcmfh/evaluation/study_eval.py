@@ -1,13 +1,14 @@
 """Evaluation modes beyond image→text / text→image: queries against studies, and within one modality.
 
-Modes (``mcmfh.evaluate.evaluate_method(modes=...)``, the experiment's ``modes:``):
+Modes (``mcmfh.evaluation.evaluate.evaluate_method(modes=...)``, the experiment's ``modes:``):
 - ``i2s`` / ``t2s``: an image / a text query, coded alone as always, against the database *studies*
   (``FeatureSet.study_ids``; relevance: the query shares a label with any member, i.e. with the union). Variants:
   ``fused`` — the method's own study code (``HashMethod.encode_studies``; MCMFH's study head, 2 bytes at 16 bits);
   ``min`` — the smallest distance to any member's image or text code (no fusion, every member's two codes kept);
   ``sum`` — the smallest, over members, of the member's image distance plus its text distance (a text-only member
   counts its text distance twice); ``fused_2s`` — two-stage search over the fused study codes as an archive runs
-  it (``mcmfh.two_stage``: the first ``RERANK_FLOOR`` studies in Hamming order re-scored by the study head's relaxed
+  it (``mcmfh.evaluation.two_stage``: the first ``RERANK_FLOOR`` studies in Hamming order re-scored by the study head's
+  relaxed
   output at int8 against the query's own relaxed output; methods with a study head and relaxed outputs). Each
   variant reports tie-aware mAP@all and P@10. ``<mode>_map`` is the fused code where the method has one, else
   ``min``: a fixed rule, never the better of the two on test.
@@ -26,12 +27,12 @@ from typing import Any
 import numpy as np
 
 from mcmfh.errors import MCMFHError
+from mcmfh.evaluation.metrics import RankingOptions, cosine_distances, hamming_distances, ranking_metrics, relevance
+from mcmfh.evaluation.two_stage import TwoStageRanker
 from mcmfh.features import FeatureSet
 from mcmfh.index.payload import make_codec
 from mcmfh.method import HashMethod
-from mcmfh.metrics import RankingOptions, cosine_distances, hamming_distances, ranking_metrics, relevance
 from mcmfh.studies import Studies
-from mcmfh.two_stage import TwoStageRanker
 
 PAIR_MODES = ("i2t", "t2i")
 STUDY_MODES = ("i2s", "t2s")
@@ -129,7 +130,7 @@ def evaluate_modes(
     options: RankingOptions | None = None,
 ) -> dict[str, Any]:
     """Flat keys ``<mode>_map`` / ``_map_all`` / ``_map_all_tie_aware`` (and ``<mode>_<variant>_*`` for study
-    modes) for each of ``modes`` other than i2t / t2i (``mcmfh.evaluate`` computes those)."""
+    modes) for each of ``modes`` other than i2t / t2i (``mcmfh.evaluation.evaluate`` computes those)."""
     opts = options or RankingOptions()
     if method.continuous:
         opts = RankingOptions(opts.map_k, opts.p_at_k, opts.pr_points, radius=None)

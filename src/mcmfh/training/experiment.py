@@ -6,7 +6,8 @@ and recomputes only rows whose inputs changed. Features come from ``features:`` 
 once through the feature cache (``cache_dir``, default ``DIR/features``) and never recomputed when they match.
 Relative paths in the config resolve against the config file's folder.
 
-``rerank:`` adds the two-stage ranking (``mcmfh.two_stage``) to every row of a hashing method with a relaxed output:
+``rerank:`` adds the two-stage ranking (``mcmfh.evaluation.two_stage``) to every row of a hashing method with a relaxed
+output:
 ``{payloads: [int8], k: 100, oversample: 10}`` (the default when the key is absent), or ``none`` to turn it off.
 Rows of other methods (continuous, ``chance``, ``ucmfh``) get none. A row's two-stage settings are part of its
 cache key only for methods it applies to, so a resumed experiment recomputes exactly the rows whose two-stage
@@ -25,16 +26,16 @@ from typing import Any
 import yaml
 
 from mcmfh.errors import MCMFHError
-from mcmfh.evaluate import evaluate_method, summary
+from mcmfh.evaluation.evaluate import evaluate_method, summary
+from mcmfh.evaluation.metrics import RankingOptions
+from mcmfh.evaluation.study_eval import PAIR_MODES, check_modes
+from mcmfh.evaluation.two_stage import RerankOptions, needed_code_bits
 from mcmfh.factory import available_methods, create_method
 from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.manifest import MANIFEST_NAME, fingerprint, new_manifest
-from mcmfh.metrics import RankingOptions
 from mcmfh.progress import SILENT, Progress
-from mcmfh.runs import feature_identity, fit_method, save_run
-from mcmfh.study_eval import PAIR_MODES, check_modes
-from mcmfh.two_stage import RerankOptions, needed_code_bits
+from mcmfh.training.runs import feature_identity, fit_method, save_run
 
 ROWS_DIR = "rows"
 KIND = "experiment"
@@ -64,7 +65,8 @@ class ExperimentConfig:
     plot_bits: int = 16  # bits of the all-methods PR-curve plot
     save_runs: bool = False  # also keep each fitted method as a run folder (UCMFH weighs ~90 MB)
     rerank: RerankOptions | None = field(default_factory=RerankOptions)  # None: one-stage only
-    # Evaluation modes (mcmfh.study_eval): i2t and t2i always; i2s / t2s (queries vs studies), i2i / t2t add theirs.
+    # Evaluation modes (mcmfh.evaluation.study_eval): i2t and t2i always; i2s / t2s (queries vs studies), i2i / t2t add
+    # theirs.
     modes: list[str] = field(default_factory=lambda: list(PAIR_MODES))
 
     def grid(self) -> list[tuple[str, int, int]]:
@@ -424,7 +426,7 @@ def _run(
         task.update(1)
     task.close()
     atomic_write_json(out / "results.json", {"rows": rows})
-    from mcmfh.report import run_info, write_report
+    from mcmfh.evaluation.report import run_info, write_report
 
     write_report(rows, out, plot_bits=cfg.plot_bits, map_k=cfg.map_k, info=run_info(config_path))
     return out / "results.json"

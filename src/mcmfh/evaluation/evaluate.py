@@ -1,4 +1,5 @@
-"""Evaluate a fitted method on a feature set: both directions, every metric of ``mcmfh.metrics``, and curve plots.
+"""Evaluate a fitted method on a feature set: both directions, every metric of ``mcmfh.evaluation.metrics``, and curve
+plots.
 
 Protocol (reference/evaluation.md): queries = ``queries`` splits, database = ``database`` splits; image->text ranks
 the database texts for each image query, text->image ranks the database images for each text query. Items without
@@ -13,17 +14,23 @@ from typing import Any
 
 import numpy as np
 
-from mcmfh.code_health import method_code_health, strip_bits
 from mcmfh.diversify import case_metrics
 from mcmfh.errors import MCMFHError
+from mcmfh.evaluation.code_health import method_code_health, strip_bits
+from mcmfh.evaluation.metrics import RankingOptions, cosine_distances, hamming_distances, ranking_metrics, relevance
+from mcmfh.evaluation.paired import PairedGallery, paired_recall
+from mcmfh.evaluation.study_eval import PAIR_MODES, evaluate_modes
+from mcmfh.evaluation.two_stage import (
+    REPORTED_P_AT_K,
+    RerankOptions,
+    TwoStageRanker,
+    evaluate_two_stage,
+    strip_per_query,
+)
+from mcmfh.evaluation.two_stage import flat_keys as two_stage_flat_keys
 from mcmfh.features import FeatureSet
 from mcmfh.index.payload import make_codec
 from mcmfh.method import HashMethod
-from mcmfh.metrics import RankingOptions, cosine_distances, hamming_distances, ranking_metrics, relevance
-from mcmfh.paired import PairedGallery, paired_recall
-from mcmfh.study_eval import PAIR_MODES, evaluate_modes
-from mcmfh.two_stage import REPORTED_P_AT_K, RerankOptions, TwoStageRanker, evaluate_two_stage, strip_per_query
-from mcmfh.two_stage import flat_keys as two_stage_flat_keys
 
 CASES_AT = 10  # P@K over distinct cases (issue 25): the first screen's worth of a diversified ranking
 CASES_PAYLOAD = "int8"  # the two-stage ranking diversified: the payload archives store
@@ -87,13 +94,15 @@ def evaluate_method(
     ``<dir>_map_<K>_tie_aware`` are UCMFH's mAP@K. ``code_health`` describes the database codes (None for
     continuous methods). ``<dir>_p10`` / ``<dir>_p20`` are the tie-aware P@10 / P@20. ``paired`` and the flat
     ``<dir>_paired_r1`` / ``_r5`` / ``_r10`` / ``_median_rank`` are instance-level: the query split as a 1:1 gallery,
-    tie-aware (``mcmfh.paired``).
+    tie-aware (``mcmfh.evaluation.paired``).
 
     With ``rerank`` (hashing methods with a relaxed output only), ``two_stage`` holds the two-stage ranking per
-    payload (``mcmfh.two_stage``) and flat keys ``<dir>_map_2s_<payload>`` etc. sit beside the one-stage ones;
+    payload (``mcmfh.evaluation.two_stage``) and flat keys ``<dir>_map_2s_<payload>`` etc. sit beside the one-stage
+    ones;
     ``companions`` are the same method fitted at the code lengths of ``code<B>`` payloads.
 
-    ``modes`` beyond i2t / t2i (always computed) add the study and same-modality modes of ``mcmfh.study_eval``."""
+    ``modes`` beyond i2t / t2i (always computed) add the study and same-modality modes of
+    ``mcmfh.evaluation.study_eval``."""
     opts = options or RankingOptions()
     q = features.splits(*queries)
     db = features.splits(*database)
@@ -116,9 +125,11 @@ def evaluate_method(
         "bytes_per_item": bytes_per_item(method, int(np.asarray(db_text).shape[1])),
         "i2t": i2t,
         "t2i": t2i,
-        # Of the database codes, per modality: a collapsed model shows here whatever its mAP (mcmfh.code_health).
+        # Of the database codes, per modality: a collapsed model shows here whatever its mAP
+        # (mcmfh.evaluation.code_health).
         "code_health": None if method.continuous else method_code_health(db_image, db_text, db_img.image, db.text),
-        # Instance level, in the query split as a 1:1 gallery: does an image find its own report (mcmfh.paired)?
+        # Instance level, in the query split as a 1:1 gallery: does an image find its own report
+        # (mcmfh.evaluation.paired)?
         "paired": paired_recall(
             PairedGallery.of(q.text, q.has_image),
             q_image_codes,

@@ -3,7 +3,8 @@
 For every query the database is ranked as a two-stage search shows it: the stage-1 candidates (the first
 ``max(RERANK_FLOOR, oversample * k)`` items in Hamming order, see ``mcmfh.index.rerank``) first, ordered by their
 re-scored similarity, then every other item in Hamming order. Items tie only where both the similarity and the
-Hamming distance are equal, and the usual tie-aware metrics (``mcmfh.metrics``) take the expectation over those
+Hamming distance are equal, and the usual tie-aware metrics (``mcmfh.evaluation.metrics``) take the expectation over
+those
 ties. Each payload is evaluated at two depths: ``k`` (the bounded search the product runs) and ``all`` (every item
 re-scored: the payload's own ceiling). Database payloads are quantised by the codec; queries use their own
 real-valued output, coded alone, as at search time.
@@ -18,12 +19,12 @@ from typing import Any
 import numpy as np
 
 from mcmfh.errors import MCMFHError
+from mcmfh.evaluation.metrics import RankingOptions, hamming_distances, ranking_metrics
 from mcmfh.index.codes import pack_codes
 from mcmfh.index.flat import FlatIndex
 from mcmfh.index.payload import PayloadCodec, code_bits, make_codec
 from mcmfh.index.rerank import DEFAULT_OVERSAMPLE, Candidates, candidates, rescored_ranking
 from mcmfh.method import HashMethod
-from mcmfh.metrics import RankingOptions, hamming_distances, ranking_metrics
 
 # Figures kept per (payload, depth, direction); P@K are tie-aware expectations like the one-stage ones.
 REPORTED_P_AT_K = (10, 20)

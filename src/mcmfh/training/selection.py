@@ -3,12 +3,14 @@
 Every dev-based choice (an epoch, a hyperparameter, a stage) is made on dev queries against the train set as
 database, in both directions, by two figures:
 
-- **health first**: an epoch whose codes are collapsed (``mcmfh.code_health.is_collapsed`` on the codes of the train
+- **health first**: an epoch whose codes are collapsed (``mcmfh.evaluation.code_health.is_collapsed`` on the codes of
+the train
   + dev items, the database an archive would hold) never beats a healthy one. A collapsed epoch can have the higher
   label mAP (with a few coarse labels, one bucket per label is what label mAP rewards), so without this rule model
   choice itself picks collapse (reference/evaluation.md);
 - **then the score**, ``select_on``: ``dev_map`` = tie-aware mAP@all; ``dev_map_recall`` = the mean of tie-aware
-  mAP@all and the instance-level paired R@10 of dev queries among the dev + train items (``mcmfh.paired``), so an
+  mAP@all and the instance-level paired R@10 of dev queries among the dev + train items (``mcmfh.evaluation.paired``),
+  so an
   epoch that still groups by label but no longer tells a report from its neighbours loses too.
 
 The stable-order mAP is never used to choose: when the database order follows the labels it rewards collapsed codes.
@@ -22,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from mcmfh.code_health import method_code_health
-from mcmfh.metrics import cosine_distances, hamming_distances, map_all_tie_aware, relevance
-from mcmfh.paired import PairedGallery, paired_recall
+from mcmfh.evaluation.code_health import method_code_health
+from mcmfh.evaluation.metrics import cosine_distances, hamming_distances, map_all_tie_aware, relevance
+from mcmfh.evaluation.paired import PairedGallery, paired_recall
 
 SCORES = ("dev_map", "dev_map_recall")
 RECALL_K = 10  # the paired recall cut-off model choice uses (R@10: the first screen of a search)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mcmfh.code_health import method_code_health, strip_bits
+from mcmfh.evaluation.code_health import method_code_health, strip_bits
 from mcmfh.factory import create_method, load_method
 from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_dir, atomic_write_json
