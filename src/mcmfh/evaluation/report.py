@@ -200,8 +200,8 @@ def two_stage_table(
         f"Hamming order (k = {settings['k']}), stage 2 orders them by the payload's cosine to the query's own "
         "relaxed output; the rest of the database follows in Hamming order (`mcmfh.evaluation.two_stage`). mAP is "
         "tie-aware mAP@all, ties only where similarity and distance are both equal; *every item re-scored* is the "
-        "payload's own ceiling. P@K cells are means, one-stage → two-stage. bytes/item = code + payload. Methods without a "
-        "relaxed output (continuous, `chance`, `ucmfh`) have no row.",
+        "payload's own ceiling. P@K cells are means, one-stage → two-stage. bytes/item = code + payload. Methods "
+        "without a relaxed output (continuous, `chance`, `ucmfh`) have no row.",
         "",
     ]
     header = [
