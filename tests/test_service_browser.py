@@ -323,7 +323,9 @@ def test_an_archive_with_studies_is_searched_by_study_and_shows_study_cards(tmp_
         expect(last.locator(".reports li")).to_have_count(2)
         first.locator(".thumbs button").nth(1).click()
         expect(page.locator("#item-title")).to_have_text("MPX0003_synpic3")
+        expect(page.locator("#item-view")).to_be_visible()  # the title may be stale from the last view
         page.keyboard.press("Escape")
+        expect(page.locator("#item-view")).to_be_hidden()
         # A study card opens to its members, each of which opens its item.
         members = first.locator("details.members")
         expect(members.locator("button").first).to_be_hidden()
@@ -331,7 +333,9 @@ def test_an_archive_with_studies_is_searched_by_study_and_shows_study_cards(tmp_
         expect(members.locator("button")).to_have_count(2)
         members.locator("button").first.click()
         expect(page.locator("#item-title")).to_have_text("MPX0002_synpic2")
+        expect(page.locator("#item-view")).to_be_visible()  # the title may be stale from the last view
         page.keyboard.press("Escape")
+        expect(page.locator("#item-view")).to_be_hidden()
         # Single items: one per case by default, the rest of the case one click away; unticked, the raw list.
         page.select_option("#target", "items")
         expect(page.locator("#per-case")).to_be_checked()
@@ -346,7 +350,9 @@ def test_an_archive_with_studies_is_searched_by_study_and_shows_study_cards(tmp_
         top.locator("details.more summary").click()
         top.locator("details.more button").click()
         expect(page.locator("#item-title")).to_have_text("MPX0002_synpic2")
+        expect(page.locator("#item-view")).to_be_visible()  # the title may be stale from the last view
         page.keyboard.press("Escape")
+        expect(page.locator("#item-view")).to_be_hidden()
         page.uncheck("#per-case")
         page.press("#query", "Enter")
         expect(page.locator("#results li button.card")).to_have_count(min(12, len(TEXTS)))
