@@ -46,6 +46,7 @@ def built(chain, store: StoreConfig, tmp_path):  # noqa: F811
 def _one_stage(archive: Archive) -> Archive:
     """Server stores keep codes only (no two-stage payload): compare them with the local archive's Hamming order."""
     archive.manifest = {**archive.manifest, "payload": None}
+    archive.payload_codec = None  # read once at open: the codec the searches use
     return archive
 
 
@@ -160,7 +161,7 @@ def test_cli_build_search_and_service_engine(chain, milvus_uri, postgres_dsn, tm
         assert main(["search", str(chain["idx"]), *query, "--rerank", "none"]) == 0
         assert srv == json.loads(capsys.readouterr().out)["results"]
         assert main(["search", str(out), *query, "--rerank", "int8"]) == 2  # server stores keep no payload
-        assert "no payload" in capsys.readouterr().err
+        assert "no items payload" in capsys.readouterr().err
 
         from mcmfh.service.search_engine import open_engine
 
