@@ -188,7 +188,7 @@ def test_concurrent_batched_queries_equal_one_at_a_time(chain, monkeypatch):
     """Queries from many threads share encoder calls (micro-batching) and get exactly the one-at-a-time results."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from mcmfh.archive_query import BATCH_ENV
+    from mcmfh.archive.query import BATCH_ENV
 
     records = [r for r in chain["ds"].records if r.split == "test"][:12]
     texts = [r.text for r in records] + ["bright solid nodule in the right lung"]

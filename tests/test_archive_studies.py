@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mcmfh.archive import Archive
-from mcmfh.archive_commit import CommittedIndexes
+from mcmfh.archive.commit import CommittedIndexes
 from mcmfh.cli import main
 from mcmfh.data import load_dataset
 from mcmfh.data.synthetic import make_synthetic_dataset
@@ -361,9 +361,9 @@ def test_http_write_joins_a_study_and_info_counts_studies(chain, tmp_path, capsy
 
 
 def test_studies_coded_in_chunks_equal_one_pass(chain, tmp_path, monkeypatch):
-    import mcmfh.archive_writes
+    import mcmfh.archive.writes
 
-    monkeypatch.setattr(mcmfh.archive_writes, "RECODE_STUDIES", 3)
+    monkeypatch.setattr(mcmfh.archive.writes, "RECODE_STUDIES", 3)
     chunked = Archive.build(chain["run"], chain["fs"], tmp_path / "idx", dataset=chain["ds"])
     with chunked, Archive.open(chain["idx"]) as whole:
         assert stored_codes(chunked) == stored_codes(whole)

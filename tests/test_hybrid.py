@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mcmfh.archive import Archive
-from mcmfh.archive_search import search_studies
+from mcmfh.archive.search import search_studies
 from mcmfh.cli import main
 from mcmfh.data import load_dataset
 from mcmfh.data.synthetic import make_synthetic_dataset

@@ -162,7 +162,7 @@ def repair(
 def info(archive_dir: Path = typer.Argument(..., help="Archive folder.")) -> None:
     """Print the archive's manifest, item counts and integrity (commit record, sub-indexes agreeing) as JSON."""
     from mcmfh.archive import Archive
-    from mcmfh.archive_agreement import check_agreement
+    from mcmfh.archive.agreement import check_agreement
 
     require_archive(archive_dir)
     from mcmfh.evaluation.code_health import code_health
@@ -227,7 +227,7 @@ def search(
     """Search an archive with a text or an image; prints ranked items with Hamming distances (and, two-stage, the
     re-scored similarity they are ordered by)."""
     from mcmfh.archive import Archive
-    from mcmfh.archive_search import TARGETS
+    from mcmfh.archive.search import TARGETS
 
     if stray:
         raise MCMFHError(stray_query_line(archive_dir, stray, given=text is not None or image is not None))

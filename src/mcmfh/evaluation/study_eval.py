@@ -39,7 +39,7 @@ STUDY_MODES = ("i2s", "t2s")
 SAME_MODES = ("i2i", "t2t")
 MODES = PAIR_MODES + STUDY_MODES + SAME_MODES
 REPORTED = ("map", "map_all", "map_all_tie_aware", "p10")  # per mode and variant, as flat row keys
-STUDY_PAYLOAD = "int8"  # what an archive stores per study for two-stage search (mcmfh.archive_writes)
+STUDY_PAYLOAD = "int8"  # what an archive stores per study for two-stage search (mcmfh.archive.writes)
 # The number of results an archive's study search asks for; at or below RERANK_FLOOR / oversample its budget does
 # not depend on it (mcmfh.index.rerank), so the ranking evaluated is the one every page of results is a prefix of.
 STUDY_SEARCH_K = 10

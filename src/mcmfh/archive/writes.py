@@ -1,9 +1,9 @@
 """An archive's writes: items hashed into its sub-indexes, and studies coded again from their members.
 
-Every write runs inside one change of the commit protocol (``mcmfh.archive_commit``); each sub-index skips the ids
+Every write runs inside one change of the commit protocol (``mcmfh.archive.commit``); each sub-index skips the ids
 it already holds, so rerunning an add that was cut off completes it. An archive built from features with studies by
 a method with a study head (``HashMethod.has_study_codes``) on a local store keeps two study sub-indexes:
-``study_members`` (one row per item, its study inputs as payload: ``mcmfh.archive_members``) and ``studies`` (one
+``study_members`` (one row per item, its study inputs as payload: ``mcmfh.archive.members``) and ``studies`` (one
 fused code per study, and, for a method with relaxed outputs, the study head's relaxed output as its int8 payload:
 two-stage study search re-scores with it). An add re-codes exactly the studies it touched from their members' stored
 inputs and a remove re-codes or drops them; the re-coded rows replace the old ones in one generation of ``studies/``
@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from mcmfh.archive_members import member_inputs, member_payload, member_width, study_item
-from mcmfh.archive_query import hash_rows
+from mcmfh.archive.members import member_inputs, member_payload, member_width, study_item
+from mcmfh.archive.query import hash_rows
 from mcmfh.data.records import Dataset
 from mcmfh.encoders.base import Encoder
 from mcmfh.errors import ArtefactError
