@@ -269,6 +269,10 @@ class ItemIndex:
         """The items among ``keys`` (unknown keys are left out)."""
         return self.table.lookup(keys)
 
+    def lookup_studies(self, keys: Sequence[int] | np.ndarray) -> tuple[dict[int, Item], dict[str, list[Item]]]:
+        """The items among ``keys`` and every item of their studies, in one query."""
+        return self.table.lookup_studies(keys)
+
     def get(self, keys: Sequence[int] | np.ndarray) -> list[Item]:
         """Items by key, in the given order; unknown keys raise MCMFHError."""
         return self.table.get(keys)
@@ -295,10 +299,12 @@ class ItemIndex:
         """The ids of every item (``with_image``: of those that have an image path); O(N), for integrity checks."""
         return self.table.item_ids(with_image)
 
-    def search(self, queries: np.ndarray, k: int = 10, rescore: Rescore | None = None) -> list[list[Hit]]:
+    def search(self, queries: np.ndarray, k: int = 10, rescore: Rescore | None = None,
+               members: bool = False) -> list[list[Hit]]:  # fmt: skip
         """Top-k items per packed query code, nearest first (ties: earlier added first); ``rescore``: two-stage,
-        re-scored by the stored payloads (``mcmfh.index.store.search_store``)."""
-        return search_store(self.index, self, queries, k, rescore)
+        re-scored by the stored payloads; ``members``: hits carry their studies' other items
+        (``mcmfh.index.store.search_store``)."""
+        return search_store(self.index, self, queries, k, rescore, members=members)
 
     def lexical(self, query: str, n: int) -> list[tuple[Item, float]]:
         """The ``n`` items whose text best matches ``query`` (BM25 over the text index, ``mcmfh.index.text_index``),
