@@ -124,7 +124,7 @@ def test_held_out_member_never_in_its_own_context() -> None:
 def test_study_token_is_a_set_function_and_padding_changes_nothing() -> None:
     torch.manual_seed(0)
     cfg = MCMFHConfig.from_options(width=16, heads=2, ffn_hidden=16, hash_hidden=16)
-    enc = StudyFusion(cfg, 16).eval()
+    enc = StudyFusion(cfg.model, 16).eval()
     img, txt = torch.randn(6, 16), torch.randn(6, 16)
     small = pack_sets(img, txt, [np.array([0, 1])], [np.array([2])])
     big = pack_sets(img, txt, [np.array([0, 1]), np.array([0, 1, 2, 3])], [np.array([2]), np.array([4, 5])])

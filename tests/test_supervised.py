@@ -245,7 +245,7 @@ def test_a_collapsed_supervised_fit_backs_off_to_the_best_healthy_label_weight(m
     from mcmfh.model.mcmfh import MCMFH
 
     def fake_fit(self, train, dev=None):
-        pair = self.cfg.lambda_label_pair
+        pair = self.cfg.train.lambda_label_pair
         self.net = f"net-{pair:g}"
         score = {10.0: 0.9, 3.0: 0.8, 1.0: 0.7}[round(pair, 6)]
         return {"stage2": {"collapsed": pair > 5, "dev_score": score}}
@@ -255,8 +255,8 @@ def test_a_collapsed_supervised_fit_backs_off_to_the_best_healthy_label_weight(m
     m = create_method("mcmfh-supervised", 16, 0, lambda_label_pair=10.0)
     log = m.fit(fs.splits("train"), fs.splits("dev"))
     assert log["label_weight_scale"] == ms.LABEL_BACKOFF[0] and m.net == "net-3"
-    assert m.cfg.lambda_label_pair == pytest.approx(3.0) and m.options["lambda_label_pair"] == pytest.approx(3.0)
-    assert m.cfg.lambda_label_stage1 == pytest.approx(0.3 * ms.SUPERVISED_DEFAULTS["lambda_label_stage1"])
+    assert m.cfg.train.lambda_label_pair == pytest.approx(3.0) and m.options["lambda_label_pair"] == pytest.approx(3.0)
+    assert m.cfg.train.lambda_label_stage1 == pytest.approx(0.3 * ms.SUPERVISED_DEFAULTS["lambda_label_stage1"])
     # A healthy full-weight fit is kept as it is.
     healthy = create_method("mcmfh-supervised", 16, 0, lambda_label_pair=3.0)
     assert healthy.fit(fs.splits("train"), fs.splits("dev"))["label_weight_scale"] == 1.0 and healthy.net == "net-3"

@@ -79,9 +79,9 @@ class MCMFHSupervised(MCMFH):
         return self.options, self.requested, self.cfg, self.net, self.n_train
 
     def _scaled_options(self, scale: float) -> dict[str, Any]:
-        scaled = {k: getattr(self.cfg, k) * scale for k in LABEL_WEIGHTS if getattr(self.cfg, k) > 0}
-        if self.cfg.checkpoint_dir:  # each retry is its own resumable run
-            scaled["checkpoint_dir"] = str(Path(self.cfg.checkpoint_dir) / f"label-scale-{scale}")
+        scaled = {k: getattr(self.cfg.train, k) * scale for k in LABEL_WEIGHTS if getattr(self.cfg.train, k) > 0}
+        if self.cfg.train.checkpoint_dir:  # each retry is its own resumable run
+            scaled["checkpoint_dir"] = str(Path(self.cfg.train.checkpoint_dir) / f"label-scale-{scale}")
         return {**self.options, **scaled}
 
 
