@@ -12,9 +12,9 @@ from mcmfh.archive import Archive
 from mcmfh.cli import main
 from mcmfh.data import load_dataset
 from mcmfh.data.synthetic import make_synthetic_dataset
+from mcmfh.encode_features import encode_dataset
 from mcmfh.encoders import get_encoder
 from mcmfh.errors import ArtefactError, MCMFHError
-from mcmfh.feature_cache import encode_dataset
 from mcmfh.index.codes import hamming_matrix, pack_codes
 from mcmfh.training.runs import train_run
 
@@ -161,7 +161,7 @@ def test_service_over_archive(chain):
     from fastapi.testclient import TestClient
 
     from mcmfh.service.app import create_app
-    from mcmfh.service.search_engine import open_engine
+    from mcmfh.service.archive_engine import open_engine
     from mcmfh.service.settings import Settings
 
     engine = open_engine(chain["idx"])
@@ -223,7 +223,7 @@ def _copy_with_new(chain, tmp_path, n=3):
 def test_a_writer_killed_between_sub_indexes_is_never_seen_half_done(chain, tmp_path):
     """Images committed, texts and the record not (a kill between them): readers see neither; the next writer
     rolls the images back and a rerun adds both."""
-    from mcmfh.index.storage import ItemIndex
+    from mcmfh.index.local_store import ItemIndex
 
     idx, new = _copy_with_new(chain, tmp_path)
     with Archive.open(idx) as before:
@@ -246,7 +246,7 @@ def test_a_writer_killed_between_sub_indexes_is_never_seen_half_done(chain, tmp_
 
 
 def test_a_change_that_fails_half_way_leaves_the_committed_archive(chain, tmp_path, monkeypatch):
-    from mcmfh.index.storage import ItemIndex
+    from mcmfh.index.local_store import ItemIndex
 
     idx, new = _copy_with_new(chain, tmp_path)
     with Archive.open(idx, writable=True) as archive:
@@ -286,7 +286,7 @@ def test_refresh_from_another_thread_during_a_change_does_not_undo_it(chain, tmp
     """The service's reload thread refreshes while a write endpoint changes the same Archive object."""
     import threading
 
-    from mcmfh.index.storage import ItemIndex
+    from mcmfh.index.local_store import ItemIndex
 
     idx, new = _copy_with_new(chain, tmp_path, n=6)
     stop = threading.Event()

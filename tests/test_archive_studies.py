@@ -16,14 +16,14 @@ from mcmfh.archive.commit import CommittedIndexes
 from mcmfh.cli import main
 from mcmfh.data import load_dataset
 from mcmfh.data.synthetic import make_synthetic_dataset
+from mcmfh.encode_features import encode_dataset
 from mcmfh.encoders import get_encoder
 from mcmfh.errors import MCMFHError
-from mcmfh.feature_cache import encode_dataset
 from mcmfh.features import FeatureSet
 from mcmfh.index.codes import hamming_matrix, pack_codes
 from mcmfh.items import Item
 from mcmfh.service.app import create_app
-from mcmfh.service.search_engine import ArchiveEngine
+from mcmfh.service.archive_engine import ArchiveEngine
 from mcmfh.service.settings import Settings
 from mcmfh.training.runs import train_run
 from tiny_config import TINY_MCMFH
@@ -225,7 +225,7 @@ def test_readers_see_items_and_studies_change_together(chain, tmp_path, monkeypa
 def test_half_an_add_to_a_study_archive_without_its_record_is_refused_and_repaired(chain, tmp_path):
     """Killed after images/ and texts/ committed, before study_members/, and commit.json lost (issue 28)."""
     from mcmfh.errors import ArtefactError
-    from mcmfh.index.storage import ItemIndex
+    from mcmfh.index.local_store import ItemIndex
 
     folder = copy_archive(chain, tmp_path)
     new = _new_record(chain, "half-1", "st002", 33)
@@ -335,7 +335,7 @@ def test_archive_made_before_studies_stays_readable_and_gains_the_column(chain, 
 
 
 def test_http_write_joins_a_study_and_info_counts_studies(chain, tmp_path, capsys):
-    from mcmfh.service.search_engine import open_engine
+    from mcmfh.service.archive_engine import open_engine
 
     folder = copy_archive(chain, tmp_path)
     token = "write-token-for-tests-0123456789"

@@ -11,7 +11,7 @@ from mcmfh.cli import main
 from mcmfh.errors import MCMFHError
 from mcmfh.evaluation.metrics import RankingOptions, relevance
 from mcmfh.evaluation.report import results_markdown
-from mcmfh.evaluation.two_stage import RerankOptions, evaluate_two_stage
+from mcmfh.evaluation.rerank_eval import RerankOptions, evaluate_two_stage
 from mcmfh.features import FeatureSet
 from mcmfh.training.experiment import load_config, run_experiment
 from mcmfh.training.runs import fit_method

@@ -278,8 +278,8 @@ def test_a_supervised_run_is_indexed_and_searched_like_any_other(tmp_path, capsy
     from mcmfh.cli import main
     from mcmfh.data import load_dataset
     from mcmfh.data.synthetic import make_synthetic_dataset
+    from mcmfh.encode_features import encode_dataset
     from mcmfh.encoders import get_encoder
-    from mcmfh.feature_cache import encode_dataset
 
     ds = load_dataset("csv", make_synthetic_dataset(tmp_path / "syn", n=64, seed=0))
     encode_dataset(ds, get_encoder("tiny"), tmp_path / "feats")

@@ -27,9 +27,9 @@ from mcmfh.diversify import DEFAULT_PER_STUDY, diversify
 from mcmfh.encoders.base import Encoder, ImageInput
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.features import FeatureSet
+from mcmfh.index.backends import StoreConfig, open_store
 from mcmfh.index.payload import PayloadCodec, make_codec
 from mcmfh.index.store import ItemStore
-from mcmfh.index.stores import StoreConfig, open_store
 from mcmfh.items import Hit, Item, StudyHit
 from mcmfh.manifest import read_manifest, require_match
 from mcmfh.method import HashMethod

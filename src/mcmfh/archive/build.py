@@ -28,8 +28,8 @@ from mcmfh.archive.writes import Batch, batch_from_features, payload_entry, stud
 from mcmfh.data.records import Dataset
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.features import FeatureSet
+from mcmfh.index.backends import StoreConfig, create_store, drop_store, open_store, store_manifest
 from mcmfh.index.store import ItemStore
-from mcmfh.index.stores import StoreConfig, create_store, drop_store, open_store, store_manifest
 from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.manifest import new_manifest, read_manifest
 from mcmfh.method import weights_sha256

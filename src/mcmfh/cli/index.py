@@ -49,7 +49,7 @@ def build(
     """Hash the database split with the run's model and store codes plus item metadata."""
     from mcmfh.archive import Archive
     from mcmfh.features import FeatureSet
-    from mcmfh.index.stores import StoreConfig
+    from mcmfh.index.backends import StoreConfig
     from mcmfh.outputs import check_output
 
     check_output(out, "archive", overwrite=overwrite)  # never replaces a folder that is not an archive

@@ -85,8 +85,8 @@ def evaluate(
     from mcmfh.evaluation.code_health import health_line
     from mcmfh.evaluation.evaluate import evaluate_method, plot_curves
     from mcmfh.evaluation.metrics import RankingOptions
+    from mcmfh.evaluation.rerank_eval import RerankOptions
     from mcmfh.evaluation.study_eval import PAIR_MODES, check_modes
-    from mcmfh.evaluation.two_stage import RerankOptions
     from mcmfh.features import FeatureSet
     from mcmfh.index.payload import code_bits
     from mcmfh.io import atomic_write_json

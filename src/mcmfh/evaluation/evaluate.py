@@ -19,15 +19,15 @@ from mcmfh.errors import MCMFHError
 from mcmfh.evaluation.code_health import method_code_health, strip_bits
 from mcmfh.evaluation.metrics import RankingOptions, cosine_distances, hamming_distances, ranking_metrics, relevance
 from mcmfh.evaluation.paired import PairedGallery, paired_recall
-from mcmfh.evaluation.study_eval import PAIR_MODES, evaluate_modes
-from mcmfh.evaluation.two_stage import (
+from mcmfh.evaluation.rerank_eval import (
     REPORTED_P_AT_K,
     RerankOptions,
     TwoStageRanker,
     evaluate_two_stage,
     strip_per_query,
 )
-from mcmfh.evaluation.two_stage import flat_keys as two_stage_flat_keys
+from mcmfh.evaluation.rerank_eval import flat_keys as two_stage_flat_keys
+from mcmfh.evaluation.study_eval import PAIR_MODES, evaluate_modes
 from mcmfh.features import FeatureSet
 from mcmfh.index.payload import make_codec
 from mcmfh.method import HashMethod
@@ -97,7 +97,7 @@ def evaluate_method(
     tie-aware (``mcmfh.evaluation.paired``).
 
     With ``rerank`` (hashing methods with a relaxed output only), ``two_stage`` holds the two-stage ranking per
-    payload (``mcmfh.evaluation.two_stage``) and flat keys ``<dir>_map_2s_<payload>`` etc. sit beside the one-stage
+    payload (``mcmfh.evaluation.rerank_eval``) and flat keys ``<dir>_map_2s_<payload>`` etc. sit beside the one-stage
     ones;
     ``companions`` are the same method fitted at the code lengths of ``code<B>`` payloads.
 

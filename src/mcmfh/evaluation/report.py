@@ -184,7 +184,7 @@ def _pair(rs: Sequence[Mapping[str, Any]], key: str) -> str:
 def two_stage_table(
     groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]]], order: Mapping[str, int]
 ) -> list[str]:
-    """One row per (method, bits, payload) of the rows that carry two-stage figures (``mcmfh.evaluation.two_stage``),
+    """One row per (method, bits, payload) of the rows that carry two-stage figures (``mcmfh.evaluation.rerank_eval``),
     next to
     their one-stage ones; groups whose rows were saved before two-stage existed are listed as not computed."""
     payloads = list(
@@ -198,7 +198,7 @@ def two_stage_table(
         "",
         f"What a search shows: stage 1 takes the first max({RERANK_FLOOR}, {settings['oversample']:g} × k) items in "
         f"Hamming order (k = {settings['k']}), stage 2 orders them by the payload's cosine to the query's own "
-        "relaxed output; the rest of the database follows in Hamming order (`mcmfh.evaluation.two_stage`). mAP is "
+        "relaxed output; the rest of the database follows in Hamming order (`mcmfh.evaluation.rerank_eval`). mAP is "
         "tie-aware mAP@all, ties only where similarity and distance are both equal; *every item re-scored* is the "
         "payload's own ceiling. P@K cells are means, one-stage → two-stage. bytes/item = code + payload. Methods "
         "without a relaxed output (continuous, `chance`, `ucmfh`) have no row.",

@@ -7,11 +7,10 @@ Modes (``mcmfh.evaluation.evaluate.evaluate_method(modes=...)``, the experiment'
   ``min`` — the smallest distance to any member's image or text code (no fusion, every member's two codes kept);
   ``sum`` — the smallest, over members, of the member's image distance plus its text distance (a text-only member
   counts its text distance twice); ``fused_2s`` — two-stage search over the fused study codes as an archive runs
-  it (``mcmfh.evaluation.two_stage``: the first ``RERANK_FLOOR`` studies in Hamming order re-scored by the study head's
-  relaxed
-  output at int8 against the query's own relaxed output; methods with a study head and relaxed outputs). Each
-  variant reports tie-aware mAP@all and P@10. ``<mode>_map`` is the fused code where the method has one, else
-  ``min``: a fixed rule, never the better of the two on test.
+  it (``mcmfh.evaluation.rerank_eval``: the first ``RERANK_FLOOR`` studies in Hamming order re-scored by the study
+  head's relaxed output at int8 against the query's own relaxed output; methods with a study head and relaxed
+  outputs). Each variant reports tie-aware mAP@all and P@10. ``<mode>_map`` is the fused code where the method has
+  one, else ``min``: a fixed rule, never the better of the two on test.
 - ``i2i`` / ``t2t``: image→image and text→text over the database items.
 A query is never matched with itself: a database item with the query's id, or a study that holds it, is left out of
 that query's ranking. It is put after every other candidate and marked not relevant, which leaves every AP-type
@@ -28,7 +27,7 @@ import numpy as np
 
 from mcmfh.errors import MCMFHError
 from mcmfh.evaluation.metrics import RankingOptions, cosine_distances, hamming_distances, ranking_metrics, relevance
-from mcmfh.evaluation.two_stage import TwoStageRanker
+from mcmfh.evaluation.rerank_eval import TwoStageRanker
 from mcmfh.features import FeatureSet
 from mcmfh.index.payload import make_codec
 from mcmfh.method import HashMethod

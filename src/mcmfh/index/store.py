@@ -2,7 +2,7 @@
 (``Capabilities``), and the one search every store runs (``search_store``), two-stage included.
 
 A store keeps items (``mcmfh.items.Item``) with their packed codes and, where it can, a payload row per item.
-Two implementations: ``ItemIndex`` (``mcmfh.index.storage``: codes in segments and SQLite metadata in the archive
+Two implementations: ``ItemIndex`` (``mcmfh.index.local_store``: codes in segments and SQLite metadata in the archive
 folder, crash-safe by generations) and ``ServerStore`` (``mcmfh.index.server_store``: codes in Milvus, metadata in
 SQLite or PostgreSQL). An archive never asks which one it holds: it reads ``capabilities``, and every operation a
 store cannot do is a documented no-op (``compact``, ``flush``, ``roll_back_to``, ``drop``) or refused with a
