@@ -207,8 +207,8 @@ def search(
     rerank: str = typer.Option(
         None,
         "--rerank",
-        help="int8: two-stage (Hamming candidates re-scored by the stored payload; the default when "
-        "the archive has one); none: Hamming order only.",
+        help="The archive's payload codec (int4; int8 for archives built before it): two-stage (Hamming candidates "
+        "re-scored by the stored payload; the default when the archive has one); none: Hamming order only.",
     ),
     per_study: int = typer.Option(
         DEFAULT_PER_STUDY,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mcmfh.index.payload import DEFAULT_PAYLOAD
 from mcmfh.index.rerank import RERANK_FLOOR
 from mcmfh.io import atomic_write_text
 
@@ -261,7 +262,7 @@ def modes_table(groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]]], o
         "are coded alone in every mode. *i2s / t2s*: an image / a text query against the database studies "
         "(relevant: shares a label with any member). *fused*: the method's own study code (one code per study, "
         f"bits / 8 bytes); *fused 2s*: two-stage search over it as an archive runs it (the first {RERANK_FLOOR} "
-        "studies in Hamming order re-scored by the study head's relaxed output at int8, bits more bytes); *min*: "
+        f"studies in Hamming order re-scored by the study head's relaxed output at {DEFAULT_PAYLOAD}); *min*: "
         "the smallest distance to any member's image or text code; *sum*: the smallest over members of image + "
         "text distance (no fusion: 2 × bits / 8 bytes per member). A study that holds the query's own item is left"
         " out of its ranking. – : the method has no study codes.",
