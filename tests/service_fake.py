@@ -202,13 +202,19 @@ class FakeEngine:
         return {f: sorted({m[f] for m in self.study.values() if m.get(f)}) for f in ("modality", "body_part")}
 
 
+def study_title(case: int) -> str | None:
+    """StudyFakeEngine's case titles: ``case2`` has none."""
+    return None if case == 2 else f"Diagnosis of case{case}"
+
+
 class StudyFakeEngine(FakeEngine):
     """FakeEngine whose items form studies of two (``case0`` = items 0 and 1, ...), ranked by their nearest member
-    (the no-fusion rule): enough to drive the page's study cards."""
+    (the no-fusion rule): enough to drive the page's study cards. Every case but ``case2`` has a case title."""
 
     def __init__(self, root: Path, escape_path: Path | None = None) -> None:
         super().__init__(root, escape_path)
-        self.items = {i: dataclasses.replace(it, study_id=f"case{it.key // 2}") for i, it in self.items.items()}
+        self.items = {i: dataclasses.replace(it, study_id=f"case{it.key // 2}", title=study_title(it.key // 2))
+                      for i, it in self.items.items()}  # fmt: skip
 
     def info(self) -> EngineInfo:
         return dataclasses.replace(super().info(), studies=True)

@@ -323,15 +323,23 @@ def test_archive_made_before_studies_stays_readable_and_gains_the_column(chain, 
         with sqlite3.connect(folder / m / "items.sqlite") as db:
             db.execute("DROP INDEX items_study")
             db.execute("ALTER TABLE items DROP COLUMN study_id")
+            db.execute("ALTER TABLE items DROP COLUMN title")  # and before case titles (issue 25)
     first = chain["fs"].splits("train", "dev").ids[0]
     with Archive.open(folder) as archive:
         item = archive.get(first)
-        assert item is not None and item.study_id is None
+        assert item is not None and item.study_id is None and item.title is None
+        assert all(h.item.title is None for h in archive.search_text(QUERY, k=3, per_study=0))
         assert archive.indexes["texts"].members([first])[first][0].id == first
         assert len(archive.search_text(QUERY, k=3)) == 3
+    with sqlite3.connect(folder / "texts" / "items.sqlite") as db:  # a reader added nothing
+        assert not {"study_id", "title"} & {r[1] for r in db.execute("PRAGMA table_info(items)")}
     with Archive.open(folder, writable=True) as archive:
         archive.add_records([_new_record(chain, "new-1", "st-x", 10)], source="test")
         assert archive.get("new-1").study_id == "st-x" and archive.get(first).study_id is None
+        archive.add_records(
+            [dataclasses.replace(_new_record(chain, "new-2", "st-x", 11), title="Old case")], source="test"
+        )
+        assert archive.get("new-2").title == "Old case" and archive.get(first).title is None
 
 
 def test_http_write_joins_a_study_and_info_counts_studies(chain, tmp_path, capsys):
@@ -386,6 +394,39 @@ def test_cli_index_add_from_a_csv_with_study_ids(chain, tmp_path, capsys):
         assert "csv-1" in [it.id for it in hit.members]
 
 
+def test_case_titles_from_a_csv_reach_the_archive_the_cli_and_the_api(chain, tmp_path, capsys):
+    """Issue 25: a CSV's ``title`` column is the item's case title, stored, searched back and shown."""
+    folder = copy_archive(chain, tmp_path)
+    new = tmp_path / "new"
+    new.mkdir()
+    image = chain["data"] / "images" / f"{chain['ds'].records[0].id}.png"
+    with open(new / "items.csv", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "image", "text", "labels", "split", "study_id", "title"])
+        w.writerow(["csv-1", str(image), QUERY, "region:lung", "train", "st-t", "  Right MCA\n infarct "])
+        w.writerow(["csv-2", "", QUERY + " Again.", "region:lung", "train", "st-t", ""])
+    assert main(["index", "add", str(folder), "--dataset", "csv", "--data-root", str(new / "items.csv")]) == 0
+    capsys.readouterr()
+    with Archive.open(folder) as archive:
+        assert archive.get("csv-1").title == "Right MCA infarct" and archive.get("csv-2").title is None
+        hit = next(h for h in archive.search_studies_text(QUERY, k=200) if h.study_id == "st-t")
+        assert hit.title == "Right MCA infarct"
+        client = TestClient(create_app(ArchiveEngine(archive, reload_interval=None), Settings()))
+        assert client.get("/items/csv-1").json()["title"] == "Right MCA infarct"
+        studies = client.post("/search/text", json={"query": QUERY, "target": "studies", "k": 100}).json()
+        study = next(s for s in studies["results"] if s["study_id"] == "st-t")
+        assert study["title"] == "Right MCA infarct"
+        assert {m["id"]: m["title"] for m in study["members"]} == {"csv-1": "Right MCA infarct", "csv-2": None}
+        items = client.post("/search/text", json={"query": QUERY, "k": 100, "per_study": 0}).json()["results"]
+        titles = {h["id"]: h["title"] for h in items}
+        assert titles["csv-1"] == "Right MCA infarct" and set(titles.values()) == {"Right MCA infarct", None}
+    assert main(["search", str(folder), "--text", QUERY, "--target", "texts", "--k", "200", "--per-study", "0"]) == 0
+    table = capsys.readouterr().out
+    assert table.count("case: Right MCA infarct") == 1
+    assert main(["search", str(folder), "--text", QUERY, "--target", "studies", "--k", "200"]) == 0
+    assert "study st-t: Right MCA infarct (2 item(s))" in capsys.readouterr().out
+
+
 def test_server_store_sqlite_metadata_keeps_studies(tmp_path):
     """The Milvus archives' SQLite metadata (no server needed for this part): study ids, members, old tables."""
     import sqlite3
@@ -393,18 +434,25 @@ def test_server_store_sqlite_metadata_keeps_studies(tmp_path):
     from mcmfh.index.server_store import SqliteMeta
 
     meta = SqliteMeta(tmp_path / "items.sqlite", create=True)
-    items = [Item("a", None, "x", study_id="s1"), Item("b", None, "y", study_id="s1"), Item("c", None, "z")]
+    items = [
+        Item("a", None, "x", study_id="s1", title="Glioma"),
+        Item("b", None, "y", study_id="s1"),
+        Item("c", None, "z"),
+    ]
     meta.add(np.zeros((3, 2), np.uint8), items, meta.reserve_keys(3))
     got = meta.members(["s1", "c", "nothing"])
     assert {s: [it.id for it in v] for s, v in got.items()} == {"s1": ["a", "b"], "c": ["c"]}
     assert meta.lookup([0])[0].study_id == "s1" and meta.lookup([2])[2].study_id is None
+    assert [meta.lookup([k])[k].title for k in (0, 1)] == ["Glioma", None]
     meta.close()
-    with sqlite3.connect(tmp_path / "items.sqlite") as db:  # a table made before studies
+    with sqlite3.connect(tmp_path / "items.sqlite") as db:  # a table made before studies and titles
         db.execute("ALTER TABLE items DROP COLUMN study_id")
+        db.execute("ALTER TABLE items DROP COLUMN title")
     meta = SqliteMeta(tmp_path / "items.sqlite", create=False)
     assert meta.lookup([0])[0].study_id is None and list(meta.members(["a"])) == ["a"]
-    meta.add(np.zeros((1, 2), np.uint8), [Item("d", None, "w", study_id="s2")], meta.reserve_keys(1))
-    assert meta.lookup([3])[3].study_id == "s2"
+    assert meta.lookup([0])[0].title is None
+    meta.add(np.zeros((1, 2), np.uint8), [Item("d", None, "w", study_id="s2", title="Cyst")], meta.reserve_keys(1))
+    assert meta.lookup([3])[3].study_id == "s2" and meta.lookup([3])[3].title == "Cyst"
     meta.close()
 
 

@@ -100,32 +100,36 @@ def test_generic_csv_without_id_column_and_min_count(tmp_path):
 def test_generic_jsonl(tmp_path):
     write_png(tmp_path / "a.png")
     lines = [
-        {"id": "a", "image": "a.png", "text": "Lesion", "labels": ["x", "y"], "split": "train"},
+        {"id": "a", "image": "a.png", "text": "Lesion", "labels": ["x", "y"], "split": "train", "title": "Abscess"},
         {"id": "b", "image": "a.png", "text": "Cyst", "labels": "y;z", "split": "dev"},
+        {"id": "e", "image": "a.png", "text": "Odd", "labels": [], "split": "dev", "title": 3},
         "not json",
         {"id": "c", "image": "a.png", "text": "No split", "labels": []},
         {"id": "d", "image": "a.png", "text": 5, "labels": [], "split": "dev"},
     ]
     p = tmp_path / "items.jsonl"
     p.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
-    with pytest.raises(DataError, match="3 bad item"):
+    with pytest.raises(DataError, match="4 bad item"):
         load_dataset("jsonl", tmp_path)
     ds = load_dataset("jsonl", tmp_path, skip_bad=True)
     assert [r.labels for r in ds.records] == [("x", "y"), ("y", "z")]
-    assert [w for w, _ in ds.report.skipped] == [f"{p}:3", f"{p}:4", f"{p}:5"]
+    assert [r.title for r in ds.records] == ["Abscess", None]  # the optional case title (issue 25)
+    assert [w for w, _ in ds.report.skipped] == [f"{p}:3", f"{p}:4", f"{p}:5", f"{p}:6"]
+    assert "'title' must be a string" in ds.report.skipped[0][1]
 
 
 def test_medpix2_layout_and_label_sets(tmp_path):
     write_png(tmp_path / "images" / "MPX1_synpic1.png")
     write_png(tmp_path / "images" / "MPX2_synpic2.png")
     (tmp_path / "medpix2.csv").write_text(
-        "id,image,text,labels,labels_coarse,case_id,split\n"
+        "id,image,text,labels,labels_coarse,case_id,split,case_title,case_diagnosis\n"
         "MPX1_synpic1,images/MPX1_synpic1.png,Mass in the liver.,loc:Abdomen;cat:Neoplasm,"
-        "type:CT;loccat:Abdomen,MPX1,train\n"
-        "MPX2_synpic2,images/MPX2_synpic2.png,Brain bleed.,loc:Brain;cat:Trauma,type:MR;loccat:Head,MPX2,test\n"
+        "type:CT;loccat:Abdomen,MPX1,train,Liver mass,Hepatocellular carcinoma\n"
+        "MPX2_synpic2,images/MPX2_synpic2.png,Brain bleed.,loc:Brain;cat:Trauma,type:MR;loccat:Head,MPX2,test,,\n"
     )
     ds = load_dataset("medpix2", tmp_path)
     assert ds.label_set == "labels" and ds.records[0].labels == ("loc:Abdomen", "cat:Neoplasm")
+    assert [r.title for r in ds.records] == ["Hepatocellular carcinoma", None]  # the case diagnosis
     coarse = load_dataset("medpix2", tmp_path, label_set="labels_coarse")
     assert coarse.records[1].labels == ("type:MR", "loccat:Head")
     with pytest.raises(DataError, match="unknown label set"):
@@ -241,6 +245,8 @@ def test_real_data_counts(shared_data):
     mp = load_dataset("medpix2", shared_data / "medpix2")
     assert len(mp) == 2050 and mp.split_counts() == {"train": 1653, "dev": 197, "test": 200}
     assert len(mp.label_vocab) == 90 and all(r.image is not None for r in mp.records)
+    assert all(r.title for r in mp.records)
+    assert next(r for r in mp.records if r.id == "MPX1009_synpic46283").title == "Bladder Diverticulum"
     assert len(load_dataset("medpix2", shared_data / "medpix2", label_set="labels_coarse").label_vocab) == 7
 
     openi = shared_data / "openi-reports"

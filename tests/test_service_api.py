@@ -234,7 +234,7 @@ def test_get_item(client: TestClient) -> None:
     assert r.status_code == 200
     assert r.json() == {
         "id": item_id(1), "text": TEXTS[1], "labels": ["loc:region1", "cat:kind1"],
-        "image_url": f"/images/{item_id(1)}", "study_id": None,
+        "image_url": f"/images/{item_id(1)}", "study_id": None, "title": None,
     }  # fmt: skip
     r = client.get("/items/MPX9999_nothing")
     assert r.status_code == 404 and "no item" in error_of(r)

@@ -17,7 +17,7 @@ import pytest
 
 from mcmfh.service.app import create_app
 from mcmfh.service.settings import Settings
-from service_fake import TEXTS, FakeEngine, StudyFakeEngine, pattern_image, png_bytes, running_server
+from service_fake import TEXTS, FakeEngine, StudyFakeEngine, pattern_image, png_bytes, running_server, study_title
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -312,6 +312,7 @@ def test_an_archive_with_studies_is_searched_by_study_and_shows_study_cards(tmp_
         expect(cards).to_have_count(3)  # six items in studies of two
         first = cards.first
         expect(first.locator("h3")).to_have_text("Study case1")
+        expect(first.locator(".title")).to_have_text(study_title(1))  # issue 25: the case title on the card
         expect(first).to_contain_text("distance 0")
         expect(first.locator(".distance")).to_contain_text("similarity 1.000")  # every study card is scored
         expect(first.locator(".thumbs img")).to_have_count(2)
@@ -321,6 +322,7 @@ def test_an_archive_with_studies_is_searched_by_study_and_shows_study_cards(tmp_
         last = cards.filter(has_text="Study case2")
         expect(last.locator(".thumbs img")).to_have_count(1)  # item 5 has no image; its report is still shown
         expect(last.locator(".reports li")).to_have_count(2)
+        expect(last.locator(".title")).to_have_count(0)  # a case without a title shows none
         first.locator(".thumbs button").nth(1).click()
         expect(page.locator("#item-title")).to_have_text("MPX0003_synpic3")
         expect(page.locator("#item-view")).to_be_visible()  # the title may be stale from the last view
@@ -346,6 +348,7 @@ def test_an_archive_with_studies_is_searched_by_study_and_shows_study_cards(tmp_
         expect(top.locator("button.card")).to_contain_text("MPX0003_synpic3")
         expect(top.locator("button.card")).to_contain_text("similarity")
         expect(top.locator("button.card .case")).to_have_text("Case case1")
+        expect(top.locator("button.card .title")).to_have_text(study_title(1))
         expect(top.locator("details.more summary")).to_have_text("1 more in this case")
         top.locator("details.more summary").click()
         top.locator("details.more button").click()

@@ -2,7 +2,8 @@
 
 A loader makes items from its files (``split`` set, no ``key``); an archive stores them (a store gives each an
 int64 ``key`` and keeps its ``source``); searches return them inside hits; the HTTP API shapes them into JSON only
-at its edge (``mcmfh.service.schemas``). The report or caption is ``text`` and the study ``study_id`` throughout.
+at its edge (``mcmfh.service.schemas``). The report or caption is ``text``, the study ``study_id`` and the case
+title ``title`` throughout.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ class Item:
 
     ``study_id``: the study (exam, case) the item belongs to; None when the source groups nothing (the item is then
     a study of its own wherever studies are asked for). ``split`` is what a loader read (not stored); ``source`` the
-    dataset or channel an archive added it from; ``key`` the store's int64 key (-1 until stored)."""
+    dataset or channel an archive added it from; ``key`` the store's int64 key (-1 until stored). ``title``: the
+    case title or diagnosis a clinician recognises the item by, where the source has one (MedPix: the case title;
+    a CSV/JSONL ``title`` column); None otherwise (e.g. vqa_rad, PACS sync) and in archives made before titles."""
 
     id: str
     image: Path | None
@@ -27,6 +30,7 @@ class Item:
     study_id: str | None = None
     source: str = ""
     key: int = -1
+    title: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,3 +59,8 @@ class StudyHit:
     distance: int
     members: tuple[Item, ...]
     score: float | None = None
+
+    @property
+    def title(self) -> str | None:
+        """The study's case title: the first of its members' titles (None when no member has one)."""
+        return next((it.title for it in self.members if it.title), None)

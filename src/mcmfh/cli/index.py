@@ -250,7 +250,7 @@ def search(
             hits = archive.search_image(image, k, target=target or "texts", rerank=rerank, per_study=per_study)
         took_ms = (time.perf_counter() - t0) * 1000
     rows = [{"rank": r + 1, "id": h.item.id, "distance": h.distance, "score": h.score, "study_id": h.item.study_id,
-             "labels": list(h.item.labels), "text": h.item.text, "more": len(h.others),
+             "title": h.item.title, "labels": list(h.item.labels), "text": h.item.text, "more": len(h.others),
              "others": [m.id for m in h.others], "duplicates": list(h.duplicates)}
             for r, h in enumerate(hits)]  # fmt: skip
     if as_json:
@@ -260,6 +260,8 @@ def search(
         caption = row["text"] if len(row["text"]) <= 90 else row["text"][:87] + "..."
         score = "" if row["score"] is None else f"s={row['score']:.3f} "
         typer.echo(f"{row['rank']:>3}  d={row['distance']:<3} {score}{row['id']:<24} {caption}")
+        if row["title"]:
+            typer.echo(f"{'':>10}case: {row['title']}")
         typer.echo(f"{'':>10}labels: {', '.join(row['labels']) or '-'}")
         if row["more"]:
             shown = ", ".join(row["others"][:MORE_SHOWN]) + (" ..." if row["more"] > MORE_SHOWN else "")
@@ -284,16 +286,17 @@ def _search_studies(archive: object, text: str | None, image: Path | None, k: in
     else:
         hits = archive.search_studies_image(image, k, rerank=rerank)
     took_ms = (time.perf_counter() - t0) * 1000
-    rows = [{"rank": r + 1, "study_id": h.study_id, "distance": h.distance, "score": h.score,
+    rows = [{"rank": r + 1, "study_id": h.study_id, "title": h.title, "distance": h.distance, "score": h.score,
              "members": [{"id": it.id, "image": None if it.image is None else str(it.image), "labels": list(it.labels),
-                          "text": it.text}
+                          "text": it.text, "title": it.title}
                          for it in h.members]} for r, h in enumerate(hits)]  # fmt: skip
     if as_json:
         typer.echo(json.dumps({"target": "studies", "results": rows, "took_ms": took_ms}, indent=2))
         return
     for row in rows:
         score = "" if row["score"] is None else f"s={row['score']:.3f} "
-        typer.echo(f"{row['rank']:>3}  d={row['distance']:<3} {score}study {row['study_id']} "
+        title = f": {row['title']}" if row["title"] else ""
+        typer.echo(f"{row['rank']:>3}  d={row['distance']:<3} {score}study {row['study_id']}{title} "
                    f"({len(row['members'])} item(s))")  # fmt: skip
         for m in row["members"]:
             caption = m["text"] if len(m["text"]) <= 80 else m["text"][:77] + "..."

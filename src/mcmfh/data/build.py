@@ -61,6 +61,7 @@ class Candidate:
     where: str
     image_name: str = ""  # as written in the source, for the missing-image report
     study: str = ""  # the study (exam, case) the item belongs to; "" = none given
+    title: str = ""  # the case title or diagnosis (``Item.title``); "" = none given
 
 
 def finalize(
@@ -105,7 +106,16 @@ def finalize(
     vocab = build_vocab([c.labels for c in kept], min_count=min_count)
     in_vocab = set(vocab)
     records = [
-        Item(c.id, c.image, c.text, tuple(t for t in c.labels if t in in_vocab), c.split, c.study or None) for c in kept
+        Item(
+            c.id,
+            c.image,
+            c.text,
+            tuple(t for t in c.labels if t in in_vocab),
+            c.split,
+            c.study or None,
+            title=c.title or None,
+        )
+        for c in kept
     ]
     return Dataset(name=name, records=records, label_set=label_set, label_vocab=vocab, report=report)
 

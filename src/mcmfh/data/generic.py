@@ -37,6 +37,7 @@ from mcmfh.errors import DataError
 
 REQUIRED = ("image", "text", "split")
 STUDY_COLUMN = "study_id"
+TITLE_COLUMN = "title"
 
 
 def _find_file(root: Path, suffixes: tuple[str, ...]) -> Path:
@@ -49,7 +50,13 @@ def _find_file(root: Path, suffixes: tuple[str, ...]) -> Path:
 
 
 def _candidate(
-    row: dict[str, object], label_set: str, base: Path, where: str, default_id: str, study_column: str = STUDY_COLUMN
+    row: dict[str, object],
+    label_set: str,
+    base: Path,
+    where: str,
+    default_id: str,
+    study_column: str = STUDY_COLUMN,
+    title_column: str = TITLE_COLUMN,
 ) -> Candidate | str:
     """One row -> Candidate, or the reason it is bad."""
     labels_cell = row.get(label_set)
@@ -61,7 +68,7 @@ def _candidate(
         labels = split_labels(labels_cell)
     else:
         return f"{label_set!r} must be a list of strings or a ';'-separated string"
-    for key in ("image", "text", "split", "id", study_column):
+    for key in ("image", "text", "split", "id", study_column, title_column):
         if row.get(key) is not None and not isinstance(row[key], str):
             return f"field {key!r} must be a string"
     image_cell = str(row.get("image") or "").strip()
@@ -78,6 +85,7 @@ def _candidate(
         where=where,
         image_name=image_cell,
         study=str(row.get(study_column) or "").strip(),
+        title=" ".join(str(row.get(title_column) or "").split()),
     )
 
 
@@ -89,11 +97,12 @@ def load_rows_csv(
     encoding: str = DEFAULT_ENCODING,
     max_field_chars: int = MAX_FIELD_CHARS,
     study_column: str = STUDY_COLUMN,
+    title_column: str = TITLE_COLUMN,
 ) -> list[Candidate]:
     required = REQUIRED + (label_set,) + (("id",) if require_id else ())
     out: list[Candidate] = []
     for line, row in read_csv_rows(path, required, issues, encoding=encoding, max_field_chars=max_field_chars):
-        c = _candidate(row, label_set, path.parent, f"{path}:{line}", f"{path.stem}-{line}", study_column)
+        c = _candidate(row, label_set, path.parent, f"{path}:{line}", f"{path.stem}-{line}", study_column, title_column)
         if isinstance(c, str):
             issues.bad(f"{path}:{line}", c)
         else:

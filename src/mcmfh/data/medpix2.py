@@ -9,6 +9,8 @@ Label sets:
 
 Splits are the dataset authors' case-level split (no case crosses splits): train 1,653 / dev 197 / test 200.
 Studies are the teaching cases (``case_id``): 671 cases of one or more images, each image with its own caption.
+Titles (``Item.title``) are the cases' diagnoses (``case_diagnosis``, e.g. "Bladder Diverticulum"): every case has
+one; it equals ``case_title`` in 669 of the 671 cases, and where they differ the title carries an HTML entity.
 """
 
 from __future__ import annotations
@@ -30,5 +32,6 @@ def load_medpix2(root: Path, label_set: str, issues: Issues, min_count: int = 1,
     path = root if root.is_file() else root / CSV_NAME
     if not path.is_file():
         raise DataError(f"{path}: not found; run `mcmfh prepare medpix2 --out DIR` to create the MedPix 2.0 layout")
-    cands = load_rows_csv(path, label_set, issues, require_id=True, study_column="case_id")
+    cands = load_rows_csv(path, label_set, issues, require_id=True, study_column="case_id",
+                          title_column="case_diagnosis")  # fmt: skip
     return finalize("medpix2", label_set, cands, issues, check_images=check_images, min_count=min_count)

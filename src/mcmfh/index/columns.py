@@ -36,10 +36,11 @@ COLUMNS = (
     Column("labels", "TEXT NOT NULL", "jsonb NOT NULL"),
     Column("source", "TEXT NOT NULL", "text NOT NULL"),
     Column("study_id", "TEXT", "text"),  # added after the first archives: older tables lack it (read as NULL)
+    Column("title", "TEXT", "text"),  # the case title (issue 25): older tables lack it (read as NULL)
 )
 NAMES = ", ".join(c.name for c in COLUMNS)
 # Columns added to the record later, nullable: a table made before them is read with NULL in their place.
-LATER_COLUMNS = ("study_id",)
+LATER_COLUMNS = ("study_id", "title")
 
 
 def select_names(present: set[str]) -> str:
@@ -67,12 +68,13 @@ def item_from_row(row: Sequence[Any]) -> Item:
     """An ``Item`` from the record's columns in ``NAMES`` order (labels as JSON text or an already decoded list)."""
     labels = row[4] if isinstance(row[4], list) else json.loads(row[4])
     study = row[6] if len(row) > 6 else None
+    title = row[7] if len(row) > 7 else None
     image = None if row[3] is None else Path(row[3])
     return Item(id=row[1], image=image, text=row[2], labels=tuple(labels), study_id=study or None, source=row[5],
-                key=int(row[0]))  # fmt: skip
+                key=int(row[0]), title=title or None)  # fmt: skip
 
 
-def item_row(i: int, item: Item) -> tuple[str, str, str | None, str, str, str | None]:
+def item_row(i: int, item: Item) -> tuple[str, str, str | None, str, str, str | None, str | None]:
     """Validate item ``i`` of an add into its stored columns (every column but ``key``). Every metadata store
     validates items with this."""
     if not isinstance(item, Item) or not str(item.id).strip():
@@ -82,6 +84,8 @@ def item_row(i: int, item: Item) -> tuple[str, str, str | None, str, str, str | 
         raise MCMFHError(f"items[{i}] ({item.id}): labels must be a list of strings, got {labels!r:.80}")
     if item.study_id is not None and not isinstance(item.study_id, str):
         raise MCMFHError(f"items[{i}] ({item.id}): study_id must be a string, got {item.study_id!r:.80}")
+    if item.title is not None and not isinstance(item.title, str):
+        raise MCMFHError(f"items[{i}] ({item.id}): title must be a string, got {item.title!r:.80}")
     return (
         str(item.id),
         str(item.text),
@@ -89,4 +93,5 @@ def item_row(i: int, item: Item) -> tuple[str, str, str | None, str, str, str | 
         json.dumps(list(labels)),
         str(item.source),
         item.study_id or None,  # "" (an item of no study) is stored as NULL, as an archive made before studies reads
+        item.title or None,
     )

@@ -11,7 +11,8 @@ The record is ``mcmfh.index.columns``; the table comes in two layouts:
   deletes, and keys come from a counter (``reserve_keys``) so a code a killed add left on the server can never alias
   a new item.
 
-A table made before a column existed (``study_id``, ``payload``) is read with NULL in its place; a writer adds it.
+A table made before a column existed (``study_id``, ``payload``, ``title``) is read with NULL in its place; a writer
+adds it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.index import text_index
-from mcmfh.index.columns import NAMES, SQL_CHUNK, item_from_row, select_names, sqlite_table, study_filter
+from mcmfh.index.columns import COLUMNS, NAMES, SQL_CHUNK, item_from_row, select_names, sqlite_table, study_filter
 from mcmfh.index.sealed import seal, unseal
 from mcmfh.io import sqlite_transaction
 from mcmfh.items import Item
@@ -48,10 +49,17 @@ _LIVE = "\n".join(
     ]
 )
 # Columns added after the first tables of each layout, with their definitions: a writer adds what a table lacks.
-_LATER = {True: {"payload": "payload BLOB", "study_id": "study_id TEXT"}, False: {"study_id": "study_id TEXT"}}
+_LATER = {
+    True: {"payload": "payload BLOB", "study_id": "study_id TEXT", "title": "title TEXT"},
+    False: {"study_id": "study_id TEXT", "title": "title TEXT"},
+}
 _VISIBLE = " AND gen <= ? AND (removed_gen IS NULL OR removed_gen > ?)"
 
 Row = tuple[Any, ...]  # an item's stored columns but its key (``mcmfh.index.columns.item_row``)
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
 
 
 def create_table(path: Path, generations: bool) -> None:
@@ -297,13 +305,13 @@ class SqliteItemTable:
         if not self.generations:
             self.upgrade()
             with sqlite_transaction(self._db):
-                self._db.executemany(f"INSERT INTO items ({NAMES}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                self._db.executemany(f"INSERT INTO items ({NAMES}) VALUES ({_marks(len(COLUMNS))})",
                                      [(int(k), *r) for k, r in zip(keys, rows, strict=True)])  # fmt: skip
             return
         blobs: list[bytes | None] = [None] * len(rows)
         if payload is not None:
             blobs = [seal(int(k), p.tobytes()) for k, p in zip(keys, payload, strict=True)]
-        self._db.executemany(f"INSERT INTO items ({NAMES}, gen, payload) VALUES (?,?,?,?,?,?,?,?,?)",
+        self._db.executemany(f"INSERT INTO items ({NAMES}, gen, payload) VALUES ({_marks(len(COLUMNS) + 2)})",
                              [(int(k), *r, gen, b) for k, r, b in zip(keys, rows, blobs, strict=True)])  # fmt: skip
 
     def delete(self, item_ids: Sequence[str]) -> np.ndarray:

@@ -61,7 +61,12 @@ def _v3(bits: int) -> list[str]:
     ]
 
 
-MIGRATIONS: list[Callable[[int], list[str]]] = [_v1, _v2, _v3]  # version i + 1 = MIGRATIONS[i]; append, never edit
+def _v4(bits: int) -> list[str]:
+    # Case titles (issue 25): the case title or diagnosis shown on result cards; NULL: none.
+    return ["ALTER TABLE mcmfh_items ADD COLUMN title text"]
+
+
+MIGRATIONS: list[Callable[[int], list[str]]] = [_v1, _v2, _v3, _v4]  # version i + 1 = MIGRATIONS[i]; append, never edit
 
 
 def _psycopg() -> Any:
@@ -155,8 +160,8 @@ class PostgresItemStore:
         strings = bit_strings(codes, self.bits)
         if len(strings) != len(rows) or (keys is not None and len(keys) != len(rows)):
             raise MCMFHError(f"postgres add: {len(rows)} items, {len(strings)} codes, keys {keys is not None}")
-        cols = "item_id, caption, image, labels, source, study_id, code"
-        vals = "%s, %s, %s, %s, %s, %s, %s::bit varying"
+        cols = "item_id, caption, image, labels, source, study_id, title, code"
+        vals = "%s, %s, %s, %s, %s, %s, %s, %s::bit varying"
         params = [[*r, s] for r, s in zip(rows, strings, strict=True)]
         if keys is not None:
             cols, vals = "key, " + cols, "%s, " + vals
@@ -268,7 +273,7 @@ class PostgresItemStore:
                 (query, int(radius), int(limit)),
             )
             rows = cur.fetchall()
-        return [Hit(item_from_row(r[:7]), int(r[7])) for r in rows]
+        return [Hit(item_from_row(r[:-1]), int(r[-1])) for r in rows]
 
     def close(self) -> None:
         self._db.close()

@@ -85,17 +85,19 @@ def _image_url(item: Item) -> str | None:
 
 
 def _item_out(item: Item) -> ItemOut:
-    return ItemOut(id=item.id, text=item.text, labels=list(item.labels), image_url=_image_url(item),
-                   study_id=item.study_id)  # fmt: skip
+    return ItemOut(id=item.id, text=item.text, title=item.title, labels=list(item.labels),
+                   image_url=_image_url(item), study_id=item.study_id)  # fmt: skip
 
 
 def _member_out(item: Item) -> StudyMemberOut:
-    return StudyMemberOut(id=item.id, text=item.text, labels=list(item.labels), image_url=_image_url(item))
+    return StudyMemberOut(id=item.id, text=item.text, title=item.title, labels=list(item.labels),
+                          image_url=_image_url(item))  # fmt: skip
 
 
 def _hit_out(hit: Hit, study: dict[str, str] | None, viewer_url: str | None) -> HitOut:
     it, study = hit.item, study or {}
-    return HitOut(id=it.id, distance=hit.distance, score=hit.score, text=it.text, labels=list(it.labels),
+    return HitOut(id=it.id, distance=hit.distance, score=hit.score, text=it.text, title=it.title,
+                  labels=list(it.labels),
                   image_url=_image_url(it), modality=study.get("modality") or None,
                   body_part=study.get("body_part") or None, study_date=study.get("study_date") or None,
                   viewer_url=viewer_link(viewer_url, study) if viewer_url and study else None,
@@ -105,7 +107,7 @@ def _hit_out(hit: Hit, study: dict[str, str] | None, viewer_url: str | None) -> 
 
 def _study_out(hit: StudyHit) -> StudyHitOut:
     members = [_member_out(it) for it in hit.members]
-    return StudyHitOut(study_id=hit.study_id, distance=hit.distance, score=hit.score, members=members)
+    return StudyHitOut(study_id=hit.study_id, title=hit.title, distance=hit.distance, score=hit.score, members=members)
 
 
 def _study_engine(engine: SearchEngine, filters: dict[str, str]) -> StudyEngine:

@@ -78,9 +78,13 @@ class TextQuery(BaseModel):
     _unicode = field_validator("query")(valid_unicode)
 
 
+TITLE_HELP = "The case title or diagnosis, where the source has one (null: none)."
+
+
 class StudyMemberOut(BaseModel):
     id: str
     text: str
+    title: str | None = Field(None, description=TITLE_HELP)
     labels: list[str]
     image_url: str | None
 
@@ -94,6 +98,7 @@ class HitOut(BaseModel):
         "own relaxed output, -1 to 1) the results are ordered by; null for one-stage (Hamming order).",
     )
     text: str
+    title: str | None = Field(None, description=TITLE_HELP)
     labels: list[str]
     image_url: str | None
     modality: str | None = Field(None, description="From the PACS (items synced with `mcmfh index sync`).")
@@ -111,6 +116,7 @@ class HitOut(BaseModel):
 
 class StudyHitOut(BaseModel):
     study_id: str
+    title: str | None = Field(None, description="The study's case title: the first of its members' titles.")
     distance: int = Field(
         description="Hamming distance between the query code and the study's code (its fused "
         "study code, or the nearest of its members' codes for a model without a study head)."
@@ -142,6 +148,7 @@ class SearchOut(BaseModel):
 class ItemOut(BaseModel):
     id: str
     text: str
+    title: str | None = Field(None, description=TITLE_HELP)
     labels: list[str]
     image_url: str | None
     study_id: str | None = Field(None, description="The study (exam, case) it belongs to; null: a study of its own.")
@@ -174,8 +181,9 @@ class NewItem(BaseModel):
     study_id: str | None = Field(
         default=None, min_length=1, max_length=1024, description="The study (exam, case) it joins (re-coded)."
     )
+    title: str | None = Field(default=None, min_length=1, max_length=1024, description=TITLE_HELP)
 
-    _unicode = field_validator("id", "text", "image", "study_id")(valid_unicode)
+    _unicode = field_validator("id", "text", "image", "study_id", "title")(valid_unicode)
 
     @field_validator("labels")
     @classmethod

@@ -49,7 +49,7 @@ def write_routes(engine: WritableEngine, settings: Settings) -> APIRouter:
     async def add_item(body: NewItem, response: Response) -> WriteOut:
         item_id = checked_id(body.id, 422)
         record = Item(id=item_id, image=_image_file(settings, body.image), text=body.text, labels=tuple(body.labels),
-                      split="train", study_id=body.study_id or None)  # fmt: skip
+                      split="train", study_id=body.study_id or None, title=body.title)  # fmt: skip
         added = await anyio.to_thread.run_sync(engine.add_records, [record])
         if not added:
             response.status_code = 200  # already there: nothing changed (ids are unique; remove first to replace)

@@ -87,6 +87,13 @@ function foldable(className, summaryText, members, owner) {
   return details;
 }
 
+function caseTitle(text) {
+  const title = document.createElement("span");
+  title.className = "title";
+  title.textContent = text;
+  return title;
+}
+
 function card(hit, rank) {
   const li = document.createElement("li");
   const button = document.createElement("button");
@@ -115,6 +122,9 @@ function card(hit, rank) {
   caption.textContent = hit.text;
   const study = [hit.modality, hit.body_part, hit.study_date].filter(Boolean).join(" · ");
   const parts = [distance, caption, labelList(hit.labels)];
+  if (hit.title) {  // the case title or diagnosis, where the archive has one
+    parts.splice(1, 0, caseTitle(hit.title));
+  }
   if (hit.study_id) {
     const which = document.createElement("span");
     which.className = "case";
@@ -193,7 +203,8 @@ function studyCard(hit, rank) {
   const labels = [...new Set(hit.members.flatMap((m) => m.labels))];
   const members = foldable("members", `Open the ${hit.members.length} item(s) of this study`, hit.members,
     `study ${hit.study_id}`);
-  box.append(title, distance, thumbs, reports, labelList(labels), members);
+  box.append(title, ...(hit.title ? [caseTitle(hit.title)] : []), distance, thumbs, reports, labelList(labels),
+    members);
   li.appendChild(box);
   return li;
 }
