@@ -259,9 +259,49 @@ def test_baseline_without_study_head_ranks_studies_by_nearest_member(chain):
         best = {s: int(per_item[sids == s].min()) for s in dict.fromkeys(sids.tolist())}
         expected = sorted(best.items(), key=lambda kv: (kv[1], kv[0]))
         for k in (1, 5, len(best)):
-            hits = archive.search_studies_text(QUERY, k=k)
+            hits = archive.search_studies_text(QUERY, k=k, rerank="none")
             assert [(h.study_id, h.distance) for h in hits] == expected[:k]
+            assert all(h.score is None for h in hits)
         assert {it.id for it in hits[0].members} == {db.ids[i] for i in np.flatnonzero(sids == hits[0].study_id)}
+
+
+def test_min_rule_studies_are_rescored_by_their_best_member(chain):
+    """Issue 25: without a study head, studies are two-stage too: a study's score is its best member's re-scored
+    similarity (what an item search of either modality gives that member), and they are ordered by it."""
+    with Archive.open(chain["base_idx"]) as archive:
+        assert archive.study_rule == "min" and archive.payload_codec is not None
+        best: dict[str, tuple[float, int]] = {}
+        for target in ("images", "texts"):  # every item is a candidate here (96 items, RERANK_FLOOR 1000)
+            for h in archive.search_text(QUERY, k=len(archive), target=target, per_study=0):
+                sid, key = h.item.study_id or h.item.id, (-h.score, h.distance)
+                best[sid] = min(best.get(sid, key), key)
+        expected = sorted(best, key=lambda sid: (best[sid], sid))
+        whole = archive.search_studies_text(QUERY, k=len(best))
+        assert [h.study_id for h in whole] == expected
+        assert [(-h.score, h.distance) for h in whole] == [best[sid] for sid in expected]  # scored, ordered
+        assert len({h.score for h in whole}) > len(whole) // 2  # ties are broken by the similarity
+        for k in (1, 3, 7):
+            assert [h.study_id for h in archive.search_studies_text(QUERY, k=k)] == expected[:k]
+
+
+def test_min_rule_studies_keep_the_prefix_property_past_a_small_candidate_budget(chain):
+    from mcmfh.archive.search import nearest_studies
+    from mcmfh.index.store import Rescore
+
+    with Archive.open(chain["base_idx"]) as archive:
+        code, relaxed = archive.coder.code("texts", QUERY)
+        packed = pack_codes(code[None, :])
+        n = len(set(chain["fs"].splits("train", "dev").study_ids().tolist()))
+        for budget in (3, 10):
+            how = Rescore(archive.payload_codec, relaxed[None, :], budget=budget)
+            whole = nearest_studies(archive.indexes, packed, n, how)
+            assert len(whole) == n and len({sid for sid, _, _ in whole}) == n
+            scored = [(-s, d) for _, d, s in whole if s is not None]
+            assert 0 < len(scored) < n and scored == sorted(scored)  # candidates' studies first, by similarity
+            assert all(s is None for _, _, s in whole[len(scored) :])  # then the rest, unscored, by distance
+            assert [d for _, d, _ in whole[len(scored) :]] == sorted(d for _, d, _ in whole[len(scored) :])
+            for k in range(1, n + 1):
+                assert nearest_studies(archive.indexes, packed, k, how) == whole[:k]
 
 
 def test_archive_without_studies_refuses_target_studies(chain):

@@ -252,7 +252,7 @@ class Archive:
                 "search target 'studies': this archive has no studies (build it from features whose dataset has a "
                 "study_id column, or search --target images / texts)"
             )
-        codec = self.study_codec if self.study_rule == "fused" else None
+        codec = self.study_codec if self.study_rule == "fused" else self.payload_codec
         mode = rerank_mode(codec, rerank, "studies")
         if k < 1:
             raise MCMFHError(f"k must be at least 1, got {k}")

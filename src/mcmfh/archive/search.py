@@ -4,8 +4,8 @@ Items: one-stage (Hamming order) or two-stage (candidates re-scored by the store
 (``ItemStore.search``). Cross-modal by default: a text query searches image codes (the images for a clinical phrase),
 an image query searches text codes (the report for an image). Studies: ``fused`` ranks the one code per study of
 ``studies/`` (a method's study head); ``min`` ranks studies by the nearest of their members' image and text codes
-(a method without one; the no-fusion rule of ``mcmfh.evaluation.study_eval``). Either way a study hit carries its
-members.
+(a method without one; the no-fusion rule of ``mcmfh.evaluation.study_eval``), two-stage where the items have
+payloads (a study scores its best member's similarity). Either way a study hit carries its members.
 """
 
 from __future__ import annotations
@@ -91,34 +91,52 @@ def search_diversified(store: ItemStore, code: np.ndarray, relaxed: np.ndarray |
 def search_studies(indexes: Mapping[str, ItemStore], rule: str, code: np.ndarray, k: int,
                    relaxed: np.ndarray | None = None, codec: PayloadCodec | None = None,
                    mode: str = "none") -> list[StudyHit]:  # fmt: skip
-    """The k studies nearest to one query by ``rule`` (``fused`` or ``min``), each with its members. Fused studies
-    with a payload (``codec``, ``mode`` from ``rerank_mode``) are searched two-stage, as items: the hits carry the
-    similarity they are ordered by."""
+    """The k studies nearest to one query by ``rule`` (``fused`` or ``min``), each with its members. With a payload
+    (``codec``, ``mode`` from ``rerank_mode``: the study payload for ``fused``, the items' for ``min``) studies are
+    searched two-stage, as items: the hits carry the similarity they are ordered by."""
     packed = pack_codes(code[None, :])
     if rule == "fused":
         how = rescore_of(relaxed, codec, mode)
         found = [(h.item.id, h.distance, h.score) for h in indexes["studies"].search(packed, k, rescore=how)[0]]
     else:
-        found = [(sid, d, None) for sid, d in nearest_studies(indexes, packed, k)]
+        how = rescore_of(relaxed, codec, mode, None if mode == "none" else candidate_budget(k))
+        found = nearest_studies(indexes, packed, k, how)
     members = indexes["texts"].members([sid for sid, _, _ in found])
     return [StudyHit(sid, int(d), tuple(members.get(sid, ())), score) for sid, d, score in found]
 
 
-def nearest_studies(indexes: Mapping[str, ItemStore], packed: np.ndarray, k: int) -> list[tuple[str, int]]:
-    """The k studies nearest by their members' image and text codes (the ``min`` rule), exactly: item hits are
-    fetched until k studies lie strictly closer than any item not fetched yet."""
+def _order(hit: Hit) -> tuple[float, int]:
+    """Where a hit stands in a store's ranking: two-stage candidates by similarity (then distance), the hits past
+    the candidate budget (no score) after them by distance; one-stage hits (no score) by distance."""
+    return (np.inf if hit.score is None else -hit.score, hit.distance)
 
-    def rank(want: int) -> tuple[list[tuple[str, int]], bool]:
-        lists = [indexes[m].search(packed, want)[0] for m in MODALITIES]
-        full = [hits[-1].distance for hits in lists if len(hits) == want]  # lists that may go on beyond
-        bound = min(full, default=np.inf)
-        best: dict[str, int] = {}
+
+def nearest_studies(indexes: Mapping[str, ItemStore], packed: np.ndarray, k: int,
+                    rescore: Rescore | None = None) -> list[tuple[str, int, float | None]]:  # fmt: skip
+    """The k studies nearest by their members' image and text items (the ``min`` rule) as (study id, distance,
+    score), exactly: item hits are fetched from both stores until k studies rank strictly before any item not
+    fetched yet.
+
+    One-stage (``rescore`` None): a study's distance is its nearest member's, the score None; ties by study id.
+    Two-stage: each store re-scores its Hamming candidates (a fixed ``rescore.budget`` each, so the top k is the
+    prefix of the top K wherever both have the same budget, as for items: ``candidate_budget``) by the stored
+    payloads against the query's relaxed output; a study's score is its best member's similarity (image and text
+    members alike: both are cosines of the query's relaxed output) and its distance that member's distance, so it
+    may exceed its nearest member's. Studies are ordered by score, then distance, then id; a study none of whose
+    members is a candidate follows them all, unscored, by distance."""
+
+    def rank(want: int) -> tuple[list[tuple[str, int, float | None]], bool]:
+        lists = [indexes[m].search(packed, want, rescore=rescore)[0] for m in MODALITIES]
+        full = [_order(hits[-1]) for hits in lists if len(hits) == want]  # lists that may go on beyond
+        bound = min(full, default=(np.inf, np.inf))
+        best: dict[str, Hit] = {}
         for hits in lists:
             for h in hits:
-                if h.distance < bound:
-                    sid = h.item.study_id or h.item.id
-                    best[sid] = min(best.get(sid, h.distance), h.distance)
-        return sorted(best.items(), key=lambda kv: (kv[1], kv[0])), bool(full)
+                sid = h.item.study_id or h.item.id
+                if _order(h) < bound and (sid not in best or _order(h) < _order(best[sid])):
+                    best[sid] = h
+        ranked = sorted(best.items(), key=lambda kv: (_order(kv[1]), kv[0]))
+        return [(sid, h.distance, h.score) for sid, h in ranked], bool(full)
 
     found, _ = widen(rank, lambda result, _want: len(result[0]) >= k or not result[1],
                      max(STUDY_HITS_PER_STUDY * k, STUDY_HITS_FLOOR))  # fmt: skip
