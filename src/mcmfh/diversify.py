@@ -4,7 +4,9 @@ folded, as search engines' field collapsing (or clip-retrieval's deduplication) 
 A ranking of item hits is walked in order; a hit is shown unless ``per_study`` hits of its study (``Item.study_id``,
 or the item itself when it has none) are shown already, or its text is, word for word (whitespace and case aside),
 the text of a hit shown before it: the same caption of two images of one case, or a report shared by a study's
-images, never fills a screen. A folded duplicate is kept on the hit it repeats (``Hit.duplicates``). ``per_study``
+images, never fills a screen. Nor does one image (or report) stored twice under two ids: a two-stage hit whose
+stored code and payload are those of a hit shown before it is folded too (``copy_key``). A folded duplicate is kept
+on the hit it repeats (``Hit.duplicates``). ``per_study``
 0 is the raw ranking: nothing folded. The hits shown for a prefix of a ranking are a prefix of those shown for the
 whole (only the duplicates folded under them may grow), so a search that keeps the prefix property
 (``mcmfh.index.rerank``) keeps it diversified too.
@@ -34,9 +36,19 @@ def text_key(item: Item) -> str:
     return " ".join(item.text.split()).casefold()
 
 
+def copy_key(hit: Hit) -> tuple[int, bytes] | None:
+    """What makes two hits of one search copies of one stored code and payload: the same payload row (what two-stage
+    search read to re-score them, ``Hit.payload``) at the same Hamming distance from the query, so the search needs
+    no second read of the codes. None (never folded as a copy): one-stage hits and those past the candidate budget,
+    which carry no payload. Its limit: two items with equal payload rows whose codes differ only in bits the payload
+    quantises to zero, at equal distance from this query, count as copies (the payload is the relaxed output the
+    code is the sign of); items stored twice from one image (or report) always do."""
+    return None if hit.payload is None else (hit.distance, hit.payload)
+
+
 def diversify(hits: Sequence[Hit], per_study: int = DEFAULT_PER_STUDY) -> list[Hit]:
     """The hits shown, in rank order, each with the ids of the later hits folded under it as duplicates of its
-    text; ``per_study`` 0 returns the hits unchanged."""
+    text or copies of its code and payload (``copy_key``); ``per_study`` 0 returns the hits unchanged."""
     if per_study < 0:
         raise ValueError(f"per_study must be >= 0, got {per_study}")
     if per_study == 0:
@@ -45,16 +57,22 @@ def diversify(hits: Sequence[Hit], per_study: int = DEFAULT_PER_STUDY) -> list[H
     dupes: dict[int, list[str]] = {}
     per: dict[str, int] = {}
     by_text: dict[str, int] = {}
+    by_copy: dict[tuple[int, bytes], int] = {}
     for hit in hits:
-        text, study = text_key(hit.item), study_key(hit.item)
-        if text and text in by_text:
-            dupes.setdefault(by_text[text], []).append(hit.item.id)
+        text, study, copy = text_key(hit.item), study_key(hit.item), copy_key(hit)
+        same = by_text.get(text) if text else None
+        if same is None and copy is not None:
+            same = by_copy.get(copy)
+        if same is not None:
+            dupes.setdefault(same, []).append(hit.item.id)
             continue
         if per.get(study, 0) >= per_study:
             continue
         per[study] = per.get(study, 0) + 1
         if text:
             by_text[text] = len(shown)
+        if copy is not None:
+            by_copy[copy] = len(shown)
         shown.append(hit)
     return [replace(h, duplicates=tuple(dupes[i])) if i in dupes else h for i, h in enumerate(shown)]
 
@@ -66,19 +84,25 @@ def others_not_shown(shown: Sequence[Hit]) -> list[Hit]:
     return [replace(h, others=tuple(m for m in h.others if m.id not in on_screen)) for h in shown]
 
 
-def diversified_rows(order: np.ndarray, groups: np.ndarray, texts: np.ndarray, k: int, per_study: int = 1) -> list[int]:
+def diversified_rows(order: np.ndarray, groups: np.ndarray, texts: np.ndarray, k: int, per_study: int = 1,
+                     copies: np.ndarray | None = None) -> list[int]:  # fmt: skip
     """The first k rows of a database ranking (``order``: row numbers, best first) as diversification shows them:
     at most ``per_study`` rows per group (``groups``: a study number per row) and no row whose text (``texts``: a
-    hashable text key per row, e.g. the text embedding's bytes) an earlier shown row had. The evaluation's view of
-    ``diversify``, on arrays."""
+    hashable text key per row, e.g. the text embedding's bytes) or copy key (``copies``: a hashable key per row,
+    e.g. its code and payload bytes, None for a row never folded as a copy, as ``copy_key``) an earlier shown row
+    had. The evaluation's view of ``diversify``, on arrays."""
     shown: list[int] = []
     per: dict[int, int] = {}
     seen: set[Any] = set()
+    seen_copies: set[Any] = set()
     for r in order:
         g, t = int(groups[r]), texts[r]
-        if t in seen or per.get(g, 0) >= per_study:
+        c = None if copies is None else copies[r]
+        if t in seen or (c is not None and c in seen_copies) or per.get(g, 0) >= per_study:
             continue
         seen.add(t)
+        if c is not None:
+            seen_copies.add(c)
         per[g] = per.get(g, 0) + 1
         shown.append(int(r))
         if len(shown) == k:
@@ -86,14 +110,16 @@ def diversified_rows(order: np.ndarray, groups: np.ndarray, texts: np.ndarray, k
     return shown
 
 
-def case_metrics(keys: np.ndarray, rel: np.ndarray, groups: np.ndarray, texts: np.ndarray, k: int) -> dict[str, float]:
+def case_metrics(keys: np.ndarray, rel: np.ndarray, groups: np.ndarray, texts: np.ndarray, k: int,
+                 copies: np.ndarray | None = None) -> dict[str, float]:  # fmt: skip
     """For (Q, N) rank keys (lower first; ties in database order) and relevance: ``p_cases`` — precision of the
-    first k entries of the diversified ranking (distinct cases); ``p_items`` — of the raw first k, same order;
-    ``cases_raw`` — distinct groups among the raw first k. Stable order inside ties, not tie-aware."""
+    first k entries of the diversified ranking (distinct cases; ``copies`` as ``diversified_rows``); ``p_items`` —
+    of the raw first k, same order; ``cases_raw`` — distinct groups among the raw first k. Stable order inside
+    ties, not tie-aware."""
     p_cases, p_items, cases_raw = [], [], []
     for q in range(keys.shape[0]):
         order = np.argsort(keys[q], kind="stable")
-        shown = diversified_rows(order, groups, texts, k)
+        shown = diversified_rows(order, groups, texts, k, copies=copies)
         p_cases.append(float(rel[q, shown].sum()) / k)
         p_items.append(float(rel[q, order[:k]].sum()) / k)
         cases_raw.append(len(set(groups[order[:k]].tolist())))

@@ -39,14 +39,17 @@ class Hit:
     similarity the results are ordered by (``None`` for one-stage search, or past the candidate budget).
 
     Diversified results (``mcmfh.diversify``) also carry ``others``: the other items of its study not shown
-    themselves ("N more in this case"), and ``duplicates``: the ids of lower-ranked hits with the same text,
-    folded under this one. Both are empty for a raw ranking."""
+    themselves ("N more in this case"), and ``duplicates``: the ids of lower-ranked hits with the same text, or the
+    same code and payload, folded under this one. Both are empty for a raw ranking. ``payload``: the stored payload
+    row two-stage search re-scored the hit from (None for one-stage hits and past the candidate budget); the
+    search's own, never shown."""
 
     item: Item
     distance: int
     score: float | None = None
     others: tuple[Item, ...] = ()
     duplicates: tuple[str, ...] = ()
+    payload: bytes | None = None
 
 
 @dataclass(frozen=True)

@@ -267,7 +267,7 @@ def search(
             shown = ", ".join(row["others"][:MORE_SHOWN]) + (" ..." if row["more"] > MORE_SHOWN else "")
             typer.echo(f"{'':>10}+ {row['more']} more in this case: {shown}")
         if row["duplicates"]:
-            typer.echo(f"{'':>10}same text: {', '.join(row['duplicates'][:MORE_SHOWN])}")
+            typer.echo(f"{'':>10}same text or image: {', '.join(row['duplicates'][:MORE_SHOWN])}")
     typer.echo(f"{len(rows)} result(s) in {took_ms:.1f} ms (encode + search)")
     if rows:
         key = H_KEY if hybrid else S_KEY

@@ -175,14 +175,18 @@ def _case_rows(direction: str, q_codes: np.ndarray, db_codes: np.ndarray, q_labe
     _, groups = np.unique(np.asarray(db.study_ids(), dtype=str), return_inverse=True)
     texts = np.array([row.tobytes() for row in np.asarray(db.text)], dtype=object)
     rel = relevance(q_labels, db.labels)
-    rankings = {"": dist(q_codes, db_codes)}
+    rankings: dict[str, tuple[Any, np.ndarray | None]] = {"": (dist(q_codes, db_codes), None)}
     if rerank is not None and vectors is not None:
         q_vec, db_vec = vectors
-        ranker = TwoStageRanker(q_codes, db_codes, q_vec, db_vec, make_codec(DEFAULT_PAYLOAD, db_vec.shape[1]))
-        rankings[f"_2s_{DEFAULT_PAYLOAD}"] = ranker.rank(min(rerank.k, len(db)), rerank.oversample)[0]
+        codec = make_codec(DEFAULT_PAYLOAD, db_vec.shape[1])
+        ranker = TwoStageRanker(q_codes, db_codes, q_vec, db_vec, codec)
+        # As a two-stage search folds copies (mcmfh.diversify.copy_key): rows of identical code and payload.
+        stored = zip(np.asarray(db_codes), codec.encode(db_vec), strict=True)
+        copies = np.array([code.tobytes() + payload.tobytes() for code, payload in stored], dtype=object)
+        rankings[f"_2s_{DEFAULT_PAYLOAD}"] = (ranker.rank(min(rerank.k, len(db)), rerank.oversample)[0], copies)
     out: dict[str, float] = {}
-    for suffix, keys in rankings.items():
-        m = case_metrics(np.asarray(keys), rel, groups, texts, CASES_AT)
+    for suffix, (keys, copies) in rankings.items():
+        m = case_metrics(np.asarray(keys), rel, groups, texts, CASES_AT, copies)
         out |= {f"{direction}_p{CASES_AT}_cases{suffix}": m["p_cases"],
                 f"{direction}_p{CASES_AT}_items_stable{suffix}": m["p_items"],
                 f"{direction}_cases_in_{CASES_AT}{suffix}": m["cases_raw"]}  # fmt: skip

@@ -125,11 +125,12 @@ def search_store(codes: NearestCodes, rows: ItemRows, queries: np.ndarray, k: in
     a key without a row is damage and raises; otherwise (a server store) it is left out."""
     if k < 1:
         raise MCMFHError(f"search: k must be >= 1, got {k}")
+    rows_read: dict[int, bytes] = {}  # two-stage: each candidate's payload row, carried on its hit
     if rescore is None:
         dist, keys = codes.search(queries, k + spare)
         sims = None
     else:
-        dist, keys, sims = _two_stage(codes, rows, queries, k, rescore)
+        dist, keys, sims, rows_read = _two_stage(codes, rows, queries, k, rescore)
     found = np.unique(keys[keys >= 0])
     studies: dict[str, list[Item]] = {}
     if not found.size:
@@ -144,7 +145,8 @@ def search_store(codes: NearestCodes, rows: ItemRows, queries: np.ndarray, k: in
     out = []
     for q in range(len(keys)):
         pairs = enumerate(zip(dist[q], keys[q], strict=True))
-        hits = [Hit(items[int(c)], int(d), None if sims is None or np.isnan(sims[q, j]) else float(sims[q, j]))
+        hits = [Hit(items[int(c)], int(d), None if sims is None or np.isnan(sims[q, j]) else float(sims[q, j]),
+                    payload=None if sims is None or np.isnan(sims[q, j]) else rows_read.get(int(c)))
                 for j, (d, c) in pairs if c >= 0 and int(c) in items]  # fmt: skip
         if members:
             hits = [replace(h, others=_others(h.item, studies)) for h in hits]
@@ -157,15 +159,21 @@ def _others(item: Item, studies: Mapping[str, list[Item]]) -> tuple[Item, ...]:
 
 
 def _two_stage(codes: NearestCodes, rows: ItemRows, queries: np.ndarray, k: int,
-               how: Rescore) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+               how: Rescore) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, bytes]]:  # fmt: skip
     """Stage 1 (``mcmfh.index.rerank.candidates``), then stage 2 on the candidates' payload rows (read without their
-    items: the caller looks up the k kept): (distances, keys, similarities), each (Q, k), -1 / -inf padded."""
+    items: the caller looks up the k kept): (distances, keys, similarities), each (Q, k), -1 / -inf padded, and
+    the payload row of each candidate kept (by key)."""
     cands = candidates(codes, queries, k, how.oversample, budget=how.budget)
     ids = np.unique(cands.ids[cands.ids >= 0])  # sorted: a key's payload row is found by bisection
     payload = rows.payloads(ids, how.codec.bytes_per_item)
     # Padding slots (-1) land on row 0; rescore masks them.
     result = rescore(cands, payload, how.vectors, how.codec, k, rows_of=lambda key: np.searchsorted(ids, key))
-    return result.distances, result.ids, result.similarities
+    kept = np.unique(result.ids[result.ids >= 0])
+    at = np.searchsorted(ids, kept)
+    found = at < len(ids)
+    found[found] = ids[at[found]] == kept[found]  # the candidates among the kept (the rest lie past the budget)
+    read = {int(key): payload[row].tobytes() for key, row in zip(kept[found], at[found], strict=True)}
+    return result.distances, result.ids, result.similarities, read
 
 
 def widen(search: Callable[[int], T], enough: Callable[[T, int], bool], first: int, limit: int | None = None) -> T:

@@ -110,7 +110,9 @@ class HitOut(BaseModel):
         default_factory=list, description="Grouped results: the study's other items, not shown themselves."
     )
     duplicates: list[str] = Field(
-        default_factory=list, description="Grouped results: ids of lower-ranked items with the same text, folded."
+        default_factory=list,
+        description="Grouped results: ids of lower-ranked items with the same text, or the same stored "
+        "code and payload (one image stored twice), folded.",
     )
 
 

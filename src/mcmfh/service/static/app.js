@@ -158,7 +158,7 @@ function card(hit, rank) {
   if (duplicates.length) {
     const same = document.createElement("p");
     same.className = "more";
-    same.textContent = `${duplicates.length} more with the same text: ${duplicates.join(", ")}`;
+    same.textContent = `${duplicates.length} more with the same text or image: ${duplicates.join(", ")}`;
     li.appendChild(same);
   }
   return li;
