@@ -55,8 +55,12 @@ def test_add_then_remove_through_the_api(archive) -> None:
     assert client.get("/health", headers=AUTH).json()["items"] == n0 + 1
     again = client.post("/items", json=body, headers=AUTH)
     assert again.status_code == 200 and again.json()["changed"] is False
-    hits = client.post("/search/text", json={"query": body["text"], "k": 50}, headers=AUTH).json()["results"]
+    raw = {"query": body["text"], "k": 50, "per_study": 0}
+    hits = client.post("/search/text", json=raw, headers=AUTH).json()["results"]
     assert body["id"] in [h["id"] for h in hits]
+    # Grouped (the default), it is a copy of syn00003's image (same code and payload): folded under that hit.
+    hits = client.post("/search/text", json={"query": body["text"], "k": 50}, headers=AUTH).json()["results"]
+    assert body["id"] in next(h["duplicates"] for h in hits if h["id"] == "syn00003")
 
     assert client.delete(r.json()["url"], headers=AUTH).status_code == 200
     assert client.get(r.json()["url"], headers=AUTH).status_code == 404
