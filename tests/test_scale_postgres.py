@@ -19,7 +19,14 @@ pytestmark = pytest.mark.scale
 
 def _items(n: int, start: int = 0) -> list[Item]:
     return [
-        Item(f"item{i}", Path(f"img/{i}.png"), f"caption {i}", ("a", f"l{i % 3}"), source="h1" if i % 2 else "h2")
+        Item(
+            f"item{i}",
+            Path(f"img/{i}.png"),
+            f"caption {i}",
+            ("a", f"l{i % 3}"),
+            source="h1" if i % 2 else "h2",
+            title=f"case {i}" if i % 5 else None,
+        )
         for i in range(start, start + n)
     ]
 
@@ -85,6 +92,10 @@ def test_sql_hamming_matches_flat_index(postgres_dsn: str) -> None:  # noqa: F81
                 assert [h.item.key for h in hits] == ids[lims[j] : lims[j + 1]].tolist()
         top = store.search_hamming(q[0], 64, limit=3)
         assert [h.distance for h in top][:2] == [0, 0] and top[0].item.labels == ("a", "l1")
+        # Case titles (migration 4) come back from a search and a lookup; None where an item has none.
+        hits = store.search_hamming(q[1], 64, limit=300)
+        assert {h.item.id: h.item.title for h in hits} == {it.id: it.title for it in _items(300)}
+        assert [it.title for it in store.get(keys[:6])] == [it.title for it in _items(6)]
 
 
 def test_bit_order_is_pack_codes_bit_order(postgres_dsn: str) -> None:  # noqa: F811
