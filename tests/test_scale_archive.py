@@ -245,3 +245,26 @@ def test_two_long_lived_writers_keep_insertion_order(chain, built) -> None:  # n
         a.add_records(batches[2], source="a")  # a's cached counter would be stale here
         ids = a.indexes["texts"].codes.ids  # in insertion (seq) order
     assert list(ids) == sorted(ids), "insertion order broken: keys are handed out in commit order"
+
+
+def test_hybrid_over_postgres_metadata_uses_its_full_text_index(chain, built, store) -> None:  # noqa: F811
+    """Issue 25: a server archive's lexical channel is PostgreSQL full-text search over its metadata; a hit found only
+    lexically carries its exact Hamming distance (from PostgreSQL's copy of the codes). SQLite metadata refuses."""
+    query = "calcific foci in the brain"
+    with Archive.open(built) as srv:
+        if store.metadata != "postgres":
+            assert not srv.indexes["texts"].capabilities.lexical
+            with pytest.raises(MCMFHError, match="--metadata postgres"):
+                srv.search_text(query, k=5, target="texts", hybrid=True)
+            return
+        lexical = srv.indexes["texts"].lexical(query, 20)
+        assert lexical and all("calcific" in it.text.lower() for it, _ in lexical[:3])
+        assert [s for _, s in lexical] == sorted((s for _, s in lexical), reverse=True)
+        assert srv.indexes["texts"].lexical("the of and", 5) == [] and srv.indexes["texts"].lexical('"(!&|', 5) == []
+        hits = srv.search_text(query, k=10, target="texts", hybrid=True, per_study=0)
+        plain = srv.search_text(query, k=10, target="texts", per_study=0)
+        assert [h.item.id for h in hits] != [h.item.id for h in plain]  # the lexical channel changed the ranking
+    with Archive.open(chain["idx"]) as local:  # the same run and items: the exact distances, from local codes
+        exact = {h.item.id: h.distance for h in local.search_text(query, k=len(local), target="texts", per_study=0,
+                                                                    rerank="none")}  # fmt: skip
+    assert all(h.distance == exact[h.item.id] for h in hits)

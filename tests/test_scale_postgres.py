@@ -168,3 +168,27 @@ def test_writer_lock_serialises_stores_on_one_schema_and_dies_with_its_holder(po
         for s in (a, b, other):
             with contextlib.suppress(Exception):
                 s.close()
+
+
+def test_full_text_search_stems_ranks_and_takes_any_text(postgres_dsn: str) -> None:  # noqa: F811
+    """Issue 25: the lexical channel of PostgreSQL metadata (migration 5's full-text index)."""
+    from mcmfh.index.postgres import PostgresItemStore
+
+    texts = ["Acute subdural hemorrhage.", "Ring-enhancing lesion, right frontal.",
+             "Old hemorrhages and a ring lesion.", "Normal study."]  # fmt: skip
+    items = [Item(f"t{i}", None, t) for i, t in enumerate(texts)]
+    with PostgresItemStore(postgres_dsn, 16, schema="fts_check") as store:
+        try:
+            store.add(np.zeros((len(items), 2), np.uint8), items)
+            found = store.lexical("hemorrhage", 10)
+            assert sorted(it.id for it, _ in found) == ["t0", "t2"]  # "hemorrhages" stems to the same word
+            ranked = store.lexical("ring-enhancing hemorrhage", 10)
+            both = [it.id for it, _ in ranked]
+            assert set(both) == {"t0", "t1", "t2"} and [s for _, s in ranked] == sorted(
+                (s for _, s in ranked), reverse=True
+            )
+            assert [it.id for it, _ in store.lexical("ring-enhancing hemorrhage", 1)] == both[:1]
+            assert store.lexical("the and of", 5) == [] and store.lexical("', ) OR ; DROP", 5) == []
+            assert store.lexical("!!& | ((", 5) == []
+        finally:
+            store.drop()

@@ -44,7 +44,10 @@ def use_hybrid(stores: Mapping[str, ItemStore], part: str, hybrid: bool | None) 
     if hybrid is None:
         return HYBRID_DEFAULT and able and _has_index(store)
     if hybrid and not able:
-        raise MCMFHError("--hybrid: this archive keeps its items on a server store, which has no text index yet")
+        raise MCMFHError(
+            "--hybrid: this archive keeps its metadata in SQLite beside Milvus, which has no text index "
+            "(build it with --metadata postgres for hybrid search)"
+        )
     return bool(hybrid)
 
 
@@ -57,17 +60,11 @@ def _has_index(store: ItemStore) -> bool:
 
 
 def code_distances(store: ItemStore, code: np.ndarray, item_ids: list[str]) -> dict[str, int]:
-    """Exact Hamming distances from one query code (bool) to the stored codes of ``item_ids`` (a local store)."""
+    """Exact Hamming distances from one query code (bool) to the stored codes of ``item_ids``."""
     if not item_ids:
         return {}
     keys = store.keys_of(item_ids)
-    info = store.info()
-    if info.codes is None or info.keys is None:
-        raise MCMFHError("hybrid search: the store's codes are not in memory (a local store is needed)")
-    order = np.argsort(info.keys, kind="stable")
-    want = np.array([keys[i] for i in item_ids], np.int64)
-    rows = order[np.searchsorted(info.keys, want, sorter=order)]
-    dist = hamming_matrix(pack_codes(code[None, :]), info.codes[rows])[0]
+    dist = hamming_matrix(pack_codes(code[None, :]), store.codes_of([keys[i] for i in item_ids]))[0]
     return {i: int(d) for i, d in zip(item_ids, dist, strict=True)}
 
 

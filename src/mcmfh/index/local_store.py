@@ -311,6 +311,16 @@ class ItemIndex:
         best first, with their scores; the committed state only."""
         return self.table.lexical(query, n)
 
+    def codes_of(self, keys: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The packed codes of ``keys``, in order (from the codes in memory); an unknown key raises."""
+        ids, codes = self.index.ids, self.index.codes
+        order = np.argsort(ids, kind="stable")
+        want = np.asarray(keys, np.int64)
+        at = np.minimum(np.searchsorted(ids, want, sorter=order), max(len(ids) - 1, 0))
+        if len(want) and (not len(ids) or not np.array_equal(ids[order[at]], want)):
+            raise MCMFHError(f"index {self.folder}: no codes for some of keys {want[:5].tolist()}")
+        return codes[order[at]]
+
     def build_text_index(self) -> bool:
         """Give an index made before text search its text index, under the writer lock; False when it has one."""
         had = self.table.has_text_index()

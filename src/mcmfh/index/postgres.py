@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from mcmfh.errors import MCMFHError
+from mcmfh.index import text_index
 from mcmfh.index.codes import unpack_codes
 from mcmfh.index.columns import NAMES, item_from_row, item_row
 from mcmfh.items import Hit, Item
@@ -29,6 +30,9 @@ from mcmfh.locking import LockTimeout
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _LOCK_ID = 0x6D636D6668  # "mcmfh": pg_advisory_xact_lock key for migrations
+# The text search configuration of the full-text index: English stemming ("hemorrhages" finds "hemorrhage"), as the
+# local stores' Porter stemmer. A query must use the very expression the index was made on for the index to serve it.
+_TSVECTOR = "to_tsvector('english', caption)"
 _ITEM_COLUMNS = NAMES  # the record's columns (mcmfh.index.columns), every one of them present once migrated
 
 
@@ -66,7 +70,13 @@ def _v4(bits: int) -> list[str]:
     return ["ALTER TABLE mcmfh_items ADD COLUMN title text"]
 
 
-MIGRATIONS: list[Callable[[int], list[str]]] = [_v1, _v2, _v3, _v4]  # version i + 1 = MIGRATIONS[i]; append, never edit
+def _v5(bits: int) -> list[str]:
+    # Hybrid search's lexical channel (issue 25): full-text search over the report text, by an expression index.
+    return [f"CREATE INDEX mcmfh_items_fts ON mcmfh_items USING gin ({_TSVECTOR})"]
+
+
+# version i + 1 = MIGRATIONS[i]; append, never edit
+MIGRATIONS: list[Callable[[int], list[str]]] = [_v1, _v2, _v3, _v4, _v5]
 
 
 def _psycopg() -> Any:
@@ -247,6 +257,25 @@ class PostgresItemStore:
         if absent:
             raise MCMFHError(f"postgres: no items with keys {absent[:5]}")
         return [found[k] for k in keys]
+
+    def lexical(self, query: str, n: int) -> list[tuple[Item, float]]:
+        """The ``n`` items whose text best matches ``query`` by PostgreSQL full-text search (its words OR-ed, as the
+        local stores' ``mcmfh.index.text_index``; ranked by ``ts_rank_cd``, higher is better, ties by key), best
+        first; none when the query has no words to look up."""
+        terms = text_index.query_terms(query)
+        if not terms or n < 1:
+            return []
+        # websearch_to_tsquery takes any text without a syntax error; quoting keeps a hyphenated word a phrase.
+        wanted = " OR ".join(f'"{t}"' for t in terms)
+        with self._db.cursor() as cur:
+            cur.execute(
+                f"SELECT {_ITEM_COLUMNS}, ts_rank_cd({_TSVECTOR}, q) AS rank"
+                " FROM mcmfh_items, websearch_to_tsquery('english', %s) AS q"
+                f" WHERE {_TSVECTOR} @@ q ORDER BY rank DESC, key LIMIT %s",
+                (wanted, int(n)),
+            )
+            rows = cur.fetchall()
+        return [(item_from_row(r[:-1]), float(r[-1])) for r in rows]
 
     def codes(self, keys: Sequence[int]) -> np.ndarray:
         """Packed codes of the given keys, in order (for rebuilding a Milvus or local index from the database)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -67,6 +68,8 @@ class MetadataStore(Protocol):
     def max_key(self) -> int: ...
     def __len__(self) -> int: ...
     def writer_lock(self, timeout: float, what: str) -> contextlib.AbstractContextManager[None]: ...
+    def lexical(self, query: str, n: int) -> list[tuple[Item, float]]: ...
+    def codes(self, keys: Sequence[int] | np.ndarray) -> np.ndarray: ...
     def drop(self) -> None: ...
     def close(self) -> None: ...
 
@@ -74,6 +77,8 @@ class MetadataStore(Protocol):
 class SqliteMeta:
     """Item metadata in the folder's ``items.sqlite`` (``mcmfh.index.item_table``, live layout): the codes are on
     the server."""
+
+    text_index = False  # the live layout keeps no text index (mcmfh.index.text_index is a local store's)
 
     def __init__(self, path: Path, create: bool) -> None:
         self.table = SqliteItemTable(path, generations=False, create=create)
@@ -110,6 +115,12 @@ class SqliteMeta:
         """Nothing beyond the archive's folder lock: the file lives in that folder."""
         return contextlib.nullcontext()
 
+    def lexical(self, query: str, n: int) -> list[tuple[Item, float]]:
+        raise MCMFHError("hybrid search: SQLite metadata beside Milvus keeps no text index (use --metadata postgres)")
+
+    def codes(self, keys: Sequence[int] | np.ndarray) -> np.ndarray:
+        raise MCMFHError("SQLite metadata beside Milvus keeps no codes (they are on the Milvus server)")
+
     def drop(self) -> None:
         """The file goes with the archive folder; nothing on a server."""
 
@@ -118,7 +129,9 @@ class SqliteMeta:
 
 
 class PostgresMeta:
-    """Item metadata (and codes as ``bit(n)``) in PostgreSQL, one schema per sub-index."""
+    """Item metadata (and codes as ``bit(n)``) in PostgreSQL, one schema per sub-index, with its full-text index."""
+
+    text_index = True  # PostgreSQL full-text search over the report text (``PostgresItemStore.lexical``)
 
     def __init__(self, dsn: str, bits: int, schema: str) -> None:
         from mcmfh.index.postgres import PostgresItemStore
@@ -155,6 +168,12 @@ class PostgresMeta:
     def writer_lock(self, timeout: float, what: str) -> contextlib.AbstractContextManager[None]:
         return self.store.writer_lock(timeout, what)
 
+    def lexical(self, query: str, n: int) -> list[tuple[Item, float]]:
+        return self.store.lexical(query, n)
+
+    def codes(self, keys: Sequence[int] | np.ndarray) -> np.ndarray:
+        return self.store.codes([int(k) for k in keys])
+
     def drop(self) -> None:
         self.store.drop()
 
@@ -165,12 +184,14 @@ class PostgresMeta:
 # ---------------------------------------------------------------------------------------------------- server store
 class ServerStore:
     """Codes in Milvus, metadata in SQLite or PostgreSQL; see the module docstring for the add/remove order. A
-    remote ``ItemStore`` (``mcmfh.index.store``): no payloads, no snapshots (nothing for a commit record to pin)."""
+    remote ``ItemStore`` (``mcmfh.index.store``): no payloads, no snapshots (nothing for a commit record to pin); a
+    text index where its metadata class declares one (PostgreSQL's full-text search, ``text_index``)."""
 
     capabilities = Capabilities(payloads=False, snapshots=False, remote=True)
 
     def __init__(self, codes: Any, meta: MetadataStore, writable: bool, where: str) -> None:
         self.codes, self.meta, self.writable, self.where = codes, meta, writable, where
+        self.capabilities = replace(ServerStore.capabilities, lexical=bool(type(meta).text_index))
         # Codes without metadata (a change was killed, or one is under way): ask Milvus for that many more.
         self._extra = max(0, len(codes) - len(meta))
 
@@ -228,7 +249,7 @@ class ServerStore:
         return False
 
     def build_text_index(self) -> bool:
-        """No text index on a server store yet (``capabilities.lexical`` is False): nothing is built."""
+        """Nothing to build: PostgreSQL metadata has its text index from its migrations (5), SQLite metadata none."""
         return False
 
     def writer_lock(self, timeout: float, what: str) -> contextlib.AbstractContextManager[None]:
@@ -306,7 +327,12 @@ class ServerStore:
         return {}, self.payloads(keys, width)
 
     def lexical(self, query: str, n: int) -> list[tuple[Item, float]]:
-        raise MCMFHError(f"{self.where}: a server store keeps no text index (hybrid search needs a local store)")
+        """As ``ItemIndex.lexical``, from the metadata's full-text index (PostgreSQL's ranking, not BM25)."""
+        return self.meta.lexical(query, n)
+
+    def codes_of(self, keys: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The packed codes of ``keys``, in order, from the metadata server's copy (PostgreSQL keeps them too)."""
+        return self.meta.codes(keys)
 
     def lookup(self, keys: Sequence[int] | np.ndarray) -> dict[int, Item]:
         return self.meta.lookup(keys)
