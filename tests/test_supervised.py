@@ -262,16 +262,16 @@ def test_a_collapsed_supervised_fit_backs_off_to_the_best_healthy_label_weight(m
     assert healthy.fit(fs.splits("train"), fs.splits("dev"))["label_weight_scale"] == 1.0 and healthy.net == "net-3"
 
 
-def test_supervised_code_length_rules_widen_the_model_and_quantise_from_32_bits() -> None:
+def test_supervised_code_length_rules_widen_the_hash_heads_and_quantise_from_32_bits() -> None:
     """mcmfh_supervised's code-length rules: hash heads 8 hidden units a bit, never below MCMFH's 128, and from 32
-    bits on a 256-wide token and DCMHT's quantisation term (16 bits keep the recipe chosen there); an explicit
-    option wins, the unsupervised method is untouched, and the fitted network has the widths the rules give."""
+    bits on DCMHT's quantisation term (16 bits keep the recipe chosen there); an explicit option wins, the
+    unsupervised method is untouched, and the fitted network has the width the rule gives."""
     from mcmfh.baselines import mcmfh_supervised as ms
 
-    quant, wide = ms.LONG_CODE_RULES["lambda_quant"], ms.LONG_CODE_RULES["width"]
-    for bits, hidden, q, width in ((16, 128, 0.0, 128), (32, 256, quant, wide), (64, 512, quant, wide)):
+    quant = ms.LONG_CODE_RULES["lambda_quant"]
+    for bits, hidden, q in ((16, 128, 0.0), (32, 256, quant), (64, 512, quant)):
         m = create_method("mcmfh-supervised", bits, 0)
-        assert (m.cfg.hash_hidden, m.cfg.lambda_quant, m.cfg.width) == (hidden, q, width), bits
+        assert (m.cfg.hash_hidden, m.cfg.lambda_quant, m.cfg.width) == (hidden, q, 128), bits
         plain = create_method("mcmfh", bits, 0)
         assert (plain.cfg.hash_hidden, plain.cfg.lambda_quant, plain.cfg.width) == (128, 0.0, 128)
     assert create_method("mcmfh-supervised", 16, 0).recipe() == create_method(
@@ -281,11 +281,10 @@ def test_supervised_code_length_rules_widen_the_model_and_quantise_from_32_bits(
     assert (explicit.cfg.hash_hidden, explicit.cfg.lambda_quant, explicit.cfg.width) == (96, 0.0, 64)
 
     fs = _conflicting_features(n=200)
-    tiny = {k: v for k, v in SMALL.items() if k not in ("hash_hidden", "width")} | {"epochs_stage1": 1, "epochs_stage2": 1}
+    tiny = {k: v for k, v in SMALL.items() if k != "hash_hidden"} | {"epochs_stage1": 1, "epochs_stage2": 1}
     m = create_method("mcmfh-supervised", 32, 0, **tiny)
     log = m.fit(fs.splits("train"), fs.splits("dev"))
     assert m.net.hash_img.net[0].out_features == m.net.hash_txt.net[0].out_features == 256
-    assert m.net.hash_img.net[0].in_features == wide
     assert "loss_quant" in log["stage2"]["history"][-1]
 
 
