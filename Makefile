@@ -10,9 +10,12 @@ BIN := $(VENV)/bin
 $(BIN)/mcmfh: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch first, so pip does not pull a multi-GB CUDA build as a dependency
+	# torch first and by pip, which takes it from this machine's wheels, so no multi-GB CUDA build is pulled in
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	# The rest by uv (parallel downloads): 48 s instead of pip's 108 s from a fresh clone at load 2.5, same versions
+	# (pip freeze equal); it keeps the torch above. pip finishes the job if uv cannot.
+	$(BIN)/pip install -q uv
+	$(BIN)/uv pip install -q --native-tls --python $(BIN)/python -e ".[$(EXTRAS)]" || $(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	touch $(BIN)/mcmfh
 
 install: $(BIN)/mcmfh

@@ -29,7 +29,7 @@ import numpy as np
 from mcmfh import __version__
 from mcmfh.index import _files
 from mcmfh.index.factory import make_index
-from mcmfh.index.storage import ItemIndex
+from mcmfh.index.local_store import ItemIndex
 from mcmfh.items import Item
 
 CHUNK = 1_000_000  # items per build step: bounds the memory held by their metadata mappings

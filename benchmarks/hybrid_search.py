@@ -10,7 +10,7 @@ search fuses):
 - ``cross-modal``: the archive's search (two-stage when it has a payload): the query's code against image codes /
   study codes;
 - ``lexical``: BM25 over the stored captions (``mcmfh.index.text_index``); studies by their best-matching member;
-- ``hybrid``: both fused by reciprocal rank fusion (``mcmfh.archive_hybrid``, k = ``mcmfh.fusion.RRF_K``).
+- ``hybrid``: both fused by reciprocal rank fusion (``mcmfh.archive.hybrid``, k = ``mcmfh.fusion.RRF_K``).
 
 ``cross-modal (all)`` ranks the whole database by Hamming distance (the evaluation's own protocol) for reference.
 Metrics: tie-aware mAP over the whole database (the items a list does not return tie below it: a truncated list is
@@ -35,9 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from mcmfh.archive import Archive, dataset_from_source
-from mcmfh.archive_hybrid import HYBRID_DEPTH, hybrid_items, hybrid_studies, lexical_studies
-from mcmfh.archive_search import rerank_mode, search_items, search_studies
+from mcmfh.archive import Archive
+from mcmfh.archive.hybrid import HYBRID_DEPTH, hybrid_items, hybrid_studies, lexical_studies
+from mcmfh.archive.search import rerank_mode, search_items, search_studies
+from mcmfh.data import dataset_from_source
 from mcmfh.evaluation.metrics import RankingOptions, ranking_metrics
 from mcmfh.features import FeatureSet
 from mcmfh.fusion import RRF_K, tie_ranks

@@ -2,7 +2,7 @@
 
     python benchmarks/load.py                # 32 clients, 60 s, synthetic engine
     python benchmarks/load.py --quick        # 10 s
-    python benchmarks/load.py --index IDX    # a real index (mcmfh.service.search_engine.open_engine)
+    python benchmarks/load.py --index IDX    # a real index (mcmfh.service.archive_engine.open_engine)
 
 The server runs in its own process (as in production), the clients in this one, mixing text and image queries.
 Everything is bounded: the clients stop at the deadline, each request has a timeout, the server is terminated at
@@ -113,7 +113,7 @@ def serve(config: Config, port: int, log_path: str) -> None:
     """Server process: build the engine, then run uvicorn until terminated; its logs go to ``log_path``."""
     sys.stderr = sys.stdout = open(log_path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
     from mcmfh.service.app import create_app
-    from mcmfh.service.search_engine import open_engine
+    from mcmfh.service.archive_engine import open_engine
     from mcmfh.service.server import make_server
     from mcmfh.service.settings import Settings
 

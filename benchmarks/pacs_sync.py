@@ -45,8 +45,8 @@ def main() -> None:
     from mcmfh.archive import Archive
     from mcmfh.data import load_dataset
     from mcmfh.data.synthetic import make_synthetic_dataset
+    from mcmfh.encode_features import encode_dataset
     from mcmfh.encoders import get_encoder
-    from mcmfh.feature_cache import encode_dataset
     from mcmfh.pacs import PacsConfig, SyncOptions, sync
     from mcmfh.training.runs import train_run
 

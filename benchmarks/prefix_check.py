@@ -76,7 +76,7 @@ def main() -> None:
 
     from mcmfh.diversify import study_key
     from mcmfh.service.app import create_app
-    from mcmfh.service.search_engine import open_engine
+    from mcmfh.service.archive_engine import open_engine
     from mcmfh.service.settings import Settings
 
     queries = _queries(args.features, args.split, args.queries)

@@ -213,8 +213,8 @@ def _panels(fs: FeatureSet) -> FeatureSet:
 
 def _encoded(out: Path, name: str, dataset: str, root: Path) -> FeatureSet:
     from mcmfh.data import load_dataset
+    from mcmfh.encode_features import encode_dataset
     from mcmfh.encoders import get_encoder
-    from mcmfh.feature_cache import encode_dataset
 
     return encode_dataset(load_dataset(dataset, root), get_encoder("offline"), out / f"{name}-features")
 

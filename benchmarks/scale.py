@@ -188,8 +188,8 @@ def bench_encode(args: argparse.Namespace) -> list[EncodeRow]:
 
     from mcmfh.data.records import Dataset, LoadReport
     from mcmfh.distributed import RayChunkRunner
+    from mcmfh.encode_features import EncodeOptions, run_encode
     from mcmfh.encoders import get_encoder
-    from mcmfh.feature_cache import EncodeOptions, run_encode
     from mcmfh.features import FeatureSet
 
     tmp = Path(tempfile.mkdtemp(prefix="mcmfh-encode-bench-"))

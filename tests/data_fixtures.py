@@ -243,8 +243,8 @@ def tiny_archive(root: Path, n: int = 48, seed: int = 0) -> dict:
     from mcmfh.archive import Archive
     from mcmfh.data import load_dataset
     from mcmfh.data.synthetic import make_synthetic_dataset
+    from mcmfh.encode_features import encode_dataset
     from mcmfh.encoders import get_encoder
-    from mcmfh.feature_cache import encode_dataset
     from mcmfh.training.runs import train_run
 
     data = make_synthetic_dataset(root / "syn", n=n, seed=seed)

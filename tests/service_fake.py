@@ -15,12 +15,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from mcmfh.diversify import diversify, study_key, with_members
+from mcmfh.diversify import diversify, others_not_shown, study_key
 from mcmfh.index.codes import hamming_matrix, pack_codes
 from mcmfh.items import Hit, Item, StudyHit
 from mcmfh.service.engine import EngineInfo
@@ -181,11 +182,12 @@ class FakeEngine:
         self.per_study_asked = per_study
         if not per_study:
             return ranking[:k]
-        shown = diversify(ranking, per_study)[:k]
         members: dict[str, list[Item]] = {}
         for item_id in self.ids:
             members.setdefault(study_key(self.items[item_id]), []).append(self.items[item_id])
-        return with_members(shown, members)
+        ranking = [replace(h, others=tuple(m for m in members[study_key(h.item)] if m.id != h.item.id))
+                   for h in ranking]  # fmt: skip
+        return others_not_shown(diversify(ranking, per_study)[:k])
 
     def get_item(self, item_id: str) -> Item | None:
         return self.items.get(item_id)

@@ -12,9 +12,9 @@ from mcmfh.archive import Archive
 from mcmfh.cli import main
 from mcmfh.data import load_dataset
 from mcmfh.data.synthetic import make_synthetic_dataset
+from mcmfh.encode_features import encode_dataset
 from mcmfh.encoders import get_encoder
 from mcmfh.errors import ArtefactError, MCMFHError
-from mcmfh.feature_cache import encode_dataset
 from mcmfh.index.codes import hamming_matrix, pack_codes
 from mcmfh.training.runs import train_run
 
@@ -62,23 +62,23 @@ def test_text_search_equals_bruteforce_over_image_codes(chain):
 
 
 def test_two_stage_is_the_default_and_equals_rescoring_the_stored_payload(chain):
-    """Stage 1 = whole Hamming tie groups, stage 2 = int8 relaxed outputs stored at build (mcmfh.index.rerank)."""
+    """Stage 1 = whole Hamming tie groups, stage 2 = int4 relaxed outputs stored at build (mcmfh.index.rerank)."""
     from mcmfh.index.payload import make_codec
     from mcmfh.index.rerank import two_stage_arrays
 
     fs = chain["fs"]
     query = "bright solid nodule in the right lung"
     with Archive.open(chain["idx"]) as archive:
-        assert archive.manifest["payload"] == {"codec": "int8", "dim": 16} and archive.default_rerank() == "int8"
+        assert archive.manifest["payload"] == {"codec": "int4", "dim": 16} and archive.default_rerank() == "int4"
         hits = archive.search_text(query, k=10)
         db = fs.splits("train", "dev")
         emb = archive.encoder.encode_texts([query])
-        codec = make_codec("int8", 16)
+        codec = make_codec("int4", 16)
         expected = two_stage_arrays(
             pack_codes(archive.method.encode_images(db.image)), codec.encode(archive.method.relaxed_images(db.image)),
             pack_codes(archive.method.encode_texts(emb)), archive.method.relaxed_texts(emb), codec, 10,
         )  # fmt: skip
-        with pytest.raises(MCMFHError, match="stores int8 payloads"):
+        with pytest.raises(MCMFHError, match="stores int4 payloads"):
             archive.search_text(query, k=10, rerank="float16")
     assert [h.item.id for h in hits] == [db.ids[i] for i in expected.ids[0]]
     assert [h.distance for h in hits] == expected.distances[0].tolist()
@@ -149,7 +149,7 @@ def test_cli_search_and_info(chain, capsys):
     key = capsys.readouterr().out.splitlines()[-1]
     assert key.startswith("d = Hamming distance") and "; s = two-stage similarity" in key
     assert main(["search", str(chain["idx"]), "--text", "cyst", "--rerank", "float16"]) == 2
-    assert "stores int8 payloads" in capsys.readouterr().err
+    assert "stores int4 payloads" in capsys.readouterr().err
     assert main(["search", str(chain["idx"])]) == 2
     assert "exactly one of" in capsys.readouterr().err
     assert main(["index", "info", str(chain["idx"])]) == 0
@@ -161,7 +161,7 @@ def test_service_over_archive(chain):
     from fastapi.testclient import TestClient
 
     from mcmfh.service.app import create_app
-    from mcmfh.service.search_engine import open_engine
+    from mcmfh.service.archive_engine import open_engine
     from mcmfh.service.settings import Settings
 
     engine = open_engine(chain["idx"])
@@ -188,7 +188,7 @@ def test_concurrent_batched_queries_equal_one_at_a_time(chain, monkeypatch):
     """Queries from many threads share encoder calls (micro-batching) and get exactly the one-at-a-time results."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from mcmfh.archive_query import BATCH_ENV
+    from mcmfh.archive.query import BATCH_ENV
 
     records = [r for r in chain["ds"].records if r.split == "test"][:12]
     texts = [r.text for r in records] + ["bright solid nodule in the right lung"]
@@ -223,7 +223,7 @@ def _copy_with_new(chain, tmp_path, n=3):
 def test_a_writer_killed_between_sub_indexes_is_never_seen_half_done(chain, tmp_path):
     """Images committed, texts and the record not (a kill between them): readers see neither; the next writer
     rolls the images back and a rerun adds both."""
-    from mcmfh.index.storage import ItemIndex
+    from mcmfh.index.local_store import ItemIndex
 
     idx, new = _copy_with_new(chain, tmp_path)
     with Archive.open(idx) as before:
@@ -246,7 +246,7 @@ def test_a_writer_killed_between_sub_indexes_is_never_seen_half_done(chain, tmp_
 
 
 def test_a_change_that_fails_half_way_leaves_the_committed_archive(chain, tmp_path, monkeypatch):
-    from mcmfh.index.storage import ItemIndex
+    from mcmfh.index.local_store import ItemIndex
 
     idx, new = _copy_with_new(chain, tmp_path)
     with Archive.open(idx, writable=True) as archive:
@@ -286,7 +286,7 @@ def test_refresh_from_another_thread_during_a_change_does_not_undo_it(chain, tmp
     """The service's reload thread refreshes while a write endpoint changes the same Archive object."""
     import threading
 
-    from mcmfh.index.storage import ItemIndex
+    from mcmfh.index.local_store import ItemIndex
 
     idx, new = _copy_with_new(chain, tmp_path, n=6)
     stop = threading.Event()

@@ -16,7 +16,7 @@ from data_fixtures import tiny_archive
 from mcmfh.archive import Archive
 from mcmfh.cli import main
 from mcmfh.index.codes import pack_codes
-from mcmfh.index.storage import ItemIndex
+from mcmfh.index.local_store import ItemIndex
 
 QUERY = "bright solid nodule in the right lung"
 

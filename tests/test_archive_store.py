@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mcmfh.errors import MCMFHError
+from mcmfh.index.backends import StoreConfig, store_manifest
 from mcmfh.index.server_store import DSN_ENV, redact_dsn, split_uri
-from mcmfh.index.stores import StoreConfig, store_manifest
 
 
 def test_split_uri_moves_credentials_out_of_the_uri() -> None:

@@ -12,18 +12,18 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mcmfh.archive import Archive
-from mcmfh.archive_commit import CommittedIndexes
+from mcmfh.archive.commit import CommittedIndexes
 from mcmfh.cli import main
 from mcmfh.data import load_dataset
 from mcmfh.data.synthetic import make_synthetic_dataset
+from mcmfh.encode_features import encode_dataset
 from mcmfh.encoders import get_encoder
 from mcmfh.errors import MCMFHError
-from mcmfh.feature_cache import encode_dataset
 from mcmfh.features import FeatureSet
 from mcmfh.index.codes import hamming_matrix, pack_codes
 from mcmfh.items import Item
 from mcmfh.service.app import create_app
-from mcmfh.service.search_engine import ArchiveEngine
+from mcmfh.service.archive_engine import ArchiveEngine
 from mcmfh.service.settings import Settings
 from mcmfh.training.runs import train_run
 from tiny_config import TINY_MCMFH
@@ -122,15 +122,15 @@ def test_study_search_equals_bruteforce_over_study_codes(chain):
             assert [it.id for it in h.members] == members[h.study_id]
         image = chain["data"] / "images" / f"{db.ids[0]}.png"
         assert len(archive.search_studies_image(image, k=3)) == 3
-        with pytest.raises(MCMFHError, match="stores int8"):
-            archive.search_studies_text(QUERY, k=3, rerank="int4")
+        with pytest.raises(MCMFHError, match="stores int4"):
+            archive.search_studies_text(QUERY, k=3, rerank="int8")
 
 
 def test_study_search_is_two_stage_by_default_and_scores_every_hit(chain):
     """Fused studies keep the study head's relaxed output as payload: hits carry the similarity they are ordered
     by, equal to the stored payload's cosine to the query's own relaxed output, and k is a prefix of K."""
     with Archive.open(chain["idx"]) as archive:
-        assert archive.study_codec is not None and archive.manifest["studies"]["payload"]["codec"] == "int8"
+        assert archive.study_codec is not None and archive.manifest["studies"]["payload"]["codec"] == "int4"
         hits = archive.search_studies_text(QUERY, k=8)
         assert all(h.score is not None for h in hits)
         assert [(-h.score, h.distance) for h in hits] == sorted((-h.score, h.distance) for h in hits)
@@ -225,7 +225,7 @@ def test_readers_see_items_and_studies_change_together(chain, tmp_path, monkeypa
 def test_half_an_add_to_a_study_archive_without_its_record_is_refused_and_repaired(chain, tmp_path):
     """Killed after images/ and texts/ committed, before study_members/, and commit.json lost (issue 28)."""
     from mcmfh.errors import ArtefactError
-    from mcmfh.index.storage import ItemIndex
+    from mcmfh.index.local_store import ItemIndex
 
     folder = copy_archive(chain, tmp_path)
     new = _new_record(chain, "half-1", "st002", 33)
@@ -335,7 +335,7 @@ def test_archive_made_before_studies_stays_readable_and_gains_the_column(chain, 
 
 
 def test_http_write_joins_a_study_and_info_counts_studies(chain, tmp_path, capsys):
-    from mcmfh.service.search_engine import open_engine
+    from mcmfh.service.archive_engine import open_engine
 
     folder = copy_archive(chain, tmp_path)
     token = "write-token-for-tests-0123456789"
@@ -361,9 +361,9 @@ def test_http_write_joins_a_study_and_info_counts_studies(chain, tmp_path, capsy
 
 
 def test_studies_coded_in_chunks_equal_one_pass(chain, tmp_path, monkeypatch):
-    import mcmfh.archive_writes
+    import mcmfh.archive.writes
 
-    monkeypatch.setattr(mcmfh.archive_writes, "RECODE_STUDIES", 3)
+    monkeypatch.setattr(mcmfh.archive.writes, "RECODE_STUDIES", 3)
     chunked = Archive.build(chain["run"], chain["fs"], tmp_path / "idx", dataset=chain["ds"])
     with chunked, Archive.open(chain["idx"]) as whole:
         assert stored_codes(chunked) == stored_codes(whole)
@@ -423,4 +423,4 @@ def test_an_archive_without_a_study_payload_answers_studies_one_stage(chain, tmp
         assert all(h.score is None for h in hits)
         assert [h.distance for h in hits] == sorted(h.distance for h in hits)
         with pytest.raises(MCMFHError, match="no studies payload"):
-            archive.search_studies_text(QUERY, k=5, rerank="int8")
+            archive.search_studies_text(QUERY, k=5, rerank="int4")

@@ -244,8 +244,8 @@ def small_archive(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from mcmfh.archive import Archive
     from mcmfh.data import load_dataset
     from mcmfh.data.synthetic import make_synthetic_dataset
+    from mcmfh.encode_features import encode_dataset
     from mcmfh.encoders import get_encoder
-    from mcmfh.feature_cache import encode_dataset
     from mcmfh.training.runs import train_run
 
     root = tmp_path_factory.mktemp("small-archive")

@@ -18,8 +18,8 @@ import pytest
 from mcmfh.archive import Archive
 from mcmfh.data import load_dataset
 from mcmfh.data.synthetic import make_synthetic_dataset
+from mcmfh.encode_features import encode_dataset
 from mcmfh.encoders import get_encoder
-from mcmfh.feature_cache import encode_dataset
 from mcmfh.locking import LockTimeout, writer_lock
 from mcmfh.training.runs import train_run
 

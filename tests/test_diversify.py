@@ -3,11 +3,13 @@ the prefix property kept; on an archive, the grouped search against the raw rank
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from mcmfh.archive import Archive
-from mcmfh.diversify import case_metrics, diversified_rows, diversify, study_key, with_members
+from mcmfh.diversify import case_metrics, diversified_rows, diversify, others_not_shown, study_key
 from mcmfh.items import Hit, Item
 from test_archive_studies import QUERY, chain  # noqa: F401  (the module fixture: an archive with studies)
 
@@ -48,9 +50,11 @@ def test_diversified_prefixes_are_prefixes() -> None:
 
 
 def test_members_not_on_screen_are_the_rest_of_the_case() -> None:
-    shown = diversify(RANKING)
+    # As a store's search(members=True) gives them: each hit with the other items of its study, in key order.
     members = {"a": [RANKING[0].item, RANKING[1].item, RANKING[5].item], "i3": [RANKING[3].item]}
-    out = with_members(shown, members)
+    ranking = [replace(h, others=tuple(m for m in members.get(study_key(h.item), []) if m.id != h.item.id))
+               for h in RANKING]  # fmt: skip
+    out = others_not_shown(diversify(ranking))
     assert [m.id for m in out[0].others] == ["i1", "i5"] and out[1].others == () and out[2].others == ()
 
 
@@ -109,3 +113,28 @@ def test_cli_groups_by_default_and_per_study_zero_is_raw(chain, capsys) -> None:
     table = capsys.readouterr().out
     assert any(r["more"] for r in grouped) and "more in this case" in table
     assert main(["search", str(chain["idx"]), "--text", QUERY, "--per-study", "-1"]) == 2
+
+
+def test_a_text_search_reads_its_hits_and_their_studies_in_one_sql_query(chain, monkeypatch) -> None:  # noqa: F811
+    """Path of a query (docs/architecture.md): one SQL round trip for the hits' metadata with their studies' other
+    members, beside the two-stage payload read; a second metadata query (e.g. members read apart) fails here."""
+    import sqlite3
+
+    statements: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args, **kwargs):
+        con = connect(*args, **kwargs)
+        con.set_trace_callback(statements.append)
+        return con
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    with Archive.open(chain["idx"]) as archive:
+        archive.search_text(QUERY, k=3)  # warm-up: the columns of each table are read once per open
+        for rerank, stage2 in (("int4", 1), ("none", 0)):
+            statements.clear()
+            hits = archive.search_text(QUERY, k=3, rerank=rerank)
+            assert len(hits) == 3 and any(h.others for h in hits)
+            payload = [s for s in statements if "payload" in s]
+            metadata = [s for s in statements if "payload" not in s]
+            assert (len(payload), len(metadata)) == (stage2, 1), statements

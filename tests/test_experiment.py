@@ -178,8 +178,8 @@ def test_shipped_configs_parse_when_their_methods_are_registered():
 def test_experiment_encodes_through_the_feature_cache_when_no_features_given(tmp_path, monkeypatch):
     # The loader and the cache belong to other modules; here we check the runner calls them with the config's values.
     import mcmfh.data
+    import mcmfh.encode_features
     import mcmfh.encoders
-    import mcmfh.feature_cache
 
     calls = {}
 
@@ -196,7 +196,7 @@ def test_experiment_encodes_through_the_feature_cache_when_no_features_given(tmp
         return fs
 
     monkeypatch.setattr(mcmfh.data, "load_dataset", fake_load, raising=False)
-    monkeypatch.setattr(mcmfh.feature_cache, "encode_dataset", fake_encode)
+    monkeypatch.setattr(mcmfh.encode_features, "encode_dataset", fake_encode)
     monkeypatch.setattr(mcmfh.encoders, "get_encoder", lambda name, **o: f"ENC:{name}", raising=False)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(

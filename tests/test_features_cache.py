@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from mcmfh.data import Dataset
+from mcmfh.encode_features import EncodeOptions, encode_dataset, run_encode
 from mcmfh.encoders.tiny import TinyEncoder
 from mcmfh.errors import ArtefactError, DataError
-from mcmfh.feature_cache import EncodeOptions, encode_dataset, run_encode
 from mcmfh.features import FeatureSet
 from mcmfh.items import Item
 

@@ -268,10 +268,10 @@ class _StubServer:
 
 @pytest.fixture
 def stub_serve(tmp_path: Path, monkeypatch) -> Path:
-    from mcmfh.service import search_engine
+    from mcmfh.service import archive_engine
     from mcmfh.service import server as server_module
 
-    monkeypatch.setattr(search_engine, "open_engine", lambda index, **options: FakeEngine(Path(index)))
+    monkeypatch.setattr(archive_engine, "open_engine", lambda index, **options: FakeEngine(Path(index)))
     monkeypatch.setattr(server_module, "make_server", _StubServer)
     (tmp_path / "idx").mkdir()
     return tmp_path / "idx"

@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 
 from mcmfh.archive import Archive
-from mcmfh.archive_search import search_studies
+from mcmfh.archive.search import search_studies
 from mcmfh.cli import main
 from mcmfh.data import load_dataset
 from mcmfh.data.synthetic import make_synthetic_dataset
+from mcmfh.encode_features import encode_dataset
 from mcmfh.encoders import get_encoder
 from mcmfh.errors import MCMFHError
-from mcmfh.feature_cache import encode_dataset
 from mcmfh.fusion import rrf, tie_ranks
 from mcmfh.index import text_index
 from mcmfh.index.codes import hamming_matrix, pack_codes
-from mcmfh.index.storage import DB_NAME, ItemIndex
+from mcmfh.index.local_store import DB_NAME, ItemIndex
 from mcmfh.items import Item
 from mcmfh.training.runs import train_run
 from tiny_config import TINY_MCMFH

@@ -153,13 +153,13 @@ def test_no_private_names_imported_across_modules():
 # stores asks which class it holds or probes for an attribute. Only the modules that implement or open stores name
 # their classes. Tolerated checks, as (module, check): none, and the list can only shrink.
 STORE_CLASSES = {"ItemIndex", "ServerStore", "SqliteMeta", "PostgresMeta", "MilvusIndex", "PostgresItemStore"}
-STORE_MODULES = {"mcmfh.index.storage", "mcmfh.index.server_store", "mcmfh.index.stores"}
+STORE_MODULES = {"mcmfh.index.local_store", "mcmfh.index.server_store", "mcmfh.index.backends"}
 KNOWN_STORE_PROBES: set[tuple[str, str]] = set()
 
 
 def store_probes(root: Path, package: str) -> set[tuple[str, str]]:
     """(module, check) for every ``isinstance(x, <store class>)`` outside the store modules, and every ``getattr`` /
-    ``hasattr`` in the archive's modules (``mcmfh.archive*``), whose one dynamic object kind is a store."""
+    ``hasattr`` in the archive's modules (the ``mcmfh.archive`` package), whose one dynamic object kind is a store."""
     found = set()
     for path in sorted((root / package).rglob("*.py")):
         mod = module_name(path, root)
@@ -188,11 +188,14 @@ def test_the_store_probe_checker_finds_both_kinds(tmp_path):
     pkg = tmp_path / "mcmfh"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "archive_x.py").write_text("def f(ix):\n    return isinstance(ix, (int, ItemIndex)) or hasattr(ix, 'a')\n")
+    archive = pkg / "archive"
+    archive.mkdir()
+    (archive / "__init__.py").write_text("")
+    (archive / "x.py").write_text("def f(ix):\n    return isinstance(ix, (int, ItemIndex)) or hasattr(ix, 'a')\n")
     (pkg / "other.py").write_text("def f(ix):\n    return getattr(ix, 'a', isinstance(ix, s.ServerStore))\n")
     assert store_probes(tmp_path, "mcmfh") == {
-        ("mcmfh.archive_x", "isinstance ItemIndex"),
-        ("mcmfh.archive_x", "hasattr line 2"),
+        ("mcmfh.archive.x", "isinstance ItemIndex"),
+        ("mcmfh.archive.x", "hasattr line 2"),
         ("mcmfh.other", "isinstance ServerStore"),
     }
 

@@ -19,7 +19,7 @@ import pytest
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.index import text_index
 from mcmfh.index.codes import hamming_matrix
-from mcmfh.index.storage import DB_NAME, ItemIndex
+from mcmfh.index.local_store import DB_NAME, ItemIndex
 from mcmfh.items import Item
 from mcmfh.locking import LOCK_NAME
 
@@ -175,7 +175,7 @@ import os, signal, sys
 import numpy as np
 sys.path.insert(0, {tests!r})
 from test_index_storage import items
-from mcmfh.index import storage
+from mcmfh.index import local_store as storage
 
 folder, phase, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
 

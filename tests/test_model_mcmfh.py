@@ -3,6 +3,8 @@ resume, and that it learns (beats chance clearly) on generated label-structured 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from conftest import make_features
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.evaluation.metrics import hamming_distances, map_all, relevance
 from mcmfh.factory import available_methods, create_method, load_method
-from mcmfh.model.config import MCMFHConfig
+from mcmfh.model.config import MCMFHConfig, ModelConfig, TrainConfig, flat_fields
 from mcmfh.model.dv_mlp import DropoutVotingMLP
 from mcmfh.model.moe import DenseFeedForward, MoEFeedForward
 from tiny_config import TINY_MCMFH
@@ -71,10 +73,10 @@ def test_config_options_are_checked() -> None:
         MCMFHConfig.from_options(gate="noisy")
     with pytest.raises(MCMFHError, match="top_k"):
         MCMFHConfig.from_options(experts=2, top_k=3)
-    assert MCMFHConfig.from_options(lr=1).lr == 1.0
+    assert MCMFHConfig.from_options(lr=1).train.lr == 1.0
     # From the CLI every value is a string (`mcmfh train --option use_moe=false`): coerced per field.
     cfg = MCMFHConfig.from_options(use_moe="false", experts="8", lr="5e-4", gate="sparse")
-    assert (cfg.use_moe, cfg.experts, cfg.lr, cfg.gate) == (False, 8, 5e-4, "sparse")
+    assert (cfg.model.use_moe, cfg.model.experts, cfg.train.lr, cfg.model.gate) == (False, 8, 5e-4, "sparse")
     with pytest.raises(MCMFHError, match="'experts' expects int, got 'many'"):
         MCMFHConfig.from_options(experts="many")
 
@@ -216,7 +218,7 @@ def test_ablation_switches_change_the_module(data) -> None:
 
     no_gate = create_method("mcmfh-no-gateloss", bits=16, seed=0, **quick)
     log = no_gate.fit(train, dev)
-    assert no_gate.cfg.lambda_gate == 0.0 and full.cfg.lambda_gate > 0
+    assert no_gate.cfg.train.lambda_gate == 0.0 and full.cfg.train.lambda_gate > 0
     assert all(isinstance(layer.ffn, MoEFeedForward) for layer in no_gate.net.fusion.layers)
     assert log["stage2"]["history"][0]["loss_gate"] > 0  # still measured, just not weighted into the total
     with pytest.raises(MCMFHError, match="fixed by this ablation"):
@@ -337,14 +339,14 @@ def test_capacity_follows_the_training_set_size_and_survives_save_load(tmp_path,
     quick["capacity"] = "auto"
     small = create_method("mcmfh", bits=16, seed=0, **quick)  # default widths capped: len(train) < 400
     small.fit(train)
-    assert small.cfg.capacity == "small" and small.net.dv_img.fc2.out_features == 64 < small.requested.width
+    assert small.cfg.train.capacity == "small" and small.net.dv_img.fc2.out_features == 64 < small.requested.model.width
     full = create_method("mcmfh", bits=16, seed=0, **quick, small_train_pairs=len(train))
     full.fit(train)
-    assert full.cfg.capacity == "full" and full.net.dv_img.fc2.out_features == full.requested.width == 128
+    assert full.cfg.train.capacity == "full" and full.net.dv_img.fc2.out_features == full.requested.model.width == 128
     # options say "auto"; the saved model says what it resolved to, and loads under the same options
     small.save(tmp_path / "run")
     loaded = load_method(tmp_path / "run")
-    assert loaded.cfg.capacity == "small"
+    assert loaded.cfg.train.capacity == "small"
     assert np.array_equal(loaded.encode_texts(test.text), small.encode_texts(test.text))
     forced = create_method("mcmfh", bits=16, seed=0, **{**quick, "capacity": "full"})
     with pytest.raises(ArtefactError, match="other settings.*capacity"):
@@ -357,7 +359,10 @@ def test_a_model_saved_before_a_field_existed_loads_with_that_field_at_its_defau
     _, _, test = data
     method, _ = fitted
     state = dict(method.state_dict())
-    old = {k: v for k, v in json.loads(bytes(state["meta.config_json"]).decode()).items() if k != "capacity"}
+    # The flat form saved before the split of architecture and training settings, made before ``capacity`` too.
+    old = {
+        k: v for k, v in flat_fields(json.loads(bytes(state["meta.config_json"]).decode())).items() if k != "capacity"
+    }
     state["meta.config_json"] = np.frombuffer(json.dumps(old).encode(), dtype=np.uint8)
     loaded = create_method("mcmfh", bits=16, seed=0, **TINY)
     loaded.load_state_dict(state)
@@ -365,3 +370,25 @@ def test_a_model_saved_before_a_field_existed_loads_with_that_field_at_its_defau
     other = create_method("mcmfh", bits=16, seed=0, **{**TINY, "capacity": "small"})
     with pytest.raises(ArtefactError, match="capacity"):
         other.load_state_dict(state)
+
+
+def test_the_config_splits_architecture_from_training_and_reads_both_saved_forms() -> None:
+    """Flat options go to the part that owns them; a config saved before the split (flat) and one saved after
+    (``{"model": ..., "train": ...}``) read back to the same fields, and every name belongs to exactly one part.
+    (Loading a fitted model whose saved config is in the old flat form: the test above.)"""
+    cfg = MCMFHConfig.from_options(width="64", heads=2, lr="5e-4", capacity="auto", num_threads=1)
+    assert cfg.model == ModelConfig(width=64, heads=2)
+    assert cfg.train == TrainConfig(lr=5e-4, capacity="auto", num_threads=1)
+    nested = cfg.saved()
+    assert set(nested) == {"model", "train"} and "lr" in nested["train"] and "width" in nested["model"]
+    assert "num_threads" not in nested["train"]  # run control: not part of what a fitted model is
+    flat = {k: v for part in nested.values() for k, v in part.items()}  # the form every run before the split saved
+    assert flat_fields(flat) == flat_fields(nested) == cfg.model_fields()
+    assert MCMFHConfig.from_options(**flat_fields(flat)) == dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, num_threads=0)
+    )
+    model_names = {f.name for f in dataclasses.fields(ModelConfig)}
+    assert not model_names & {f.name for f in dataclasses.fields(TrainConfig)}
+    assert {"width", "experts", "layers", "heads", "dv_votes", "study_head"} <= model_names
+    with pytest.raises(MCMFHError, match="unknown option.*nope"):
+        MCMFHConfig.from_options(**flat_fields({**flat, "nope": 1}))

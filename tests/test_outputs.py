@@ -126,8 +126,8 @@ def test_experiment_resumes_into_its_own_folder_and_overwrite_starts_afresh(tmp_
 def test_index_build_overwrite_keeps_a_folder_that_is_not_an_archive(tmp_path, capsys):
     from mcmfh.data import load_dataset
     from mcmfh.data.synthetic import make_synthetic_dataset
+    from mcmfh.encode_features import encode_dataset
     from mcmfh.encoders import get_encoder
-    from mcmfh.feature_cache import encode_dataset
 
     ds = load_dataset("csv", make_synthetic_dataset(tmp_path / "syn", n=48, seed=0))
     encode_dataset(ds, get_encoder("tiny"), tmp_path / "feats")

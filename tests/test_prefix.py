@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from mcmfh.index.codes import pack_codes
+from mcmfh.index.local_store import ItemIndex
 from mcmfh.index.payload import make_codec
 from mcmfh.index.rerank import DEFAULT_OVERSAMPLE, RERANK_FLOOR
-from mcmfh.index.storage import ItemIndex
 from mcmfh.index.store import Rescore
 from mcmfh.items import Hit, Item
 

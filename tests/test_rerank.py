@@ -10,7 +10,7 @@ from conftest import make_features
 from mcmfh.errors import MCMFHError
 from mcmfh.evaluation.evaluate import evaluate_method
 from mcmfh.evaluation.metrics import cosine_distances, ranking_metrics, relevance
-from mcmfh.evaluation.two_stage import RerankOptions
+from mcmfh.evaluation.rerank_eval import RerankOptions
 from mcmfh.factory import create_method
 from mcmfh.index import BucketIndex, FlatIndex
 from mcmfh.index.codes import hamming_matrix, pack_codes

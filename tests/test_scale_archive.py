@@ -14,9 +14,9 @@ import pytest
 from mcmfh.archive import Archive, drop_server_stores
 from mcmfh.cli import main
 from mcmfh.errors import MCMFHError
+from mcmfh.index.backends import StoreConfig
 from mcmfh.index.codes import pack_codes
 from mcmfh.index.server_store import ServerStore
-from mcmfh.index.stores import StoreConfig
 from mcmfh.items import Item
 from scale_servers import free_port
 from test_archive import chain  # noqa: F401 (fixture: synthetic data -> tiny encoder -> 16-bit cca-itq run)
@@ -163,7 +163,7 @@ def test_cli_build_search_and_service_engine(chain, milvus_uri, postgres_dsn, tm
         assert main(["search", str(out), *query, "--rerank", "int8"]) == 2  # server stores keep no payload
         assert "no items payload" in capsys.readouterr().err
 
-        from mcmfh.service.search_engine import open_engine
+        from mcmfh.service.archive_engine import open_engine
 
         engine, local = open_engine(out), open_engine(chain["idx"])
         _one_stage(local.archive)

@@ -12,8 +12,8 @@ import pytest
 from mcmfh.archive import Archive, drop_server_stores
 from mcmfh.data import load_dataset
 from mcmfh.features import FeatureSet
+from mcmfh.index.backends import StoreConfig
 from mcmfh.index.codes import pack_codes
-from mcmfh.index.stores import StoreConfig
 from test_concurrency import base, worker_records, writers_with_kills  # noqa: F401 (base: fixture)
 
 pytestmark = pytest.mark.scale

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from mcmfh.data.records import Dataset, LoadReport, build_vocab
+from mcmfh.encode_features import EncodeOptions, run_encode
 from mcmfh.encoders import get_encoder
-from mcmfh.feature_cache import EncodeOptions, run_encode
 from mcmfh.features import FeatureSet
 from mcmfh.items import Item
 

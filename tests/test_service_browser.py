@@ -228,9 +228,9 @@ def test_page_over_a_medpix_archive_shows_the_first_screen_by_rescored_similarit
 
     from mcmfh.archive import Archive
     from mcmfh.data import load_dataset
+    from mcmfh.encode_features import encode_dataset
     from mcmfh.encoders import get_encoder
-    from mcmfh.feature_cache import encode_dataset
-    from mcmfh.service.search_engine import open_engine
+    from mcmfh.service.archive_engine import open_engine
     from mcmfh.training.runs import train_run
 
     root = shared_data / "medpix2"

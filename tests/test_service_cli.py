@@ -9,7 +9,7 @@ import pytest
 
 from mcmfh.cli import main
 from mcmfh.errors import MCMFHError
-from mcmfh.service import search_engine
+from mcmfh.service import archive_engine
 from mcmfh.service import server as server_module
 from mcmfh.service.app import create_app
 from mcmfh.service.security import bearer_matches, check_bind, is_loopback_host
@@ -55,7 +55,7 @@ def fake_open(tmp_path: Path, monkeypatch):
         opened.append(Path(index_dir))
         return FakeEngine(Path(index_dir))
 
-    monkeypatch.setattr(search_engine, "open_engine", open_engine)
+    monkeypatch.setattr(archive_engine, "open_engine", open_engine)
     monkeypatch.setattr(server_module, "make_server", _StubServer)
     (tmp_path / "idx").mkdir()
     return opened

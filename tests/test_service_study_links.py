@@ -83,7 +83,7 @@ def test_archive_engine_reads_the_sync_state(chain, tmp_path) -> None:  # noqa: 
 
     from mcmfh.pacs.query import InstanceRef
     from mcmfh.pacs.state import SyncState
-    from mcmfh.service.search_engine import open_engine
+    from mcmfh.service.archive_engine import open_engine
 
     idx = tmp_path / "idx"
     shutil.copytree(chain["idx"], idx)

@@ -12,11 +12,11 @@ from fastapi.testclient import TestClient
 from mcmfh.archive import Archive
 from mcmfh.data import load_dataset
 from mcmfh.data.synthetic import make_synthetic_dataset
+from mcmfh.encode_features import encode_dataset
 from mcmfh.encoders import get_encoder
-from mcmfh.feature_cache import encode_dataset
 from mcmfh.locking import writer_lock
 from mcmfh.service.app import create_app
-from mcmfh.service.search_engine import open_engine
+from mcmfh.service.archive_engine import open_engine
 from mcmfh.service.settings import Settings
 from mcmfh.training.runs import train_run
 

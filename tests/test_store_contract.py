@@ -11,9 +11,9 @@ import pytest
 
 from mcmfh.errors import MCMFHError
 from mcmfh.index.flat import FlatIndex
+from mcmfh.index.local_store import DB_NAME, ItemIndex
 from mcmfh.index.payload import make_codec
 from mcmfh.index.server_store import ServerStore, SqliteMeta
-from mcmfh.index.storage import DB_NAME, ItemIndex
 from mcmfh.index.store import ItemStore, Rescore
 from mcmfh.items import Item
 

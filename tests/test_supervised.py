@@ -245,7 +245,7 @@ def test_a_collapsed_supervised_fit_backs_off_to_the_best_healthy_label_weight(m
     from mcmfh.model.mcmfh import MCMFH
 
     def fake_fit(self, train, dev=None):
-        pair = self.cfg.lambda_label_pair
+        pair = self.cfg.train.lambda_label_pair
         self.net = f"net-{pair:g}"
         score = {10.0: 0.9, 3.0: 0.8, 1.0: 0.7}[round(pair, 6)]
         return {"stage2": {"collapsed": pair > 5, "dev_score": score}}
@@ -255,8 +255,8 @@ def test_a_collapsed_supervised_fit_backs_off_to_the_best_healthy_label_weight(m
     m = create_method("mcmfh-supervised", 16, 0, lambda_label_pair=10.0)
     log = m.fit(fs.splits("train"), fs.splits("dev"))
     assert log["label_weight_scale"] == ms.LABEL_BACKOFF[0] and m.net == "net-3"
-    assert m.cfg.lambda_label_pair == pytest.approx(3.0) and m.options["lambda_label_pair"] == pytest.approx(3.0)
-    assert m.cfg.lambda_label_stage1 == pytest.approx(0.3 * ms.SUPERVISED_DEFAULTS["lambda_label_stage1"])
+    assert m.cfg.train.lambda_label_pair == pytest.approx(3.0) and m.options["lambda_label_pair"] == pytest.approx(3.0)
+    assert m.cfg.train.lambda_label_stage1 == pytest.approx(0.3 * ms.SUPERVISED_DEFAULTS["lambda_label_stage1"])
     # A healthy full-weight fit is kept as it is.
     healthy = create_method("mcmfh-supervised", 16, 0, lambda_label_pair=3.0)
     assert healthy.fit(fs.splits("train"), fs.splits("dev"))["label_weight_scale"] == 1.0 and healthy.net == "net-3"
@@ -271,14 +271,15 @@ def test_supervised_code_length_rules_widen_the_hash_heads_and_quantise_from_32_
     quant = ms.LONG_CODE_RULES["lambda_quant"]
     for bits, hidden, q in ((16, 128, 0.0), (32, 256, quant), (64, 512, quant)):
         m = create_method("mcmfh-supervised", bits, 0)
-        assert (m.cfg.hash_hidden, m.cfg.lambda_quant, m.cfg.width) == (hidden, q, 128), bits
+        assert (m.cfg.model.hash_hidden, m.cfg.train.lambda_quant, m.cfg.model.width) == (hidden, q, 128), bits
         plain = create_method("mcmfh", bits, 0)
-        assert (plain.cfg.hash_hidden, plain.cfg.lambda_quant, plain.cfg.width) == (128, 0.0, 128)
-    assert create_method("mcmfh-supervised", 16, 0).recipe() == create_method(
-        "mcmfh", 16, 0, **ms.SUPERVISED_DEFAULTS
-    ).recipe()
+        assert (plain.cfg.model.hash_hidden, plain.cfg.train.lambda_quant, plain.cfg.model.width) == (128, 0.0, 128)
+    assert (
+        create_method("mcmfh-supervised", 16, 0).recipe()
+        == create_method("mcmfh", 16, 0, **ms.SUPERVISED_DEFAULTS).recipe()
+    )
     explicit = create_method("mcmfh-supervised", 64, 0, hash_hidden=96, lambda_quant=0.0, width=64)
-    assert (explicit.cfg.hash_hidden, explicit.cfg.lambda_quant, explicit.cfg.width) == (96, 0.0, 64)
+    assert (explicit.cfg.model.hash_hidden, explicit.cfg.train.lambda_quant, explicit.cfg.model.width) == (96, 0.0, 64)
 
     fs = _conflicting_features(n=200)
     tiny = {k: v for k, v in SMALL.items() if k != "hash_hidden"} | {"epochs_stage1": 1, "epochs_stage2": 1}
@@ -304,8 +305,8 @@ def test_a_supervised_run_is_indexed_and_searched_like_any_other(tmp_path, capsy
     from mcmfh.cli import main
     from mcmfh.data import load_dataset
     from mcmfh.data.synthetic import make_synthetic_dataset
+    from mcmfh.encode_features import encode_dataset
     from mcmfh.encoders import get_encoder
-    from mcmfh.feature_cache import encode_dataset
 
     ds = load_dataset("csv", make_synthetic_dataset(tmp_path / "syn", n=64, seed=0))
     encode_dataset(ds, get_encoder("tiny"), tmp_path / "feats")

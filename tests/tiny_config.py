@@ -1,7 +1,7 @@
 """The one tiny MCMFH training config the tests share (import it; extend it per test with ``{**TINY_MCMFH, ...}``).
 
 Small widths, one torch thread (tests run beside other work on 2 cores), and the step floors off: the default
-floors (MCMFHConfig.min_steps_stage*) lengthen a short fit to hundreds of steps, so "2 epochs" would train far
+floors (TrainConfig.min_steps_stage*) lengthen a short fit to hundreds of steps, so "2 epochs" would train far
 longer than it says. A test that needs a model that learns sets its own floors or epochs, in the open."""
 
 from __future__ import annotations

@@ -19,9 +19,9 @@ from mcmfh.archive import Archive
 from mcmfh.data import load_dataset
 from mcmfh.data.records import Dataset
 from mcmfh.data.synthetic import make_synthetic_dataset
+from mcmfh.encode_features import encode_dataset
 from mcmfh.encoders import get_encoder
 from mcmfh.evaluation.evaluate import evaluate_method
-from mcmfh.feature_cache import encode_dataset
 from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_write_json
 from mcmfh.manifest import MANIFEST_NAME, new_manifest

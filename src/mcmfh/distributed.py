@@ -1,6 +1,6 @@
 """Encoding on a Ray cluster (needs ``mcmfh[scale]``): the same feature cache as in-process, made by many workers.
 
-``RayChunkRunner`` plugs into ``feature_cache.run_encode``: the chunks still missing from the resumable work folder
+``RayChunkRunner`` plugs into ``encode_features.run_encode``: the chunks still missing from the resumable work folder
 become one Ray Data pipeline whose ``map_batches`` runs on an actor pool — each actor builds the encoder once (one
 model per worker) and encodes batches with the project's chunk encoder, so unreadable images, ``--skip-bad`` and the
 arrays are handled exactly as in-process. The driver gathers rows back by (chunk, position) and writes each chunk
@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from mcmfh.encode_features import ChunkEncoder, ChunkResult, EncodeOptions, EncodeOutcome
 from mcmfh.encoders.base import Encoder
 from mcmfh.errors import MCMFHError
-from mcmfh.feature_cache import ChunkEncoder, ChunkResult, EncodeOptions, EncodeOutcome
 from mcmfh.items import Item
 
 

@@ -59,12 +59,11 @@ def diversify(hits: Sequence[Hit], per_study: int = DEFAULT_PER_STUDY) -> list[H
     return [replace(h, duplicates=tuple(dupes[i])) if i in dupes else h for i, h in enumerate(shown)]
 
 
-def with_members(shown: Sequence[Hit], members: dict[str, list[Item]]) -> list[Hit]:
-    """Each shown hit with the other items of its study (``members``: by ``study_key``, e.g. a store's
-    ``members``) that are not shown themselves: "N more in this case"."""
+def others_not_shown(shown: Sequence[Hit]) -> list[Hit]:
+    """Each shown hit with the other items of its study (its ``others``, as a store's ``search(members=True)``
+    gives them) less those shown themselves: "N more in this case"."""
     on_screen = {h.item.id for h in shown}
-    return [replace(h, others=tuple(m for m in members.get(study_key(h.item), ()) if m.id not in on_screen))
-            for h in shown]  # fmt: skip
+    return [replace(h, others=tuple(m for m in h.others if m.id not in on_screen)) for h in shown]
 
 
 def diversified_rows(order: np.ndarray, groups: np.ndarray, texts: np.ndarray, k: int, per_study: int = 1) -> list[int]:

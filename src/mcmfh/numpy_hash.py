@@ -28,9 +28,9 @@ from mcmfh.method import CONFIG_NAME, WEIGHTS_NAME
 
 # The registered methods whose image / text path is MCMFHNet's (mcmfh.model.mcmfh and its subclasses).
 SUPPORTED_METHODS = ("mcmfh", "mcmfh-no-moe", "mcmfh-no-dv", "mcmfh-no-gateloss", "mcmfh-no-fusion", "mcmfh-supervised")
-# MCMFHConfig fields the forward pass reads here, and those it need not read: training-only ones, and those the
-# weights carry (dv_dropout is in the stored vote masks, ffn_hidden in the experts' shapes; capacity is saved resolved
-# into the widths).
+# MCMFHConfig fields the forward pass reads here, and those it need not read: training-only ones (in a flat config
+# saved before architecture and training were split), and those the weights carry (dv_dropout is in the stored vote
+# masks, ffn_hidden in the experts' shapes; capacity is saved resolved into the widths).
 INFERENCE_FIELDS = frozenset({
     "center", "whiten_dim", "dv_hidden", "width", "dropout_voting", "dv_votes", "layers", "heads", "use_moe",
     "experts", "top_k", "gate", "gate_blend", "single_rule", "hash_hidden", "study_head",
@@ -95,9 +95,11 @@ class NumpyHasher:
             return None  # a corrupt or replaced file: load_run names it
         try:
             weights = load(data)
-            cfg = json.loads(bytes(weights["meta.config_json"]).decode())
+            saved = json.loads(bytes(weights["meta.config_json"]).decode())
         except Exception:  # safetensors' own error types: the torch path reports them
             return None
+        # The architecture part (``mcmfh.model.config.ModelConfig``); a model saved before the split has one flat dict.
+        cfg = saved["model"] if set(saved) == {"model", "train"} else saved
         if set(cfg) - INFERENCE_FIELDS - UNREAD_FIELDS or INFERENCE_FIELDS - set(cfg):
             return None  # a newer option, or a model older than one this module reads: torch knows its defaults
         hasher = cls(cfg, weights, int(method["bits"]))

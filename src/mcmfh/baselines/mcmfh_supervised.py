@@ -19,7 +19,7 @@ import numpy as np
 from mcmfh.errors import MCMFHError
 from mcmfh.features import FeatureSet
 from mcmfh.method import register_method
-from mcmfh.model.config import MCMFHConfig
+from mcmfh.model.config import ModelConfig
 from mcmfh.model.mcmfh import MCMFH
 from mcmfh.training.selection import DevEvaluation
 
@@ -48,7 +48,7 @@ LONG_CODE_RULES: dict[str, Any] = {"lambda_quant": 0.1}
 
 def supervised_defaults(bits: int) -> dict[str, Any]:
     """``SUPERVISED_DEFAULTS`` with the code-length rules above applied for ``bits``."""
-    rules: dict[str, Any] = {"hash_hidden": max(MCMFHConfig.hash_hidden, HASH_HIDDEN_PER_BIT * bits)}
+    rules: dict[str, Any] = {"hash_hidden": max(ModelConfig.hash_hidden, HASH_HIDDEN_PER_BIT * bits)}
     if bits >= LONG_CODE_BITS:
         rules.update(LONG_CODE_RULES)
     return {**SUPERVISED_DEFAULTS, **rules}
@@ -100,9 +100,9 @@ class MCMFHSupervised(MCMFH):
         return self.options, self.requested, self.cfg, self.net, self.n_train
 
     def _scaled_options(self, scale: float) -> dict[str, Any]:
-        scaled = {k: getattr(self.cfg, k) * scale for k in LABEL_WEIGHTS if getattr(self.cfg, k) > 0}
-        if self.cfg.checkpoint_dir:  # each retry is its own resumable run
-            scaled["checkpoint_dir"] = str(Path(self.cfg.checkpoint_dir) / f"label-scale-{scale}")
+        scaled = {k: getattr(self.cfg.train, k) * scale for k in LABEL_WEIGHTS if getattr(self.cfg.train, k) > 0}
+        if self.cfg.train.checkpoint_dir:  # each retry is its own resumable run
+            scaled["checkpoint_dir"] = str(Path(self.cfg.train.checkpoint_dir) / f"label-scale-{scale}")
         return {**self.options, **scaled}
 
 

@@ -62,8 +62,8 @@ def encode(
     ray_gpus: float = typer.Option(0.0, "--ray-gpus-per-worker", min=0.0, help="GPUs reserved per Ray actor."),
 ) -> None:
     """Encode a dataset into a feature cache; the same command again reuses it."""
+    from mcmfh.encode_features import EncodeOptions, run_encode
     from mcmfh.encoders import get_encoder
-    from mcmfh.feature_cache import EncodeOptions, run_encode
     from mcmfh.outputs import check_output
 
     check_output(out, "features", overwrite=overwrite, resumable=True)  # before loading anything slow

@@ -49,7 +49,7 @@ def build(
     """Hash the database split with the run's model and store codes plus item metadata."""
     from mcmfh.archive import Archive
     from mcmfh.features import FeatureSet
-    from mcmfh.index.stores import StoreConfig
+    from mcmfh.index.backends import StoreConfig
     from mcmfh.outputs import check_output
 
     check_output(out, "archive", overwrite=overwrite)  # never replaces a folder that is not an archive
@@ -162,7 +162,7 @@ def repair(
 def info(archive_dir: Path = typer.Argument(..., help="Archive folder.")) -> None:
     """Print the archive's manifest, item counts and integrity (commit record, sub-indexes agreeing) as JSON."""
     from mcmfh.archive import Archive
-    from mcmfh.archive_agreement import check_agreement
+    from mcmfh.archive.agreement import check_agreement
 
     require_archive(archive_dir)
     from mcmfh.evaluation.code_health import code_health
@@ -207,8 +207,8 @@ def search(
     rerank: str = typer.Option(
         None,
         "--rerank",
-        help="int8: two-stage (Hamming candidates re-scored by the stored payload; the default when "
-        "the archive has one); none: Hamming order only.",
+        help="The archive's payload codec (int4; int8 for archives built before it): two-stage (Hamming candidates "
+        "re-scored by the stored payload; the default when the archive has one); none: Hamming order only.",
     ),
     per_study: int = typer.Option(
         DEFAULT_PER_STUDY,
@@ -227,7 +227,7 @@ def search(
     """Search an archive with a text or an image; prints ranked items with Hamming distances (and, two-stage, the
     re-scored similarity they are ordered by)."""
     from mcmfh.archive import Archive
-    from mcmfh.archive_search import TARGETS
+    from mcmfh.archive.search import TARGETS
 
     if stray:
         raise MCMFHError(stray_query_line(archive_dir, stray, given=text is not None or image is not None))

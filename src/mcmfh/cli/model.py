@@ -10,6 +10,7 @@ import typer
 from mcmfh.cli.app import app
 from mcmfh.cli.inputs import QUIET_HELP, progress_for
 from mcmfh.errors import MCMFHError
+from mcmfh.index.payload import DEFAULT_PAYLOAD
 
 
 def parse_kv(pairs: list[str]) -> dict[str, str]:
@@ -67,10 +68,10 @@ def evaluate(
     k: int = typer.Option(50, "--k", help="K of mAP@K (UCMFH definition)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out metrics JSON."),
     rerank: str = typer.Option(
-        "int8",
+        DEFAULT_PAYLOAD,
         "--rerank",
-        help="Two-stage payloads, comma-separated (int8, int4, float16, float32), or none. Hashing methods with a "
-        "relaxed output only; others are evaluated one-stage.",
+        help="Two-stage payloads, comma-separated (int4, int8, float16, float32, code64), or none. Hashing methods "
+        "with a relaxed output only; others are evaluated one-stage.",
     ),
     rerank_k: int = typer.Option(100, "--rerank-k", help="Results per query of the bounded two-stage search."),
     oversample: float = typer.Option(10.0, "--oversample", help="Stage-1 candidate budget, in multiples of k."),
@@ -85,8 +86,8 @@ def evaluate(
     from mcmfh.evaluation.code_health import health_line
     from mcmfh.evaluation.evaluate import evaluate_method, plot_curves
     from mcmfh.evaluation.metrics import RankingOptions
+    from mcmfh.evaluation.rerank_eval import RerankOptions
     from mcmfh.evaluation.study_eval import PAIR_MODES, check_modes
-    from mcmfh.evaluation.two_stage import RerankOptions
     from mcmfh.features import FeatureSet
     from mcmfh.index.payload import code_bits
     from mcmfh.io import atomic_write_json
@@ -96,7 +97,7 @@ def evaluate(
 
     payloads = [p.strip() for p in rerank.split(",") if p.strip()]
     if not payloads:
-        raise MCMFHError("--rerank: give payload names (e.g. int8) or none")
+        raise MCMFHError("--rerank: give payload names (e.g. int4) or none")
     options = None if payloads == ["none"] else RerankOptions(tuple(payloads), rerank_k, oversample)
     if out is not None:
         _check_json_out(out, overwrite)

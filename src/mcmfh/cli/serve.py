@@ -66,9 +66,9 @@ def serve(
     except ImportError as e:
         raise MCMFHError(f"the service needs its extra: pip install 'mcmfh[service]' ({e.name} is missing)") from None
     require_free_port(host, port)  # uvicorn would only find out after the index is loaded, with a traceback
-    from mcmfh.service import search_engine  # the real engine: loads the run's encoder and model
+    from mcmfh.service import archive_engine  # the real engine: loads the run's encoder and model
 
-    engine = search_engine.open_engine(index, writable=allow_writes, lock_timeout=lock_timeout)
+    engine = archive_engine.open_engine(index, writable=allow_writes, lock_timeout=lock_timeout)
     if image_root is None:  # item images live where the archive's dataset lives
         root = getattr(engine, "image_root", None) or index
         settings = dataclasses.replace(settings, image_root=Path(root).resolve())

@@ -19,21 +19,20 @@ from mcmfh.errors import MCMFHError
 from mcmfh.evaluation.code_health import method_code_health, strip_bits
 from mcmfh.evaluation.metrics import RankingOptions, cosine_distances, hamming_distances, ranking_metrics, relevance
 from mcmfh.evaluation.paired import PairedGallery, paired_recall
-from mcmfh.evaluation.study_eval import PAIR_MODES, evaluate_modes
-from mcmfh.evaluation.two_stage import (
+from mcmfh.evaluation.rerank_eval import (
     REPORTED_P_AT_K,
     RerankOptions,
     TwoStageRanker,
     evaluate_two_stage,
     strip_per_query,
 )
-from mcmfh.evaluation.two_stage import flat_keys as two_stage_flat_keys
+from mcmfh.evaluation.rerank_eval import flat_keys as two_stage_flat_keys
+from mcmfh.evaluation.study_eval import PAIR_MODES, evaluate_modes
 from mcmfh.features import FeatureSet
-from mcmfh.index.payload import make_codec
+from mcmfh.index.payload import DEFAULT_PAYLOAD, make_codec
 from mcmfh.method import HashMethod
 
 CASES_AT = 10  # P@K over distinct cases (issue 25): the first screen's worth of a diversified ranking
-CASES_PAYLOAD = "int8"  # the two-stage ranking diversified: the payload archives store
 
 # Keys of one direction's metrics that are copied to the flat top level as "<dir>_<key>".
 _FLAT = {
@@ -97,7 +96,7 @@ def evaluate_method(
     tie-aware (``mcmfh.evaluation.paired``).
 
     With ``rerank`` (hashing methods with a relaxed output only), ``two_stage`` holds the two-stage ranking per
-    payload (``mcmfh.evaluation.two_stage``) and flat keys ``<dir>_map_2s_<payload>`` etc. sit beside the one-stage
+    payload (``mcmfh.evaluation.rerank_eval``) and flat keys ``<dir>_map_2s_<payload>`` etc. sit beside the one-stage
     ones;
     ``companions`` are the same method fitted at the code lengths of ``code<B>`` payloads.
 
@@ -156,7 +155,7 @@ def evaluate_method(
         out.update(two_stage_flat_keys(two))
     if db.has_studies:
         dist = cosine_distances if method.continuous else hamming_distances
-        two = rerank if "two_stage" in out and CASES_PAYLOAD in out["two_stage"] else None
+        two = rerank if "two_stage" in out and DEFAULT_PAYLOAD in out["two_stage"] else None
         i2t_vec = (method.relaxed_images(q_img.image), method.relaxed_texts(db.text)) if two else None
         t2i_vec = (method.relaxed_texts(q.text), method.relaxed_images(db_img.image)) if two else None
         out.update(_case_rows("i2t", q_image_codes, db_text, q_img.labels, db, dist, two, i2t_vec))
@@ -171,16 +170,16 @@ def _case_rows(direction: str, q_codes: np.ndarray, db_codes: np.ndarray, q_labe
                vectors: tuple[np.ndarray, np.ndarray] | None) -> dict[str, float]:  # fmt: skip
     """The diversified ranking (``mcmfh.diversify``: one entry per case, repeated texts folded) of one direction:
     ``<dir>_p10_cases`` (P@10 over distinct cases), beside ``<dir>_p10_items_stable`` (the raw first 10 in the same
-    order) and ``<dir>_cases_in_10`` (distinct cases among the raw first 10); ``..._2s_int8`` for the two-stage
-    ranking. Stable order inside ties (database order), not tie-aware: a search shows one order."""
+    order) and ``<dir>_cases_in_10`` (distinct cases among the raw first 10); ``..._2s_<DEFAULT_PAYLOAD>`` for the
+    two-stage ranking. Stable order inside ties (database order), not tie-aware: a search shows one order."""
     _, groups = np.unique(np.asarray(db.study_ids(), dtype=str), return_inverse=True)
     texts = np.array([row.tobytes() for row in np.asarray(db.text)], dtype=object)
     rel = relevance(q_labels, db.labels)
     rankings = {"": dist(q_codes, db_codes)}
     if rerank is not None and vectors is not None:
         q_vec, db_vec = vectors
-        ranker = TwoStageRanker(q_codes, db_codes, q_vec, db_vec, make_codec(CASES_PAYLOAD, db_vec.shape[1]))
-        rankings[f"_2s_{CASES_PAYLOAD}"] = ranker.rank(min(rerank.k, len(db)), rerank.oversample)[0]
+        ranker = TwoStageRanker(q_codes, db_codes, q_vec, db_vec, make_codec(DEFAULT_PAYLOAD, db_vec.shape[1]))
+        rankings[f"_2s_{DEFAULT_PAYLOAD}"] = ranker.rank(min(rerank.k, len(db)), rerank.oversample)[0]
     out: dict[str, float] = {}
     for suffix, keys in rankings.items():
         m = case_metrics(np.asarray(keys), rel, groups, texts, CASES_AT)

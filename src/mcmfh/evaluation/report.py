@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mcmfh.index.payload import DEFAULT_PAYLOAD
 from mcmfh.index.rerank import RERANK_FLOOR
 from mcmfh.io import atomic_write_text
 
@@ -184,7 +185,7 @@ def _pair(rs: Sequence[Mapping[str, Any]], key: str) -> str:
 def two_stage_table(
     groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]]], order: Mapping[str, int]
 ) -> list[str]:
-    """One row per (method, bits, payload) of the rows that carry two-stage figures (``mcmfh.evaluation.two_stage``),
+    """One row per (method, bits, payload) of the rows that carry two-stage figures (``mcmfh.evaluation.rerank_eval``),
     next to
     their one-stage ones; groups whose rows were saved before two-stage existed are listed as not computed."""
     payloads = list(
@@ -198,7 +199,7 @@ def two_stage_table(
         "",
         f"What a search shows: stage 1 takes the first max({RERANK_FLOOR}, {settings['oversample']:g} × k) items in "
         f"Hamming order (k = {settings['k']}), stage 2 orders them by the payload's cosine to the query's own "
-        "relaxed output; the rest of the database follows in Hamming order (`mcmfh.evaluation.two_stage`). mAP is "
+        "relaxed output; the rest of the database follows in Hamming order (`mcmfh.evaluation.rerank_eval`). mAP is "
         "tie-aware mAP@all, ties only where similarity and distance are both equal; *every item re-scored* is the "
         "payload's own ceiling. P@K cells are means, one-stage → two-stage. bytes/item = code + payload. Methods "
         "without a relaxed output (continuous, `chance`, `ucmfh`) have no row.",
@@ -261,7 +262,7 @@ def modes_table(groups: Mapping[tuple[str, int], Sequence[Mapping[str, Any]]], o
         "are coded alone in every mode. *i2s / t2s*: an image / a text query against the database studies "
         "(relevant: shares a label with any member). *fused*: the method's own study code (one code per study, "
         f"bits / 8 bytes); *fused 2s*: two-stage search over it as an archive runs it (the first {RERANK_FLOOR} "
-        "studies in Hamming order re-scored by the study head's relaxed output at int8, bits more bytes); *min*: "
+        f"studies in Hamming order re-scored by the study head's relaxed output at {DEFAULT_PAYLOAD}); *min*: "
         "the smallest distance to any member's image or text code; *sum*: the smallest over members of image + "
         "text distance (no fusion: 2 × bits / 8 bytes per member). A study that holds the query's own item is left"
         " out of its ranking. – : the method has no study codes.",

@@ -7,11 +7,10 @@ Modes (``mcmfh.evaluation.evaluate.evaluate_method(modes=...)``, the experiment'
   ``min`` — the smallest distance to any member's image or text code (no fusion, every member's two codes kept);
   ``sum`` — the smallest, over members, of the member's image distance plus its text distance (a text-only member
   counts its text distance twice); ``fused_2s`` — two-stage search over the fused study codes as an archive runs
-  it (``mcmfh.evaluation.two_stage``: the first ``RERANK_FLOOR`` studies in Hamming order re-scored by the study head's
-  relaxed
-  output at int8 against the query's own relaxed output; methods with a study head and relaxed outputs). Each
-  variant reports tie-aware mAP@all and P@10. ``<mode>_map`` is the fused code where the method has one, else
-  ``min``: a fixed rule, never the better of the two on test.
+  it (``mcmfh.evaluation.rerank_eval``: the first ``RERANK_FLOOR`` studies in Hamming order re-scored by the study
+  head's relaxed output at ``DEFAULT_PAYLOAD`` against the query's own relaxed output; methods with a study head
+  and relaxed outputs). Each variant reports tie-aware mAP@all and P@10. ``<mode>_map`` is the fused code where the
+  method has one, else ``min``: a fixed rule, never the better of the two on test.
 - ``i2i`` / ``t2t``: image→image and text→text over the database items.
 A query is never matched with itself: a database item with the query's id, or a study that holds it, is left out of
 that query's ranking. It is put after every other candidate and marked not relevant, which leaves every AP-type
@@ -28,9 +27,9 @@ import numpy as np
 
 from mcmfh.errors import MCMFHError
 from mcmfh.evaluation.metrics import RankingOptions, cosine_distances, hamming_distances, ranking_metrics, relevance
-from mcmfh.evaluation.two_stage import TwoStageRanker
+from mcmfh.evaluation.rerank_eval import TwoStageRanker
 from mcmfh.features import FeatureSet
-from mcmfh.index.payload import make_codec
+from mcmfh.index.payload import DEFAULT_PAYLOAD, make_codec
 from mcmfh.method import HashMethod
 from mcmfh.studies import Studies
 
@@ -39,7 +38,6 @@ STUDY_MODES = ("i2s", "t2s")
 SAME_MODES = ("i2i", "t2t")
 MODES = PAIR_MODES + STUDY_MODES + SAME_MODES
 REPORTED = ("map", "map_all", "map_all_tie_aware", "p10")  # per mode and variant, as flat row keys
-STUDY_PAYLOAD = "int8"  # what an archive stores per study for two-stage search (mcmfh.archive_writes)
 # The number of results an archive's study search asks for; at or below RERANK_FLOOR / oversample its budget does
 # not depend on it (mcmfh.index.rerank), so the ranking evaluated is the one every page of results is a prefix of.
 STUDY_SEARCH_K = 10
@@ -175,7 +173,7 @@ def evaluate_modes(
             variants["fused"] = _distances(method, codes, db_side.codes)
         if db_side.codes is not None and db_side.relaxed is not None:
             q_vec = method.relaxed_images(qs.image) if qm == "i" else method.relaxed_texts(qs.text)
-            codec = make_codec(STUDY_PAYLOAD, db_side.relaxed.shape[1])
+            codec = make_codec(DEFAULT_PAYLOAD, db_side.relaxed.shape[1])
             ranker = TwoStageRanker(codes, db_side.codes, q_vec, db_side.relaxed, codec)
             variants["fused_2s"] = ranker.rank(min(STUDY_SEARCH_K, len(studies)))[0].astype(np.float64)
         for name, dist in variants.items():

@@ -1,7 +1,7 @@
 """Hamming search: one FAISS-style index interface over several implementations.
 
 ``make_index(bits)`` returns an exact index (bucket for <= 16 bits, multi-index hashing above); ``FlatIndex`` is the
-brute-force reference; ``ItemIndex`` (mcmfh.index.storage) is the persistent, crash-safe index with item metadata.
+brute-force reference; ``ItemIndex`` (mcmfh.index.local_store) is the persistent, crash-safe index with item metadata.
 """
 
 from mcmfh.index.base import CodesIndex, HammingIndex

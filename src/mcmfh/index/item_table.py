@@ -74,6 +74,7 @@ class SqliteItemTable:
         self.sealed_from: int | None = None  # generations layout: the first key whose payload is sealed
         self._names: str | None = None  # the SELECT list for this table's columns (older tables lack study_id)
         self._payload_column = False
+        self._study_column = False
         self._text_index = False
         self._upgraded = False
         try:
@@ -205,7 +206,7 @@ class SqliteItemTable:
         order; a study with no item here is left out. A table made before studies has none but singletons."""
         ids = list(dict.fromkeys(str(s) for s in study_ids))
         out: dict[str, list[Item]] = {}
-        study_col = "study_id" in self._columns()
+        study_col = self._has_study_column()
         where, visible = self._visible()
         for start in range(0, len(ids), SQL_CHUNK // 2):
             chunk = ids[start : start + SQL_CHUNK // 2]
@@ -218,6 +219,39 @@ class SqliteItemTable:
                 item = item_from_row(row)
                 out.setdefault(item.study_id or item.id, []).append(item)
         return out
+
+    def lookup_studies(self, keys: Sequence[int] | np.ndarray) -> tuple[dict[int, Item], dict[str, list[Item]]]:
+        """The items among ``keys`` and every item of their studies (as ``members`` gives them), read in one query
+        (for up to SQL_CHUNK // 2 keys): a diversified search reads its hits with their "N more in this case"."""
+        keys = [int(k) for k in keys]
+        if not self._has_study_column():
+            found = self.lookup(keys)
+            return found, {it.id: [it] for it in found.values()}
+        where, visible = self._visible()
+        rows: dict[int, Row] = {}
+        for start in range(0, len(keys), SQL_CHUNK // 2):
+            chunk = keys[start : start + SQL_CHUNK // 2]
+            # Every hit is a member of its own study, so the members' rows hold the hits' rows too.
+            marks = ",".join("?" * len(chunk))
+            studies = f"SELECT coalesce(study_id, item_id) FROM items WHERE key IN ({marks}){where}"
+            match = f"(study_id IN ({studies}) OR (study_id IS NULL AND item_id IN ({studies})))"
+            sql = f"SELECT {self._select()} FROM items WHERE {match}{where} ORDER BY key"
+            rows.update((int(r[0]), r) for r in self._db.execute(sql, (*chunk, *visible, *chunk, *visible, *visible)))
+        wanted = set(keys)
+        items: dict[int, Item] = {}
+        members: dict[str, list[Item]] = {}
+        for key in sorted(rows):
+            item = item_from_row(rows[key])
+            members.setdefault(item.study_id or item.id, []).append(item)
+            if key in wanted:
+                items[key] = item
+        return items, members
+
+    def _has_study_column(self) -> bool:
+        # Once there, always there (columns are only added): the PRAGMA runs until then, not on every search.
+        if not self._study_column:
+            self._study_column = "study_id" in self._columns()
+        return self._study_column
 
     def item_ids(self, with_image: bool = False) -> set[str]:
         """The ids of every item (``with_image``: of those that have an image path); O(N), for integrity checks."""

@@ -1,6 +1,6 @@
 """``PostgresItemStore``: item metadata and codes in PostgreSQL (needs ``mcmfh[scale]``: psycopg 3, server >= 14).
 
-SQLite (``mcmfh.index.storage.ItemIndex``) stays the embedded default. This store is for an archive shared across
+SQLite (``mcmfh.index.local_store.ItemIndex``) stays the embedded default. This store is for an archive shared across
 machines: the codes are kept as ``bit(n)`` so SQL itself can filter by Hamming distance, ``bit_count(code # q)``
 (a sequential scan: exact, about the speed of one core; pair it with ``MilvusIndex`` for k-NN at scale, using the keys
 returned here as the Milvus ids). Code bit i (``pack_codes``'s bit i) is character i of the bit string.

@@ -311,15 +311,21 @@ class ServerStore:
     def lookup(self, keys: Sequence[int] | np.ndarray) -> dict[int, Item]:
         return self.meta.lookup(keys)
 
+    def lookup_studies(self, keys: Sequence[int] | np.ndarray) -> tuple[dict[int, Item], dict[str, list[Item]]]:
+        """The items among ``keys`` and every item of their studies: two queries on the metadata server."""
+        items = self.meta.lookup(keys)
+        return items, self.meta.members(list(dict.fromkeys(it.study_id or it.id for it in items.values())))
+
     def info(self) -> StoreInfo:
         return StoreInfo(segments=None, codes=None, sealed_from=None)
 
-    def search(self, queries: np.ndarray, k: int = 10, rescore: Rescore | None = None) -> list[list[Hit]]:
+    def search(self, queries: np.ndarray, k: int = 10, rescore: Rescore | None = None,
+               members: bool = False) -> list[list[Hit]]:  # fmt: skip
         """Top-k items per packed query, nearest first, ties in insertion order (as ``ItemIndex.search``); codes a
         killed change left without metadata are asked for on top and left out."""
         if rescore is not None:
             self.payloads([], 0)  # refused: no payloads to re-score with
-        return search_store(self.codes, self, queries, k, spare=self._extra, strict=False)
+        return search_store(self.codes, self, queries, k, spare=self._extra, strict=False, members=members)
 
     def drop(self) -> None:
         """Delete the collection and the PostgreSQL schema (the SQLite file goes with the folder)."""

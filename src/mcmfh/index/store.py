@@ -2,7 +2,7 @@
 (``Capabilities``), and the one search every store runs (``search_store``), two-stage included.
 
 A store keeps items (``mcmfh.items.Item``) with their packed codes and, where it can, a payload row per item.
-Two implementations: ``ItemIndex`` (``mcmfh.index.storage``: codes in segments and SQLite metadata in the archive
+Two implementations: ``ItemIndex`` (``mcmfh.index.local_store``: codes in segments and SQLite metadata in the archive
 folder, crash-safe by generations) and ``ServerStore`` (``mcmfh.index.server_store``: codes in Milvus, metadata in
 SQLite or PostgreSQL). An archive never asks which one it holds: it reads ``capabilities``, and every operation a
 store cannot do is a documented no-op (``compact``, ``flush``, ``roll_back_to``, ``drop``) or refused with a
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -73,7 +73,8 @@ class ItemStore(Protocol):
 
     # ---- reading
     def __len__(self) -> int: ...
-    def search(self, queries: np.ndarray, k: int = 10, rescore: Rescore | None = None) -> list[list[Hit]]: ...
+    def search(self, queries: np.ndarray, k: int = 10, rescore: Rescore | None = None,
+               members: bool = False) -> list[list[Hit]]: ...  # fmt: skip
     def get(self, keys: Sequence[int] | np.ndarray) -> list[Item]: ...
     def keys_of(self, item_ids: Sequence[str]) -> dict[str, int]: ...
     def item_ids(self, with_image: bool = False) -> set[str]: ...
@@ -103,20 +104,23 @@ class ItemStore(Protocol):
 
 
 class ItemRows(Protocol):
-    """The metadata side a search reads: items by key, and (stores with payloads) payload rows by key, alone or with
-    their items in one round trip (a store without payloads refuses ``payloads`` and ``payload_rows``)."""
+    """The metadata side a search reads: items by key, alone or with every member of their studies (one round trip
+    on a local store), and (stores with payloads) payload rows by key, alone or with their items in one round trip
+    (a store without payloads refuses ``payloads`` and ``payload_rows``)."""
 
     def lookup(self, keys: Sequence[int] | np.ndarray) -> dict[int, Item]: ...
+    def lookup_studies(self, keys: Sequence[int] | np.ndarray) -> tuple[dict[int, Item], dict[str, list[Item]]]: ...
     def payload_rows(self, keys: Sequence[int] | np.ndarray, width: int) -> tuple[dict[int, Item], np.ndarray]: ...
     def payloads(self, keys: Sequence[int] | np.ndarray, width: int) -> np.ndarray: ...
 
 
 def search_store(codes: NearestCodes, rows: ItemRows, queries: np.ndarray, k: int, rescore: Rescore | None = None,
-                 spare: int = 0, strict: bool = True) -> list[list[Hit]]:  # fmt: skip
+                 spare: int = 0, strict: bool = True, members: bool = False) -> list[list[Hit]]:  # fmt: skip
     """Top-k hits per packed query code from ``codes`` (exact k-NN) and ``rows`` (the items), nearest first.
 
     ``rescore``: two-stage search; the hits then carry the similarity they are ordered by (None for the Hamming tail
-    past the candidate budget). ``spare``: codes the
+    past the candidate budget). ``members``: each hit carries the other items of its study as ``others`` (key
+    order), read with the hits (``ItemRows.lookup_studies``). ``spare``: codes the
     index may hold without rows (a server store's unfinished change): that many more are asked for. ``strict``:
     a key without a row is damage and raises; otherwise (a server store) it is left out."""
     if k < 1:
@@ -124,11 +128,16 @@ def search_store(codes: NearestCodes, rows: ItemRows, queries: np.ndarray, k: in
     if rescore is None:
         dist, keys = codes.search(queries, k + spare)
         sims = None
-        found = np.unique(keys[keys >= 0])
-        items = rows.lookup(found) if found.size else {}
     else:
-        dist, keys, sims, items = _two_stage(codes, rows, queries, k, rescore)
-        found = np.unique(keys[keys >= 0])
+        dist, keys, sims = _two_stage(codes, rows, queries, k, rescore)
+    found = np.unique(keys[keys >= 0])
+    studies: dict[str, list[Item]] = {}
+    if not found.size:
+        items: dict[int, Item] = {}
+    elif members:
+        items, studies = rows.lookup_studies(found)
+    else:
+        items = rows.lookup(found)
     absent = [int(x) for x in found if int(x) not in items]
     if strict and absent:
         raise MCMFHError(f"search: no items with keys {absent[:5]}")
@@ -137,22 +146,26 @@ def search_store(codes: NearestCodes, rows: ItemRows, queries: np.ndarray, k: in
         pairs = enumerate(zip(dist[q], keys[q], strict=True))
         hits = [Hit(items[int(c)], int(d), None if sims is None or np.isnan(sims[q, j]) else float(sims[q, j]))
                 for j, (d, c) in pairs if c >= 0 and int(c) in items]  # fmt: skip
+        if members:
+            hits = [replace(h, others=_others(h.item, studies)) for h in hits]
         out.append(hits[:k])
     return out
 
 
+def _others(item: Item, studies: Mapping[str, list[Item]]) -> tuple[Item, ...]:
+    return tuple(m for m in studies.get(item.study_id or item.id, ()) if m.id != item.id)
+
+
 def _two_stage(codes: NearestCodes, rows: ItemRows, queries: np.ndarray, k: int,
-               how: Rescore) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[int, Item]]:  # fmt: skip
+               how: Rescore) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """Stage 1 (``mcmfh.index.rerank.candidates``), then stage 2 on the candidates' payload rows (read without their
-    items), then one lookup of the items kept: (distances, keys, similarities), each (Q, k), -1 / -inf padded, and
-    the hits' items."""
+    items: the caller looks up the k kept): (distances, keys, similarities), each (Q, k), -1 / -inf padded."""
     cands = candidates(codes, queries, k, how.oversample, budget=how.budget)
     ids = np.unique(cands.ids[cands.ids >= 0])  # sorted: a key's payload row is found by bisection
     payload = rows.payloads(ids, how.codec.bytes_per_item)
     # Padding slots (-1) land on row 0; rescore masks them.
     result = rescore(cands, payload, how.vectors, how.codec, k, rows_of=lambda key: np.searchsorted(ids, key))
-    kept = np.unique(result.ids[result.ids >= 0])
-    return result.distances, result.ids, result.similarities, rows.lookup(kept) if kept.size else {}
+    return result.distances, result.ids, result.similarities
 
 
 def widen(search: Callable[[int], T], enough: Callable[[T, int], bool], first: int, limit: int | None = None) -> T:

@@ -4,6 +4,6 @@
 
 from mcmfh.model import continuous as _continuous  # noqa: F401  (registers the methods)
 from mcmfh.model import mcmfh as _mcmfh  # noqa: F401
-from mcmfh.model.config import MCMFHConfig
+from mcmfh.model.config import MCMFHConfig, ModelConfig, TrainConfig
 
-__all__ = ["MCMFHConfig"]
+__all__ = ["MCMFHConfig", "ModelConfig", "TrainConfig"]

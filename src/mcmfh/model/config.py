@@ -1,16 +1,20 @@
-"""Every MCMFH choice in one typed, flat dataclass (see ../shared/reference/mcmfh.md: the paper leaves them open).
+"""Every MCMFH choice, typed (see ../shared/reference/mcmfh.md: the paper leaves them open), in two parts: the
+architecture (``ModelConfig``: what builds the network and loads saved weights, as nanoGPT's GPTConfig) and the
+training settings (``TrainConfig``: losses and their weights, optimisation, epochs, model choice, run control).
 
-Options given to ``mcmfh.factory.create_method("mcmfh", bits, seed, **options)`` override these fields by name; an
-unknown name or a wrong type is refused with the field named. The defaults are the recipe chosen on the MedPix 2.0
-*dev* split, revised on the robustness suite (docs/model.md, "Recipe revision"): batches of 128, no
-pair-distillation term, and a longer stage-2 floor for small training sets.
+Options given to ``mcmfh.factory.create_method("mcmfh", bits, seed, **options)`` stay flat (``width=64``,
+``lr=5e-4``): each name goes to the part that owns it; an unknown name or a wrong type is refused with the field
+named. A saved config is ``{"model": {...}, "train": {...}}``; one saved before the split (flat) loads too.
+
+The defaults are the recipe chosen on the MedPix 2.0 *dev* split, revised on the robustness suite (docs/model.md,
+"Recipe revision"): batches of 128, no pair-distillation term, and a longer stage-2 floor for small training sets.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mcmfh.errors import MCMFHError
@@ -27,15 +31,15 @@ SMALL_WIDTHS = {"dv_hidden": 128, "width": 64, "ffn_hidden": 64, "hash_hidden": 
 
 
 @dataclass(frozen=True)
-class MCMFHConfig:
+class ModelConfig:
+    """The architecture: every field here is read by the network's modules (``mcmfh.model.network``, ``fusion``,
+    ``study``); dropout rates included, as the modules apply them."""
+
     # --- input preprocessing (fitted on train only, stored with the model) ---
     center: bool = True  # subtract the train mean of each modality
     whiten_dim: int = 0  # >0: PCA-whiten each modality to this many dims (a CCA-style start); 0 = off
     whiten_eps: float = 1e-3  # ridge added to PCA eigenvalues before whitening (relative to the largest)
     input_dropout: float = 0.3  # dropout on the (preprocessed) input features, training only
-    # --- capacity: the widths below ("full"), capped by SMALL_WIDTHS ("small"), or picked by the training set size ---
-    capacity: Capacity = "full"
-    small_train_pairs: int = 400  # "auto": fewer training pairs than this get SMALL_WIDTHS
     # --- Dropout-Voting MLP (stage 1), one per modality ---
     dv_hidden: int = 512  # Linear(d_in, dv_hidden) -> GELU -> Dropout(dv_dropout) -> Linear(dv_hidden, width)
     width: int = 128  # shared token width d
@@ -59,6 +63,30 @@ class MCMFHConfig:
     # --- hashing MLP, one per modality ---
     hash_hidden: int = 128
     hash_dropout: float = 0.1
+    # --- study head (stage 3, model/study.py): trained only when the training data groups items into studies ---
+    study_head: bool = True
+
+    def validate(self) -> None:
+        if self.width % self.heads:
+            raise MCMFHError(f"mcmfh: width {self.width} must be divisible by heads {self.heads}")
+        if self.use_moe and not 1 <= self.top_k <= self.experts:
+            raise MCMFHError(f"mcmfh: top_k {self.top_k} must be in 1..experts ({self.experts})")
+        if self.dropout_voting and self.dv_votes < 1:
+            raise MCMFHError(f"mcmfh: dv_votes must be >= 1, got {self.dv_votes}")
+        for name in ("input_dropout", "dv_dropout", "attn_dropout", "ffn_dropout", "hash_dropout", "modality_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise MCMFHError(f"mcmfh: {name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.gate_blend <= 1.0:
+            raise MCMFHError(f"mcmfh: gate_blend must be in [0, 1], got {self.gate_blend}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How the network is fitted: read by the trainer (``mcmfh.model.trainer``, ``study_stage``) and the fit."""
+
+    # --- capacity: the widths below ("full"), capped by SMALL_WIDTHS ("small"), or picked by the training set size ---
+    capacity: Capacity = "full"
+    small_train_pairs: int = 400  # "auto": fewer training pairs than this get SMALL_WIDTHS
     # --- losses ---
     temperature: float = 0.1  # InfoNCE on fused tokens (and stage 1)
     hash_temperature: float = 1.0  # contrastive loss on tanh hash outputs (cosine of 16-128 dims: a high τ)
@@ -89,8 +117,6 @@ class MCMFHConfig:
     # set (a memory bank, refreshed from the model at every stage-2 epoch), off by default (docs/model.md).
     lambda_bank: float = 0.0
     bank_temperature: float = 0.3
-    # --- study head (stage 3, model/study.py): trained only when the training data groups items into studies ---
-    study_head: bool = True
     epochs_stage3: int = 12
     min_steps_stage3: int = 96
     study_batch: int = 64  # studies per batch (each with one held-out member as its image and text query)
@@ -112,42 +138,66 @@ class MCMFHConfig:
     num_threads: int = 0  # >0: torch.set_num_threads for the fit; 0 = leave as is
     checkpoint_dir: str = ""  # non-empty: resumable fit writes its checkpoint here
 
+    def validate(self) -> None:
+        if self.temperature <= 0 or self.hash_temperature <= 0 or self.bank_temperature <= 0:
+            raise MCMFHError("mcmfh: temperatures must be > 0")
+
+
+PARTS = {"model": ModelConfig, "train": TrainConfig}
+RUN_ONLY = ("num_threads", "checkpoint_dir")  # training fields that do not shape the fitted arrays
+
+
+@dataclass(frozen=True)
+class MCMFHConfig:
+    """The architecture (``model``) and the training settings (``train``) of one MCMFH fit."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
     @classmethod
     def from_options(cls, **options: Any) -> MCMFHConfig:
-        """The config with ``options`` (keyword arguments, YAML values or CLI strings) over the defaults."""
-        cfg = parse_options(cls, options, "mcmfh")
+        """The config with flat ``options`` (keyword arguments, YAML values or CLI strings) over the defaults, each
+        to the part that owns it (``mcmfh.options.parse_options``: unknown names and wrong types refused)."""
+        parsed = parse_options(_FlatOptions, options, "mcmfh")
+        cfg = cls(**{part: kind(**{f.name: getattr(parsed, f.name) for f in dataclasses.fields(kind)})
+                     for part, kind in PARTS.items()})  # fmt: skip
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
-        if self.width % self.heads:
-            raise MCMFHError(f"mcmfh: width {self.width} must be divisible by heads {self.heads}")
-        if self.use_moe and not 1 <= self.top_k <= self.experts:
-            raise MCMFHError(f"mcmfh: top_k {self.top_k} must be in 1..experts ({self.experts})")
-        if self.dropout_voting and self.dv_votes < 1:
-            raise MCMFHError(f"mcmfh: dv_votes must be >= 1, got {self.dv_votes}")
-        for name in ("input_dropout", "dv_dropout", "attn_dropout", "ffn_dropout", "hash_dropout", "modality_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise MCMFHError(f"mcmfh: {name} must be in [0, 1), got {getattr(self, name)}")
-        if not 0.0 <= self.gate_blend <= 1.0:
-            raise MCMFHError(f"mcmfh: gate_blend must be in [0, 1], got {self.gate_blend}")
-        if self.temperature <= 0 or self.hash_temperature <= 0 or self.bank_temperature <= 0:
-            raise MCMFHError("mcmfh: temperatures must be > 0")
+        self.model.validate()
+        self.train.validate()
 
     def sized_for(self, n_train: int) -> MCMFHConfig:
         """The config a fit on ``n_train`` pairs uses: capacity resolved to "full" or "small" (its widths set)."""
-        small = self.capacity == "small" or (self.capacity == "auto" and n_train < self.small_train_pairs)
+        t = self.train
+        small = t.capacity == "small" or (t.capacity == "auto" and n_train < t.small_train_pairs)
         if not small:
-            return dataclasses.replace(self, capacity="full")
+            return dataclasses.replace(self, train=dataclasses.replace(t, capacity="full"))
         # Capped, not set: widths already below SMALL_WIDTHS (a tiny test config) stay as given.
-        return dataclasses.replace(
-            self, capacity="small", **{k: min(v, getattr(self, k)) for k, v in SMALL_WIDTHS.items()}
-        )
+        widths = {k: min(v, getattr(self.model, k)) for k, v in SMALL_WIDTHS.items()}
+        return MCMFHConfig(dataclasses.replace(self.model, **widths), dataclasses.replace(t, capacity="small"))
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+    def saved(self) -> dict[str, Any]:
+        """What a fitted model saves: both parts, without the run-only fields (``RUN_ONLY``)."""
+        train = {k: v for k, v in dataclasses.asdict(self.train).items() if k not in RUN_ONLY}
+        return {"model": dataclasses.asdict(self.model), "train": train}
 
     def model_fields(self) -> dict[str, Any]:
-        """The fields that shape the fitted arrays (a checkpoint must match them); run-only fields excluded."""
-        run_only = {"num_threads", "checkpoint_dir"}
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in run_only}
+        """Every field that shapes the fitted arrays, flat (a checkpoint and a saved model must match them)."""
+        return flat_fields(self.saved())
+
+
+def flat_fields(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config's fields by name, from the nested form or the flat one (saved before the split)."""
+    if set(saved) <= set(PARTS):
+        return {k: v for part in PARTS if part in saved for k, v in saved[part].items()}
+    return dict(saved)
+
+
+# Every option name, flat, so the one coercer (mcmfh.options) checks and types them all in one pass.
+_FlatOptions = dataclasses.make_dataclass(
+    "MCMFHOptions",
+    [(f.name, typing.get_type_hints(kind)[f.name], field(default=f.default))
+     for kind in PARTS.values() for f in dataclasses.fields(kind)],
+)  # fmt: skip

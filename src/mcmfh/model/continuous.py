@@ -35,7 +35,7 @@ class ContinuousMCMFH(MCMFH):
 
     def output_dim(self) -> int:
         """Width of the fused tokens (the model's ``width``), whatever the code length it was trained for."""
-        return self.cfg.width
+        return self.cfg.model.width
 
     def _study_output_fn(self) -> Callable[[TokenSets], torch.Tensor]:
         assert self.net is not None and self.net.study is not None

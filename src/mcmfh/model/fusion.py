@@ -22,14 +22,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mcmfh.model.config import MCMFHConfig
+from mcmfh.model.config import ModelConfig
 from mcmfh.model.moe import DenseFeedForward, MoEFeedForward
 
 IMAGE, TEXT = 0, 1
 
 
 class FusionLayer(nn.Module):
-    def __init__(self, cfg: MCMFHConfig) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.width)
         self.attn = nn.MultiheadAttention(cfg.width, cfg.heads, dropout=cfg.attn_dropout, batch_first=True)
@@ -65,7 +65,7 @@ class FusionLayer(nn.Module):
 
 
 class FusionTransformer(nn.Module):
-    def __init__(self, cfg: MCMFHConfig) -> None:
+    def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.rule = cfg.single_rule
         self.modality_dropout = cfg.modality_dropout

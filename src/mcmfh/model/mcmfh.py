@@ -18,7 +18,7 @@ import torch
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.features import FeatureSet
 from mcmfh.method import HashMethod, register_method
-from mcmfh.model.config import MCMFHConfig
+from mcmfh.model.config import MCMFHConfig, flat_fields
 from mcmfh.model.network import MCMFHNet
 from mcmfh.model.study import TokenSets, pack_sets, whole_sets
 from mcmfh.model.trainer import EpochCallback, Split, Trainer, run_key
@@ -44,7 +44,7 @@ class MCMFH(HashMethod):
         self.callback: EpochCallback | None = None  # test hook: called after each epoch
 
     def _build(self, image_dim: int, text_dim: int, with_study: bool = False) -> MCMFHNet:
-        return MCMFHNet(self.cfg, image_dim, text_dim, self.bits, with_study=with_study)
+        return MCMFHNet(self.cfg.model, image_dim, text_dim, self.bits, with_study=with_study)
 
     def recipe(self) -> dict[str, Any]:
         return self.requested.model_fields()
@@ -57,11 +57,11 @@ class MCMFH(HashMethod):
         self.cfg = self.requested.sized_for(len(train))
         self.n_train = len(train)
         threads = torch.get_num_threads()
-        if self.cfg.num_threads > 0:
-            torch.set_num_threads(self.cfg.num_threads)
+        if self.cfg.train.num_threads > 0:
+            torch.set_num_threads(self.cfg.train.num_threads)
         try:
             torch.manual_seed(self.seed)  # weights init and dropout; batch order uses the trainer's own generator
-            self.net = self._build(train.image_dim, train.text_dim, self.cfg.study_head and train.has_studies)
+            self.net = self._build(train.image_dim, train.text_dim, self.cfg.model.study_head and train.has_studies)
             self.net.pre_img.fit(torch.from_numpy(train.image))
             self.net.pre_txt.fit(torch.from_numpy(train.text))
 
@@ -158,8 +158,8 @@ class MCMFH(HashMethod):
         if self.net is None or self.net.study is None:
             raise MCMFHError(f"{self.name}: no study head (fit on data with studies to train one)")
         inputs = np.asarray(inputs, np.float32)
-        if inputs.ndim != 3 or inputs.shape[1:] != (2, self.cfg.width) or len(has_image) != len(inputs):
-            raise MCMFHError(f"{self.name}: study inputs must be (N, 2, {self.cfg.width}), got {inputs.shape}")
+        if inputs.ndim != 3 or inputs.shape[1:] != (2, self.cfg.model.width) or len(has_image) != len(inputs):
+            raise MCMFHError(f"{self.name}: study inputs must be (N, 2, {self.cfg.model.width}), got {inputs.shape}")
         studies = Studies.group(study_of_item)
         tokens = torch.from_numpy(inputs)
         imgs, txts = whole_sets(studies, np.asarray(has_image, bool), inputs[:, 1])  # equal text tokens: one report
@@ -203,7 +203,7 @@ class MCMFH(HashMethod):
         assert self.net is not None and self.net.study is not None
         with torch.no_grad():
             parts = [self.net.study.tokens(b)[0].numpy() for b in batches]
-        return studies, np.concatenate(parts) if parts else np.zeros((0, self.cfg.width), np.float32)
+        return studies, np.concatenate(parts) if parts else np.zeros((0, self.cfg.model.width), np.float32)
 
     def image_tokens(self, image: np.ndarray) -> np.ndarray:
         """Fused (N, width) image tokens, images alone: the real-valued space the hash head codes."""
@@ -223,12 +223,12 @@ class MCMFH(HashMethod):
         state["meta.dims"] = np.array([self.net.pre_img.mean.shape[0], self.net.pre_txt.mean.shape[0]], np.int64)
         state["meta.study_head"] = np.array([self.net.study is not None], np.uint8)
         state["meta.n_train"] = np.array([self.n_train], np.int64)
-        state["meta.config_json"] = np.frombuffer(json.dumps(self.cfg.model_fields()).encode(), dtype=np.uint8)
+        state["meta.config_json"] = np.frombuffer(json.dumps(self.cfg.saved()).encode(), dtype=np.uint8)
         return state
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         try:
-            saved_cfg = json.loads(bytes(state["meta.config_json"]).decode())
+            saved_cfg = flat_fields(json.loads(bytes(state["meta.config_json"]).decode()))
             image_dim, text_dim = (int(v) for v in state["meta.dims"])
         except (KeyError, ValueError) as e:
             raise ArtefactError(f"{self.name}: saved state lacks its config or dims ({e})") from e

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mcmfh.model.config import MCMFHConfig
+from mcmfh.model.config import ModelConfig
 from mcmfh.model.dv_mlp import DropoutVotingMLP
 from mcmfh.model.fusion import IMAGE, TEXT, FusionTransformer
 from mcmfh.model.hashing import HashHead
@@ -20,7 +20,7 @@ from mcmfh.model.study import StudyFusion
 class InputTransform(nn.Module):
     """x -> (x - mean) @ W, with W a PCA-whitening matrix (d_in, k) or none; fitted on train features."""
 
-    def __init__(self, d_in: int, cfg: MCMFHConfig) -> None:
+    def __init__(self, d_in: int, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.out_dim = min(cfg.whiten_dim, d_in) if cfg.whiten_dim > 0 else d_in
@@ -45,7 +45,7 @@ class InputTransform(nn.Module):
 
 
 class MCMFHNet(nn.Module):
-    def __init__(self, cfg: MCMFHConfig, image_dim: int, text_dim: int, bits: int, with_study: bool = False) -> None:
+    def __init__(self, cfg: ModelConfig, image_dim: int, text_dim: int, bits: int, with_study: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
         self.pre_img = InputTransform(image_dim, cfg)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mcmfh.model.config import MCMFHConfig
+from mcmfh.model.config import ModelConfig
 from mcmfh.model.fusion import IMAGE, TEXT, FusionTransformer
 from mcmfh.model.hashing import HashHead
 from mcmfh.studies import Studies, distinct_texts
@@ -66,7 +66,7 @@ def pack_sets(
 class StudyFusion(nn.Module):
     """The study encoder: a fusion transformer over a study's token set, mean-pooled, and a study hash head."""
 
-    def __init__(self, cfg: MCMFHConfig, bits: int) -> None:
+    def __init__(self, cfg: ModelConfig, bits: int) -> None:
         super().__init__()
         self.fusion = FusionTransformer(cfg)
         self.hash = HashHead(cfg.width, cfg.hash_hidden, bits, cfg.hash_dropout)

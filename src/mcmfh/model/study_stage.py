@@ -96,15 +96,20 @@ class StudyStage:
         terms = {
             "study_hash": 0.5
             * (
-                info_nce(items.h_img[h][ok], hi[ok], cfg.hash_temperature)
-                + info_nce(items.h_txt[h], ht, cfg.hash_temperature)
+                info_nce(items.h_img[h][ok], hi[ok], cfg.train.hash_temperature)
+                + info_nce(items.h_txt[h], ht, cfg.train.hash_temperature)
             ),
             "study_token": 0.5
-            * (info_nce(items.u[h][ok], zi[ok], cfg.temperature) + info_nce(items.v[h], zt, cfg.temperature)),
-            "gate": gate_loss(aux_i + aux_t, cfg.balance_weight, cfg.z_weight),
+            * (
+                info_nce(items.u[h][ok], zi[ok], cfg.train.temperature)
+                + info_nce(items.v[h], zt, cfg.train.temperature)
+            ),
+            "gate": gate_loss(aux_i + aux_t, cfg.train.balance_weight, cfg.train.z_weight),
         }
         terms["total"] = (
-            terms["study_hash"] + cfg.lambda_study_token * terms["study_token"] + cfg.lambda_gate * terms["gate"]
+            terms["study_hash"]
+            + cfg.train.lambda_study_token * terms["study_token"]
+            + cfg.train.lambda_gate * terms["gate"]
         )
         return terms
 

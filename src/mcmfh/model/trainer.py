@@ -96,28 +96,28 @@ class Trainer:
         # lambda_label_proxy: one learnable proxy per label in hash space, trained in stage 2 only (never saved with
         # the model: codes do not use them); drawn from the run's generator, so seeded.
         self.proxies: torch.nn.Parameter | None = None
-        if cfg.lambda_label_proxy > 0:
+        if cfg.train.lambda_label_proxy > 0:
             bits = net.hash_img.net[-1].out_features
             self.proxies = torch.nn.Parameter(torch.randn(train.labels.shape[1], bits, generator=self.gen))
-        self.ckpt = Path(cfg.checkpoint_dir) / CHECKPOINT_NAME if cfg.checkpoint_dir else None
+        self.ckpt = Path(cfg.train.checkpoint_dir) / CHECKPOINT_NAME if cfg.train.checkpoint_dir else None
         self.progress: Progress = SILENT  # epochs with their dev score, as they finish
         has_dev_labels = dev is not None and len(dev) > 0 and bool(dev.labels.any())
-        self.select_on = cfg.select_on
-        if cfg.select_on in SCORES and not has_dev_labels or cfg.select_on == "dev_loss" and not dev:
+        self.select_on = cfg.train.select_on
+        if cfg.train.select_on in SCORES and not has_dev_labels or cfg.train.select_on == "dev_loss" and not dev:
             self.select_on = "last"  # nothing to choose on: the fixed recipe's last epoch
 
     # ---------------------------------------------------------------- losses
     def stage1_loss(self, data: Split, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         ti, tt = self.net.dv_tokens(data.image[idx], data.text[idx])
-        loss = info_nce(ti, tt, self.cfg.temperature)
+        loss = info_nce(ti, tt, self.cfg.train.temperature)
         terms = {"fusion": loss}
-        if self.cfg.lambda_label_stage1 > 0:
+        if self.cfg.train.lambda_label_stage1 > 0:
             lab = torch.from_numpy(data.labels[idx.numpy()])
             cfg = self.cfg
             terms["label"] = label_contrastive_loss(
-                ti, tt, lab, cfg.temperature, cfg.label_soft, cfg.label_instance_share
+                ti, tt, lab, cfg.train.temperature, cfg.train.label_soft, cfg.train.label_instance_share
             )
-            loss = loss + self.cfg.lambda_label_stage1 * terms["label"]
+            loss = loss + self.cfg.train.lambda_label_stage1 * terms["label"]
         return {"total": loss, **terms}
 
     def stage2_loss(self, data: Split, idx: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -129,52 +129,58 @@ class Trainer:
         u, aux_u = net.fusion.encode_single(ti, IMAGE)
         v, aux_v = net.fusion.encode_single(tt, TEXT)
         aux = aux_u + aux_v
-        terms = {"fusion": info_nce(u, v, cfg.temperature)}
-        if cfg.lambda_pair > 0:
+        terms = {"fusion": info_nce(u, v, cfg.train.temperature)}
+        if cfg.train.lambda_pair > 0:
             pair_n_2_d, aux_p = net.fusion.encode_pair(ti, tt, self.gen)
             z = pair_n_2_d.mean(dim=1)
-            terms["pair"] = 0.5 * (info_nce(u, z, cfg.temperature) + info_nce(v, z, cfg.temperature))
+            terms["pair"] = 0.5 * (info_nce(u, z, cfg.train.temperature) + info_nce(v, z, cfg.train.temperature))
             aux = aux + aux_p
         hi, ht = net.hash_img(u), net.hash_txt(v)
-        terms["hash"] = hash_contrastive_loss(hi, ht, cfg.hash_temperature)
-        terms["gate"] = gate_loss(aux, cfg.balance_weight, cfg.z_weight)
-        weights = {"fusion": 1.0, "hash": cfg.lambda_hash, "gate": cfg.lambda_gate}
+        terms["hash"] = hash_contrastive_loss(hi, ht, cfg.train.hash_temperature)
+        terms["gate"] = gate_loss(aux, cfg.train.balance_weight, cfg.train.z_weight)
+        weights = {"fusion": 1.0, "hash": cfg.train.lambda_hash, "gate": cfg.train.lambda_gate}
         if "pair" in terms:
-            weights["pair"] = cfg.lambda_pair
-        if cfg.lambda_quant > 0:
+            weights["pair"] = cfg.train.lambda_pair
+        if cfg.train.lambda_quant > 0:
             terms["quant"] = 0.5 * (quantization_loss(hi) + quantization_loss(ht))
-            weights["quant"] = cfg.lambda_quant
-        if cfg.lambda_bit_balance > 0:
+            weights["quant"] = cfg.train.lambda_quant
+        if cfg.train.lambda_bit_balance > 0:
             terms["bit_balance"] = 0.5 * (bit_balance_loss(hi) + bit_balance_loss(ht))
-            weights["bit_balance"] = cfg.lambda_bit_balance
-        if cfg.lambda_decorrelation > 0:
+            weights["bit_balance"] = cfg.train.lambda_bit_balance
+        if cfg.train.lambda_decorrelation > 0:
             terms["decorrelation"] = 0.5 * (bit_decorrelation_loss(hi) + bit_decorrelation_loss(ht))
-            weights["decorrelation"] = cfg.lambda_decorrelation
-        if cfg.lambda_bank > 0 and self.bank is not None and self.batch_index is not None:
+            weights["decorrelation"] = cfg.train.lambda_decorrelation
+        if cfg.train.lambda_bank > 0 and self.bank is not None and self.batch_index is not None:
             bank_img, bank_txt = self.bank
-            idx, tau = self.batch_index, cfg.bank_temperature
+            idx, tau = self.batch_index, cfg.train.bank_temperature
             terms["bank"] = 0.5 * (
                 bank_contrastive_loss(hi, bank_txt, idx, tau) + bank_contrastive_loss(ht, bank_img, idx, tau)
             )
-            weights["bank"] = cfg.lambda_bank
+            weights["bank"] = cfg.train.lambda_bank
         lab = torch.from_numpy(labels)
-        if cfg.lambda_label > 0:
+        if cfg.train.lambda_label > 0:
             terms["label"] = label_similarity_loss(hi, ht, lab, lab)
-            weights["label"] = cfg.lambda_label
-        if cfg.lambda_label_contrast > 0:
+            weights["label"] = cfg.train.lambda_label
+        if cfg.train.lambda_label_contrast > 0:
             terms["label_contrast"] = label_contrastive_loss(
-                u, v, lab, cfg.temperature, cfg.label_soft, cfg.label_instance_share
+                u, v, lab, cfg.train.temperature, cfg.train.label_soft, cfg.train.label_instance_share
             )
-            weights["label_contrast"] = cfg.lambda_label_contrast
-        if cfg.lambda_label_pair > 0:
+            weights["label_contrast"] = cfg.train.lambda_label_contrast
+        if cfg.train.lambda_label_pair > 0:
             terms["label_pair"] = label_pair_loss(
-                hi, ht, lab, cfg.label_intra, cfg.label_margin, cfg.label_soft, cfg.label_pos_margin
+                hi,
+                ht,
+                lab,
+                cfg.train.label_intra,
+                cfg.train.label_margin,
+                cfg.train.label_soft,
+                cfg.train.label_pos_margin,
             )
-            weights["label_pair"] = cfg.lambda_label_pair
+            weights["label_pair"] = cfg.train.lambda_label_pair
         if self.proxies is not None:
-            terms["label_proxy"] = 0.5 * (proxy_loss(hi, self.proxies, lab, cfg.label_delta)
-                                          + proxy_loss(ht, self.proxies, lab, cfg.label_delta))  # fmt: skip
-            weights["label_proxy"] = cfg.lambda_label_proxy
+            terms["label_proxy"] = 0.5 * (proxy_loss(hi, self.proxies, lab, cfg.train.label_delta)
+                                          + proxy_loss(ht, self.proxies, lab, cfg.train.label_delta))  # fmt: skip
+            weights["label_proxy"] = cfg.train.lambda_label_proxy
         terms["total"] = sum(weights[k] * terms[k] for k in weights)
         return terms
 
@@ -250,18 +256,18 @@ class Trainer:
         cfg, net = self.cfg, self.net
         data = data or self.train
         loss_fn = {1: self.stage1_loss, 2: self.stage2_loss, 3: self.stage3_loss}[stage]
-        opt = torch.optim.AdamW(list(params), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(list(params), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         state = {"epoch": 0, "best_score": -np.inf, "best_epoch": 0, "best_healthy": False, "history": []}
         best = {k: v.clone() for k, v in net.state_dict().items()}
         resumed = self._restore(saved, opt, best, state) if saved is not None else None
         n = len(data)
-        n_batches = max(1, -(-n // (cfg.study_batch if stage == 3 else cfg.batch_size)))
-        min_steps = {1: cfg.min_steps_stage1, 2: cfg.min_steps_stage2, 3: cfg.min_steps_stage3}[stage]
+        n_batches = max(1, -(-n // (cfg.train.study_batch if stage == 3 else cfg.train.batch_size)))
+        min_steps = {1: cfg.train.min_steps_stage1, 2: cfg.train.min_steps_stage2, 3: cfg.train.min_steps_stage3}[stage]
         if epochs > 0:
-            epochs = max(epochs, -(-min_steps // n_batches))  # the step floor: see MCMFHConfig.min_steps_stage*
+            epochs = max(epochs, -(-min_steps // n_batches))  # the step floor: see TrainConfig.min_steps_stage*
         task = self.progress.task(f"train stage {stage}", total=epochs, unit="epoch", initial=state["epoch"])
         for epoch in range(state["epoch"], epochs):
-            if stage == 2 and cfg.lambda_bank > 0:
+            if stage == 2 and cfg.train.lambda_bank > 0:
                 self.bank = self._bank_codes(data)  # from the model as it starts the epoch: deterministic on resume
             net.train()
             perm = torch.randperm(n, generator=self.gen)
@@ -275,7 +281,7 @@ class Trainer:
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) / n_batches
             row: dict[str, Any] = {"epoch": epoch + 1, **{f"loss_{k}": round(v, 5) for k, v in sums.items()}}
-            if self.select_on != "last" and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == epochs):
+            if self.select_on != "last" and ((epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == epochs):
                 ev = self._dev_score(stage, loss_fn)
                 row["dev_score"] = ev.score
                 row.update(ev.figures)
@@ -316,7 +322,7 @@ class Trainer:
             log["stage1"] = json.loads(saved[0]["stage1_log"])  # stage 1 finished before the interruption
             self._load_net(saved[1], "net.")  # its DV-MLP weights and drawn masks, before tokens are cached
         else:
-            log["stage1"] = self.run_stage(1, dv_params, cfg.epochs_stage1, saved)
+            log["stage1"] = self.run_stage(1, dv_params, cfg.train.epochs_stage1, saved)
         # Freeze with masks from the run's generator: drawn once, stored as buffers, saved with the model.
         net.dv_img.freeze(self.gen)
         net.dv_txt.freeze(self.gen)
@@ -324,7 +330,7 @@ class Trainer:
         stage2 = [p for name, p in net.named_parameters() if p.requires_grad and not name.startswith("dv_")]
         if self.proxies is not None:
             stage2.append(self.proxies)
-        if not cfg.dropout_voting:
+        if not cfg.model.dropout_voting:
             stage2 += dv_params  # no-dv ablation: the plain MLP keeps training with the rest
         resume2 = saved if saved is not None and saved[0]["stage"] == "2" else None
         data2 = None
@@ -337,7 +343,7 @@ class Trainer:
         if saved is not None and saved[0]["stage"] == "3":
             log["stage2"] = json.loads(saved[0]["stage2_log"])  # stage 2 finished before the interruption
         else:
-            log["stage2"] = self.run_stage(2, stage2, cfg.epochs_stage2, resume2, data2)
+            log["stage2"] = self.run_stage(2, stage2, cfg.train.epochs_stage2, resume2, data2)
         self.tokens_cached = False
         self.stage2_log = log["stage2"]
         if net.study is not None and self.train.study is not None:
@@ -362,7 +368,7 @@ class Trainer:
         if dev is None and select_on != "last":
             self.select_on = "last"  # no dev studies to choose on
         try:
-            return self.run_stage(3, study.parameters(), self.cfg.epochs_stage3, saved, self.studies)
+            return self.run_stage(3, study.parameters(), self.cfg.train.epochs_stage3, saved, self.studies)
         finally:
             self.select_on, self.studies = select_on, None
 

@@ -1,9 +1,9 @@
 """The contract between the HTTP service and whatever answers searches.
 
 The service only talks to a ``SearchEngine``: it never loads encoders, runs or indexes itself, so it can be tested
-with a small double and the real engine (run + encoder + Hamming index, ``mcmfh.service.search_engine``, which
+with a small double and the real engine (run + encoder + Hamming index, ``mcmfh.service.archive_engine``, which
 depends on this module and never the other way) can change without touching the routes.
-Items and hits are the library's own ``mcmfh.index.storage.Item`` / ``Hit`` up to the HTTP edge, where pydantic models
+Items and hits are the library's own ``mcmfh.items.Item`` / ``Hit`` up to the HTTP edge, where pydantic models
 (``mcmfh.service.app``) shape the JSON. URLs are the service's business: it builds them from the item id.
 """
 

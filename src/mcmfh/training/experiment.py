@@ -6,9 +6,10 @@ and recomputes only rows whose inputs changed. Features come from ``features:`` 
 once through the feature cache (``cache_dir``, default ``DIR/features``) and never recomputed when they match.
 Relative paths in the config resolve against the config file's folder.
 
-``rerank:`` adds the two-stage ranking (``mcmfh.evaluation.two_stage``) to every row of a hashing method with a relaxed
-output:
-``{payloads: [int8], k: 100, oversample: 10}`` (the default when the key is absent), or ``none`` to turn it off.
+``rerank:`` adds the two-stage ranking (``mcmfh.evaluation.rerank_eval``) to every row of a hashing method with a
+relaxed output:
+``{payloads: [int4], k: 100, oversample: 10}`` (the default when the key is absent: ``DEFAULT_PAYLOAD``), or
+``none`` to turn it off.
 Rows of other methods (continuous, ``chance``, ``ucmfh``) get none. A row's two-stage settings are part of its
 cache key only for methods it applies to, so a resumed experiment recomputes exactly the rows whose two-stage
 figures are missing or were made with other settings, and keeps every other row.
@@ -28,8 +29,8 @@ import yaml
 from mcmfh.errors import MCMFHError
 from mcmfh.evaluation.evaluate import evaluate_method, summary
 from mcmfh.evaluation.metrics import RankingOptions
+from mcmfh.evaluation.rerank_eval import RerankOptions, needed_code_bits
 from mcmfh.evaluation.study_eval import PAIR_MODES, check_modes
-from mcmfh.evaluation.two_stage import RerankOptions, needed_code_bits
 from mcmfh.factory import available_methods, create_method
 from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_dir, atomic_write_json
@@ -96,7 +97,7 @@ def parse_rerank(value: Any, path: Path) -> RerankOptions | None:
     if value is True:
         return RerankOptions()
     if not isinstance(value, dict):
-        raise _err(path, f"field 'rerank': expected none or a mapping {{payloads: [int8], k: 100}}, got {value!r}")
+        raise _err(path, f"field 'rerank': expected none or a mapping {{payloads: [int4], k: 100}}, got {value!r}")
     unknown = sorted(set(value) - set(RERANK_KEYS))
     if unknown:
         raise _err(
@@ -239,8 +240,8 @@ def get_features(
         features = FeatureSet.load(cfg.features)
     else:
         from mcmfh.data import load_dataset
+        from mcmfh.encode_features import encode_dataset
         from mcmfh.encoders import get_encoder
-        from mcmfh.feature_cache import encode_dataset
 
         assert cfg.dataset is not None and cfg.data_root is not None
         cache = (cfg.cache_dir or out_dir / "features") / f"{cfg.dataset}-{cfg.encoder}-{cfg.label_set or 'default'}"
@@ -348,7 +349,7 @@ def run_row(
 
 
 def two_stage_log(row: Mapping[str, Any]) -> str:
-    """The log's two-stage part (bounded depth, e.g. ``| two-stage int8 i2t 0.412 t2i 0.405``), or ""."""
+    """The log's two-stage part (bounded depth, e.g. ``| two-stage int4 i2t 0.412 t2i 0.405``), or ""."""
     if not row.get("rerank"):
         return ""
     cells = [

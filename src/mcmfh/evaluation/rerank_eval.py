@@ -22,7 +22,7 @@ from mcmfh.errors import MCMFHError
 from mcmfh.evaluation.metrics import RankingOptions, hamming_distances, ranking_metrics
 from mcmfh.index.codes import pack_codes
 from mcmfh.index.flat import FlatIndex
-from mcmfh.index.payload import PayloadCodec, code_bits, make_codec
+from mcmfh.index.payload import DEFAULT_PAYLOAD, PayloadCodec, code_bits, make_codec
 from mcmfh.index.rerank import DEFAULT_OVERSAMPLE, Candidates, candidates, rescored_ranking
 from mcmfh.method import HashMethod
 
@@ -32,7 +32,7 @@ REPORTED_P_AT_K = (10, 20)
 
 @dataclass
 class RerankOptions:
-    payloads: Sequence[str] = ("int8",)
+    payloads: Sequence[str] = (DEFAULT_PAYLOAD,)
     k: int = 100  # results requested per query at the bounded depth
     oversample: float = DEFAULT_OVERSAMPLE
 

@@ -8,7 +8,7 @@ rename. Readers open the sub-indexes at the record's snapshots, never at a newer
 change in every sub-index or in none. A writer killed between the sub-indexes and the record left one sub-index
 ahead; the next writer rolls it back to the record (``ItemStore.roll_back_to``), and rerunning an add completes it
 (ids already present are skipped). With no record (lost, or an archive made before records), sub-indexes that
-disagree are refused until ``repair`` (``mcmfh.archive_agreement``). Server stores (Milvus) are not pinned: their
+disagree are refused until ``repair`` (``mcmfh.archive.agreement``). Server stores (Milvus) are not pinned: their
 codes and metadata keep their own invariant (``mcmfh.index.server_store``), and their own writer lock serialises
 writers on other machines. Readers never lock. A long-lived reader (the service) polls ``state_token()`` and calls
 ``refresh()`` (or reopens) when it changes.
@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mcmfh.archive_agreement import check_agreement, require_agreement
+from mcmfh.archive.agreement import check_agreement, require_agreement
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.index.store import ItemStore
 from mcmfh.io import atomic_write_json
@@ -106,7 +106,7 @@ class CommittedIndexes:
     def change(self, repair: bool = False) -> Iterator[None]:
         """One change: locked, caught up and rolled back to the record first; committed by a new record after, or
         rolled back to the record if it fails half-way (disk full, ^C). ``repair``: allowed over sub-indexes that
-        disagree (``mcmfh.archive_agreement``)."""
+        disagree (``mcmfh.archive.agreement``)."""
         if not self.writable:
             raise MCMFHError(f"archive {self.folder}: opened read-only (use Archive.open(..., writable=True))")
         what = f"archive {self.folder}"

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from mcmfh.diversify import diversify, study_key, with_members
+from mcmfh.diversify import diversify, others_not_shown
 from mcmfh.errors import MCMFHError
 from mcmfh.index.codes import pack_codes
 from mcmfh.index.payload import PayloadCodec
@@ -64,10 +64,11 @@ def rescore_of(relaxed: np.ndarray | None, codec: PayloadCodec | None, mode: str
 
 
 def search_items(store: ItemStore, code: np.ndarray, relaxed: np.ndarray | None, codec: PayloadCodec | None,
-                 mode: str, k: int, budget: int | None = None) -> list[Hit]:  # fmt: skip
+                 mode: str, k: int, budget: int | None = None, members: bool = False) -> list[Hit]:  # fmt: skip
     """The k items of ``store`` nearest to one query (``mode`` from ``rerank_mode``; ``budget``: a fixed two-stage
-    candidate budget, see ``mcmfh.index.rerank``)."""
-    return store.search(pack_codes(code[None, :]), k, rescore=rescore_of(relaxed, codec, mode, budget))[0]
+    candidate budget, see ``mcmfh.index.rerank``; ``members``: each hit with its study's other items)."""
+    how = rescore_of(relaxed, codec, mode, budget)
+    return store.search(pack_codes(code[None, :]), k, rescore=how, members=members)[0]
 
 
 def search_diversified(store: ItemStore, code: np.ndarray, relaxed: np.ndarray | None, codec: PayloadCodec | None,
@@ -80,12 +81,11 @@ def search_diversified(store: ItemStore, code: np.ndarray, relaxed: np.ndarray |
     budget = candidate_budget(k) if mode != "none" else None
 
     def shown(n: int) -> tuple[list[Hit], bool]:
-        hits = search_items(store, code, relaxed, codec, mode, n, budget)
+        hits = search_items(store, code, relaxed, codec, mode, n, budget, members=True)
         return diversify(hits, per_study), len(hits) < n
 
     found, _ = widen(shown, lambda r, _n: len(r[0]) >= k or r[1], k * WIDEN, limit=max(1, len(store)))
-    entries = found[:k]
-    return with_members(entries, store.members(list(dict.fromkeys(study_key(h.item) for h in entries))))
+    return others_not_shown(found[:k])
 
 
 def search_studies(indexes: Mapping[str, ItemStore], rule: str, code: np.ndarray, k: int,

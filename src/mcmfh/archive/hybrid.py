@@ -1,4 +1,4 @@
-"""Hybrid text search: the cross-modal channel (the query's code against the target codes, ``mcmfh.archive_search``)
+"""Hybrid text search: the cross-modal channel (the query's code against the target codes, ``mcmfh.archive.search``)
 fused with a lexical channel (BM25 over the stored report texts, ``mcmfh.index.text_index``) by reciprocal rank
 fusion (``mcmfh.fusion``), for text→image, text→text and text→study.
 
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from mcmfh.archive_search import search_items
+from mcmfh.archive.search import search_items
 from mcmfh.errors import MCMFHError
 from mcmfh.fusion import rrf
 from mcmfh.index.codes import hamming_matrix, pack_codes

@@ -1,6 +1,6 @@
 """Where an archive's sub-indexes keep their codes and item metadata: one ``ItemStore`` contract, two kinds.
 
-``local`` (the default) is ``ItemIndex`` (``mcmfh.index.storage``): codes and SQLite metadata in the archive folder,
+``local`` (the default) is ``ItemIndex`` (``mcmfh.index.local_store``): codes and SQLite metadata in the archive folder,
 crash-safe by generations. ``milvus`` is ``ServerStore`` (``mcmfh.index.server_store``): codes in a Milvus
 collection, metadata in SQLite in the archive folder or in PostgreSQL. ``Archive`` only sees ``ItemStore``
 (``mcmfh.index.store``): this module picks and opens the implementation.
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from mcmfh.errors import ArtefactError, MCMFHError
+from mcmfh.index.local_store import ItemIndex
 from mcmfh.index.server_store import DSN_ENV, ServerStore, redact_dsn, split_uri
-from mcmfh.index.storage import ItemIndex
 from mcmfh.index.store import ItemStore
 
 BACKENDS = ("local", "milvus")

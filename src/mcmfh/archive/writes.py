@@ -1,10 +1,10 @@
 """An archive's writes: items hashed into its sub-indexes, and studies coded again from their members.
 
-Every write runs inside one change of the commit protocol (``mcmfh.archive_commit``); each sub-index skips the ids
+Every write runs inside one change of the commit protocol (``mcmfh.archive.commit``); each sub-index skips the ids
 it already holds, so rerunning an add that was cut off completes it. An archive built from features with studies by
 a method with a study head (``HashMethod.has_study_codes``) on a local store keeps two study sub-indexes:
-``study_members`` (one row per item, its study inputs as payload: ``mcmfh.archive_members``) and ``studies`` (one
-fused code per study, and, for a method with relaxed outputs, the study head's relaxed output as its int8 payload:
+``study_members`` (one row per item, its study inputs as payload: ``mcmfh.archive.members``) and ``studies`` (one
+fused code per study, and, for a method with relaxed outputs, the study head's relaxed output as its payload:
 two-stage study search re-scores with it). An add re-codes exactly the studies it touched from their members' stored
 inputs and a remove re-codes or drops them; the re-coded rows replace the old ones in one generation of ``studies/``
 (``add(replace=...)``).
@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from mcmfh.archive_members import member_inputs, member_payload, member_width, study_item
-from mcmfh.archive_query import hash_rows
+from mcmfh.archive.members import member_inputs, member_payload, member_width, study_item
+from mcmfh.archive.query import hash_rows
 from mcmfh.data.records import Dataset
 from mcmfh.encoders.base import Encoder
 from mcmfh.errors import ArtefactError
 from mcmfh.features import FeatureSet
 from mcmfh.index.codes import pack_codes
-from mcmfh.index.payload import PayloadCodec
+from mcmfh.index.payload import DEFAULT_PAYLOAD, PayloadCodec
 from mcmfh.index.store import ItemStore
 from mcmfh.items import Item
 from mcmfh.method import HashMethod
@@ -34,7 +34,6 @@ from mcmfh.progress import Task
 
 MODALITIES = ("images", "texts")
 RECODE_STUDIES = 4096  # studies coded per pass when many change at once (a build): bounds the inputs held
-PAYLOAD_CODEC = "int8"  # two-stage payload: the model's relaxed outputs, bits bytes per item (issue 17's choice)
 
 
 @dataclass(frozen=True)
@@ -71,12 +70,12 @@ def batch_from_records(records: Sequence[Item], encoder: Encoder, source: str, b
 
 
 def payload_entry(method: HashMethod, store: dict[str, Any], probe: np.ndarray) -> dict[str, Any] | None:
-    """The manifest's ``payload`` entry: int8 relaxed outputs (one byte per output, i.e. bits bytes for most
-    methods) for two-stage search, where the model has relaxed outputs and the store is local (server stores keep
-    codes only). ``probe``: one text embedding, to read the width of the relaxed output."""
+    """The manifest's ``payload`` entry: relaxed outputs at ``DEFAULT_PAYLOAD`` (int4: half a byte per output, i.e.
+    bits / 2 bytes for most methods) for two-stage search, where the model has relaxed outputs and the store is
+    local (server stores keep codes only). ``probe``: one text embedding, to read the width of the relaxed output."""
     if store.get("backend", "local") != "local" or not method.has_relaxed:
         return None
-    return {"codec": PAYLOAD_CODEC, "dim": int(method.relaxed_texts(probe).shape[1])}
+    return {"codec": DEFAULT_PAYLOAD, "dim": int(method.relaxed_texts(probe).shape[1])}
 
 
 def studies_entry(method: HashMethod, store: dict[str, Any], part: FeatureSet) -> dict[str, Any] | None:
@@ -91,7 +90,7 @@ def studies_entry(method: HashMethod, store: dict[str, Any], part: FeatureSet) -
     entry: dict[str, Any] = {"rule": "fused", "inputs": [int(x) for x in inputs.shape[1:]], "dtype": "float16"}
     if method.has_relaxed:
         _, relaxed = method.relaxed_study_inputs(inputs, part.has_image[:1], ["probe"])
-        entry["payload"] = {"codec": PAYLOAD_CODEC, "dim": int(relaxed.shape[1])}
+        entry["payload"] = {"codec": DEFAULT_PAYLOAD, "dim": int(relaxed.shape[1])}
     return entry
 
 

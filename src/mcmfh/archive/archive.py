@@ -1,74 +1,41 @@
 """An archive: a trained run plus exact Hamming indexes of its items' image codes and text codes.
 
-Folder layout::
-
-    manifest.json   kind "archive": the run's identity (method, bits, encoder, weights hash), image root, store
-    run/            a copy of the run folder, so the archive is self-contained and cannot drift from its model
-    images/         sub-index of image codes (items that have an image)
-    texts/          sub-index of text codes (every item)
-    studies/        (fused studies) one code per study: item id = study id, labels = the union
-    study_members/  (fused studies) one row per item: its study and, as payload, its study inputs
-    commit.json     the commit record: the sub-index states readers see
-
-``Archive`` coordinates; each idea has its module: the commit protocol (``mcmfh.archive_commit``), query coding
-(``mcmfh.archive_query``), search strategies (``mcmfh.archive_search``), writes and study re-coding
-(``mcmfh.archive_writes``, with the members' payload format in ``mcmfh.archive_members``). A sub-index is an
-``ItemStore`` (``mcmfh.index.store``): local (``--backend local``, the default) or codes in Milvus with metadata in
-SQLite or PostgreSQL; the manifest's ``store`` entry says which (without secrets), so ``Archive.open`` reconnects.
-The archive never asks which it holds: stores declare their ``capabilities``.
-
-``build`` writes the whole folder atomically; ``add_records``, ``remove``, ``repair`` and ``compact`` are changes
-(locked, committed all or nothing); searches never lock the folder.
+``Archive`` coordinates; each idea has its module in this package: the folder and how it is made (``build``), the
+commit protocol (``commit``), query coding (``query``), search strategies (``search``, ``hybrid``), writes and study
+re-coding (``writes``, with the members' payload format in ``members``). A sub-index is an ``ItemStore``
+(``mcmfh.index.store``), local or on servers as the manifest's ``store`` entry says; the archive never asks which:
+stores declare their ``capabilities``. ``build`` writes the whole folder atomically; ``add_records``, ``remove``,
+``repair`` and ``compact`` are changes (locked, committed all or nothing); searches never lock the folder.
 """
 
 from __future__ import annotations
 
-import contextlib
-import shutil
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mcmfh.archive_agreement import check_agreement
-from mcmfh.archive_commit import CommittedIndexes
-from mcmfh.archive_hybrid import channel_depth, hybrid_items, hybrid_studies, use_hybrid
-from mcmfh.archive_query import QueryCoder
-from mcmfh.archive_search import MODALITIES, item_target, rerank_mode, search_diversified, search_studies
-from mcmfh.archive_writes import (
-    ArchiveWriter,
-    Batch,
-    batch_from_features,
-    batch_from_records,
-    payload_entry,
-    studies_entry,
-)
+from mcmfh.archive.agreement import check_agreement
+from mcmfh.archive.build import IDENTITY_KEYS, KIND, STUDY_PARTS, build_folder, run_identity
+from mcmfh.archive.commit import CommittedIndexes
+from mcmfh.archive.hybrid import channel_depth, hybrid_items, hybrid_studies, use_hybrid
+from mcmfh.archive.query import QueryCoder
+from mcmfh.archive.search import MODALITIES, item_target, rerank_mode, search_diversified, search_studies
+from mcmfh.archive.writes import ArchiveWriter, Batch, batch_from_records
 from mcmfh.data.records import Dataset
 from mcmfh.diversify import DEFAULT_PER_STUDY, diversify
 from mcmfh.encoders.base import Encoder, ImageInput
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.features import FeatureSet
+from mcmfh.index.backends import StoreConfig, open_store
 from mcmfh.index.payload import PayloadCodec, make_codec
 from mcmfh.index.store import ItemStore
-from mcmfh.index.stores import StoreConfig, create_store, drop_store, open_store, store_manifest
-from mcmfh.io import atomic_dir, atomic_write_json
 from mcmfh.items import Hit, Item, StudyHit
-from mcmfh.manifest import new_manifest, read_manifest, require_match
-from mcmfh.method import HashMethod, weights_sha256
+from mcmfh.manifest import read_manifest, require_match
+from mcmfh.method import HashMethod
 from mcmfh.numpy_hash import NumpyHasher
 from mcmfh.progress import SILENT, Progress, Task
-from mcmfh.training.runs import check_features, load_run
-
-KIND = "archive"
-# Manifest fields every sub-index must share with the archive: an index made by another model is refused.
-IDENTITY_KEYS = ("run_id", "method", "bits", "encoder", "encoder_version")
-STUDY_PARTS = ("studies", "study_members")  # the fused-study sub-indexes (local only; see mcmfh.archive_writes)
-
-
-def run_identity(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """What identifies a trained model: its weights' hash plus the encoder it reads."""
-    return {"run_id": weights_sha256(run_dir)[:16], "method": manifest["method"], "bits": int(manifest["bits"]),
-            "encoder": manifest.get("encoder"), "encoder_version": manifest.get("encoder_version")}  # fmt: skip
+from mcmfh.training.runs import load_run
 
 
 class Archive:
@@ -128,55 +95,15 @@ class Archive:
 
         ``store`` picks where the sub-indexes live (default: local). On a server, a failed build deletes the
         collections (and schemas) it made; ``overwrite`` also replaces those of an earlier archive of this run."""
-        run_dir, out = Path(run_dir), Path(out)
-        method, run_manifest = load_run(run_dir)
-        check_features(run_manifest, features, run_dir)
-        if out.exists() and not overwrite:
-            raise MCMFHError(f"{out}: already exists (use --overwrite to replace it)")
-        part = features.splits(*splits)
-        if not len(part):
-            raise MCMFHError(f"features have no items in split(s) {list(splits)}")
-        if dataset is None:
-            from mcmfh.data import dataset_from_source  # the loaders, only where an archive is built
 
-            dataset = dataset_from_source(features.manifest.get("source", {}))
-        batch = batch_from_features(part, dataset)
-        identity = run_identity(run_dir, run_manifest)
-        config = store or StoreConfig()
-        where = store_manifest(config, identity["run_id"])
-        studies = studies_entry(method, where, part)
-        if overwrite and where["backend"] != "local" and out.exists():
-            drop_server_stores(out)
-        with atomic_dir(out, overwrite=overwrite) as tmp:
-            shutil.copytree(run_dir, tmp / "run")
-            fields = {k: v for k, v in identity.items() if k != "bits"}  # bits is the index's own field
-            made: list[ItemStore] = []
-            try:
-                for m in MODALITIES:
-                    made.append(create_store(tmp / m, m, identity["bits"], where, config, fields))
-                for m in STUDY_PARTS if studies and studies["rule"] == "fused" else ():
-                    made.append(create_store(tmp / m, m, identity["bits"], {"backend": "local"}, StoreConfig(), fields))
-                payload = payload_entry(method, where, part.text[:1])
-                manifest = new_manifest(KIND, **identity, dataset=features.manifest.get("dataset"),
-                                        label_set=features.manifest.get("label_set"), splits=list(splits),
-                                        image_root=(dataset.source or {}).get("root"), store=where, payload=payload,
-                                        studies=studies)  # fmt: skip
-                atomic_write_json(tmp / "manifest.json", manifest)
-                archive = cls(tmp, manifest, writable=True)
-                try:
-                    with progress.task("index build", total=len(archive.indexes), unit="sub-index") as task:
-                        archive._add(batch, task)
-                    for index in archive.indexes.values():
-                        index.flush()  # a bulk load on a server: searches then run on sealed, indexed segments
-                finally:
-                    archive.close()
-            except BaseException:
-                for s in made:  # a half-built archive leaves nothing on the servers
-                    with contextlib.suppress(Exception):  # cleanup after a failure must not hide that failure
-                        drop_store(s)
-                raise
-            for s in made:
-                s.close()
+        def fill(folder: Path, manifest: dict[str, Any], batch: Batch) -> None:
+            with cls(folder, manifest, writable=True) as archive:
+                with progress.task("index build", total=len(archive.indexes), unit="sub-index") as task:
+                    archive._add(batch, task)
+                for index in archive.indexes.values():
+                    index.flush()  # a bulk load on a server: searches then run on sealed, indexed segments
+
+        build_folder(Path(run_dir), features, Path(out), splits, dataset, overwrite, store, fill)
         return cls.open(out)
 
     @classmethod
@@ -184,7 +111,7 @@ class Archive:
              check_parts: bool = True) -> Archive:  # fmt: skip
         """Open an archive; ``writable`` allows changes, each taken under the writer lock (waiting up to
         ``lock_timeout`` seconds, default $MCMFH_LOCK_TIMEOUT or 30). Without a commit record, sub-indexes that
-        disagree are refused (``mcmfh.archive_agreement``) unless ``check_parts`` is False (``index info``)."""
+        disagree are refused (``mcmfh.archive.agreement``) unless ``check_parts`` is False (``index info``)."""
         folder = Path(folder)
         manifest = read_manifest(folder, KIND)
         missing = [k for k in IDENTITY_KEYS if k not in manifest]
@@ -259,7 +186,8 @@ class Archive:
         return str(entry["rule"]) if entry else None
 
     def default_rerank(self) -> str:
-        """``int8`` (or the archive's payload) when it has one, else ``none``: two-stage search is the default."""
+        """The archive's payload codec (``int4``; ``int8`` in older archives) when it has one, else ``none``:
+        two-stage search is the default."""
         return self.payload_codec.name if self.payload_codec else "none"
 
     # ---------------------------------------------------------------------------------------------- search
@@ -270,8 +198,8 @@ class Archive:
         ``rerank``: ``none`` (Hamming order only) or the archive's payload (two-stage: candidates re-scored, hits
         carry ``score``); default: two-stage when the archive has a payload. ``per_study``: hits shown per study,
         duplicate texts folded (``mcmfh.diversify``; 0: the raw item ranking). ``hybrid``: fuse with the lexical
-        channel over the stored texts (``mcmfh.archive_hybrid``; hits then carry the fused score; the fused list
-        is grouped as the plain one); default ``archive_hybrid.HYBRID_DEFAULT``."""
+        channel over the stored texts (``mcmfh.archive.hybrid``; hits then carry the fused score; the fused list
+        is grouped as the plain one); default ``hybrid.HYBRID_DEFAULT``."""
         if not query.strip():
             raise MCMFHError("empty text query")
         part = item_target(target)
@@ -352,7 +280,7 @@ class Archive:
 
     def repair(self) -> list[str]:
         """Without a commit record: remove the items that only some sub-indexes hold (a change cut off half-way,
-        see ``mcmfh.archive_agreement``) from all of them, under the writer lock, and write a record. Returns their
+        see ``mcmfh.archive.agreement``) from all of them, under the writer lock, and write a record. Returns their
         ids; with a record, there is nothing to do."""
         with self.committed.change(repair=True), self.committed.lock:
             partial = check_agreement(self.indexes, has_record=bool(self.record)).ids()
@@ -376,16 +304,3 @@ class Archive:
         shape = studies.get("inputs") if studies.get("rule") == "fused" else None
         return ArchiveWriter(self.indexes, self.method, self.payload_codec, self.bits, shape, self.committed.lock,
                              self.study_codec)  # fmt: skip
-
-
-def drop_server_stores(folder: Path) -> None:
-    """Before an overwrite: delete the collections/schemas the archive at ``folder`` keeps on servers."""
-    try:
-        old = read_manifest(folder, KIND)
-    except ArtefactError:
-        return  # not a finished archive: nothing recorded to drop
-    store = old.get("store", {})
-    if store.get("backend", "local") == "local":
-        return
-    for m in MODALITIES:
-        drop_store(open_store(folder / m, m, int(old["bits"]), store, {}, writable=True))

@@ -1,0 +1,163 @@
+"""Which payload should two-stage search re-score 16-bit Hamming candidates with? (issue 25, item 4)
+
+    python benchmarks/payloads.py --set medpix2=FEATS_MEDPIX --set vqa_rad=FEATS_VQA --work DIR --json OUT.json
+
+For each feature cache and seed, a 16-bit MCMFH run and a 64-bit companion (same recipe and seed) are trained into
+``--work`` (reused when present). The 16-bit codes pick the candidates, as an archive does; each payload re-scores
+them:
+
+- ``relaxed int8`` / ``relaxed int4``: the 16-bit hash head's relaxed output tanh(h) (int4: the default, by this);
+- ``tokens int8``: MCMFH's fused single-modality token (the fusion transformer's 128-d output, before the hash head);
+- ``wide64 int8``: the 64-bit companion's relaxed output, a wider relaxed output trained by the same losses;
+- ``code64``: the companion's 64-bit code.
+
+Metrics, test queries against the train + dev database (labels: shared tag): tie-aware mAP@all and P@10 of the
+ranking a search for k = 100 shows (``mcmfh.evaluation.rerank_eval``), and paired R@10 in the test split (does an
+image find its own report; every gallery item re-scored, ties broken by Hamming distance). bytes/item = the 2-byte
+code + the payload.
+
+What it does not show: the search latency of wider payloads (re-scoring is a gather + dot product over at most
+``RERANK_FLOOR`` candidates), and the companion's own training cost (a second model per archive).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mcmfh.evaluation.metrics import RankingOptions, hamming_distances, ranking_metrics, relevance
+from mcmfh.evaluation.paired import PairedGallery, paired_recall
+from mcmfh.evaluation.rerank_eval import TwoStageRanker
+from mcmfh.features import FeatureSet
+from mcmfh.index.codes import pack_codes
+from mcmfh.index.payload import PayloadCodec, make_codec
+from mcmfh.index.rerank import rescored_ranking
+from mcmfh.method import HashMethod
+from mcmfh.training.runs import load_run, train_run
+
+BITS, WIDE_BITS, K = 16, 64, 100
+# (name, vector source, codec): the source reads (model, companion, features, is_image)
+Source = Callable[[HashMethod, HashMethod, np.ndarray, bool], np.ndarray]
+PAYLOADS: list[tuple[str, Source, str]] = [
+    ("relaxed int8", lambda m, c, x, img: m.relaxed_images(x) if img else m.relaxed_texts(x), "int8"),
+    ("relaxed int4", lambda m, c, x, img: m.relaxed_images(x) if img else m.relaxed_texts(x), "int4"),
+    ("tokens int8", lambda m, c, x, img: m.image_tokens(x) if img else m.text_tokens(x), "int8"),
+    ("wide64 int8", lambda m, c, x, img: c.relaxed_images(x) if img else c.relaxed_texts(x), "int8"),
+    ("code64", lambda m, c, x, img: c.encode_images(x) if img else c.encode_texts(x), f"code{WIDE_BITS}"),
+]
+
+
+def run_of(work: Path, name: str, features: Path, bits: int, seed: int) -> HashMethod:
+    out = work / f"{name}-{bits}-s{seed}"
+    if not (out / "manifest.json").exists():
+        train_run(features, "mcmfh", bits, seed, out, {"num_threads": 1})
+    return load_run(out)[0]
+
+
+def rescored_distances(codec: PayloadCodec, bits: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """Distances for paired recall from rows [code | payload vector]: every item re-scored, ties by Hamming."""
+
+    def distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        ham = hamming_distances(pack_codes(a[:, :bits] > 0.5), pack_codes(b[:, :bits] > 0.5))
+        rows = codec.encode(b[:, bits:] > 0.5 if codec.binary else b[:, bits:])
+        sims = codec.score(codec.prepare_queries(a[:, bits:]), np.broadcast_to(rows, (len(a), *rows.shape)))
+        return rescored_ranking(ham, sims, np.ones(ham.shape, bool)).astype(np.float64)
+
+    return distances
+
+
+def measure(m: HashMethod, comp: HashMethod, fs: FeatureSet) -> dict[str, dict[str, float]]:
+    q, db = fs.splits("test"), fs.splits("train", "dev")
+    qi, dbi = q.subset(q.has_image), db.subset(db.has_image)
+    codes = {"qi": m.encode_images(qi.image), "qt": m.encode_texts(q.text)}
+    codes |= {"dbi": m.encode_images(dbi.image), "dbt": m.encode_texts(db.text)}
+    directions = (
+        ("i2t", codes["qi"], codes["dbt"], qi.image, db.text, True, relevance(qi.labels, db.labels)),
+        ("t2i", codes["qt"], codes["dbi"], q.text, dbi.image, False, relevance(q.labels, dbi.labels)),
+    )
+    gallery = PairedGallery.of(q.text, q.has_image)
+    out: dict[str, dict[str, float]] = {}
+    for name, source, codec_name in PAYLOADS:
+        row: dict[str, float] = {}
+        codec = None
+        for d, qc, dc, qx, dx, q_image, rel in directions:
+            qv, dv = source(m, comp, qx, q_image), source(m, comp, dx, not q_image)
+            codec = make_codec(codec_name, dv.shape[1])
+            keys, _ = TwoStageRanker(qc, dc, qv, dv, codec).rank(min(K, len(dc)))
+            figures = ranking_metrics(keys, rel, RankingOptions(p_at_k=(10,), radius=None))
+            row[f"{d}_map"], row[f"{d}_p10"] = float(figures["map"]), float(figures["p_at_k"]["10"])
+        assert codec is not None
+        row["bytes"] = float(BITS // 8 + codec.bytes_per_item)
+        qiv, qtv = source(m, comp, qi.image, True), source(m, comp, q.text, False)
+        stacked_i = np.hstack([codes["qi"].astype(np.float32), qiv.astype(np.float32)])
+        stacked_t = np.hstack([codes["qt"].astype(np.float32), qtv.astype(np.float32)])
+        paired = paired_recall(gallery, stacked_i, stacked_t, rescored_distances(codec, BITS))
+        row["i2t_r10"], row["t2i_r10"] = paired["i2t"]["r10"], paired["t2i"]["r10"]
+        out[name] = row
+    return out
+
+
+COLUMNS = ("bytes", "i2t_map", "t2i_map", "i2t_p10", "t2i_p10", "i2t_r10", "t2i_r10")
+
+
+HEADER = (
+    "| set | payload | bytes/item | mAP i2t | mAP t2i | P@10 i2t | P@10 t2i | paired R@10 i2t | paired R@10 t2i |\n"
+    "|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def cell(values: np.ndarray, col: str) -> str:
+    if col == "bytes":
+        return f"{values.mean():.0f}"
+    return f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.3f}"
+
+
+def table(results: dict[str, dict[str, list[dict[str, float]]]]) -> str:
+    lines = [HEADER]
+    for set_name, per_payload in results.items():
+        for name, rows in per_payload.items():
+            cells = [cell(np.array([r[col] for r in rows]), col) for col in COLUMNS]
+            lines.append(f"| {set_name} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--set", action="append", required=True, metavar="NAME=FEATURES", help="a feature cache")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--work", type=Path, required=True, help="folder for the trained runs (reused)")
+    ap.add_argument("--json", type=Path, help="write the per-seed figures here")
+    args = ap.parse_args(argv)
+    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for spec in args.set:
+        name, _, path = spec.partition("=")
+        fs = FeatureSet.load(path)
+        per: dict[str, list[dict[str, float]]] = {p[0]: [] for p in PAYLOADS}
+        for seed in args.seeds:
+            m = run_of(args.work, name, Path(path), BITS, seed)
+            comp = run_of(args.work, name, Path(path), WIDE_BITS, seed)
+            for payload, row in measure(m, comp, fs).items():
+                per[payload].append({**row, "seed": seed})
+            print(f"{name} seed {seed} done", file=sys.stderr, flush=True)
+        results[name] = per
+    print(table(results))
+    if args.json:
+        payload: dict[str, Any] = {
+            "k": K,
+            "bits": BITS,
+            "wide_bits": WIDE_BITS,
+            "seeds": args.seeds,
+            "results": results,
+        }
+        args.json.write_text(json.dumps(payload, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
