@@ -262,6 +262,33 @@ def test_a_collapsed_supervised_fit_backs_off_to_the_best_healthy_label_weight(m
     assert healthy.fit(fs.splits("train"), fs.splits("dev"))["label_weight_scale"] == 1.0 and healthy.net == "net-3"
 
 
+def test_supervised_code_length_rules_widen_the_hash_heads_and_quantise_from_32_bits() -> None:
+    """mcmfh_supervised's code-length rules: hash heads 8 hidden units a bit, never below MCMFH's 128, and from 32
+    bits on DCMHT's quantisation term (16 bits keep the recipe chosen there); an explicit option wins, the
+    unsupervised method is untouched, and the fitted network has the width the rule gives."""
+    from mcmfh.baselines import mcmfh_supervised as ms
+
+    quant = ms.LONG_CODE_RULES["lambda_quant"]
+    for bits, hidden, q in ((16, 128, 0.0), (32, 256, quant), (64, 512, quant)):
+        m = create_method("mcmfh-supervised", bits, 0)
+        assert (m.cfg.model.hash_hidden, m.cfg.train.lambda_quant, m.cfg.model.width) == (hidden, q, 128), bits
+        plain = create_method("mcmfh", bits, 0)
+        assert (plain.cfg.model.hash_hidden, plain.cfg.train.lambda_quant, plain.cfg.model.width) == (128, 0.0, 128)
+    assert (
+        create_method("mcmfh-supervised", 16, 0).recipe()
+        == create_method("mcmfh", 16, 0, **ms.SUPERVISED_DEFAULTS).recipe()
+    )
+    explicit = create_method("mcmfh-supervised", 64, 0, hash_hidden=96, lambda_quant=0.0, width=64)
+    assert (explicit.cfg.model.hash_hidden, explicit.cfg.train.lambda_quant, explicit.cfg.model.width) == (96, 0.0, 64)
+
+    fs = _conflicting_features(n=200)
+    tiny = {k: v for k, v in SMALL.items() if k != "hash_hidden"} | {"epochs_stage1": 1, "epochs_stage2": 1}
+    m = create_method("mcmfh-supervised", 32, 0, **tiny)
+    log = m.fit(fs.splits("train"), fs.splits("dev"))
+    assert m.net.hash_img.net[0].out_features == m.net.hash_txt.net[0].out_features == 256
+    assert "loss_quant" in log["stage2"]["history"][-1]
+
+
 def test_supervised_config_lists_the_supervised_block() -> None:
     from pathlib import Path
 
