@@ -6,7 +6,7 @@ For each feature cache and seed, a 16-bit MCMFH run and a 64-bit companion (same
 ``--work`` (reused when present). The 16-bit codes pick the candidates, as an archive does; each payload re-scores
 them:
 
-- ``relaxed int8`` / ``relaxed int4``: the 16-bit hash head's relaxed output tanh(h) (int4: the default, by this);
+- ``relaxed int8`` / ``relaxed int4``: the 16-bit hash head's relaxed output tanh(h) (int8: the default);
 - ``tokens int8``: MCMFH's fused single-modality token (the fusion transformer's 128-d output, before the hash head);
 - ``wide64 int8``: the 64-bit companion's relaxed output, a wider relaxed output trained by the same losses;
 - ``code64``: the companion's 64-bit code.

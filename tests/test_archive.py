@@ -62,23 +62,23 @@ def test_text_search_equals_bruteforce_over_image_codes(chain):
 
 
 def test_two_stage_is_the_default_and_equals_rescoring_the_stored_payload(chain):
-    """Stage 1 = whole Hamming tie groups, stage 2 = int4 relaxed outputs stored at build (mcmfh.index.rerank)."""
+    """Stage 1 = whole Hamming tie groups, stage 2 = int8 relaxed outputs stored at build (mcmfh.index.rerank)."""
     from mcmfh.index.payload import make_codec
     from mcmfh.index.rerank import two_stage_arrays
 
     fs = chain["fs"]
     query = "bright solid nodule in the right lung"
     with Archive.open(chain["idx"]) as archive:
-        assert archive.manifest["payload"] == {"codec": "int4", "dim": 16} and archive.default_rerank() == "int4"
+        assert archive.manifest["payload"] == {"codec": "int8", "dim": 16} and archive.default_rerank() == "int8"
         hits = archive.search_text(query, k=10)
         db = fs.splits("train", "dev")
         emb = archive.encoder.encode_texts([query])
-        codec = make_codec("int4", 16)
+        codec = make_codec("int8", 16)
         expected = two_stage_arrays(
             pack_codes(archive.method.encode_images(db.image)), codec.encode(archive.method.relaxed_images(db.image)),
             pack_codes(archive.method.encode_texts(emb)), archive.method.relaxed_texts(emb), codec, 10,
         )  # fmt: skip
-        with pytest.raises(MCMFHError, match="stores int4 payloads"):
+        with pytest.raises(MCMFHError, match="stores int8 payloads"):
             archive.search_text(query, k=10, rerank="float16")
     assert [h.item.id for h in hits] == [db.ids[i] for i in expected.ids[0]]
     assert [h.distance for h in hits] == expected.distances[0].tolist()
@@ -149,7 +149,7 @@ def test_cli_search_and_info(chain, capsys):
     key = capsys.readouterr().out.splitlines()[-1]
     assert key.startswith("d = Hamming distance") and "; s = two-stage similarity" in key
     assert main(["search", str(chain["idx"]), "--text", "cyst", "--rerank", "float16"]) == 2
-    assert "stores int4 payloads" in capsys.readouterr().err
+    assert "stores int8 payloads" in capsys.readouterr().err
     assert main(["search", str(chain["idx"])]) == 2
     assert "exactly one of" in capsys.readouterr().err
     assert main(["index", "info", str(chain["idx"])]) == 0

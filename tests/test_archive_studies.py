@@ -122,15 +122,15 @@ def test_study_search_equals_bruteforce_over_study_codes(chain):
             assert [it.id for it in h.members] == members[h.study_id]
         image = chain["data"] / "images" / f"{db.ids[0]}.png"
         assert len(archive.search_studies_image(image, k=3)) == 3
-        with pytest.raises(MCMFHError, match="stores int4"):
-            archive.search_studies_text(QUERY, k=3, rerank="int8")
+        with pytest.raises(MCMFHError, match="stores int8"):
+            archive.search_studies_text(QUERY, k=3, rerank="int4")
 
 
 def test_study_search_is_two_stage_by_default_and_scores_every_hit(chain):
     """Fused studies keep the study head's relaxed output as payload: hits carry the similarity they are ordered
     by, equal to the stored payload's cosine to the query's own relaxed output, and k is a prefix of K."""
     with Archive.open(chain["idx"]) as archive:
-        assert archive.study_codec is not None and archive.manifest["studies"]["payload"]["codec"] == "int4"
+        assert archive.study_codec is not None and archive.manifest["studies"]["payload"]["codec"] == "int8"
         hits = archive.search_studies_text(QUERY, k=8)
         assert all(h.score is not None for h in hits)
         assert [(-h.score, h.distance) for h in hits] == sorted((-h.score, h.distance) for h in hits)
@@ -511,4 +511,4 @@ def test_an_archive_without_a_study_payload_answers_studies_one_stage(chain, tmp
         assert all(h.score is None for h in hits)
         assert [h.distance for h in hits] == sorted(h.distance for h in hits)
         with pytest.raises(MCMFHError, match="no studies payload"):
-            archive.search_studies_text(QUERY, k=5, rerank="int4")
+            archive.search_studies_text(QUERY, k=5, rerank="int8")

@@ -153,7 +153,7 @@ def test_a_text_search_reads_its_hits_and_their_studies_in_one_sql_query(chain, 
     with Archive.open(chain["idx"]) as archive:
         archive.search_text(QUERY, k=3)  # warm-up: the columns of each table are read once per open
         # k=1: one request, never widened (the tiny model codes most images alike, so two-stage folds copies).
-        for rerank, stage2 in (("int4", 1), ("none", 0)):
+        for rerank, stage2 in (("int8", 1), ("none", 0)):
             statements.clear()
             hits = archive.search_text(QUERY, k=1, rerank=rerank)
             assert len(hits) == 1 and hits[0].others

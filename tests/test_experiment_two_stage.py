@@ -158,11 +158,11 @@ def test_rerank_config_errors(tmp_path, text, match):
         load_config(cfg)
 
 
-def test_rerank_default_is_int4_and_none_turns_it_off(tmp_path):
+def test_rerank_default_is_int8_and_none_turns_it_off(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("methods: [cca-itq]\nfeatures: x\n")
     opts = load_config(cfg).rerank
-    assert opts is not None and tuple(opts.payloads) == ("int4",) and opts.k == 100
+    assert opts is not None and tuple(opts.payloads) == ("int8",) and opts.k == 100
     assert load_config(cfg, {"rerank": "none"}).rerank is None
     assert tuple(load_config(cfg, {"rerank": {"payloads": "float16"}}).rerank.payloads) == ("float16",)
 

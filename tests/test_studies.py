@@ -211,14 +211,14 @@ def test_fused_study_code_learns(data, fitted) -> None:
 
 
 def test_two_stage_study_rows_rank_by_the_relaxed_study_payload(data, fitted) -> None:
-    """``fused_2s``: every study re-scored (the test database is under the floor) by the int4 relaxed study output,
+    """``fused_2s``: every study re-scored (the test database is under the floor) by the int8 relaxed study output,
     ties by Hamming distance; equal to a brute-force reference, and ahead of chance like the fused code."""
     out = evaluate_modes(fitted, data, ["test"], ["train", "dev"], ["t2s"])
     q, db = data.splits("test"), data.splits("train", "dev")
     studies, codes = fitted.encode_studies(db)
     relaxed = fitted.relaxed_study_inputs(fitted.study_inputs(db.image, db.text), db.has_image, db.study_ids())[1]
     assert np.array_equal(relaxed > 0, codes)  # the payload's signs are the study codes
-    codec = make_codec("int4", relaxed.shape[1])
+    codec = make_codec("int8", relaxed.shape[1])
     sims = codec.score(
         codec.prepare_queries(fitted.relaxed_texts(q.text)), codec.encode(relaxed)[None].repeat(len(q), 0)
     )

@@ -186,8 +186,8 @@ class Archive:
         return str(entry["rule"]) if entry else None
 
     def default_rerank(self) -> str:
-        """The archive's payload codec (``int4``; ``int8`` in older archives) when it has one, else ``none``:
-        two-stage search is the default."""
+        """The archive's payload codec (``int8`` by default) when it has one, else ``none``: two-stage search is
+        the default."""
         return self.payload_codec.name if self.payload_codec else "none"
 
     # ---------------------------------------------------------------------------------------------- search

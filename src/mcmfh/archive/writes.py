@@ -70,8 +70,8 @@ def batch_from_records(records: Sequence[Item], encoder: Encoder, source: str, b
 
 
 def payload_entry(method: HashMethod, store: dict[str, Any], probe: np.ndarray) -> dict[str, Any] | None:
-    """The manifest's ``payload`` entry: relaxed outputs at ``DEFAULT_PAYLOAD`` (int4: half a byte per output, i.e.
-    bits / 2 bytes for most methods) for two-stage search, where the model has relaxed outputs and the store is
+    """The manifest's ``payload`` entry: relaxed outputs at ``DEFAULT_PAYLOAD`` (int8: one byte per output, i.e.
+    bits bytes for most methods) for two-stage search, where the model has relaxed outputs and the store is
     local (server stores keep codes only). ``probe``: one text embedding, to read the width of the relaxed output."""
     if store.get("backend", "local") != "local" or not method.has_relaxed:
         return None

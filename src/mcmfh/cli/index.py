@@ -207,7 +207,7 @@ def search(
     rerank: str = typer.Option(
         None,
         "--rerank",
-        help="The archive's payload codec (int4; int8 for archives built before it): two-stage (Hamming candidates "
+        help="The archive's payload codec (int8): two-stage (Hamming candidates "
         "re-scored by the stored payload; the default when the archive has one); none: Hamming order only.",
     ),
     per_study: int = typer.Option(

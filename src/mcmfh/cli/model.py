@@ -70,7 +70,7 @@ def evaluate(
     rerank: str = typer.Option(
         DEFAULT_PAYLOAD,
         "--rerank",
-        help="Two-stage payloads, comma-separated (int4, int8, float16, float32, code64), or none. Hashing methods "
+        help="Two-stage payloads, comma-separated (int8, int4, float16, float32, code64), or none. Hashing methods "
         "with a relaxed output only; others are evaluated one-stage.",
     ),
     rerank_k: int = typer.Option(100, "--rerank-k", help="Results per query of the bounded two-stage search."),
@@ -97,7 +97,7 @@ def evaluate(
 
     payloads = [p.strip() for p in rerank.split(",") if p.strip()]
     if not payloads:
-        raise MCMFHError("--rerank: give payload names (e.g. int4) or none")
+        raise MCMFHError("--rerank: give payload names (e.g. int8) or none")
     options = None if payloads == ["none"] else RerankOptions(tuple(payloads), rerank_k, oversample)
     if out is not None:
         _check_json_out(out, overwrite)

@@ -37,7 +37,7 @@ from mcmfh.index.payload import PayloadCodec
 DEFAULT_OVERSAMPLE = 10.0  # budget = 10 k: vector databases' usual rescoring oversampling (4-10x)
 # Fewest candidates re-scored per query, whatever k: DEFAULT_OVERSAMPLE x the service's largest page (max_k 100),
 # so every request the page, the API and a CLI search up to --k 100 make shares one budget and one ranking (the
-# prefix property above). Cost: 1000 payload rows (8 kB at int4) read in one SQL query per search.
+# prefix property above). Cost: 1000 payload rows (16 kB at int8) read in one SQL query per search.
 RERANK_FLOOR = 1000
 
 

@@ -8,7 +8,7 @@ Relative paths in the config resolve against the config file's folder.
 
 ``rerank:`` adds the two-stage ranking (``mcmfh.evaluation.rerank_eval``) to every row of a hashing method with a
 relaxed output:
-``{payloads: [int4], k: 100, oversample: 10}`` (the default when the key is absent: ``DEFAULT_PAYLOAD``), or
+``{payloads: [int8], k: 100, oversample: 10}`` (the default when the key is absent: ``DEFAULT_PAYLOAD``), or
 ``none`` to turn it off.
 Rows of other methods (continuous, ``chance``, ``ucmfh``) get none. A row's two-stage settings are part of its
 cache key only for methods it applies to, so a resumed experiment recomputes exactly the rows whose two-stage
@@ -97,7 +97,7 @@ def parse_rerank(value: Any, path: Path) -> RerankOptions | None:
     if value is True:
         return RerankOptions()
     if not isinstance(value, dict):
-        raise _err(path, f"field 'rerank': expected none or a mapping {{payloads: [int4], k: 100}}, got {value!r}")
+        raise _err(path, f"field 'rerank': expected none or a mapping {{payloads: [int8], k: 100}}, got {value!r}")
     unknown = sorted(set(value) - set(RERANK_KEYS))
     if unknown:
         raise _err(
@@ -349,7 +349,7 @@ def run_row(
 
 
 def two_stage_log(row: Mapping[str, Any]) -> str:
-    """The log's two-stage part (bounded depth, e.g. ``| two-stage int4 i2t 0.412 t2i 0.405``), or ""."""
+    """The log's two-stage part (bounded depth, e.g. ``| two-stage int8 i2t 0.412 t2i 0.405``), or ""."""
     if not row.get("rerank"):
         return ""
     cells = [
