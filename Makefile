@@ -23,7 +23,7 @@ install: $(BIN)/mcmfh
 demo: install
 	$(BIN)/mcmfh demo
 
-# The edit-test loop (3.6 min on 2 cores at load average 3): everything but the end-to-end runs marked `slow`.
+# The edit-test loop (2.6 min on 2 cores at load average 1, 3.6 at 3): everything but the end-to-end runs marked `slow`.
 test: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -m "not slow"
 
