@@ -14,7 +14,8 @@ them:
 Metrics, test queries against the train + dev database (labels: shared tag): tie-aware mAP@all and P@10 of the
 ranking a search for k = 100 shows (``mcmfh.evaluation.rerank_eval``), and paired R@10 in the test split (does an
 image find its own report; every gallery item re-scored, ties broken by Hamming distance). bytes/item = the 2-byte
-code + the payload.
+code + the payload. merged images / texts: distinct database inputs that share their code + payload row with another
+(grouped search folds those as copies of one item).
 
 What it does not show: the search latency of wider payloads (re-scoring is a gather + dot product over at most
 ``RERANK_FLOOR`` candidates), and the companion's own training cost (a second model per archive).
@@ -72,49 +73,57 @@ def rescored_distances(codec: PayloadCodec, bits: int) -> Callable[[np.ndarray, 
     return distances
 
 
+def merged(inputs: np.ndarray, codes: np.ndarray, rows: np.ndarray) -> float:
+    """Distinct database inputs that share their code + payload with another one: grouped search folds such items
+    as copies (``mcmfh.diversify.copy_key``), so a payload that merges distinct inputs hides them."""
+    distinct = len(np.unique(inputs, axis=0))
+    return float(distinct - len(np.unique(np.hstack([pack_codes(codes), rows]), axis=0)))
+
+
 def measure(m: HashMethod, comp: HashMethod, fs: FeatureSet) -> dict[str, dict[str, float]]:
     q, db = fs.splits("test"), fs.splits("train", "dev")
     qi, dbi = q.subset(q.has_image), db.subset(db.has_image)
-    codes = {"qi": m.encode_images(qi.image), "qt": m.encode_texts(q.text)}
-    codes |= {"dbi": m.encode_images(dbi.image), "dbt": m.encode_texts(db.text)}
+    inputs = {"qi": (qi.image, True), "qt": (q.text, False), "dbi": (dbi.image, True), "dbt": (db.text, False)}
+    codes = {side: m.encode_images(x) if image else m.encode_texts(x) for side, (x, image) in inputs.items()}
     directions = (
-        ("i2t", codes["qi"], codes["dbt"], qi.image, db.text, True, relevance(qi.labels, db.labels)),
-        ("t2i", codes["qt"], codes["dbi"], q.text, dbi.image, False, relevance(q.labels, dbi.labels)),
+        ("i2t", "qi", "dbt", relevance(qi.labels, db.labels)),
+        ("t2i", "qt", "dbi", relevance(q.labels, dbi.labels)),
     )
     gallery = PairedGallery.of(q.text, q.has_image)
     out: dict[str, dict[str, float]] = {}
     for name, source, codec_name in PAYLOADS:
-        row: dict[str, float] = {}
-        codec = None
-        for d, qc, dc, qx, dx, q_image, rel in directions:
-            qv, dv = source(m, comp, qx, q_image), source(m, comp, dx, not q_image)
-            codec = make_codec(codec_name, dv.shape[1])
-            keys, _ = TwoStageRanker(qc, dc, qv, dv, codec).rank(min(K, len(dc)))
+        vec = {side: source(m, comp, x, image) for side, (x, image) in inputs.items()}
+        codec = make_codec(codec_name, vec["dbt"].shape[1])
+        row: dict[str, float] = {"bytes": float(BITS // 8 + codec.bytes_per_item)}
+        for d, qs, ds, rel in directions:
+            ranker = TwoStageRanker(codes[qs], codes[ds], vec[qs], vec[ds], codec)
+            keys, _ = ranker.rank(min(K, len(codes[ds])))
             figures = ranking_metrics(keys, rel, RankingOptions(p_at_k=(10,), radius=None))
             row[f"{d}_map"], row[f"{d}_p10"] = float(figures["map"]), float(figures["p_at_k"]["10"])
-        assert codec is not None
-        row["bytes"] = float(BITS // 8 + codec.bytes_per_item)
-        qiv, qtv = source(m, comp, qi.image, True), source(m, comp, q.text, False)
-        stacked_i = np.hstack([codes["qi"].astype(np.float32), qiv.astype(np.float32)])
-        stacked_t = np.hstack([codes["qt"].astype(np.float32), qtv.astype(np.float32)])
-        paired = paired_recall(gallery, stacked_i, stacked_t, rescored_distances(codec, BITS))
+        stacked = {s_: np.hstack([codes[s_].astype(np.float32), vec[s_].astype(np.float32)]) for s_ in ("qi", "qt")}
+        paired = paired_recall(gallery, stacked["qi"], stacked["qt"], rescored_distances(codec, BITS))
         row["i2t_r10"], row["t2i_r10"] = paired["i2t"]["r10"], paired["t2i"]["r10"]
+        for side, key in (("dbi", "merged_i"), ("dbt", "merged_t")):
+            rows = codec.encode(vec[side] > 0.5 if codec.binary else vec[side])
+            row[key] = merged(inputs[side][0], codes[side], rows)
         out[name] = row
     return out
 
 
-COLUMNS = ("bytes", "i2t_map", "t2i_map", "i2t_p10", "t2i_p10", "i2t_r10", "t2i_r10")
+COLUMNS = ("bytes", "i2t_map", "t2i_map", "i2t_p10", "t2i_p10", "i2t_r10", "t2i_r10", "merged_i", "merged_t")
 
 
 HEADER = (
-    "| set | payload | bytes/item | mAP i2t | mAP t2i | P@10 i2t | P@10 t2i | paired R@10 i2t | paired R@10 t2i |\n"
-    "|---|---|---|---|---|---|---|---|---|"
+    "| set | payload | bytes/item | mAP i2t | mAP t2i | P@10 i2t | P@10 t2i | paired R@10 i2t | paired R@10 t2i "
+    "| merged images | merged texts |\n|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
 def cell(values: np.ndarray, col: str) -> str:
     if col == "bytes":
         return f"{values.mean():.0f}"
+    if col.startswith("merged"):
+        return f"{values.mean():.1f}"
     return f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.3f}"
 
 

@@ -417,16 +417,20 @@ def test_studies_coded_in_chunks_equal_one_pass(chain, tmp_path, monkeypatch):
         assert stored_codes(chunked) == stored_codes(whole)
 
 
+def new_items_csv(tmp_path, rows: list[list[str]], extra: list[str] | None = None) -> str:
+    """An items CSV (id, image, text, labels, split, study_id, then ``extra`` columns) in a new folder; its path."""
+    path = tmp_path / "new" / "items.csv"
+    path.parent.mkdir()
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([["id", "image", "text", "labels", "split", "study_id", *(extra or [])], *rows])
+    return str(path)
+
+
 def test_cli_index_add_from_a_csv_with_study_ids(chain, tmp_path, capsys):
     folder = copy_archive(chain, tmp_path)
-    new = tmp_path / "new"
-    new.mkdir()
     image = chain["data"] / "images" / f"{chain['ds'].records[0].id}.png"
-    with open(new / "items.csv", "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "image", "text", "labels", "split", "study_id"])
-        w.writerow(["csv-1", str(image), "Follow-up: unchanged nodule.", "region:lung", "train", "st005"])
-    assert main(["index", "add", str(folder), "--dataset", "csv", "--data-root", str(new / "items.csv")]) == 0
+    rows = [["csv-1", str(image), "Follow-up: unchanged nodule.", "region:lung", "train", "st005"]]
+    assert main(["index", "add", str(folder), "--dataset", "csv", "--data-root", new_items_csv(tmp_path, rows)]) == 0
     assert "1 stud(ies) re-coded" in capsys.readouterr().out
     with Archive.open(folder) as archive:
         assert archive.get("csv-1").study_id == "st005"
@@ -437,15 +441,11 @@ def test_cli_index_add_from_a_csv_with_study_ids(chain, tmp_path, capsys):
 def test_case_titles_from_a_csv_reach_the_archive_the_cli_and_the_api(chain, tmp_path, capsys):
     """Issue 25: a CSV's ``title`` column is the item's case title, stored, searched back and shown."""
     folder = copy_archive(chain, tmp_path)
-    new = tmp_path / "new"
-    new.mkdir()
     image = chain["data"] / "images" / f"{chain['ds'].records[0].id}.png"
-    with open(new / "items.csv", "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "image", "text", "labels", "split", "study_id", "title"])
-        w.writerow(["csv-1", str(image), QUERY, "region:lung", "train", "st-t", "  Right MCA\n infarct "])
-        w.writerow(["csv-2", "", QUERY + " Again.", "region:lung", "train", "st-t", ""])
-    assert main(["index", "add", str(folder), "--dataset", "csv", "--data-root", str(new / "items.csv")]) == 0
+    rows = [["csv-1", str(image), QUERY, "region:lung", "train", "st-t", "  Right MCA\n infarct "],
+            ["csv-2", "", QUERY + " Again.", "region:lung", "train", "st-t", ""]]  # fmt: skip
+    csv_path = new_items_csv(tmp_path, rows, ["title"])
+    assert main(["index", "add", str(folder), "--dataset", "csv", "--data-root", csv_path]) == 0
     capsys.readouterr()
     with Archive.open(folder) as archive:
         assert archive.get("csv-1").title == "Right MCA infarct" and archive.get("csv-2").title is None

@@ -191,10 +191,10 @@ def code_bits(name: str) -> int | None:
 # What an archive stores per item and per study, and what the evaluation scores as the archive's ranking: the
 # relaxed output at int8 (2 + 16 bytes per item at 16 bits). benchmarks/payloads.py, 3 seeds, MedPix and vqa_rad
 # (benchmarks/results/payloads_16bit.md): int4 ties it in mAP, P@10 and paired recall at 8 bytes less, but rounds
-# distinct items onto one code + payload (vqa_rad: 150 distinct among 157 images, MedPix 1,840 among 1,843; int8:
-# none), and grouped search folds equal code + payload as copies (``mcmfh.diversify.copy_key``). The fused token at
-# int8 (128 bytes) lifts MedPix P@10 and paired recall but loses mAP on both sets and every figure on vqa_rad; a
-# 64-bit companion's relaxed output (64 bytes) or code (8 bytes) loses P@10 and needs a second model.
+# distinct items onto one code + payload (3-seed mean: 11 of 157 vqa_rad images, 2.3 of 1,843 MedPix images;
+# int8: none), and grouped search folds equal code + payload as copies (``mcmfh.diversify.copy_key``). The fused
+# token at int8 (128 bytes) lifts MedPix P@10 and paired recall but loses mAP on both sets and every figure on
+# vqa_rad; a 64-bit companion's relaxed output (64 bytes) or code (8 bytes) loses P@10 and needs a second model.
 DEFAULT_PAYLOAD = "int8"
 
 
