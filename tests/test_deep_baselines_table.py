@@ -62,3 +62,24 @@ def test_robustness_methods_take_groups_and_refuse_unknown_names(tmp_path) -> No
            "--out", str(tmp_path / "o"), "--methods", "default,nope"]  # fmt: skip
     p = subprocess.run(cmd, capture_output=True, text=True)
     assert p.returncode != 0 and "--methods: unknown ['nope']" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_robustness_verdict_judges_each_kind_against_its_own_baselines() -> None:
+    """MCMFH against the unsupervised baselines only (a supervised head's higher mAP does not make it 'behind'), and
+    mcmfh-supervised against the supervised heads only; ablation rows are never a rival."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import robustness
+    finally:
+        sys.path.pop(0)
+
+    def rows(method: str, value: float) -> list[dict]:
+        keys = ("i2t_map", "t2i_map", "i2t_paired_r10", "t2i_paired_r10")
+        return [{"setting": "s", "method": method, "code_health": None, **dict.fromkeys(keys, value)}] * 2
+
+    table = [*rows("mcmfh", 0.5), *rows("cca-itq", 0.4), *rows("dcmht-head", 0.9), *rows("mcmfh-no-dv", 0.95),
+             *rows("mcmfh-supervised", 0.6), *rows("dsph-head", 0.7)]  # fmt: skip
+    (unsup,) = robustness.verdict(table, ["s"])
+    assert "mcmfh level or ahead" in unsup and "vs cca-itq" in unsup
+    (sup,) = robustness.verdict(table, ["s"], "mcmfh-supervised", supervised=True)
+    assert "mcmfh-supervised BEHIND" in sup and "best dcmht-head" in sup and "cca-itq" not in sup

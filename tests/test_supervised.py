@@ -247,7 +247,7 @@ def test_a_collapsed_supervised_fit_backs_off_to_the_best_healthy_label_weight(m
     def fake_fit(self, train, dev=None):
         pair = self.cfg.train.lambda_label_pair
         self.net = f"net-{pair:g}"
-        score = {10.0: 0.9, 3.0: 0.8, 1.0: 0.7}[round(pair, 6)]
+        score = {10.0: 0.9, 3.0: 0.8, 1.0: 0.7, 0.3: 0.6}[round(pair, 6)]
         return {"stage2": {"collapsed": pair > 5, "dev_score": score}}
 
     monkeypatch.setattr(MCMFH, "fit", fake_fit)
@@ -262,6 +262,30 @@ def test_a_collapsed_supervised_fit_backs_off_to_the_best_healthy_label_weight(m
     assert healthy.fit(fs.splits("train"), fs.splits("dev"))["label_weight_scale"] == 1.0 and healthy.net == "net-3"
 
 
+def test_the_label_backoff_reaches_its_smallest_scale_and_is_part_of_the_recipe(monkeypatch) -> None:
+    """Every scale of LABEL_BACKOFF is tried while the fits stay collapsed (MedPix with coarse labels needed x0.03), the
+    first healthy one is kept, and the back-off is in the recipe so cached rows refit when it changes."""
+    from mcmfh.baselines import mcmfh_supervised as ms
+    from mcmfh.model.mcmfh import MCMFH
+
+    tried = []
+
+    def fake_fit(self, train, dev=None):
+        pair = round(self.cfg.train.lambda_label_pair, 6)
+        tried.append(pair)
+        self.net = f"net-{pair:g}"
+        return {"stage2": {"collapsed": pair > 0.5, "dev_score": 1.0 - pair / 100}}
+
+    monkeypatch.setattr(MCMFH, "fit", fake_fit)
+    fs = _conflicting_features(n=200)
+    m = create_method("mcmfh-supervised", 16, 0, lambda_label_pair=10.0)
+    log = m.fit(fs.splits("train"), fs.splits("dev"))
+    assert tried == [10.0, 3.0, 1.0, 0.3] and ms.LABEL_BACKOFF[-1] == 0.03
+    assert log["label_weight_scale"] == 0.03 and m.net == "net-0.3"
+    assert m.recipe()["label_backoff"] == list(ms.LABEL_BACKOFF)
+    assert "label_backoff" not in create_method("mcmfh", 16, 0).recipe()
+
+
 def test_supervised_code_length_rules_widen_the_hash_heads_and_quantise_from_32_bits() -> None:
     """mcmfh_supervised's code-length rules: hash heads 8 hidden units a bit, never below MCMFH's 128, and from 32
     bits on DCMHT's quantisation term (16 bits keep the recipe chosen there); an explicit option wins, the
@@ -274,10 +298,10 @@ def test_supervised_code_length_rules_widen_the_hash_heads_and_quantise_from_32_
         assert (m.cfg.model.hash_hidden, m.cfg.train.lambda_quant, m.cfg.model.width) == (hidden, q, 128), bits
         plain = create_method("mcmfh", bits, 0)
         assert (plain.cfg.model.hash_hidden, plain.cfg.train.lambda_quant, plain.cfg.model.width) == (128, 0.0, 128)
-    assert (
-        create_method("mcmfh-supervised", 16, 0).recipe()
-        == create_method("mcmfh", 16, 0, **ms.SUPERVISED_DEFAULTS).recipe()
-    )
+    assert create_method("mcmfh-supervised", 16, 0).recipe() == {
+        **create_method("mcmfh", 16, 0, **ms.SUPERVISED_DEFAULTS).recipe(),
+        "label_backoff": list(ms.LABEL_BACKOFF),
+    }
     explicit = create_method("mcmfh-supervised", 64, 0, hash_hidden=96, lambda_quant=0.0, width=64)
     assert (explicit.cfg.model.hash_hidden, explicit.cfg.train.lambda_quant, explicit.cfg.model.width) == (96, 0.0, 64)
 
