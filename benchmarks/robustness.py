@@ -336,7 +336,10 @@ def verdict(rows: list[dict], settings: list[str], against: str = "mcmfh", super
             other, other_std = mean_std([float(r[key]) for r in best_rs])
             parts.append(f"{label} ×{mean / other:.2f} vs {best_m}" if other > 0 else f"{label} –")
             if mean < other - max(std, other_std):
-                behind.append(f"{label} (best {best_m})")
+                # A rival's label mAP from collapsed codes is the trap of reference/evaluation.md: said, not hidden.
+                rival_collapsed = sum(bool((r.get("code_health") or {}).get("collapsed")) for r in best_rs)
+                note = f", collapsed {rival_collapsed}/{len(best_rs)}" if rival_collapsed else ""
+                behind.append(f"{label} (best {best_m}{note})")
         state = "level or ahead" if not behind else "BEHIND in " + ", ".join(behind)
         flag = f"; {collapsed}/{len(own)} seeds collapsed" if collapsed else "; no collapsed seed"
         out.append(f"- {setting}: {against} {state}{flag} ({'; '.join(parts)})")

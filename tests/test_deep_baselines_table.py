@@ -82,4 +82,9 @@ def test_robustness_verdict_judges_each_kind_against_its_own_baselines() -> None
     (unsup,) = robustness.verdict(table, ["s"])
     assert "mcmfh level or ahead" in unsup and "vs cca-itq" in unsup
     (sup,) = robustness.verdict(table, ["s"], "mcmfh-supervised", supervised=True)
-    assert "mcmfh-supervised BEHIND" in sup and "best dcmht-head" in sup and "cca-itq" not in sup
+    assert "mcmfh-supervised BEHIND" in sup and "best dcmht-head)" in sup and "cca-itq" not in sup
+    for r in table:  # a rival ahead only with collapsed codes is named as such
+        if r["method"] == "dcmht-head":
+            r["code_health"] = {"collapsed": True}
+    (sup,) = robustness.verdict([dict(r) for r in table], ["s"], "mcmfh-supervised", supervised=True)
+    assert "best dcmht-head, collapsed 2/2" in sup

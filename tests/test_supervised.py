@@ -344,3 +344,29 @@ def test_a_supervised_run_is_indexed_and_searched_like_any_other(tmp_path, capsy
     # The raw ranking: a 2-epoch model gives many items one code + payload, which grouped search folds as copies.
     assert main(["search", str(archive), "--text", "a scan", "--k", "3", "--per-study", "0", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["results"]) == 3
+
+
+def test_a_fit_whose_codes_collapsed_after_its_chosen_epoch_also_backs_off(monkeypatch) -> None:
+    """The chosen epoch is healthy but later epochs collapsed (the label weights pull the set into buckets, and model
+    choice kept a barely trained early epoch): the weaker weights are tried too, and the healthy fit with the best dev
+    score is kept; a fit with no collapsed epoch is never refitted."""
+    from mcmfh.model.mcmfh import MCMFH
+
+    tried = []
+
+    def fake_fit(self, train, dev=None):
+        pair = round(self.cfg.train.lambda_label_pair, 6)
+        tried.append(pair)
+        self.net = f"net-{pair:g}"
+        history = [{"epoch": 1, "collapsed": False}, {"epoch": 2, "collapsed": pair > 2}]
+        score = {10.0: 0.5, 3.0: 0.7, 1.0: 0.6, 0.3: 0.55}[pair]
+        return {"stage2": {"collapsed": False, "dev_score": score, "history": history}}
+
+    monkeypatch.setattr(MCMFH, "fit", fake_fit)
+    fs = _conflicting_features(n=200)
+    m = create_method("mcmfh-supervised", 16, 0, lambda_label_pair=10.0)
+    log = m.fit(fs.splits("train"), fs.splits("dev"))
+    assert tried == [10.0, 3.0, 1.0, 0.3] and log["label_weight_scale"] == 0.3 and m.net == "net-3"
+    tried.clear()
+    calm = create_method("mcmfh-supervised", 16, 0, lambda_label_pair=1.0)
+    assert calm.fit(fs.splits("train"), fs.splits("dev"))["label_weight_scale"] == 1.0 and tried == [1.0]

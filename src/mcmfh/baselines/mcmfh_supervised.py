@@ -61,7 +61,7 @@ LABEL_WEIGHTS = (
     "lambda_label_proxy",
     "lambda_label",
 )
-# Scales of the label weights tried, in order, when the fit's chosen stage-2 epoch is collapsed (docs/model.md,
+# Scales of the label weights tried, in order, when any stage-2 epoch of the fit had collapsed codes (docs/model.md,
 # "Supervised mode": on vqa_rad's 6 coarse tags the full weights collapsed 2 of 3 seeds, x0.1 none; on MedPix with its
 # coarse label set x0.1 still collapsed 3 of 3 seeds, x0.03 none).
 LABEL_BACKOFF = (0.3, 0.1, 0.03)
@@ -74,7 +74,7 @@ class MCMFHSupervised(MCMFH):
 
     def recipe(self) -> dict[str, Any]:
         """The config and the label-weight back-off: a changed back-off changes collapsed fits, so caches refit."""
-        return {**super().recipe(), "label_backoff": list(LABEL_BACKOFF)}
+        return {**super().recipe(), "label_backoff": list(LABEL_BACKOFF), "backoff_on": "any collapsed epoch"}
 
     def fit(self, train: FeatureSet, dev: FeatureSet | None = None) -> dict[str, Any]:
         labelled = int(np.count_nonzero(train.labels.any(axis=1)))
@@ -84,13 +84,13 @@ class MCMFHSupervised(MCMFH):
                 "train the unsupervised 'mcmfh' instead, or encode with a label set that has labels"
             )
         log = super().fit(train, dev)
-        # Health first, as for epochs (mcmfh.training.selection): with a few coarse labels the label terms can leave no
-        # healthy
-        # stage-2 epoch (one bucket per label is what they reward). Then the fit is redone with the label weights
-        # scaled down, and the healthy fit with the best dev score is kept (ties: the stronger weights; none healthy:
-        # the full-weight fit, flagged collapsed in its log).
+        # Health first, as for epochs (mcmfh.training.selection): with a few coarse labels the label terms can collapse
+        # the codes (one bucket per label is what they reward) — at every stage-2 epoch, or at all but the first few,
+        # which model choice then keeps though they are barely trained. Either way the fit is redone with the label
+        # weights scaled down, and the healthy fit with the best dev score is kept (ties: the stronger weights; none
+        # healthy: the full-weight fit, flagged collapsed in its log).
         best = (_dev_evaluation(log), 1.0, log, self._fitted())
-        if not best[0].healthy:
+        if not best[0].healthy or _collapsed_on_the_way(log):
             for scale in LABEL_BACKOFF:
                 weaker = MCMFHSupervised(self.bits, self.seed, **self._scaled_options(scale))
                 weaker.callback = self.callback
@@ -109,6 +109,11 @@ class MCMFHSupervised(MCMFH):
         if self.cfg.train.checkpoint_dir:  # each retry is its own resumable run
             scaled["checkpoint_dir"] = str(Path(self.cfg.train.checkpoint_dir) / f"label-scale-{scale}")
         return {**self.options, **scaled}
+
+
+def _collapsed_on_the_way(log: dict[str, Any]) -> bool:
+    """Did any evaluated stage-2 epoch have collapsed codes (the label weights pull this set into buckets)?"""
+    return any(row.get("collapsed", False) for row in log["stage2"].get("history", []))
 
 
 def _dev_evaluation(log: dict[str, Any]) -> DevEvaluation:
