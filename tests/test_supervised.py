@@ -301,6 +301,7 @@ def test_supervised_code_length_rules_widen_the_hash_heads_and_quantise_from_32_
     assert create_method("mcmfh-supervised", 16, 0).recipe() == {
         **create_method("mcmfh", 16, 0, **ms.SUPERVISED_DEFAULTS).recipe(),
         "label_backoff": list(ms.LABEL_BACKOFF),
+        "backoff_on": "any collapsed epoch",
     }
     explicit = create_method("mcmfh-supervised", 64, 0, hash_hidden=96, lambda_quant=0.0, width=64)
     assert (explicit.cfg.model.hash_hidden, explicit.cfg.train.lambda_quant, explicit.cfg.model.width) == (96, 0.0, 64)
