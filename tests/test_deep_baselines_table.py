@@ -86,5 +86,5 @@ def test_robustness_verdict_judges_each_kind_against_its_own_baselines() -> None
     for r in table:  # a rival ahead only with collapsed codes is named as such
         if r["method"] == "dcmht-head":
             r["code_health"] = {"collapsed": True}
-    (sup,) = robustness.verdict([dict(r) for r in table], ["s"], "mcmfh-supervised", supervised=True)
+    (sup,) = robustness.verdict(table, ["s"], "mcmfh-supervised", supervised=True)
     assert "best dcmht-head, collapsed 2/2" in sup
