@@ -4,6 +4,7 @@ resume, and that it learns (beats chance clearly) on generated label-structured 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -181,6 +182,10 @@ def test_dv_mlp_masks_drawn_once() -> None:
     masks = mlp.masks.clone()
     assert mlp.frozen and masks.shape == (5, 10) and set(masks.unique().tolist()) <= {0.0, 2.0}
     assert torch.equal(mlp.masks, masks)
+    x = torch.randn(3, 6)
+    votes = mlp.vote_outputs(x)  # the T passes stage 2 draws its training views from (vote_views)
+    assert votes.shape == (5, 3, 4) and not torch.allclose(votes[0], votes[1])
+    assert torch.allclose(votes.mean(0), mlp(x), atol=1e-6)
 
 
 def test_save_load_roundtrip_gives_identical_codes(tmp_path, data, fitted) -> None:
@@ -331,6 +336,44 @@ def test_memory_bank_term_trains_and_resumes_bit_identically(data, tmp_path) -> 
     resumed = create_method("mcmfh", bits=16, seed=5, **{**opts, "checkpoint_dir": str(ckpt)})
     resumed.fit(train, dev)
     np.testing.assert_array_equal(resumed.encode_images(test.image), method.encode_images(test.image))
+
+
+def test_small_fits_train_stage_2_on_vote_views_and_resume_bit_identically(data, tmp_path) -> None:
+    """Below ``small_train_pairs`` stage 2 sees each DV token as the mean of a few of its stored votes: other codes than
+    a full-vote fit, the full vote at and above the threshold, and an interrupted fit resumes to the same codes."""
+    train, dev, test = data
+    opts = {**TINY, "epochs_stage1": 2, "epochs_stage2": 3}
+
+    def codes(**extra: Any) -> np.ndarray:
+        method = create_method("mcmfh", bits=16, seed=3, **{**opts, **extra})
+        method.fit(train, dev)
+        return method.encode_images(test.image)
+
+    small = {"small_train_pairs": len(train) + 1}
+    views = codes(**small, small_vote_views=1)
+    full_vote = codes(**small, small_vote_views=0)
+    assert not np.array_equal(views, full_vote)
+    np.testing.assert_array_equal(codes(small_train_pairs=len(train), small_vote_views=1), full_vote)
+    np.testing.assert_array_equal(codes(small_train_pairs=len(train), vote_views=1), views)  # large fits' own field
+
+    ckpt = tmp_path / "ckpt"
+    interrupted = create_method("mcmfh", bits=16, seed=3, **{**opts, **small, "checkpoint_dir": str(ckpt)})
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_stage2_epoch(stage: int, epoch: int) -> None:
+        if stage == 2 and epoch == 1:
+            raise Stop
+
+    interrupted.callback = stop_after_first_stage2_epoch
+    with pytest.raises(Stop):
+        interrupted.fit(train, dev)
+    resumed = create_method("mcmfh", bits=16, seed=3, **{**opts, **small, "checkpoint_dir": str(ckpt)})
+    resumed.fit(train, dev)
+    np.testing.assert_array_equal(resumed.encode_images(test.image), views)
+    with pytest.raises(MCMFHError, match="vote_views"):
+        create_method("mcmfh", bits=16, seed=3, small_vote_views=-1)
 
 
 def test_capacity_follows_the_training_set_size_and_survives_save_load(tmp_path, data) -> None:

@@ -86,7 +86,7 @@ class TrainConfig:
 
     # --- capacity: the widths below ("full"), capped by SMALL_WIDTHS ("small"), or picked by the training set size ---
     capacity: Capacity = "full"
-    small_train_pairs: int = 400  # "auto": fewer training pairs than this get SMALL_WIDTHS
+    small_train_pairs: int = 400  # a smaller training set is "small": SMALL_WIDTHS (capacity "auto"), small_vote_views
     # --- losses ---
     temperature: float = 0.1  # InfoNCE on fused tokens (and stage 1)
     hash_temperature: float = 1.0  # contrastive loss on tanh hash outputs (cosine of 16-128 dims: a high τ)
@@ -117,6 +117,13 @@ class TrainConfig:
     # set (a memory bank, refreshed from the model at every stage-2 epoch), off by default (docs/model.md).
     lambda_bank: float = 0.0
     bank_temperature: float = 0.3
+    # Stage 2 on "vote views": at each step every item's DV token is the mean of this many of its T stored votes,
+    # drawn anew (0 = the full vote, which inference always uses): T views of each pair where pairs are few. Below
+    # small_train_pairs it raised tie-aware mAP on every small robustness setting (MedPix 60 / 150 / 300 pairs +0.01 to
+    # +0.04) but on full MedPix it bought nothing and left coarse-label codes collapsed on 2 of 3 seeds
+    # (docs/model.md, "Small archives and collapse").
+    vote_views: int = 0  # fits on small_train_pairs pairs or more
+    small_vote_views: int = 1  # fits on fewer
     epochs_stage3: int = 12
     min_steps_stage3: int = 96
     study_batch: int = 64  # studies per batch (each with one held-out member as its image and text query)
@@ -141,6 +148,12 @@ class TrainConfig:
     def validate(self) -> None:
         if self.temperature <= 0 or self.hash_temperature <= 0 or self.bank_temperature <= 0:
             raise MCMFHError("mcmfh: temperatures must be > 0")
+        if self.vote_views < 0 or self.small_vote_views < 0:
+            raise MCMFHError("mcmfh: vote_views and small_vote_views must be >= 0 (0 = the full vote)")
+
+    def views_for(self, n_train: int) -> int:
+        """Votes per stage-2 training view for a fit on ``n_train`` pairs (0 = the full vote)."""
+        return self.small_vote_views if n_train < self.small_train_pairs else self.vote_views
 
 
 PARTS = {"model": ModelConfig, "train": TrainConfig}

@@ -47,3 +47,8 @@ class DropoutVotingMLP(nn.Module):
             h_t_n_h = torch.einsum("nh,th->tnh", h_n_h, self.masks)
             return self.fc2(h_t_n_h).mean(dim=0)
         return self.fc2(F.dropout(h_n_h, self.p, self.training))
+
+    def vote_outputs(self, x_n_din: torch.Tensor) -> torch.Tensor:
+        """(T, N, d_out): each stored mask's pass alone (their mean is ``forward``); frozen modules only."""
+        h_n_h = F.gelu(self.fc1(x_n_din))
+        return self.fc2(torch.einsum("nh,th->tnh", h_n_h, self.masks))
