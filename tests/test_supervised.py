@@ -371,3 +371,11 @@ def test_a_fit_whose_codes_collapsed_after_its_chosen_epoch_also_backs_off(monke
     tried.clear()
     calm = create_method("mcmfh-supervised", 16, 0, lambda_label_pair=1.0)
     assert calm.fit(fs.splits("train"), fs.splits("dev"))["label_weight_scale"] == 1.0 and tried == [1.0]
+
+
+def test_supervised_mode_trains_stage_2_on_the_full_vote_at_every_size() -> None:
+    """MCMFH trains small fits on vote views; the supervised mode measured no gain from them and keeps the full vote."""
+    plain = create_method("mcmfh", bits=16, seed=0).requested.train
+    supervised = create_method("mcmfh-supervised", bits=16, seed=0).requested.train
+    assert plain.views_for(plain.small_train_pairs - 1) == 1 and plain.views_for(plain.small_train_pairs) == 0
+    assert supervised.views_for(60) == 0 and supervised.views_for(10_000) == 0
