@@ -118,9 +118,9 @@ class TrainConfig:
     lambda_bank: float = 0.0
     bank_temperature: float = 0.3
     # Stage 2 on "vote views": at each step every item's DV token is the mean of this many of its T stored votes,
-    # drawn anew (0 = the full vote, which inference always uses): T views of each pair where pairs are few. Below
-    # small_train_pairs it raised tie-aware mAP on every small robustness setting (MedPix 60 / 150 / 300 pairs +0.01 to
-    # +0.04) but on full MedPix it bought nothing and left coarse-label codes collapsed on 2 of 3 seeds
+    # drawn anew, over its input with input dropout (0 = the full vote, which inference always uses): T views of a
+    # pair where pairs are few. Below small_train_pairs it raised tie-aware mAP on MedPix 60 / 150 / 300 pairs,
+    # vqa_rad and the grouped stress set; on full MedPix it bought nothing and left coarse-label codes collapsed
     # (docs/model.md, "Small archives and collapse").
     vote_views: int = 0  # fits on small_train_pairs pairs or more
     small_vote_views: int = 1  # fits on fewer

@@ -48,7 +48,8 @@ class DropoutVotingMLP(nn.Module):
             return self.fc2(h_t_n_h).mean(dim=0)
         return self.fc2(F.dropout(h_n_h, self.p, self.training))
 
-    def vote_outputs(self, x_n_din: torch.Tensor) -> torch.Tensor:
-        """(T, N, d_out): each stored mask's pass alone (their mean is ``forward``); frozen modules only."""
+    def vote_view(self, x_n_din: torch.Tensor, pick_n_k: torch.Tensor) -> torch.Tensor:
+        """(N, d_out): per item, the mean of the stored votes it picks (indices into the T masks); all T picks give
+        ``forward``. The training views of stage 2 on small training sets (``TrainConfig.views_for``)."""
         h_n_h = F.gelu(self.fc1(x_n_din))
-        return self.fc2(torch.einsum("nh,th->tnh", h_n_h, self.masks))
+        return self.fc2(h_n_h * self.masks[pick_n_k].mean(dim=1))

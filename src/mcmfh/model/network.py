@@ -71,6 +71,18 @@ class MCMFHNet(nn.Module):
         out_txt = self.dv_txt(F.dropout(self.pre_txt(text), p, self.training)) if text is not None else None
         return out_img, out_txt
 
+    def vote_views(
+        self, image: torch.Tensor, text: torch.Tensor, k: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training views of the frozen DV tokens: per item the mean of ``k`` of its T stored votes, drawn anew, over
+        its input with input dropout (as stage 1 saw it). Inference always uses the full vote (``dv_tokens``)."""
+        p = self.cfg.input_dropout
+        views = []
+        for pre, dv, x in ((self.pre_img, self.dv_img, image), (self.pre_txt, self.dv_txt, text)):
+            pick_n_k = torch.rand(x.shape[0], dv.masks.shape[0], generator=generator).argsort(dim=1)[:, :k]
+            views.append(dv.vote_view(F.dropout(pre(x), p, training=True), pick_n_k))
+        return views[0], views[1]
+
     def single_tokens(self, dv_n_d: torch.Tensor, modality: int) -> tuple[torch.Tensor, list]:
         return self.fusion.encode_single(dv_n_d, modality)
 

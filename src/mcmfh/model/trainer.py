@@ -8,9 +8,9 @@ Stage 2: fusion transformer + hashing heads (+ the DV-MLPs in the no-dv ablation
             inference uses. L_pair: each of them against the fused *pair* token (mean of the two output tokens of
             the [image, text] pass, with modality dropout): the fused pair teaches the single-modality paths.
   L_hash:   contrastive loss on the tanh outputs of the hashing heads.   L_gate: the hybrid gating loss.
-  On a small training set (``TrainConfig.views_for``) each step sees an item's DV token as the mean of a few of its
-  T stored votes, drawn anew: the votes are T views of a pair where pairs are few. Dev choice and inference use the
-  full vote.
+  On a small training set (``TrainConfig.views_for``) each step sees an item's DV token as one of its T stored votes
+  (or the mean of a few), drawn anew, over its input with input dropout: T views of a pair where pairs are few. Dev
+  choice and inference use the full vote.
 Stage 3 (only when the training split groups items into studies, ``study_head`` on): the study encoder
   (``mcmfh.model.study``) with everything else frozen, so image and text codes are exactly those of a fit without
   studies; its loss and dev score are ``mcmfh.model.study_stage``'s.
@@ -92,7 +92,7 @@ class Trainer:
         self.run_key = run_key
         self.tokens_cached = False
         self.cached: Split | None = None  # stage 2: the train set's frozen DV-MLP outputs
-        self.votes: tuple[torch.Tensor, torch.Tensor] | None = None  # vote_views: (T, N, d) per-vote outputs
+        self.views = 0  # stage 2: votes per training view of a DV token (TrainConfig.views_for), 0 = the full vote
         # lambda_bank: the training set's ±1 codes per modality (refreshed each stage-2 epoch) and the batch's rows
         self.bank: tuple[torch.Tensor, torch.Tensor] | None = None
         self.batch_index: torch.Tensor | None = None
@@ -130,8 +130,9 @@ class Trainer:
         # With the DV-MLP frozen its (deterministic) vote outputs are computed once per stage: ``img``/``txt`` are
         # then already DV tokens. Input dropout therefore acts in stage 1 (and throughout for the no-dv ablation).
         ti, tt = (img, txt) if self.tokens_cached else net.dv_tokens(img, txt)
-        if self.votes is not None and net.training:
-            ti, tt = (self._vote_view(v[:, idx]) for v in self.votes)
+        if self.views and net.training:
+            with torch.no_grad():
+                ti, tt = net.vote_views(self.train.image[idx], self.train.text[idx], self.views, self.gen)
         u, aux_u = net.fusion.encode_single(ti, IMAGE)
         v, aux_v = net.fusion.encode_single(tt, TEXT)
         aux = aux_u + aux_v
@@ -189,13 +190,6 @@ class Trainer:
             weights["label_proxy"] = cfg.train.lambda_label_proxy
         terms["total"] = sum(weights[k] * terms[k] for k in weights)
         return terms
-
-    def _vote_view(self, votes_t_n_d: torch.Tensor) -> torch.Tensor:
-        """Per item, the mean of k of its T votes (``TrainConfig.views_for``), drawn without replacement."""
-        t, n = votes_t_n_d.shape[:2]
-        k = min(self.cfg.train.views_for(len(self.train)), t)
-        pick_n_t = torch.rand(n, t, generator=self.gen).argsort(dim=1)[:, :k]
-        return votes_t_n_d[pick_n_t.T, torch.arange(n)].mean(dim=0)
 
     def stage3_loss(self, data: StudyStage, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         return data.loss(idx, self.gen)
@@ -351,21 +345,14 @@ class Trainer:
             with torch.no_grad():
                 net.eval()
                 tok_img, tok_txt = net.dv_tokens(self.train.image, self.train.text)
-                if cfg.train.views_for(len(self.train)) > 0:
-                    self.votes = tuple(  # type: ignore[assignment]
-                        dv.vote_outputs(pre(x))
-                        for dv, pre, x in (
-                            (net.dv_img, net.pre_img, self.train.image),
-                            (net.dv_txt, net.pre_txt, self.train.text),
-                        )
-                    )
             data2, self.tokens_cached = Split(tok_img, tok_txt, self.train.labels), True
+            self.views = cfg.train.views_for(len(self.train))
             self.cached = data2
         if saved is not None and saved[0]["stage"] == "3":
             log["stage2"] = json.loads(saved[0]["stage2_log"])  # stage 2 finished before the interruption
         else:
             log["stage2"] = self.run_stage(2, stage2, cfg.train.epochs_stage2, resume2, data2)
-        self.tokens_cached, self.votes = False, None
+        self.tokens_cached, self.views = False, 0
         self.stage2_log = log["stage2"]
         if net.study is not None and self.train.study is not None:
             log["stage3"] = self._run_studies(saved if saved is not None and saved[0]["stage"] == "3" else None)
