@@ -31,9 +31,10 @@ SUPERVISED_DEFAULTS: dict[str, Any] = {
     "lambda_label_contrast": 1.0,
     "lambda_label_pair": 10.0,
     "epochs_stage2": 40,
-    # MCMFH's vote views on small training sets (TrainConfig.small_vote_views), 3 seeds: level at 60 / 150 MedPix
-    # pairs, stress panels mAP +0.03 / +0.01 but paired R@10 image->text 0.405 against 0.470, vqa_rad 0.982 / 0.978
-    # against 0.992 / 0.979: the full vote is kept (docs/model.md, "Supervised mode").
+    # MCMFH's vote views on small training sets (TrainConfig.small_vote_views; one stored vote over input dropout),
+    # 3 seeds: stress panels 0.769 / 0.604 against 0.710 / 0.593, but 60 MedPix pairs paired R@10 0.168 / 0.105
+    # against 0.175 / 0.151 and vqa_rad 0.977 / 0.957 against 0.992 / 0.979 (one seed kept its first stage-2 epoch):
+    # the full vote is kept (docs/model.md, "Supervised mode").
     "small_vote_views": 0,
 }
 

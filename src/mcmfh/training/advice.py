@@ -1,8 +1,8 @@
 """What ``mcmfh train`` tells a user whose archive is smaller than the MCMFH recipe was measured to lead on.
 
-The threshold is measured, not guessed (benchmarks/results/robustness_16bit_issue29.md, 16 bits, 3 seeds): on
-MedPix trained on about 60 pairs UCCH leads MCMFH in label mAP (0.300 / 0.291 against 0.260 / 0.250) and paired R@10
-(0.282 / 0.190 against 0.175 / 0.137); on about 150 pairs (MedPix) and 130 pairs (``vqa_rad``) MCMFH is level or
+The threshold is measured, not guessed (benchmarks/results/robustness_16bit_issue29.md, 16 bits, 3 seeds, 2026-12-07):
+on MedPix trained on about 60 pairs UCCH leads MCMFH image->text in label mAP (0.300 against 0.284) and paired R@10
+(0.282 against 0.228; text->image level); on about 150 pairs (MedPix) and 130 pairs (``vqa_rad``) MCMFH is level or
 ahead in label mAP. Nothing between 60 and 130 pairs was measured, so the line is drawn at 100.
 """
 
