@@ -128,7 +128,8 @@ class Trainer:
         cfg, net = self.cfg, self.net
         img, txt, labels = data.image[idx], data.text[idx], data.labels[idx.numpy()]
         # With the DV-MLP frozen its (deterministic) vote outputs are computed once per stage: ``img``/``txt`` are
-        # then already DV tokens. Input dropout therefore acts in stage 1 (and throughout for the no-dv ablation).
+        # then already DV tokens. Input dropout therefore acts in stage 1, in the vote views of a small training set,
+        # and throughout for the no-dv ablation.
         ti, tt = (img, txt) if self.tokens_cached else net.dv_tokens(img, txt)
         if self.views and net.training:
             with torch.no_grad():

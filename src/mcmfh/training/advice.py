@@ -18,6 +18,6 @@ def training_size_note(method: str, n_train: int) -> str | None:
     """One line for ``mcmfh train`` when ``method`` was fitted on fewer pairs than it was measured to lead on."""
     if method not in MCMFH_FAMILY or n_train >= SMALL_ARCHIVE_PAIRS:
         return None
-    return (f"note: {n_train} training pairs: below {SMALL_ARCHIVE_PAIRS} pairs UCCH (and CCA-ITQ in paired recall) "
-            f"measured ahead of MCMFH; compare them with `mcmfh experiment` (methods mcmfh, ucch, cca-itq) before "
-            f"you index (docs/model.md, 'Small archives and collapse')")  # fmt: skip
+    return (f"note: {n_train} training pairs: below {SMALL_ARCHIVE_PAIRS} pairs UCCH measured ahead of MCMFH "
+            f"image->text (CCA-ITQ level in paired recall); compare them with `mcmfh experiment` (methods mcmfh, ucch, "
+            f"cca-itq) before you index (docs/model.md, 'Small archives and collapse')")  # fmt: skip
