@@ -90,7 +90,7 @@ def test_train_encode_and_index_build_report_progress_and_quiet_silences_them(tm
     for stage, epochs in ((1, 2), (2, 3)):
         assert re.search(rf"^train stage {stage}: {epochs}/{epochs} epoch \(100%\) \| dev [\d.]+ \|", err, re.M)
     assert re.search(r"^train stage 1: 1/2 epoch \(50%\) \| dev [\d.]+ \| best 1 \| \d+s, ETA \d+s$", err, re.M)
-    small = r"^note: \d+ training pairs: below 100 pairs UCCH \(and CCA-ITQ in paired recall\) measured ahead"
+    small = r"^note: \d+ training pairs: below 100 pairs UCCH measured ahead of MCMFH image->text"
     assert re.search(small, err, re.M), err
     err = _cli(capsys, "index", "build", str(run), "--features", str(feats), "--out", str(idx))
     assert re.search(r"^index build: (\d+)/\1 sub-index \(100%\)", err, re.M), err

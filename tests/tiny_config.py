@@ -2,7 +2,9 @@
 
 Small widths, one torch thread (tests run beside other work on 2 cores), and the step floors off: the default
 floors (TrainConfig.min_steps_stage*) lengthen a short fit to hundreds of steps, so "2 epochs" would train far
-longer than it says. A test that needs a model that learns sets its own floors or epochs, in the open."""
+longer than it says. Stage 2 on the full vote: the vote views of small training sets need the steps those floors
+give (tests/test_model_mcmfh.py tests them with their floor). A test that needs a model that learns sets its own
+floors or epochs, in the open."""
 
 from __future__ import annotations
 
@@ -11,5 +13,5 @@ from typing import Any
 TINY_MCMFH: dict[str, Any] = {
     "width": 32, "dv_hidden": 32, "ffn_hidden": 32, "hash_hidden": 32,
     "epochs_stage1": 2, "epochs_stage2": 2, "epochs_stage3": 2, "batch_size": 48, "study_batch": 8,
-    "min_steps_stage1": 0, "min_steps_stage2": 0, "min_steps_stage3": 0, "num_threads": 1,
+    "min_steps_stage1": 0, "min_steps_stage2": 0, "min_steps_stage3": 0, "num_threads": 1, "small_vote_views": 0,
 }  # fmt: skip
