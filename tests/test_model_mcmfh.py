@@ -36,6 +36,26 @@ def fitted(data):
     return method, log
 
 
+def resumed_after_first_stage2_epoch(options: dict[str, Any], seed: int, ckpt, train, dev):
+    """A fit interrupted after its first stage-2 epoch, then a new fit with the same options resuming from it."""
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_stage2_epoch(stage: int, epoch: int) -> None:
+        if stage == 2 and epoch == 1:
+            raise Stop
+
+    opts = {**options, "checkpoint_dir": str(ckpt)}
+    interrupted = create_method("mcmfh", bits=16, seed=seed, **opts)
+    interrupted.callback = stop_after_first_stage2_epoch
+    with pytest.raises(Stop):
+        interrupted.fit(train, dev)
+    resumed = create_method("mcmfh", bits=16, seed=seed, **opts)
+    resumed.fit(train, dev)
+    return resumed
+
+
 def test_methods_registered() -> None:
     assert {"mcmfh", "mcmfh-no-moe", "mcmfh-no-dv", "mcmfh-no-gateloss"} <= set(available_methods())
 
@@ -325,21 +345,7 @@ def test_memory_bank_term_trains_and_resumes_bit_identically(data, tmp_path) -> 
     plain.fit(train, dev)
     assert not np.array_equal(method.encode_images(test.image), plain.encode_images(test.image))
 
-    ckpt = tmp_path / "ckpt"
-    interrupted = create_method("mcmfh", bits=16, seed=5, **{**opts, "checkpoint_dir": str(ckpt)})
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_first_stage2_epoch(stage: int, epoch: int) -> None:
-        if stage == 2 and epoch == 1:
-            raise Stop
-
-    interrupted.callback = stop_after_first_stage2_epoch
-    with pytest.raises(Stop):
-        interrupted.fit(train, dev)
-    resumed = create_method("mcmfh", bits=16, seed=5, **{**opts, "checkpoint_dir": str(ckpt)})
-    resumed.fit(train, dev)
+    resumed = resumed_after_first_stage2_epoch(opts, 5, tmp_path / "ckpt", train, dev)
     np.testing.assert_array_equal(resumed.encode_images(test.image), method.encode_images(test.image))
 
 
@@ -361,21 +367,7 @@ def test_small_fits_train_stage_2_on_vote_views_and_resume_bit_identically(data,
     np.testing.assert_array_equal(codes(small_train_pairs=len(train), small_vote_views=1), full_vote)
     np.testing.assert_array_equal(codes(small_train_pairs=len(train), vote_views=1), views)  # large fits' own field
 
-    ckpt = tmp_path / "ckpt"
-    interrupted = create_method("mcmfh", bits=16, seed=3, **{**opts, **small, "checkpoint_dir": str(ckpt)})
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_first_stage2_epoch(stage: int, epoch: int) -> None:
-        if stage == 2 and epoch == 1:
-            raise Stop
-
-    interrupted.callback = stop_after_first_stage2_epoch
-    with pytest.raises(Stop):
-        interrupted.fit(train, dev)
-    resumed = create_method("mcmfh", bits=16, seed=3, **{**opts, **small, "checkpoint_dir": str(ckpt)})
-    resumed.fit(train, dev)
+    resumed = resumed_after_first_stage2_epoch({**opts, **small}, 3, tmp_path / "ckpt", train, dev)
     np.testing.assert_array_equal(resumed.encode_images(test.image), views)
     with pytest.raises(MCMFHError, match="vote_views"):
         create_method("mcmfh", bits=16, seed=3, small_vote_views=-1)

@@ -92,7 +92,6 @@ class Trainer:
         self.run_key = run_key
         self.tokens_cached = False
         self.cached: Split | None = None  # stage 2: the train set's frozen DV-MLP outputs
-        self.views = 0  # stage 2: votes per training view of a DV token (TrainConfig.views_for), 0 = the full vote
         # lambda_bank: the training set's ±1 codes per modality (refreshed each stage-2 epoch) and the batch's rows
         self.bank: tuple[torch.Tensor, torch.Tensor] | None = None
         self.batch_index: torch.Tensor | None = None
@@ -130,10 +129,12 @@ class Trainer:
         # With the DV-MLP frozen its (deterministic) vote outputs are computed once per stage: ``img``/``txt`` are
         # then already DV tokens. Input dropout therefore acts in stage 1, in the vote views of a small training set,
         # and throughout for the no-dv ablation.
-        ti, tt = (img, txt) if self.tokens_cached else net.dv_tokens(img, txt)
-        if self.views and net.training:
+        views = cfg.train.views_for(len(self.train)) if self.tokens_cached and net.training else 0
+        if views:
             with torch.no_grad():
-                ti, tt = net.vote_views(self.train.image[idx], self.train.text[idx], self.views, self.gen)
+                ti, tt = net.vote_views(self.train.image[idx], self.train.text[idx], views, self.gen)
+        else:
+            ti, tt = (img, txt) if self.tokens_cached else net.dv_tokens(img, txt)
         u, aux_u = net.fusion.encode_single(ti, IMAGE)
         v, aux_v = net.fusion.encode_single(tt, TEXT)
         aux = aux_u + aux_v
@@ -347,13 +348,12 @@ class Trainer:
                 net.eval()
                 tok_img, tok_txt = net.dv_tokens(self.train.image, self.train.text)
             data2, self.tokens_cached = Split(tok_img, tok_txt, self.train.labels), True
-            self.views = cfg.train.views_for(len(self.train))
             self.cached = data2
         if saved is not None and saved[0]["stage"] == "3":
             log["stage2"] = json.loads(saved[0]["stage2_log"])  # stage 2 finished before the interruption
         else:
             log["stage2"] = self.run_stage(2, stage2, cfg.train.epochs_stage2, resume2, data2)
-        self.tokens_cached, self.views = False, 0
+        self.tokens_cached = False
         self.stage2_log = log["stage2"]
         if net.study is not None and self.train.study is not None:
             log["stage3"] = self._run_studies(saved if saved is not None and saved[0]["stage"] == "3" else None)
