@@ -350,7 +350,7 @@ def test_memory_bank_term_trains_and_resumes_bit_identically(data, tmp_path) -> 
 
 
 def test_small_fits_train_stage_2_on_vote_views_and_resume_bit_identically(data, tmp_path) -> None:
-    """Below ``small_train_pairs`` stage 2 sees each DV token as the mean of a few of its stored votes: other codes than
+    """Below ``view_train_pairs`` stage 2 sees each DV token as the mean of a few of its stored votes: other codes than
     a full-vote fit, the full vote at and above the threshold, and an interrupted fit resumes to the same codes."""
     train, dev, test = data
     opts = {**TINY, "epochs_stage1": 2, "epochs_stage2": 3}
@@ -360,17 +360,23 @@ def test_small_fits_train_stage_2_on_vote_views_and_resume_bit_identically(data,
         method.fit(train, dev)
         return method.encode_images(test.image)
 
-    small = {"small_train_pairs": len(train) + 1, "small_vote_views": 1}
+    small = {"view_train_pairs": len(train) + 1, "small_vote_views": 1}
     views = codes(**small)
     full_vote = codes(**{**small, "small_vote_views": 0})
     assert not np.array_equal(views, full_vote)
-    np.testing.assert_array_equal(codes(small_train_pairs=len(train), small_vote_views=1), full_vote)
-    np.testing.assert_array_equal(codes(small_train_pairs=len(train), vote_views=1), views)  # large fits' own field
+    np.testing.assert_array_equal(codes(view_train_pairs=len(train), small_vote_views=1), full_vote)
+    np.testing.assert_array_equal(codes(view_train_pairs=len(train), vote_views=1), views)  # large fits' own field
+    # the capacity threshold is its own: a "small" fit for capacity is not thereby a fit on views
+    np.testing.assert_array_equal(
+        codes(**{**small, "view_train_pairs": len(train), "small_train_pairs": len(train) + 1}), full_vote
+    )
 
     resumed = resumed_after_first_stage2_epoch({**opts, **small}, 3, tmp_path / "ckpt", train, dev)
     np.testing.assert_array_equal(resumed.encode_images(test.image), views)
     with pytest.raises(MCMFHError, match="vote_views"):
         create_method("mcmfh", bits=16, seed=3, small_vote_views=-1)
+    with pytest.raises(MCMFHError, match="view_train_pairs"):
+        create_method("mcmfh", bits=16, seed=3, view_train_pairs=-5)
     # A fit on views learns: the step floor gives it the steps its noisier batches need.
     learner = create_method("mcmfh", bits=32, seed=0, **{**opts, **small, "min_steps_stage2": 96})
     learner.fit(train, dev)

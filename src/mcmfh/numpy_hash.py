@@ -42,8 +42,8 @@ UNREAD_FIELDS = frozenset({
     "balance_weight", "z_weight", "lambda_pair", "lambda_decorrelation", "lambda_quant", "lambda_bit_balance",
     "lambda_label", "label_soft", "lambda_label_stage1", "lambda_label_contrast", "label_instance_share",
     "lambda_label_pair", "label_intra", "label_margin", "label_pos_margin", "lambda_label_proxy", "label_delta",
-    "lambda_bank", "bank_temperature", "vote_views", "small_vote_views", "epochs_stage3", "min_steps_stage3",
-    "study_batch",
+    "lambda_bank", "bank_temperature", "vote_views", "small_vote_views", "view_train_pairs", "epochs_stage3",
+    "min_steps_stage3", "study_batch",
     "lambda_study_token", "lr", "weight_decay", "epochs_stage1", "epochs_stage2", "min_steps_stage1",
     "min_steps_stage2", "batch_size", "select_on", "eval_every",
 })  # fmt: skip

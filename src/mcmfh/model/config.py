@@ -86,7 +86,7 @@ class TrainConfig:
 
     # --- capacity: the widths below ("full"), capped by SMALL_WIDTHS ("small"), or picked by the training set size ---
     capacity: Capacity = "full"
-    small_train_pairs: int = 400  # a smaller training set is "small": SMALL_WIDTHS (capacity "auto"), small_vote_views
+    small_train_pairs: int = 400  # a smaller training set is "small": SMALL_WIDTHS (capacity "auto")
     # --- losses ---
     temperature: float = 0.1  # InfoNCE on fused tokens (and stage 1)
     hash_temperature: float = 1.0  # contrastive loss on tanh hash outputs (cosine of 16-128 dims: a high τ)
@@ -119,10 +119,11 @@ class TrainConfig:
     bank_temperature: float = 0.3
     # Stage 2 on "vote views": at each step every item's DV token is the mean of this many of its T stored votes,
     # drawn anew, over its input with input dropout (0 = the full vote, which inference always uses): T views of a
-    # pair where pairs are few. Below small_train_pairs it raised tie-aware mAP on MedPix 60 / 150 / 300 pairs,
-    # vqa_rad and the grouped stress set; on full MedPix it bought nothing and left coarse-label codes collapsed
-    # (docs/model.md, "Small archives and collapse").
-    vote_views: int = 0  # fits on small_train_pairs pairs or more
+    # pair where pairs are few. Below view_train_pairs it raised tie-aware mAP on MedPix cuts of 60 to 1,000 pairs,
+    # vqa_rad and the grouped stress set; on full MedPix (1,653 pairs) it bought nothing and left coarse-label codes
+    # collapsed (docs/model.md, "Small archives and collapse", where the threshold is measured).
+    view_train_pairs: int = 1000
+    vote_views: int = 0  # fits on view_train_pairs pairs or more
     small_vote_views: int = 1  # fits on fewer
     epochs_stage3: int = 12
     min_steps_stage3: int = 96
@@ -150,10 +151,12 @@ class TrainConfig:
             raise MCMFHError("mcmfh: temperatures must be > 0")
         if self.vote_views < 0 or self.small_vote_views < 0:
             raise MCMFHError("mcmfh: vote_views and small_vote_views must be >= 0 (0 = the full vote)")
+        if self.view_train_pairs < 0 or self.small_train_pairs < 0:
+            raise MCMFHError("mcmfh: view_train_pairs and small_train_pairs must be >= 0 (training pairs)")
 
     def views_for(self, n_train: int) -> int:
         """Votes per stage-2 training view for a fit on ``n_train`` pairs (0 = the full vote)."""
-        return self.small_vote_views if n_train < self.small_train_pairs else self.vote_views
+        return self.small_vote_views if n_train < self.view_train_pairs else self.vote_views
 
 
 PARTS = {"model": ModelConfig, "train": TrainConfig}
