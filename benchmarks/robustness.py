@@ -55,7 +55,7 @@ from mcmfh.evaluation.report import mean_std, row_flags
 from mcmfh.factory import create_method
 from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_write_json, atomic_write_text
-from mcmfh.manifest import fingerprint
+from mcmfh.manifest import fingerprint, source_digest
 from mcmfh.training.runs import fit_method
 
 METHODS = ("mcmfh", "cca-itq", "ucmfh")
@@ -274,12 +274,33 @@ def run_row(fs: FeatureSet, setting: str, method: str, bits: int, seed: int, opt
     s = summary(evaluate_method(m, fs))
     row = {k: v for k, v in s.items() if k not in ("i2t", "t2i")}
     row.update(setting=setting, options=options, train_seconds=float(log["train_seconds"]), n_train=log["n_train"])
+    row["code_digest"] = source_digest()  # which code fitted it: a cached row outlives edits that keep the recipe
     if log.get("chosen_epoch") is not None:  # the deep baselines' dev-chosen epoch
         row["chosen_epoch"] = log["chosen_epoch"]
     for stage in ("stage1", "stage2"):
         if isinstance(log.get(stage), dict):
             row[f"{stage}_chosen_epoch"] = log[stage].get("chosen_epoch")
     return row
+
+
+def cached_row(path: Path, refit_stale: bool) -> tuple[dict | None, bool]:
+    """A cached row and whether other code fitted it. The cache key is the method's recipe (its options), not its
+    code: a training-code edit that keeps the options leaves the key, and the row, as they were. A stale row is used
+    and reported, or (``refit_stale``) refitted; a row from before digests were recorded counts as stale."""
+    if not path.is_file():
+        return None, False
+    row = json.loads(path.read_text(encoding="utf-8"))
+    stale = row.get("code_digest") != source_digest()
+    return (None if stale and refit_stale else row), stale
+
+
+def stale_note(stale: list[str]) -> str:
+    """One line naming the cached rows that other code fitted (empty when there are none)."""
+    if not stale:
+        return ""
+    shown = ", ".join(stale[:6]) + (f" and {len(stale) - 6} more" if len(stale) > 6 else "")
+    return (f"note: {len(stale)} cached row(s) were fitted by other code than this checkout's, or before rows recorded "
+            f"it ({shown}); they are shown as they were; --refit-stale refits them")  # fmt: skip
 
 
 def _cell(rs: list[dict], key: str) -> str:
@@ -357,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--bits", type=int, default=16)
     ap.add_argument("--options", default="{}", help="JSON {method: {option: value}}, e.g. to measure a change")
+    ap.add_argument("--refit-stale", action="store_true", help="refit cached rows that other code fitted")
     args = ap.parse_args(argv)
     settings, methods = args.settings.split(","), expand_methods(args.methods)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -366,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"--settings: unknown {bad}; known: {list(SETTINGS)}")
     features = FeatureSet.load(args.features)
     rows: list[dict] = []
+    stale: list[str] = []
     for setting in settings:
         fs = None
         for method in methods:
@@ -381,8 +404,10 @@ def main(argv: list[str] | None = None) -> int:
                     create_method(method, args.bits, seed, **options).recipe(),
                 )
                 path = args.out / "rows" / f"{setting}-{method}-{seed}-{key[:10]}.json"
-                if path.is_file():
-                    rows.append(json.loads(path.read_text(encoding="utf-8")))
+                row, old_code = cached_row(path, args.refit_stale)
+                if row is not None:
+                    rows.append(row)
+                    stale += [f"{setting}/{method}/{seed}"] * old_code
                     continue
                 if fs is None:
                     fs = build_setting(setting, features, args.data_root, args.out, args.vqa_rad)
@@ -396,10 +421,13 @@ def main(argv: list[str] | None = None) -> int:
     lines = verdict(rows, settings)
     if "mcmfh-supervised" in methods:  # its own verdict, against the supervised baselines
         lines += ["", *verdict(rows, settings, "mcmfh-supervised", supervised=True)]
-    md = "\n".join([markdown(rows, settings, methods), "", *lines])
+    note = stale_note(stale)
+    md = "\n".join([markdown(rows, settings, methods), "", *lines, *(["", note] if note else [])])
     atomic_write_json(args.out / "robustness.json", {"rows": rows, "bits": args.bits, "seeds": seeds})
     atomic_write_text(args.out / "robustness.md", md + "\n")
     print(md)
+    if note:
+        print(note, file=sys.stderr)
     return 0
 
 

@@ -88,3 +88,29 @@ def test_robustness_verdict_judges_each_kind_against_its_own_baselines() -> None
             r["code_health"] = {"collapsed": True}
     (sup,) = robustness.verdict(table, ["s"], "mcmfh-supervised", supervised=True)
     assert "best dcmht-head, collapsed 2/2" in sup
+
+
+def test_robustness_rows_say_which_code_fitted_them_and_stale_ones_are_named_or_refitted(tmp_path) -> None:
+    """The row cache is keyed by the recipe, not the code: a row another code version fitted is reported (or refitted
+    with --refit-stale), never silently mixed with fresh ones."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import robustness
+    finally:
+        sys.path.pop(0)
+    from mcmfh.manifest import source_digest
+
+    digest = source_digest()
+    assert len(digest) == 16 and digest == source_digest()
+    fresh, old, undated = tmp_path / "fresh.json", tmp_path / "old.json", tmp_path / "undated.json"
+    fresh.write_text(json.dumps({"method": "mcmfh", "code_digest": digest}))
+    old.write_text(json.dumps({"method": "mcmfh", "code_digest": "0" * 16}))
+    undated.write_text(json.dumps({"method": "cca-itq"}))
+    assert robustness.cached_row(fresh, refit_stale=True) == ({"method": "mcmfh", "code_digest": digest}, False)
+    assert robustness.cached_row(old, refit_stale=False) == ({"method": "mcmfh", "code_digest": "0" * 16}, True)
+    assert robustness.cached_row(old, refit_stale=True) == (None, True)
+    assert robustness.cached_row(undated, refit_stale=False)[1] is True
+    assert robustness.cached_row(tmp_path / "missing.json", refit_stale=False) == (None, False)
+    assert robustness.stale_note([]) == ""
+    note = robustness.stale_note([f"s/mcmfh/{i}" for i in range(8)])
+    assert note.startswith("note: 8 cached row(s)") and "s/mcmfh/5 and 2 more" in note and "--refit-stale" in note

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -53,5 +54,20 @@ def fingerprint(*parts: Any) -> str:
     h = hashlib.sha256()
     for p in parts:
         h.update(json.dumps(p, sort_keys=True, default=str).encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def source_digest() -> str:
+    """A short hash of this package's Python source (relative paths and bytes of every module). The version string
+    stays the same across commits; two results with one digest were computed by the same code, so a cache of results
+    (``benchmarks/robustness.py``'s rows) can tell which ones an edit of the training code has made stale."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode("utf-8"))
+        h.update(b"\0")
+        h.update(path.read_bytes())
         h.update(b"\0")
     return h.hexdigest()[:16]
