@@ -34,8 +34,10 @@ Every row is the protocol of ``mcmfh experiment``: queries = test, database = tr
 on dev (``mcmfh.training.selection``). Each row shows tie-aware label mAP, the instance-level paired R@10
 (``mcmfh.evaluation.paired``:
 does an image find its own report in the test split?), code health and the flags. Rows are cached in ``DIR/rows``
-(keyed by setting, method, seed, options), so a rerun only fits new rows. Writes ``DIR/robustness.json`` and
-``DIR/robustness.md`` and prints the table.
+(keyed by setting, method, seed, options), so a rerun only fits new rows; each row records the digest of the package
+source that fitted it (``mcmfh.manifest.source_digest``), and a rerun names the cached rows that other code fitted
+(an edit of the training code keeps their key) in a note under the table; ``--refit-stale`` refits them. Writes
+``DIR/robustness.json`` and ``DIR/robustness.md`` and prints the table.
 """
 
 from __future__ import annotations

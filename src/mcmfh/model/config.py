@@ -119,10 +119,11 @@ class TrainConfig:
     bank_temperature: float = 0.3
     # Stage 2 on "vote views": at each step every item's DV token is the mean of this many of its T stored votes,
     # drawn anew, over its input with input dropout (0 = the full vote, which inference always uses): T views of a
-    # pair where pairs are few. Below view_train_pairs it raised tie-aware mAP on MedPix cuts of 60 to 1,000 pairs,
-    # vqa_rad and the grouped stress set; on full MedPix (1,653 pairs) it bought nothing and left coarse-label codes
-    # collapsed (docs/model.md, "Small archives and collapse", where the threshold is measured).
-    view_train_pairs: int = 1000
+    # pair where pairs are few. Below 400 pairs it raised tie-aware mAP and held paired recall on MedPix 60 / 150 /
+    # 300 pairs, vqa_rad and both stress sets. From 400 to 1,150 pairs it still raised label mAP but left fewer
+    # distinct codes, and paired recall fell where one tag dominates (746 pairs, one tag on 70%: text->image R@10
+    # 0.525 -> 0.443, behind CCA-ITQ); on full MedPix it bought nothing (docs/model.md, "Where the views stop").
+    view_train_pairs: int = 400
     vote_views: int = 0  # fits on view_train_pairs pairs or more
     small_vote_views: int = 1  # fits on fewer
     epochs_stage3: int = 12
