@@ -409,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
                 row, old_code = cached_row(path, args.refit_stale)
                 if row is not None:
                     rows.append(row)
-                    stale += [f"{setting}/{method}/{seed}"] * old_code
+                    if old_code:
+                        stale.append(f"{setting}/{method}/{seed}")
                     continue
                 if fs is None:
                     fs = build_setting(setting, features, args.data_root, args.out, args.vqa_rad)
