@@ -58,12 +58,12 @@ def fingerprint(*parts: Any) -> str:
     return h.hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=1)
-def source_digest() -> str:
-    """A short hash of this package's Python source (relative paths and bytes of every module). The version string
-    stays the same across commits; two results with one digest were computed by the same code, so a cache of results
-    (``benchmarks/robustness.py``'s rows) can tell which ones an edit of the training code has made stale."""
-    root = Path(__file__).resolve().parent
+@functools.lru_cache(maxsize=4)
+def source_digest(root: Path = Path(__file__).resolve().parent) -> str:
+    """A short hash of the Python source under ``root`` (relative paths and bytes of every module; by default this
+    package). The version string stays the same across commits; two results with one digest were computed by the same
+    code, so a cache of results (``benchmarks/robustness.py``'s rows) can tell which ones an edit of the training code
+    has made stale. Read once per process: an edit made while it runs is not seen."""
     h = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         h.update(path.relative_to(root).as_posix().encode("utf-8"))

@@ -125,16 +125,18 @@ class Trainer:
 
     def stage2_loss(self, data: Split, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg, net = self.cfg, self.net
-        img, txt, labels = data.image[idx], data.text[idx], data.labels[idx.numpy()]
-        # With the DV-MLP frozen its (deterministic) vote outputs are computed once per stage: ``img``/``txt`` are
-        # then already DV tokens. Input dropout therefore acts in stage 1, in the vote views of a small training set,
-        # and throughout for the no-dv ablation.
+        labels = data.labels[idx.numpy()]
+        # With the DV-MLP frozen its (deterministic) vote outputs are computed once per stage: ``data`` then holds DV
+        # tokens. Input dropout therefore acts in stage 1, in the vote views of a small training set, and throughout
+        # for the no-dv ablation.
         views = cfg.train.views_for(len(self.train)) if self.tokens_cached and net.training else 0
         if views:
             with torch.no_grad():
                 ti, tt = net.vote_views(self.train.image[idx], self.train.text[idx], views, self.gen)
+        elif self.tokens_cached:
+            ti, tt = data.image[idx], data.text[idx]
         else:
-            ti, tt = (img, txt) if self.tokens_cached else net.dv_tokens(img, txt)
+            ti, tt = net.dv_tokens(data.image[idx], data.text[idx])
         u, aux_u = net.fusion.encode_single(ti, IMAGE)
         v, aux_v = net.fusion.encode_single(tt, TEXT)
         aux = aux_u + aux_v
