@@ -14,7 +14,7 @@ from conftest import make_features
 from mcmfh.errors import ArtefactError, MCMFHError
 from mcmfh.evaluation.metrics import hamming_distances, map_all, relevance
 from mcmfh.factory import available_methods, create_method, load_method
-from mcmfh.model.config import MCMFHConfig, ModelConfig, TrainConfig, flat_fields
+from mcmfh.model.config import MCMFHConfig, ModelConfig, TrainConfig, flat_fields, top_tag_share
 from mcmfh.model.dv_mlp import DropoutVotingMLP
 from mcmfh.model.moe import DenseFeedForward, MoEFeedForward
 from tiny_config import TINY_MCMFH
@@ -364,12 +364,15 @@ def test_small_fits_train_stage_2_on_vote_views_and_resume_bit_identically(data,
     views = codes(**small)
     full_vote = codes(**{**small, "small_vote_views": 0})
     assert not np.array_equal(views, full_vote)
-    np.testing.assert_array_equal(codes(view_train_pairs=len(train), small_vote_views=1), full_vote)
-    np.testing.assert_array_equal(codes(view_train_pairs=len(train), vote_views=1), views)  # large fits' own field
+    large = {"view_train_pairs": len(train), "view_spread_pairs": len(train)}
+    np.testing.assert_array_equal(codes(**large, small_vote_views=1), full_vote)
+    np.testing.assert_array_equal(codes(**large, vote_views=1), views)  # large fits' own field
+    # between the two thresholds the labels decide: views unless a tag is on view_dominant_share of the items
+    between = {"view_train_pairs": len(train), "view_spread_pairs": len(train) + 1, "small_vote_views": 1}
+    np.testing.assert_array_equal(codes(**between), views)
+    np.testing.assert_array_equal(codes(**between, view_dominant_share=top_tag_share(train.labels)), full_vote)
     # the capacity threshold is its own: a "small" fit for capacity is not thereby a fit on views
-    np.testing.assert_array_equal(
-        codes(**{**small, "view_train_pairs": len(train), "small_train_pairs": len(train) + 1}), full_vote
-    )
+    np.testing.assert_array_equal(codes(**large, small_vote_views=1, small_train_pairs=len(train) + 1), full_vote)
 
     resumed = resumed_after_first_stage2_epoch({**opts, **small}, 3, tmp_path / "ckpt", train, dev)
     np.testing.assert_array_equal(resumed.encode_images(test.image), views)
@@ -377,6 +380,8 @@ def test_small_fits_train_stage_2_on_vote_views_and_resume_bit_identically(data,
         create_method("mcmfh", bits=16, seed=3, small_vote_views=-1)
     with pytest.raises(MCMFHError, match="view_train_pairs"):
         create_method("mcmfh", bits=16, seed=3, view_train_pairs=-5)
+    with pytest.raises(MCMFHError, match="view_dominant_share"):
+        create_method("mcmfh", bits=16, seed=3, view_dominant_share=0.0)
     # A fit on views learns: the step floor gives it the steps its noisier batches need.
     learner = create_method("mcmfh", bits=32, seed=0, **{**opts, **small, "min_steps_stage2": 96})
     learner.fit(train, dev)
@@ -446,3 +451,19 @@ def test_the_config_splits_architecture_from_training_and_reads_both_saved_forms
     assert {"width", "experts", "layers", "heads", "dv_votes", "study_head"} <= model_names
     with pytest.raises(MCMFHError, match="unknown option.*nope"):
         MCMFHConfig.from_options(**flat_fields({**flat, "nope": 1}))
+
+
+def test_views_between_the_thresholds_only_when_no_tag_dominates() -> None:
+    """Below ``view_train_pairs`` a fit always trains on views; up to ``view_spread_pairs`` only when no tag is on
+    ``view_dominant_share`` of the labelled training items (there the views cost paired recall); above, never."""
+    t = TrainConfig()
+    assert (t.view_train_pairs, t.view_spread_pairs, t.view_dominant_share) == (400, 1000, 0.6)
+    assert t.views_for(60, 0.77) == t.small_vote_views == 1  # the stress panels: small, one tag on 77%
+    assert t.views_for(600, 0.24) == 1  # MedPix's 600-pair subset
+    assert t.views_for(746, 0.70) == t.vote_views == 0  # one tag on 70% (the suite's medpix-dominant70)
+    assert t.views_for(600, 0.6) == 0 and t.views_for(1000, 0.0) == 0 and t.views_for(1653, 0.32) == 0
+    labels = np.zeros((10, 3), np.uint8)
+    labels[:6, 0] = 1
+    labels[5:8, 1] = 1  # items 8 and 9 carry no tag: the share is over the 8 labelled items
+    assert top_tag_share(labels) == 6 / 8
+    assert top_tag_share(np.zeros((4, 3))) == 0.0 and top_tag_share(np.zeros((0, 3))) == 0.0

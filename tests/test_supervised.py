@@ -377,5 +377,6 @@ def test_supervised_mode_trains_stage_2_on_the_full_vote_at_every_size() -> None
     """MCMFH trains small fits on vote views; the supervised mode measured no gain from them and keeps the full vote."""
     plain = create_method("mcmfh", bits=16, seed=0).requested.train
     supervised = create_method("mcmfh-supervised", bits=16, seed=0).requested.train
-    assert plain.views_for(plain.view_train_pairs - 1) == 1 and plain.views_for(plain.view_train_pairs) == 0
-    assert supervised.views_for(60) == 0 and supervised.views_for(10_000) == 0
+    assert plain.views_for(plain.view_train_pairs - 1, 0.0) == 1 and plain.views_for(10_000, 0.0) == 0
+    assert supervised.views_for(60, 0.0) == 0 and supervised.views_for(600, 0.0) == 0
+    assert supervised.views_for(10_000, 0.0) == 0

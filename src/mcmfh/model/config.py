@@ -17,6 +17,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from mcmfh.errors import MCMFHError
 from mcmfh.options import parse_options
 
@@ -120,12 +122,16 @@ class TrainConfig:
     # Stage 2 on "vote views": at each step every item's DV token is the mean of this many of its T stored votes,
     # drawn anew, over its input with input dropout (0 = the full vote, which inference always uses): T views of a
     # pair where pairs are few. Below 400 pairs it raised tie-aware mAP and held paired recall on MedPix 60 / 150 /
-    # 300 pairs, vqa_rad and both stress sets. From 400 to 1,150 pairs it still raised label mAP but left fewer
-    # distinct codes, and paired recall fell where one tag dominates (746 pairs, one tag on 70%: text->image R@10
-    # 0.525 -> 0.443, behind CCA-ITQ); on full MedPix it bought nothing (docs/model.md, "Where the views stop").
-    view_train_pairs: int = 400
-    vote_views: int = 0  # fits on view_train_pairs pairs or more
-    small_vote_views: int = 1  # fits on fewer
+    # 300 pairs, vqa_rad and both stress sets, a dominant tag or not. From 400 to 1,000 pairs it still raised label
+    # mAP (+0.01-0.03) but left fewer distinct codes, and paired recall fell where one tag dominates (746 pairs, one
+    # tag on 70%: text->image R@10 0.525 -> 0.443, behind CCA-ITQ), so there it is used only when no tag is on
+    # ``view_dominant_share`` of the labelled training items; on full MedPix it bought nothing (docs/model.md,
+    # "Where the views stop").
+    view_train_pairs: int = 400  # fits on fewer pairs: small_vote_views
+    view_spread_pairs: int = 1000  # fits on fewer (and view_train_pairs or more): small_vote_views if no tag dominates
+    view_dominant_share: float = 0.6  # a tag on this share of the labelled training items or more dominates
+    vote_views: int = 0  # every other fit
+    small_vote_views: int = 1
     epochs_stage3: int = 12
     min_steps_stage3: int = 96
     study_batch: int = 64  # studies per batch (each with one held-out member as its image and text query)
@@ -152,12 +158,27 @@ class TrainConfig:
             raise MCMFHError("mcmfh: temperatures must be > 0")
         if self.vote_views < 0 or self.small_vote_views < 0:
             raise MCMFHError("mcmfh: vote_views and small_vote_views must be >= 0 (0 = the full vote)")
-        if self.view_train_pairs < 0 or self.small_train_pairs < 0:
-            raise MCMFHError("mcmfh: view_train_pairs and small_train_pairs must be >= 0 (training pairs)")
+        if min(self.view_train_pairs, self.view_spread_pairs, self.small_train_pairs) < 0:
+            raise MCMFHError(
+                "mcmfh: view_train_pairs, view_spread_pairs and small_train_pairs must be >= 0 (training pairs)"
+            )
+        if not 0.0 < self.view_dominant_share <= 1.0:
+            raise MCMFHError(f"mcmfh: view_dominant_share must be in (0, 1], got {self.view_dominant_share}")
 
-    def views_for(self, n_train: int) -> int:
-        """Votes per stage-2 training view for a fit on ``n_train`` pairs (0 = the full vote)."""
-        return self.small_vote_views if n_train < self.view_train_pairs else self.vote_views
+    def views_for(self, n_train: int, top_tag_share: float) -> int:
+        """Votes per stage-2 training view (0 = the full vote) for a fit on ``n_train`` pairs whose most frequent tag
+        is on ``top_tag_share`` of the labelled training items (``top_tag_share``)."""
+        small = n_train < self.view_train_pairs or (
+            n_train < self.view_spread_pairs and top_tag_share < self.view_dominant_share
+        )
+        return self.small_vote_views if small else self.vote_views
+
+
+def top_tag_share(labels: np.ndarray) -> float:
+    """Share of the labelled items (a non-zero multi-hot row) that carry the most frequent tag; 0 with none."""
+    tagged = np.asarray(labels) > 0
+    labelled = tagged[tagged.any(axis=1)]
+    return float(labelled.mean(axis=0).max()) if len(labelled) else 0.0
 
 
 PARTS = {"model": ModelConfig, "train": TrainConfig}

@@ -8,9 +8,9 @@ Stage 2: fusion transformer + hashing heads (+ the DV-MLPs in the no-dv ablation
             inference uses. L_pair: each of them against the fused *pair* token (mean of the two output tokens of
             the [image, text] pass, with modality dropout): the fused pair teaches the single-modality paths.
   L_hash:   contrastive loss on the tanh outputs of the hashing heads.   L_gate: the hybrid gating loss.
-  On a small training set (``TrainConfig.views_for``) each step sees an item's DV token as one of its T stored votes
-  (or the mean of a few), drawn anew, over its input with input dropout: T views of a pair where pairs are few. Dev
-  choice and inference use the full vote.
+  On a small training set (``TrainConfig.views_for``: its size, and whether one tag dominates it) each step sees an
+  item's DV token as one of its T stored votes (or the mean of a few), drawn anew, over its input with input
+  dropout: T views of a pair where pairs are few. Dev choice and inference use the full vote.
 Stage 3 (only when the training split groups items into studies, ``study_head`` on): the study encoder
   (``mcmfh.model.study``) with everything else frozen, so image and text codes are exactly those of a fit without
   studies; its loss and dev score are ``mcmfh.model.study_stage``'s.
@@ -40,7 +40,7 @@ from safetensors.torch import save as st_save
 from mcmfh.errors import ArtefactError
 from mcmfh.io import atomic_write_bytes
 from mcmfh.manifest import fingerprint
-from mcmfh.model.config import MCMFHConfig
+from mcmfh.model.config import MCMFHConfig, top_tag_share
 from mcmfh.model.fusion import IMAGE, TEXT
 from mcmfh.model.network import MCMFHNet
 from mcmfh.model.study_stage import ItemTokens, StudyStage
@@ -102,6 +102,7 @@ class Trainer:
         if cfg.train.lambda_label_proxy > 0:
             bits = net.hash_img.net[-1].out_features
             self.proxies = torch.nn.Parameter(torch.randn(train.labels.shape[1], bits, generator=self.gen))
+        self.views = cfg.train.views_for(len(train), top_tag_share(train.labels))  # stage 2's votes per view
         self.ckpt = Path(cfg.train.checkpoint_dir) / CHECKPOINT_NAME if cfg.train.checkpoint_dir else None
         self.progress: Progress = SILENT  # epochs with their dev score, as they finish
         has_dev_labels = dev is not None and len(dev) > 0 and bool(dev.labels.any())
@@ -129,7 +130,7 @@ class Trainer:
         # With the DV-MLP frozen its (deterministic) vote outputs are computed once per stage: ``data`` then holds DV
         # tokens. Input dropout therefore acts in stage 1, in the vote views of a small training set, and throughout
         # for the no-dv ablation.
-        views = cfg.train.views_for(len(self.train)) if self.tokens_cached and net.training else 0
+        views = self.views if self.tokens_cached and net.training else 0
         if views:
             with torch.no_grad():
                 ti, tt = net.vote_views(self.train.image[idx], self.train.text[idx], views, self.gen)
@@ -326,7 +327,8 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         cfg, net = self.cfg, self.net
         t0 = time.perf_counter()
-        log: dict[str, Any] = {"selection": self.select_on, "selection_split": "dev (queries) vs train (database)"}
+        log: dict[str, Any] = {"selection": self.select_on, "selection_split": "dev (queries) vs train (database)",
+                               "vote_views": self.views}  # fmt: skip
         dv_params = [*net.dv_img.parameters(), *net.dv_txt.parameters()]
         saved = self._read_checkpoint()
         if saved is not None and saved[0]["stage"] in ("2", "3"):
