@@ -282,6 +282,9 @@ def run_row(fs: FeatureSet, setting: str, method: str, bits: int, seed: int, opt
     for stage in ("stage1", "stage2"):
         if isinstance(log.get(stage), dict):
             row[f"{stage}_chosen_epoch"] = log[stage].get("chosen_epoch")
+    rescue = log["stage2"].get("rescue") if isinstance(log.get("stage2"), dict) else None
+    if rescue:  # MCMFH's collapse rescue ran: which pass was kept (mcmfh.model.trainer)
+        row["stage2_rescue"] = "codes" if rescue["chosen"] else "first"
     return row
 
 

@@ -125,3 +125,30 @@ def test_robustness_rows_say_which_code_fitted_them_and_stale_ones_are_named_or_
     assert robustness.stale_note([]) == ""
     note = robustness.stale_note([f"s/mcmfh/{i}" for i in range(8)])
     assert note.startswith("note: 8 cached row(s)") and "s/mcmfh/5 and 2 more" in note and "--refit-stale" in note
+
+
+def test_collapse_margin_counts_collapsed_epochs_and_reports_each_pass(tmp_path) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import collapse_margin
+    finally:
+        sys.path.pop(0)
+    history = [{"epoch": 1, "collapsed": True}, {"epoch": 2, "collapsed": False}, {"epoch": 3, "collapsed": True},
+               {"epoch": 4}]  # an epoch without a dev evaluation does not count  # fmt: skip
+    assert collapse_margin.collapsed_share(history) == 2 / 3
+    assert collapse_margin.collapsed_share([{"epoch": 1, "loss_total": 0.3}]) is None
+    figures = dict(zip(collapse_margin.FIGURES, (0.9, 0.8, 0.2, 0.1), strict=True))
+    rows = [
+        {"seed": 0, "collapsed_share": 1.0, "rescue": "second pass kept", "rescue_collapsed_share": 0.25,
+         "chosen_epoch": 7, "chosen_collapsed": False, "test_collapsed": False, **figures},
+        {"seed": 1, "collapsed_share": 0.0, "rescue": None, "rescue_collapsed_share": None, "chosen_epoch": 3,
+         "chosen_collapsed": True, "test_collapsed": True, **figures},
+    ]  # fmt: skip
+    text = collapse_margin.table(rows)
+    assert "| 0 | 100% | second pass kept (25%) | 7 | no |" in text
+    assert "| 1 | 0% | - | 3 | **yes** |" in text
+    assert "| mean | 50% | 1 of 2 ran | | 1 of 2 | 0.900 / 0.800 | 0.200 / 0.100 |" in text
+    bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "collapse_margin.py"), "--features",
+                          str(tmp_path), "--setting", "nowhere", "--out", str(tmp_path)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "invalid choice: 'nowhere'" in bad.stderr

@@ -16,6 +16,7 @@ from mcmfh.training.losses import (
     load_balancing_loss,
     quantization_loss,
     router_z_loss,
+    straight_through_sign,
 )
 
 
@@ -47,6 +48,18 @@ def test_hash_contrastive_matches_loop_on_tanh_outputs() -> None:
     g = torch.Generator().manual_seed(1)
     h1, h2 = torch.tanh(torch.randn(6, 16, generator=g)), torch.tanh(torch.randn(6, 16, generator=g))
     assert math.isclose(float(hash_contrastive_loss(h1, h2, 0.3)), _info_nce_loop(h1, h2, 0.3), rel_tol=1e-5)
+
+
+def test_straight_through_sign_is_the_sign_forward_and_the_identity_backward() -> None:
+    h = torch.tensor([[-0.7, 0.2, 0.9], [0.05, -0.01, -1.0]], requires_grad=True)
+    q = straight_through_sign(h)
+    assert torch.equal(q, torch.sign(h.detach()))
+    weights = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    (q * weights).sum().backward()
+    assert torch.equal(h.grad, weights)  # the tanh output's own gradient, as if no sign were taken
+    # on codes, two items that share a sign pattern are identical to the contrast, whatever their tanh values
+    a, b = straight_through_sign(torch.tensor([[0.9, -0.1]])), straight_through_sign(torch.tensor([[0.1, -0.8]]))
+    assert torch.equal(a, b)
 
 
 def test_bank_contrastive_matches_loop_and_sends_no_gradient_into_the_bank() -> None:

@@ -17,6 +17,7 @@ from mcmfh.factory import available_methods, create_method, load_method
 from mcmfh.model.config import MCMFHConfig, ModelConfig, TrainConfig, flat_fields, top_tag_share
 from mcmfh.model.dv_mlp import DropoutVotingMLP
 from mcmfh.model.moe import DenseFeedForward, MoEFeedForward
+from mcmfh.model.trainer import rescue_line
 from tiny_config import TINY_MCMFH
 
 TINY = {**TINY_MCMFH, "epochs_stage1": 3, "epochs_stage2": 3, "eval_every": 1}
@@ -467,3 +468,81 @@ def test_views_between_the_thresholds_only_when_no_tag_dominates() -> None:
     labels[5:8, 1] = 1  # items 8 and 9 carry no tag: the share is over the 8 labelled items
     assert top_tag_share(labels) == 6 / 8
     assert top_tag_share(np.zeros((4, 3))) == 0.0 and top_tag_share(np.zeros((0, 3))) == 0.0
+
+
+def _stage2_health(monkeypatch, first_pass_healthy: bool) -> None:
+    """Stage-2 epochs of a pass on relaxed outputs read as healthy, or as collapsed with a dev score above any healthy
+    one (so the rule has to prefer health over score across the two passes); the fit's own figures are kept. A pass
+    on codes reads healthy. (Fits of the tiny fixture are collapsed by themselves: 5 labels, a few epochs.)"""
+    from mcmfh.model.trainer import Trainer
+    from mcmfh.training.selection import DevEvaluation
+
+    real = Trainer._dev_evaluation
+
+    def evaluation(self: Trainer, stage: int) -> DevEvaluation:
+        ev = real(self, stage)
+        if stage == 2 and not (self.on_codes or first_pass_healthy):
+            return DevEvaluation(ev.score + 1.0, False, {**ev.figures, "collapsed": True})
+        return DevEvaluation(ev.score, True, {**ev.figures, "collapsed": False}) if stage == 2 else ev
+
+    monkeypatch.setattr(Trainer, "_dev_evaluation", evaluation)
+
+
+def test_a_mostly_collapsed_stage_2_is_rescued_by_a_pass_on_codes(data, monkeypatch, tmp_path) -> None:
+    train, dev, test = data
+    opts = {**TINY, "epochs_stage1": 2, "epochs_stage2": 3, "rescue_collapsed_share": 0.5}
+    with monkeypatch.context() as patch:
+        _stage2_health(patch, first_pass_healthy=True)
+        healthy = create_method("mcmfh", bits=16, seed=2, **opts)
+        healthy_log = healthy.fit(train, dev)
+        assert "rescue" not in healthy_log["stage2"] and rescue_line(healthy_log) is None
+        # a fit that never needs it is bit-identical to one with the rescue switched off
+        off = create_method("mcmfh", bits=16, seed=2, **{**opts, "rescue_collapsed_share": 0.0})
+        off.fit(train, dev)
+        np.testing.assert_array_equal(off.encode_images(test.image), healthy.encode_images(test.image))
+
+    _stage2_health(monkeypatch, first_pass_healthy=False)
+    method = create_method("mcmfh", bits=16, seed=2, **opts)
+    fit_log = method.fit(train, dev)
+    log, rescue = fit_log["stage2"], fit_log["stage2"]["rescue"]
+    line = rescue_line(fit_log)
+    assert line and "collapsed on 3 of its 3 evaluated epochs" in line and "the second pass" in line
+    assert line.endswith("healthy")
+    assert rescue["collapsed_share"] == 1.0 and rescue["chosen"] is True
+    assert all(row["collapsed"] for row in log["history"]) and not any(r["collapsed"] for r in rescue["history"])
+    # the healthy second pass wins although every first-pass epoch scored higher; its figures are the fit's
+    assert not log["collapsed"] and log["chosen_epoch"] == rescue["chosen_epoch"]
+    assert log["dev_score"] == rescue["dev_score"] < max(row["dev_score"] for row in log["history"])
+    assert "loss_hash" in rescue["history"][0]
+    assert not np.array_equal(method.encode_images(test.image), healthy.encode_images(test.image))
+    # switched off, the collapsed first pass is all there is: kept, and said to be collapsed
+    kept = create_method("mcmfh", bits=16, seed=2, **{**opts, "rescue_collapsed_share": 0.0}).fit(train, dev)
+    assert "rescue" not in kept["stage2"] and kept["stage2"]["collapsed"]
+
+    # killed inside the rescue pass (its first epoch), a new fit resumes there and ends with the same codes
+    class Stop(Exception):
+        pass
+
+    calls: list[int] = []
+
+    def stop_in_rescue(stage: int, epoch: int) -> None:
+        calls.append(stage)
+        if stage == 2 and calls.count(2) == log["epochs"] + 1:
+            raise Stop
+
+    ckpt = {**opts, "checkpoint_dir": str(tmp_path / "ckpt")}
+    interrupted = create_method("mcmfh", bits=16, seed=2, **ckpt)
+    interrupted.callback = stop_in_rescue
+    with pytest.raises(Stop):
+        interrupted.fit(train, dev)
+    resumed = create_method("mcmfh", bits=16, seed=2, **ckpt)
+    resumed_log = resumed.fit(train, dev)["stage2"]
+    assert resumed_log["rescue"]["resumed_at_epoch"] == 1 and resumed_log["rescue"]["chosen"]
+    np.testing.assert_array_equal(resumed.encode_images(test.image), method.encode_images(test.image))
+    np.testing.assert_array_equal(resumed.encode_texts(test.text), method.encode_texts(test.text))
+    # killed in the first pass, the rescue that follows starts from the saved start: the same codes again
+    (tmp_path / "ckpt" / "mcmfh-fit.safetensors").unlink()
+    again = resumed_after_first_stage2_epoch(opts, 2, tmp_path / "ckpt", train, dev)
+    np.testing.assert_array_equal(again.encode_images(test.image), method.encode_images(test.image))
+    with pytest.raises(MCMFHError, match="rescue_collapsed_share"):
+        create_method("mcmfh", bits=16, seed=2, rescue_collapsed_share=1.5)

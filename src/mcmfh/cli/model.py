@@ -37,6 +37,7 @@ def train(
 ) -> None:
     """Fit a method on the train split (dev for model choice) and save it as a run folder."""
     from mcmfh.evaluation.code_health import collapse_warning
+    from mcmfh.model.trainer import rescue_line
     from mcmfh.outputs import check_output
     from mcmfh.training.advice import training_size_note
     from mcmfh.training.runs import train_run
@@ -53,7 +54,7 @@ def train(
             f"{log['n_train']} training items (items without labels trained the pairing terms only)"
         )
     warning = collapse_warning(log.get("code_health") or {}, "the codes of train + dev")
-    for line in (warning, training_size_note(method, int(log["n_train"]))):
+    for line in (rescue_line(log), warning, training_size_note(method, int(log["n_train"]))):
         if line:
             typer.echo(line, err=True)
 

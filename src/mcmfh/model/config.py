@@ -119,6 +119,16 @@ class TrainConfig:
     # set (a memory bank, refreshed from the model at every stage-2 epoch), off by default (docs/model.md).
     lambda_bank: float = 0.0
     bank_temperature: float = 0.3
+    # The hash contrast on the codes themselves: sign(h) forward, the tanh's gradient backward (straight-through), so
+    # the loss sees two items that share a code. Off: the relaxed tanh outputs (the recipe chosen on MedPix dev).
+    hash_on_codes: bool = False
+    # Collapse rescue: a stage-2 pass whose codes (train + dev) were collapsed on more than this share of its
+    # evaluated epochs is followed by a second pass from the same start with ``hash_on_codes``, and model choice
+    # (health first, then the dev score) takes the better of the two passes; 0 = never. On vqa_rad the default pass
+    # was collapsed on 84% of its epochs over 9 seeds (one seed on all 48), the pass on codes on 49% (none on all);
+    # on the MedPix subsets and the stress sets almost no epoch collapses, so the rule never fires there
+    # (docs/model.md, "Collapse rescue").
+    rescue_collapsed_share: float = 0.5
     # Stage 2 on "vote views": at each step every item's DV token is the mean of this many of its T stored votes,
     # drawn anew, over its input with input dropout (0 = the full vote, which inference always uses): T views of a
     # pair where pairs are few. Below 400 pairs it raised tie-aware mAP and held paired recall on MedPix 60 / 150 /
@@ -162,6 +172,8 @@ class TrainConfig:
             raise MCMFHError(
                 "mcmfh: view_train_pairs, view_spread_pairs and small_train_pairs must be >= 0 (training pairs)"
             )
+        if not 0.0 <= self.rescue_collapsed_share <= 1.0:
+            raise MCMFHError(f"mcmfh: rescue_collapsed_share must be in [0, 1], got {self.rescue_collapsed_share}")
         if not 0.0 < self.view_dominant_share <= 1.0:
             raise MCMFHError(f"mcmfh: view_dominant_share must be in (0, 1], got {self.view_dominant_share}")
 

@@ -58,6 +58,7 @@ from mcmfh.training.losses import (
     label_similarity_loss,
     proxy_loss,
     quantization_loss,
+    straight_through_sign,
 )
 from mcmfh.training.selection import SCORES, DevEvaluation, evaluate_dev
 
@@ -103,6 +104,11 @@ class Trainer:
             bits = net.hash_img.net[-1].out_features
             self.proxies = torch.nn.Parameter(torch.randn(train.labels.shape[1], bits, generator=self.gen))
         self.views = cfg.train.views_for(len(train), top_tag_share(train.labels))  # stage 2's votes per view
+        self.on_codes = cfg.train.hash_on_codes  # the hash contrast on sign(h) (on in a collapse rescue pass)
+        # Collapse rescue (``_run_stage2``): the stage-2 start, and the first pass's log and chosen weights while the
+        # second pass runs; both are saved in the checkpoint so a killed rescue resumes exactly.
+        self.stage2_start: dict[str, torch.Tensor] | None = None
+        self.first_pass: tuple[dict[str, Any], dict[str, torch.Tensor]] | None = None
         self.ckpt = Path(cfg.train.checkpoint_dir) / CHECKPOINT_NAME if cfg.train.checkpoint_dir else None
         self.progress: Progress = SILENT  # epochs with their dev score, as they finish
         has_dev_labels = dev is not None and len(dev) > 0 and bool(dev.labels.any())
@@ -148,7 +154,12 @@ class Trainer:
             terms["pair"] = 0.5 * (info_nce(u, z, cfg.train.temperature) + info_nce(v, z, cfg.train.temperature))
             aux = aux + aux_p
         hi, ht = net.hash_img(u), net.hash_txt(v)
-        terms["hash"] = hash_contrastive_loss(hi, ht, cfg.train.hash_temperature)
+        if self.on_codes:
+            terms["hash"] = hash_contrastive_loss(
+                straight_through_sign(hi), straight_through_sign(ht), cfg.train.hash_temperature
+            )
+        else:
+            terms["hash"] = hash_contrastive_loss(hi, ht, cfg.train.hash_temperature)
         terms["gate"] = gate_loss(aux, cfg.train.balance_weight, cfg.train.z_weight)
         weights = {"fusion": 1.0, "hash": cfg.train.lambda_hash, "gate": cfg.train.lambda_gate}
         if "pair" in terms:
@@ -356,13 +367,72 @@ class Trainer:
         if saved is not None and saved[0]["stage"] == "3":
             log["stage2"] = json.loads(saved[0]["stage2_log"])  # stage 2 finished before the interruption
         else:
-            log["stage2"] = self.run_stage(2, stage2, cfg.train.epochs_stage2, resume2, data2)
+            log["stage2"] = self._run_stage2(stage2, resume2, data2)
         self.tokens_cached = False
         self.stage2_log = log["stage2"]
         if net.study is not None and self.train.study is not None:
             log["stage3"] = self._run_studies(saved if saved is not None and saved[0]["stage"] == "3" else None)
         log["train_seconds"] = round(time.perf_counter() - t0, 3)
         return log
+
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        if self.proxies is not None:
+            state["label.proxies"] = self.proxies.detach().clone()
+        return state
+
+    def _load_snapshot(self, state: dict[str, torch.Tensor]) -> None:
+        self.net.load_state_dict({k: v for k, v in state.items() if k != "label.proxies"})
+        if self.proxies is not None:
+            with torch.no_grad():
+                self.proxies.copy_(state["label.proxies"])
+
+    def _collapsed_share(self, stage_log: dict[str, Any]) -> float | None:
+        """Share of a stage-2 pass's evaluated epochs whose train + dev codes were collapsed (None: none evaluated)."""
+        flags = [bool(r["collapsed"]) for r in stage_log["history"] if "collapsed" in r]
+        return sum(flags) / len(flags) if flags else None
+
+    def _run_stage2(
+        self,
+        params: list[torch.nn.Parameter],
+        saved: tuple[dict[str, str], dict[str, torch.Tensor]] | None,
+        data: Split | None,
+    ) -> dict[str, Any]:
+        """Stage 2, and its collapse rescue: when the codes were collapsed on more than ``rescue_collapsed_share`` of
+        the pass's evaluated epochs, health-first choice had few healthy epochs (or none) to pick from, so a second
+        pass from the same start trains the hash contrast on the codes (``hash_on_codes``), and the better of the
+        two passes' chosen epochs is kept by the same rule (mcmfh.training.selection: health first, then the dev
+        score; a tie keeps the first pass)."""
+        epochs = self.cfg.train.epochs_stage2
+        if saved is not None and saved[0].get("stage2_first_log", "null") != "null":
+            meta, tensors = saved  # killed in the rescue pass: the first pass is done and saved with it
+            self.first_pass = (json.loads(meta["stage2_first_log"]),
+                               {k[6:]: v for k, v in tensors.items() if k.startswith("first.")})  # fmt: skip
+        else:
+            if saved is None:
+                self.stage2_start = self._snapshot()
+            else:  # resumed in the first pass: its start was saved with it
+                self.stage2_start = {k[6:]: v for k, v in saved[1].items() if k.startswith("start.")} or None
+            first = self.run_stage(2, params, epochs, saved, data)
+            share = self._collapsed_share(first)
+            limit = self.cfg.train.rescue_collapsed_share
+            if self.on_codes or not limit or share is None or share <= limit or self.stage2_start is None:
+                self.stage2_start = None
+                return first
+            self.first_pass = (first, self._snapshot())
+            self._load_snapshot(self.stage2_start)
+            saved = None
+        self.stage2_start, self.on_codes = None, True
+        first_log, first_best = self.first_pass
+        second = self.run_stage(2, params, epochs, saved, data)
+        self.first_pass, self.on_codes = None, self.cfg.train.hash_on_codes
+        held = DevEvaluation(first_log["dev_score"], not first_log["collapsed"])
+        use_second = DevEvaluation(second["dev_score"], not second["collapsed"]).beats(held)
+        if not use_second:
+            self._load_snapshot(first_best)
+        chosen = second if use_second else first_log
+        rescue = {"collapsed_share": self._collapsed_share(first_log), "chosen": use_second, **second}
+        return {**first_log, **{k: chosen[k] for k in ("chosen_epoch", "dev_score", "collapsed")}, "rescue": rescue}
 
     def _run_studies(self, saved: tuple[dict[str, str], dict[str, torch.Tensor]] | None) -> dict[str, Any]:
         """Stage 3: the study encoder, started from the trained item fusion transformer, everything else frozen."""
@@ -397,6 +467,10 @@ class Trainer:
                 tensors[f"opt.{i}.{k}"] = torch.as_tensor(v).contiguous()
         if self.proxies is not None:
             tensors["label.proxies"] = self.proxies.detach().contiguous()
+        if stage == 2 and self.stage2_start is not None:  # a rescue pass would start here
+            tensors |= {f"start.{k}": v.contiguous() for k, v in self.stage2_start.items()}
+        if stage == 2 and self.first_pass is not None:  # in the rescue pass: the first pass's result
+            tensors |= {f"first.{k}": v.contiguous() for k, v in self.first_pass[1].items()}
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["rng.gen"] = self.gen.get_state()
         meta = {
@@ -406,6 +480,7 @@ class Trainer:
             "param_groups": json.dumps(opt_state["param_groups"]),
             "stage1_log": json.dumps(getattr(self, "stage1_log", None)),
             "stage2_log": json.dumps(getattr(self, "stage2_log", None)),
+            "stage2_first_log": json.dumps(self.first_pass[0] if stage == 2 and self.first_pass else None),
         }
         atomic_write_bytes(self.ckpt, st_save(tensors, metadata=meta))
 
@@ -455,6 +530,21 @@ class Trainer:
                 for p in module.parameters():
                     p.requires_grad_(False)
         self.net.load_state_dict(own)
+
+
+def rescue_line(log: dict[str, Any]) -> str | None:
+    """One line on a fit's collapse rescue (``Trainer._run_stage2``), or None when it did not run."""
+    rescue = (log.get("stage2") or {}).get("rescue") if isinstance(log.get("stage2"), dict) else None
+    if not rescue:
+        return None
+    evaluated = [r for r in log["stage2"]["history"] if "collapsed" in r]
+    collapsed = sum(bool(r["collapsed"]) for r in evaluated)
+    kept = "the second pass (hash contrast on the codes)" if rescue["chosen"] else "the first pass"
+    state = "collapsed" if log["stage2"]["collapsed"] else "healthy"
+    return (
+        f"note: stage 2's codes were collapsed on {collapsed} of its {len(evaluated)} evaluated epochs; a second pass "
+        f"trained the hash contrast on the codes and {kept} was kept (health first, then dev score): {state}"
+    )
 
 
 def run_key(cfg: MCMFHConfig, seed: int, bits: int, train_image: np.ndarray, train_text: np.ndarray) -> str:

@@ -25,6 +25,12 @@ def hash_contrastive_loss(h_img_n_b: torch.Tensor, h_txt_n_b: torch.Tensor, temp
     return info_nce(h_img_n_b, h_txt_n_b, temperature)
 
 
+def straight_through_sign(h: torch.Tensor) -> torch.Tensor:
+    """sign(h) in the forward pass, the gradient of h in the backward pass: a loss on it scores the binary codes
+    that search will use (two items that share a code look identical to it) while still training the tanh outputs."""
+    return h + (torch.sign(h) - h).detach()
+
+
 def bank_contrastive_loss(
     h_b_d: torch.Tensor, bank_n_d: torch.Tensor, index_b: torch.Tensor, temperature: float
 ) -> torch.Tensor:
