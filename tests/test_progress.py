@@ -5,6 +5,7 @@ figure, encode and index build their items."""
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 
@@ -108,3 +109,22 @@ def test_fit_progress_is_off_unless_asked(capsys) -> None:
     )
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""  # library calls print nothing by default
+
+
+def test_train_says_when_the_collapse_rescue_ran(tmp_path: Path, capsys) -> None:
+    """A fit this short is collapsed on most stage-2 epochs (the tiny config): with the rescue on, `train` prints one
+    line saying so and which pass it kept, as its log records."""
+    from mcmfh.data.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", n=48, seed=0)
+    feats, run = tmp_path / "feats", tmp_path / "run"
+    _cli(capsys, "encode", "--dataset", "csv", "--data-root", str(data), "--encoder", "tiny", "--out", str(feats))
+    opts = {**TINY_MCMFH, "epochs_stage2": 3, "rescue_collapsed_share": 0.5}
+    err = _cli(capsys, "train", "--features", str(feats), "--method", "mcmfh", "--out", str(run), "--quiet",
+               *[x for k, v in opts.items() for x in ("--option", f"{k}={v}")])  # fmt: skip
+    log = json.loads((run / "train_log.json").read_text(encoding="utf-8"))
+    rescue = log["stage2"]["rescue"]
+    kept = "the second pass" if rescue["chosen"] else "the first pass"
+    line = re.search(r"^note: stage 2's codes were collapsed on (\d+) of its 3 evaluated epochs; .*$", err, re.M)
+    assert line and kept in line[0], err
+    assert int(line[1]) == sum(r["collapsed"] for r in log["stage2"]["history"]) > 1
