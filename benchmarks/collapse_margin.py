@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,15 +26,10 @@ from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_write_json
 from mcmfh.manifest import source_digest
 from mcmfh.training.runs import fit_method
-from robustness import SETTINGS, build_setting
+from mcmfh.training.selection import collapsed_share
+from robustness import SETTINGS, add_data_arguments, build_setting
 
 FIGURES = ("i2t_map_all_tie_aware", "t2i_map_all_tie_aware", "i2t_paired_r10", "t2i_paired_r10")
-
-
-def collapsed_share(history: list[dict[str, Any]]) -> float | None:
-    """Share of a pass's evaluated epochs whose codes were collapsed (None when no epoch was evaluated on codes)."""
-    flags = [bool(r["collapsed"]) for r in history if "collapsed" in r]
-    return sum(flags) / len(flags) if flags else None
 
 
 def seed_row(fs: FeatureSet, method: str, bits: int, seed: int, options: dict[str, Any]) -> dict[str, Any]:
@@ -81,15 +75,12 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--features", type=Path, required=True, help="MedPix 2.0 feature cache (offline encoder)")
-    ap.add_argument("--data-root", type=Path, default=None, help="MedPix 2.0 folder (for medpix-coarse)")
-    ap.add_argument("--vqa-rad", type=Path, default=None, help="VQA-RAD folder, for vqa-rad")
+    add_data_arguments(ap)
     ap.add_argument("--setting", required=True, choices=SETTINGS)
     ap.add_argument("--method", default="mcmfh", help="mcmfh, an ablation or mcmfh-supervised")
     ap.add_argument("--seeds", default="0,1,2,3,4,5,6,7,8")
     ap.add_argument("--bits", type=int, default=16)
     ap.add_argument("--options", default="{}", help="JSON {option: value} for the method")
-    ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     options = {"num_threads": 1, **json.loads(args.options)}
     fs = build_setting(args.setting, FeatureSet.load(args.features), args.data_root, args.out, args.vqa_rad)

@@ -372,12 +372,17 @@ def verdict(rows: list[dict], settings: list[str], against: str = "mcmfh", super
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_data_arguments(ap: argparse.ArgumentParser) -> None:
+    """The inputs ``build_setting`` reads, and the output folder (settings that encode a dataset write under it)."""
     ap.add_argument("--features", type=Path, required=True, help="MedPix 2.0 feature cache (offline encoder)")
     ap.add_argument("--data-root", type=Path, default=None, help="MedPix 2.0 folder (for labels_coarse)")
     ap.add_argument("--vqa-rad", type=Path, default=None, help="VQA-RAD folder (vqa_rad.csv + images), for vqa-rad")
     ap.add_argument("--out", type=Path, required=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_arguments(ap)
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--methods", default=DEFAULT_METHODS)
     ap.add_argument("--seeds", default="0,1,2")

@@ -60,7 +60,7 @@ from mcmfh.training.losses import (
     quantization_loss,
     straight_through_sign,
 )
-from mcmfh.training.selection import SCORES, DevEvaluation, evaluate_dev
+from mcmfh.training.selection import SCORES, DevEvaluation, collapsed_share, evaluate_dev
 
 CHECKPOINT_NAME = "mcmfh-fit.safetensors"
 EpochCallback = Callable[[int, int], None]  # (stage, epoch) after each finished epoch
@@ -154,12 +154,8 @@ class Trainer:
             terms["pair"] = 0.5 * (info_nce(u, z, cfg.train.temperature) + info_nce(v, z, cfg.train.temperature))
             aux = aux + aux_p
         hi, ht = net.hash_img(u), net.hash_txt(v)
-        if self.on_codes:
-            terms["hash"] = hash_contrastive_loss(
-                straight_through_sign(hi), straight_through_sign(ht), cfg.train.hash_temperature
-            )
-        else:
-            terms["hash"] = hash_contrastive_loss(hi, ht, cfg.train.hash_temperature)
+        coded = (straight_through_sign(hi), straight_through_sign(ht)) if self.on_codes else (hi, ht)
+        terms["hash"] = hash_contrastive_loss(*coded, cfg.train.hash_temperature)  # the other terms keep tanh outputs
         terms["gate"] = gate_loss(aux, cfg.train.balance_weight, cfg.train.z_weight)
         weights = {"fusion": 1.0, "hash": cfg.train.lambda_hash, "gate": cfg.train.lambda_gate}
         if "pair" in terms:
@@ -387,11 +383,6 @@ class Trainer:
             with torch.no_grad():
                 self.proxies.copy_(state["label.proxies"])
 
-    def _collapsed_share(self, stage_log: dict[str, Any]) -> float | None:
-        """Share of a stage-2 pass's evaluated epochs whose train + dev codes were collapsed (None: none evaluated)."""
-        flags = [bool(r["collapsed"]) for r in stage_log["history"] if "collapsed" in r]
-        return sum(flags) / len(flags) if flags else None
-
     def _run_stage2(
         self,
         params: list[torch.nn.Parameter],
@@ -409,14 +400,17 @@ class Trainer:
             self.first_pass = (json.loads(meta["stage2_first_log"]),
                                {k[6:]: v for k, v in tensors.items() if k.startswith("first.")})  # fmt: skip
         else:
-            if saved is None:
+            limit = self.cfg.train.rescue_collapsed_share
+            # Only a fit that can be rescued keeps its start (and writes it with every checkpoint): health is read on
+            # the dev evaluation's codes, and a fit already on codes has no other pass to try.
+            can_rescue = bool(limit) and not self.on_codes and self.select_on in SCORES
+            if can_rescue and saved is None:
                 self.stage2_start = self._snapshot()
-            else:  # resumed in the first pass: its start was saved with it
+            elif can_rescue:  # resumed in the first pass: its start was saved with it
                 self.stage2_start = {k[6:]: v for k, v in saved[1].items() if k.startswith("start.")} or None
             first = self.run_stage(2, params, epochs, saved, data)
-            share = self._collapsed_share(first)
-            limit = self.cfg.train.rescue_collapsed_share
-            if self.on_codes or not limit or share is None or share <= limit or self.stage2_start is None:
+            share = collapsed_share(first["history"])
+            if self.stage2_start is None or share is None or share <= limit:
                 self.stage2_start = None
                 return first
             self.first_pass = (first, self._snapshot())
@@ -431,7 +425,7 @@ class Trainer:
         if not use_second:
             self._load_snapshot(first_best)
         chosen = second if use_second else first_log
-        rescue = {"collapsed_share": self._collapsed_share(first_log), "chosen": use_second, **second}
+        rescue = {"collapsed_share": collapsed_share(first_log["history"]), "chosen": use_second, **second}
         return {**first_log, **{k: chosen[k] for k in ("chosen_epoch", "dev_score", "collapsed")}, "rescue": rescue}
 
     def _run_studies(self, saved: tuple[dict[str, str], dict[str, torch.Tensor]] | None) -> dict[str, Any]:
@@ -534,7 +528,8 @@ class Trainer:
 
 def rescue_line(log: dict[str, Any]) -> str | None:
     """One line on a fit's collapse rescue (``Trainer._run_stage2``), or None when it did not run."""
-    rescue = (log.get("stage2") or {}).get("rescue") if isinstance(log.get("stage2"), dict) else None
+    stage2 = log.get("stage2")
+    rescue = stage2.get("rescue") if isinstance(stage2, dict) else None
     if not rescue:
         return None
     evaluated = [r for r in log["stage2"]["history"] if "collapsed" in r]

@@ -59,6 +59,13 @@ class DevEvaluation:
         return self.score > best.score
 
 
+def collapsed_share(history: list[dict[str, Any]]) -> float | None:
+    """Share of a stage's evaluated epochs (rows of its log ``history``) whose codes were collapsed; None when no
+    epoch was evaluated on codes. How many healthy epochs health-first choice had to choose from."""
+    flags = [bool(row["collapsed"]) for row in history if "collapsed" in row]
+    return sum(flags) / len(flags) if flags else None
+
+
 def dev_map(
     query_image: np.ndarray,
     query_text: np.ndarray,
