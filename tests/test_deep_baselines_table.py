@@ -152,3 +152,35 @@ def test_collapse_margin_counts_collapsed_epochs_and_reports_each_pass(tmp_path)
                           str(tmp_path), "--setting", "nowhere", "--out", str(tmp_path)],
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "invalid choice: 'nowhere'" in bad.stderr
+
+
+def test_selection_signal_correlates_dev_with_test_and_keeps_health_first(tmp_path) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import selection_signal as sig
+    finally:
+        sys.path.pop(0)
+
+    def epoch(dev_map: float, dev_r10: float, test_map: float, test_r10: float, healthy: bool = True) -> dict:
+        figs = (test_map, test_map, test_r10, test_r10)
+        return {"dev_map": dev_map, "dev_r10": dev_r10, "healthy": healthy,
+                **{f"test_{k}": v for k, v in zip(sig.FIGURES, figs, strict=True)}}  # fmt: skip
+
+    # dev mAP tracks test mAP; dev R@10 runs against test R@10; a collapsed epoch has the best dev mAP of all
+    rows = [epoch(0.5, 0.30, 0.40, 0.10), epoch(0.6, 0.20, 0.45, 0.20), epoch(0.7, 0.10, 0.50, 0.30),
+            epoch(0.9, 0.50, 0.20, 0.01, healthy=False)]  # fmt: skip
+    assert sig.choose(rows, "dev_map") is rows[2]  # health first: the collapsed epoch never wins
+    assert sig.choose(rows, "dev_map_recall") is rows[0]  # 0.5 + 0.3 beats 0.7 + 0.1
+    assert sig.choose(rows, "oracle") is rows[2]
+    assert sig.correlation([1, 2, 3], [2, 2, 2]) == 0.0  # no variation: no signal, not NaN
+    out = sig.signal({0: rows, 1: rows}, n_test=100)
+    assert out["healthy_epochs"] == 3
+    assert out["corr_map"] > 0.99 and out["corr_r10"] < -0.99
+    assert out["dev_map"] == [0.5, 0.5, 0.3, 0.3] and out["dev_map_recall"] == [0.4, 0.4, 0.1, 0.1]
+    assert abs(out["r10_sampling_error"] - (0.2 * 0.8 / 100) ** 0.5) < 1e-9
+    text = sig.table({"vqa-rad": out})
+    assert "| vqa-rad | 3 | +1.00 | -1.00 |" in text and "0.500 / 0.500, 0.300 / 0.300" in text
+    bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "selection_signal.py"), "--features",
+                          str(tmp_path), "--settings", "vqa-rad,nowhere", "--out", str(tmp_path)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "unknown nowhere" in bad.stderr
