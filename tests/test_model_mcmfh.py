@@ -546,3 +546,65 @@ def test_a_mostly_collapsed_stage_2_is_rescued_by_a_pass_on_codes(data, monkeypa
     np.testing.assert_array_equal(again.encode_images(test.image), method.encode_images(test.image))
     with pytest.raises(MCMFHError, match="rescue_collapsed_share"):
         create_method("mcmfh", bits=16, seed=2, rescue_collapsed_share=1.5)
+
+
+def _scripted_stage1(patch: Any, dev_maps: list[float], pairing_losses: list[float], done: int = 0) -> None:
+    """Stage 1's dev mAP and dev pairing loss follow the scripts (one entry per epoch; ``done`` epochs already run)."""
+    from mcmfh.model.trainer import Trainer
+    from mcmfh.training.selection import DevEvaluation
+
+    real = Trainer._dev_evaluation
+    calls = {"map": done, "loss": done}
+
+    def evaluation(self, stage: int) -> DevEvaluation:
+        if stage != 1:
+            return real(self, stage)
+        calls["map"] += 1
+        return DevEvaluation(dev_maps[calls["map"] - 1])
+
+    def pairing_loss(self) -> float:
+        calls["loss"] += 1
+        return pairing_losses[calls["loss"] - 1]
+
+    patch.setattr(Trainer, "_dev_evaluation", evaluation)
+    patch.setattr(Trainer, "_dev_pairing_loss", pairing_loss)
+
+
+def test_stage_1_is_chosen_from_its_dev_pairing_minimum_on(data, monkeypatch, tmp_path) -> None:
+    """With a few coarse labels stage 1's dev mAP peaks at its first epoch, before the pairing is trained: the epoch
+    is chosen on dev mAP among the epochs from the last minimum of the dev InfoNCE on."""
+    train, dev, _ = data
+    opts = {**TINY, "epochs_stage1": 4, "epochs_stage2": 1}
+    maps, losses = [0.9, 0.5, 0.7, 0.6], [3.0, 2.0, 2.5, 2.2]
+    with monkeypatch.context() as patch:
+        _scripted_stage1(patch, maps, losses)
+        log = create_method("mcmfh", bits=16, seed=0, **opts).fit(train, dev)["stage1"]
+    assert log["epochs"] == 4 and log["chosen_epoch"] == 3  # epoch 1 scored highest but came before epoch 2's minimum
+    assert [row["dev_pairing_loss"] for row in log["history"]] == losses
+    with monkeypatch.context() as patch:  # a later minimum moves the floor again, whatever its dev mAP
+        _scripted_stage1(patch, maps, [3.0, 2.0, 2.5, 1.9])
+        assert create_method("mcmfh", bits=16, seed=0, **opts).fit(train, dev)["stage1"]["chosen_epoch"] == 4
+    with monkeypatch.context() as patch:  # switched off: dev mAP alone, as before
+        _scripted_stage1(patch, maps, losses)
+        off = create_method("mcmfh", bits=16, seed=0, **opts, stage1_after_pairing_minimum=False).fit(train, dev)
+    assert off["stage1"]["chosen_epoch"] == 1 and "dev_pairing_loss" not in off["stage1"]["history"][0]
+
+    # killed after stage-1 epoch 2 (the minimum), a resumed fit still knows where the floor is
+    class Stop(Exception):
+        pass
+
+    def stop(stage: int, epoch: int) -> None:
+        if stage == 1 and epoch == 2:
+            raise Stop
+
+    ckpt = {**opts, "checkpoint_dir": str(tmp_path / "ckpt")}
+    with monkeypatch.context() as patch:
+        _scripted_stage1(patch, maps, losses)
+        interrupted = create_method("mcmfh", bits=16, seed=0, **ckpt)
+        interrupted.callback = stop
+        with pytest.raises(Stop):
+            interrupted.fit(train, dev)
+    with monkeypatch.context() as patch:
+        _scripted_stage1(patch, maps, losses, done=2)
+        resumed = create_method("mcmfh", bits=16, seed=0, **ckpt).fit(train, dev)["stage1"]
+    assert resumed["resumed_at_epoch"] == 2 and resumed["chosen_epoch"] == 3

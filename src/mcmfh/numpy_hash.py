@@ -47,7 +47,7 @@ UNREAD_FIELDS = frozenset({
     "view_dominant_share", "epochs_stage3",
     "min_steps_stage3", "study_batch",
     "lambda_study_token", "lr", "weight_decay", "epochs_stage1", "epochs_stage2", "min_steps_stage1",
-    "min_steps_stage2", "batch_size", "select_on", "eval_every",
+    "min_steps_stage2", "batch_size", "select_on", "stage1_after_pairing_minimum", "eval_every",
 })  # fmt: skip
 # About 20x the largest difference from torch measured (relaxed outputs, where tanh' is ~1 near 0): 5.5e-7 over the
 # 3,600 image and text rows of the demo's three 16-bit fits; one row of the 3,600 fell within the margins.

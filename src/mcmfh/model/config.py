@@ -159,6 +159,12 @@ class TrainConfig:
     # (docs/model.md, "Recipe revision").
     batch_size: int = 128
     select_on: Selection = "dev_map"  # epoch choice per stage: dev mAP (dev queries vs train database), or last
+    # Stage 1 trains the pairing space (InfoNCE) that stage 2 builds on: its epoch is chosen on dev mAP only among the
+    # epochs from the last minimum of its dev InfoNCE on (an earlier epoch is still under-trained for pairing). With a
+    # few coarse labels dev mAP peaks at stage-1 epoch 1 (MedPix coarse labels: stage 2's codes then collapsed on half
+    # its epochs and paired R@10 fell to 0.254 / 0.212); on MedPix's fine labels the choice is unchanged
+    # (docs/model.md, "Stage 1 chosen after its pairing minimum").
+    stage1_after_pairing_minimum: bool = True
     eval_every: int = 1  # epochs between dev evaluations
     num_threads: int = 0  # >0: torch.set_num_threads for the fit; 0 = leave as is
     checkpoint_dir: str = ""  # non-empty: resumable fit writes its checkpoint here

@@ -262,6 +262,26 @@ class Trainer:
             dev = Split(*self.net.dv_tokens(dev.image, dev.text), dev.labels)  # type: ignore[arg-type]
         return DevEvaluation(-float(loss_fn(dev, torch.arange(len(dev)))["total"].detach()))
 
+    def _pairing_minimum(self, row: dict[str, Any], state: dict[str, Any]) -> bool:
+        """Stage 1: is this epoch's dev InfoNCE (the pairing term alone, label-free) a new minimum? Logged in ``row``
+        and kept in ``state`` (checkpointed); always False when the rule is off or there is no dev split."""
+        if not self.cfg.train.stage1_after_pairing_minimum or self.dev is None or self.select_on not in SCORES:
+            return False
+        loss = self._dev_pairing_loss()
+        row["dev_pairing_loss"] = round(loss, 5)
+        best = state.get("best_pairing_loss")
+        if best is not None and loss >= best:
+            return False
+        state["best_pairing_loss"] = loss
+        return True
+
+    @torch.no_grad()
+    def _dev_pairing_loss(self) -> float:
+        """Stage 1's pairing objective on the dev pairs as one batch: InfoNCE of their DV outputs."""
+        assert self.dev is not None
+        self.net.eval()
+        return float(info_nce(*self.net.dv_tokens(self.dev.image, self.dev.text), self.cfg.train.temperature))
+
     # ---------------------------------------------------------------- the loop
     def run_stage(
         self,
@@ -305,6 +325,8 @@ class Trainer:
                 row["dev_score"] = ev.score
                 row.update(ev.figures)
                 held = DevEvaluation(state["best_score"], state["best_healthy"]) if state["best_epoch"] else None
+                if stage == 1 and self._pairing_minimum(row, state):
+                    held = None  # TrainConfig.stage1_after_pairing_minimum: the epochs before this one are out
                 if ev.beats(held):  # mcmfh.training.selection: healthy codes first, then the score
                     state["best_score"], state["best_epoch"], state["best_healthy"] = ev.score, epoch + 1, ev.healthy
                     best = {k: v.clone() for k, v in net.state_dict().items()}
