@@ -27,7 +27,7 @@ from mcmfh.io import atomic_write_json
 from mcmfh.manifest import source_digest
 from mcmfh.training.runs import fit_method
 from mcmfh.training.selection import collapsed_share
-from robustness import SETTINGS, add_data_arguments, build_setting
+from robustness import SETTINGS, add_data_arguments, add_method_arguments, build_setting, method_options
 
 FIGURES = ("i2t_map_all_tie_aware", "t2i_map_all_tie_aware", "i2t_paired_r10", "t2i_paired_r10")
 
@@ -77,12 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(ap)
     ap.add_argument("--setting", required=True, choices=SETTINGS)
-    ap.add_argument("--method", default="mcmfh", help="mcmfh, an ablation or mcmfh-supervised")
-    ap.add_argument("--seeds", default="0,1,2,3,4,5,6,7,8")
-    ap.add_argument("--bits", type=int, default=16)
-    ap.add_argument("--options", default="{}", help="JSON {option: value} for the method")
+    add_method_arguments(ap, "mcmfh, an ablation or mcmfh-supervised", seeds="0,1,2,3,4,5,6,7,8")
     args = ap.parse_args(argv)
-    options = {"num_threads": 1, **json.loads(args.options)}
+    options = method_options(args)
     fs = build_setting(args.setting, FeatureSet.load(args.features), args.data_root, args.out, args.vqa_rad)
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):

@@ -380,6 +380,19 @@ def add_data_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out", type=Path, required=True)
 
 
+def add_method_arguments(ap: argparse.ArgumentParser, methods: str, seeds: str) -> None:
+    """One method fitted per seed (the per-seed benchmarks beside this suite): which, seeds, code length, options."""
+    ap.add_argument("--method", default="mcmfh", help=methods)
+    ap.add_argument("--seeds", default=seeds)
+    ap.add_argument("--bits", type=int, default=16)
+    ap.add_argument("--options", default="{}", help="JSON {option: value} for the method")
+
+
+def method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--options`` of ``add_method_arguments``, on one torch thread per fit unless they say otherwise."""
+    return {"num_threads": 1, **json.loads(args.options)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(ap)

@@ -36,7 +36,7 @@ from mcmfh.factory import create_method
 from mcmfh.features import FeatureSet
 from mcmfh.io import atomic_write_json
 from mcmfh.manifest import source_digest
-from robustness import SETTINGS, add_data_arguments, build_setting
+from robustness import SETTINGS, add_data_arguments, add_method_arguments, build_setting, method_options
 
 FIGURES = ("i2t_map_all_tie_aware", "t2i_map_all_tie_aware", "i2t_paired_r10", "t2i_paired_r10")
 
@@ -69,16 +69,20 @@ def fit_seed(fs: FeatureSet, method: str, bits: int, seed: int, options: dict[st
     return seen
 
 
+def healthy(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The epochs model choice can keep: the healthy ones, or all when none is (mcmfh.training.selection)."""
+    return [r for r in rows if r["healthy"]] or rows
+
+
 def choose(rows: list[dict[str, Any]], rule: str) -> dict[str, Any]:
     """The epoch a rule keeps: health first, then ``dev_map``, ``dev_map_recall`` (their sum) or ``oracle`` (the
     best mean test mAP + paired R@10: a bound, not a rule)."""
-    pool = [r for r in rows if r["healthy"]] or rows
     keys = {
         "dev_map": lambda r: r["dev_map"],
         "dev_map_recall": lambda r: r["dev_map"] + r["dev_r10"],
         "oracle": lambda r: sum(r[f"test_{k}"] for k in FIGURES),
     }
-    return max(pool, key=keys[rule])
+    return max(healthy(rows), key=keys[rule])
 
 
 def correlation(a: list[float], b: list[float]) -> float:
@@ -93,7 +97,7 @@ def signal(seeds: dict[int, list[dict[str, Any]]], n_test: int) -> dict[str, Any
     and the test figures of each rule."""
     per_seed = []
     for rows in seeds.values():
-        ok = [r for r in rows if r["healthy"]] or rows
+        ok = healthy(rows)
         test_map = [0.5 * (r[f"test_{FIGURES[0]}"] + r[f"test_{FIGURES[1]}"]) for r in ok]
         test_r10 = [0.5 * (r[f"test_{FIGURES[2]}"] + r[f"test_{FIGURES[3]}"]) for r in ok]
         p = float(np.mean(test_r10))
@@ -135,10 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(ap)
     ap.add_argument("--settings", default="vqa-rad,stress-panels,medpix-train60")
-    ap.add_argument("--method", default="mcmfh", help="mcmfh or an ablation")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--bits", type=int, default=16)
-    ap.add_argument("--options", default="{}", help="JSON {option: value} for the method")
+    add_method_arguments(ap, "mcmfh or an ablation", seeds="0,1,2")
     args = ap.parse_args(argv)
     if args.method == "mcmfh-supervised":  # its label-weight back-off refits other instances, which the callback misses
         ap.error("--method: mcmfh or one of its ablations, not mcmfh-supervised")
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:
         ap.error(f"--settings: unknown {', '.join(unknown)}; expected some of {', '.join(SETTINGS)}")
-    options = {"num_threads": 1, **json.loads(args.options)}
+    options = method_options(args)
     features = FeatureSet.load(args.features)
     epochs: dict[str, dict[int, list[dict[str, Any]]]] = {}
     results: dict[str, dict[str, Any]] = {}
