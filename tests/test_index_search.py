@@ -219,3 +219,33 @@ def test_every_local_kind_meets_the_codes_index_contract() -> None:
 
     for bits, kind in ((16, "bucket"), (64, "mih"), (32, "flat")):
         assert isinstance(make_index(bits, kind), CodesIndex)
+
+
+@pytest.mark.parametrize("kind", ["flat", "bucket"])
+def test_first_parallel_search_leaves_torch_thread_count_alone(kind: str) -> None:
+    """numba's OpenMP pool, started by the first parallel search, used to set torch's thread count (shared libgomp)
+    to numba's: a model fitted after a two-stage evaluation then trained on more threads and gave other codes. A fresh
+    process, because the pool starts once per process; torch's count comes from OMP_NUM_THREADS, as in a user's run
+    (an explicit ``torch.set_num_threads`` was never affected)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, torch\n"
+        "assert torch.get_num_threads() == 1\n"
+        "from mcmfh.index import make_index\n"
+        "from mcmfh.index.codes import pack_codes\n"
+        "from mcmfh.index.base import PARALLEL_MIN_QUERIES\n"
+        "rng = np.random.default_rng(0)\n"
+        f"ix = make_index(16, {kind!r})\n"
+        "ix.add(pack_codes(rng.random((5000, 16)) < 0.5))\n"
+        "ix.search(pack_codes(rng.random((4 * PARALLEL_MIN_QUERIES, 16)) < 0.5), 10)\n"
+        "import numba\n"
+        "print(torch.get_num_threads(), numba.get_num_threads())\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    torch_threads, numba_threads = out.stdout.split()
+    assert (torch_threads, numba_threads) == ("1", "2")  # torch keeps its count; numba's pool still has two

@@ -116,7 +116,7 @@ class DeepHashMethod(HashMethod):
         if o.num_threads > 0:
             torch.set_num_threads(o.num_threads)
         try:
-            return self._fit(pairs, dev)
+            return {**self._fit(pairs, dev), "torch_threads": torch.get_num_threads()}  # the fit depends on it
         finally:
             torch.set_num_threads(threads)
 

@@ -19,6 +19,9 @@ import numpy as np
 from numba import njit, prange
 
 from mcmfh.index._intrinsics import prefetch
+from mcmfh.index.numba_threads import ensure_started
+
+ensure_started()  # before any parallel kernel runs: numba's pool must not change torch's thread count
 
 CHUNK_QUERIES = 64  # queries per parallel task: one set of scratch buffers each
 MAX_BINS = 4096  # selection bins (16 KiB of counts): beyond it a level's bins hold several items each

@@ -16,6 +16,9 @@ import numpy as np
 from numba import njit, prange
 
 from mcmfh.index._intrinsics import ctpop as _ctpop
+from mcmfh.index.numba_threads import ensure_started
+
+ensure_started()  # before any parallel kernel runs: numba's pool must not change torch's thread count
 
 
 @njit(inline="always")

@@ -59,6 +59,7 @@ class MCMFH(HashMethod):
         threads = torch.get_num_threads()
         if self.cfg.train.num_threads > 0:
             torch.set_num_threads(self.cfg.train.num_threads)
+        used_threads = torch.get_num_threads()  # a fit's float sums depend on it: logged so a row can be rerun
         try:
             torch.manual_seed(self.seed)  # weights init and dropout; batch order uses the trainer's own generator
             self.net = self._build(train.image_dim, train.text_dim, self.cfg.model.study_head and train.has_studies)
@@ -78,6 +79,7 @@ class MCMFH(HashMethod):
             torch.set_num_threads(threads)
         self.net.eval()
         log["parameters"] = sum(p.numel() for p in self.net.parameters())
+        log["torch_threads"] = used_threads
         return log
 
     def _encode(self, x: np.ndarray, image: bool, relaxed: bool = False) -> np.ndarray:
