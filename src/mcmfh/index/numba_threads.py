@@ -31,15 +31,14 @@ def _gomp() -> ctypes.CDLL | None:
         return None
 
 
-def ensure_started() -> str:
-    """Start numba's threading layer once per process (idempotent, thread-safe); return the layer's name."""
+def ensure_started() -> None:
+    """Start numba's threading layer once per process (idempotent, thread-safe)."""
     global _started
     with _lock:
         if not _started:
             gomp = _gomp()
-            before = gomp.omp_get_max_threads() if gomp is not None else None
+            before = gomp.omp_get_max_threads() if gomp is not None else 0
             numba.get_num_threads()  # starts the pool (numba launches its layer on first use)
-            if gomp is not None and before is not None and gomp.omp_get_max_threads() != before:
+            if gomp is not None and gomp.omp_get_max_threads() != before:
                 gomp.omp_set_num_threads(before)
             _started = True
-    return numba.threading_layer()
