@@ -288,20 +288,20 @@ def test_the_label_backoff_reaches_its_smallest_scale_and_is_part_of_the_recipe(
 
 def test_supervised_code_length_rules_widen_the_hash_heads_and_quantise_from_32_bits() -> None:
     """mcmfh_supervised's code-length rules: hash heads 8 hidden units a bit, never below MCMFH's 128, and from 32
-    bits on DCMHT's quantisation term and the first MLP trained on in stage 2 (16 bits keep the recipe chosen there,
-    frozen DV-MLP included); an explicit option wins, the unsupervised method is untouched, and the fitted network has
-    the width the rule gives."""
+    bits on DCMHT's quantisation term; at every length the first MLP is a plain MLP trained on in stage 2 (the
+    supervised default); an explicit option wins, the unsupervised method keeps its frozen DV-MLP, and the fitted
+    network has the width the rule gives."""
     from mcmfh.baselines import mcmfh_supervised as ms
 
     quant = ms.LONG_CODE_RULES["lambda_quant"]
-    for bits, hidden, q, voting in ((16, 128, 0.0, True), (32, 256, quant, False), (64, 512, quant, False)):
+    for bits, hidden, q in ((16, 128, 0.0), (32, 256, quant), (64, 512, quant)):
         m = create_method("mcmfh-supervised", bits, 0)
         assert (m.cfg.model.hash_hidden, m.cfg.train.lambda_quant, m.cfg.model.width) == (hidden, q, 128), bits
-        assert m.cfg.model.dropout_voting is voting, bits
+        assert m.cfg.model.dropout_voting is False, bits
         plain = create_method("mcmfh", bits, 0)
         assert (plain.cfg.model.hash_hidden, plain.cfg.train.lambda_quant, plain.cfg.model.width) == (128, 0.0, 128)
         assert plain.cfg.model.dropout_voting
-    assert create_method("mcmfh-supervised", 32, 0, dropout_voting=True).cfg.model.dropout_voting
+    assert create_method("mcmfh-supervised", 16, 0, dropout_voting=True).cfg.model.dropout_voting
     assert create_method("mcmfh-supervised", 16, 0).recipe() == {
         **create_method("mcmfh", 16, 0, **ms.SUPERVISED_DEFAULTS).recipe(),
         "label_backoff": list(ms.LABEL_BACKOFF),
