@@ -114,6 +114,7 @@ def test_experiment_rows_keep_a_deep_baselines_dev_choice(tmp_path, feat_dir):
     choice = rows["jdsh"]["dev_choice"]
     assert choice["dev_epochs"] == [2, 3] and choice["chosen_epoch"] in (2, 3)
     assert len(choice["dev_map_tie_aware"]) == 2 and "dev_choice" not in rows["cca-itq"]
+    assert rows["jdsh"]["fit"] == {"torch_threads": 1} and "fit" not in rows["cca-itq"]  # what a rerun must match
 
 
 def test_a_changed_default_reruns_the_rows_it_shapes(tmp_path, feat_dir, monkeypatch):

@@ -345,6 +345,11 @@ def run_row(
     dev_choice = {k: log[k] for k in ("chosen_epoch", "dev_epochs", "dev_map_tie_aware") if k in log}
     if dev_choice:
         row["dev_choice"] = dev_choice
+    # what a rerun needs to match this row: the fit's float sums depend on its thread count, and a supervised fit may
+    # keep a scaled-down label weight (its back-off)
+    fit = {k: log[k] for k in ("torch_threads", "label_weight_scale") if k in log}
+    if fit:
+        row["fit"] = fit
     return row
 
 
